@@ -1,0 +1,415 @@
+//! The customer's side of a channel.
+//!
+//! ```text
+//!  new() ─► Opening ─funding_built─► AwaitingFunding ─Opened─► Open ─Closed─► Settling ─► Settled
+//!              │                          │ (error)            │                  └───► Refunded
+//!              │                          ▼                    └──refund()──────────────► Refunded
+//!              └─────────────────────► Abandoned
+//! ```
+//!
+//! The customer keeps DESIGN §2's rules: it never signs a total above what its caller
+//! authorised; it stores the channel before the funding is sent to the merchant (and broadcasts
+//! only once the merchant accepted it, so a refused channel never locks coins); it records every
+//! payment as spent before sending it; and it reports [`Event::RefundDue`] when the funding is
+//! still unspent once the refund is final.
+
+use bitcoin::absolute::LockTime;
+use bitcoin::consensus::encode::serialize;
+use bitcoin::secp256k1::{Message as SecpMessage, PublicKey, SecretKey};
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
+
+use super::{Effect, Event, Outbox, Phase};
+use crate::msg::{close_digest, Close, Message, Open, Pay, Resume};
+use crate::script::{ChannelScript, OutputKind};
+use crate::time::Now;
+use crate::tx::payment::sign_payment;
+use crate::tx::recognise::{find_channel_spend, Role};
+use crate::tx::refund::build_refund;
+use crate::tx::{ChannelParams, FundingOutput};
+use crate::{sig, Error};
+
+/// What the customer agreed with the merchant before the funding exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerTerms {
+    /// The channel script (merchant key from the handshake, customer key, expiry).
+    pub script: ChannelScript,
+    /// P2WSH (default) or P2SH.
+    pub kind: OutputKind,
+    /// Where the change of every payment goes.
+    pub change_script: ScriptBuf,
+    /// Dust relay fee from the merchant's policy (fixes the `NONE` switch point).
+    pub dust_relay_fee: FeeRate,
+    /// Settle margin plus payment cutoff from the merchant's policy, in the expiry's unit:
+    /// the customer stops paying when the merchant would stop accepting.
+    pub cutoff_distance: u32,
+}
+
+/// Everything the customer stores about a channel. The channel's secret key is not part of it:
+/// the caller derives it again (from its seed) when it restores the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerState {
+    /// The terms.
+    pub terms: CustomerTerms,
+    /// The parameters, once the funding transaction is built.
+    pub params: Option<ChannelParams>,
+    /// The funding transaction, stored before it is sent or broadcast.
+    pub funding_tx: Option<Transaction>,
+    /// The phase.
+    pub phase: Phase,
+    /// The highest total the caller authorised.
+    pub authorised: Amount,
+    /// The highest total signed: treated as spent from the moment it is signed.
+    pub signed: Amount,
+    /// The signature of `signed` (so a resume re-sends it rather than signing anew).
+    pub signature: Vec<u8>,
+    /// The highest total the merchant acknowledged.
+    pub acked: Amount,
+    /// The settlement or refund that spent (or will spend) the funding output.
+    pub closing_txid: Option<Txid>,
+}
+
+/// The customer's state machine for one channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerChannel {
+    state: CustomerState,
+    key: SecretKey,
+    outbox: Outbox<CustomerState>,
+}
+
+impl CustomerChannel {
+    /// Starts a channel with `terms`. `key` must be the secret of `terms.script.customer()`.
+    /// Returns the channel in [`Phase::Opening`]: build the funding transaction to
+    /// [`CustomerChannel::funding_script_pubkey`], then call
+    /// [`CustomerChannel::handle_funding_built`].
+    ///
+    /// # Errors
+    /// [`Error::Signing`] when `key` does not match; [`Error::Malformed`] for a non-standard
+    /// change script.
+    pub fn new(terms: CustomerTerms, key: SecretKey) -> Result<Self, Error> {
+        if PublicKey::from_secret_key(sig::secp(), &key) != terms.script.customer() {
+            return Err(Error::Signing("the key is not the channel's customer key"));
+        }
+        if !crate::tx::is_standard_destination(&terms.change_script) {
+            return Err(Error::malformed("change script", "not a standard output script"));
+        }
+        let state = CustomerState {
+            terms,
+            params: None,
+            funding_tx: None,
+            phase: Phase::Opening,
+            authorised: Amount::ZERO,
+            signed: Amount::ZERO,
+            signature: Vec::new(),
+            acked: Amount::ZERO,
+            closing_txid: None,
+        };
+        Ok(CustomerChannel { state, key, outbox: Outbox::default() })
+    }
+
+    /// Rebuilds a channel from its stored state and its secret key.
+    ///
+    /// # Errors
+    /// [`Error::Signing`] when `key` is not the stored channel's key.
+    pub fn restore(state: CustomerState, key: SecretKey) -> Result<Self, Error> {
+        if PublicKey::from_secret_key(sig::secp(), &key) != state.terms.script.customer() {
+            return Err(Error::Signing("the key is not the channel's customer key"));
+        }
+        Ok(CustomerChannel { state, key, outbox: Outbox::default() })
+    }
+
+    /// The stored state.
+    pub fn state(&self) -> &CustomerState {
+        &self.state
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.state.phase
+    }
+
+    /// The channel id, once the funding exists.
+    pub fn id(&self) -> Option<OutPoint> {
+        self.state.params.as_ref().map(ChannelParams::id)
+    }
+
+    /// The output script the funding transaction must pay.
+    pub fn funding_script_pubkey(&self) -> ScriptBuf {
+        self.state.terms.script.script_pubkey(self.state.terms.kind)
+    }
+
+    /// The next effect to execute.
+    pub fn poll_effect(&mut self) -> Option<Effect<CustomerState>> {
+        self.outbox.poll()
+    }
+
+    /// Reports persist `id` durable; releases what waited for it.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPersist`] for an id never issued.
+    pub fn persisted(&mut self, id: u64) -> Result<(), Error> {
+        self.outbox.persisted(id)
+    }
+
+    fn params(&self, event: &'static str) -> Result<&ChannelParams, Error> {
+        self.state
+            .params
+            .as_ref()
+            .ok_or(Error::InvalidTransition { phase: self.state.phase, event })
+    }
+
+    /// The wallet built (and signed) `funding_tx`. Queues: persist (with the funding), then
+    /// [`Open`] to the merchant. The funding is broadcast only once the merchant accepts.
+    /// Authorises payments up to the deposit unless [`CustomerChannel::authorise`] lowered it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] outside [`Phase::Opening`]; [`Error::FundingOutputNotFound`]
+    /// or [`Error::FundingOutputAmbiguous`]; [`Error::Malformed`] when it pays the other kind.
+    pub fn handle_funding_built(&mut self, funding_tx: Transaction) -> Result<OutPoint, Error> {
+        if self.state.phase != Phase::Opening {
+            return Err(Error::InvalidTransition { phase: self.state.phase, event: "fund" });
+        }
+        let terms = &self.state.terms;
+        let funding = FundingOutput::find(&funding_tx, &terms.script)?;
+        if funding.kind != terms.kind {
+            return Err(Error::malformed("funding transaction", "pays the other output kind"));
+        }
+        let params = ChannelParams::new(
+            terms.script,
+            funding,
+            terms.change_script.clone(),
+            terms.dust_relay_fee,
+        )?;
+        let open = Open {
+            funding_tx: serialize(&funding_tx),
+            customer_pubkey: terms.script.customer().serialize().to_vec(),
+            merchant_pubkey: terms.script.merchant().serialize().to_vec(),
+            expiry: terms.script.expiry().to_consensus_u32(),
+            change_script: terms.change_script.to_bytes(),
+        };
+        if self.state.authorised == Amount::ZERO {
+            self.state.authorised = funding.value;
+        }
+        self.state.params = Some(params);
+        self.state.funding_tx = Some(funding_tx);
+        self.state.phase = Phase::AwaitingFunding;
+        self.outbox.persist(self.state.clone());
+        self.outbox.after_persist(Effect::Send(Message::Open(open)));
+        Ok(funding.outpoint)
+    }
+
+    /// The merchant accepted the channel: broadcast the funding and watch it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] unless awaiting funding.
+    pub fn handle_opened(&mut self) -> Result<(), Error> {
+        let (Phase::AwaitingFunding, Some(tx)) = (self.state.phase, &self.state.funding_tx) else {
+            return Err(Error::InvalidTransition { phase: self.state.phase, event: "opened" });
+        };
+        let tx = tx.clone();
+        let id = self.params("opened")?.id();
+        self.state.phase = Phase::Open;
+        self.outbox.persist(self.state.clone());
+        self.outbox.after_persist(Effect::Broadcast(tx));
+        self.outbox.now(Effect::Watch(id));
+        Ok(())
+    }
+
+    /// The merchant refused the channel before the funding was broadcast: the funding's inputs
+    /// are free again.
+    pub fn handle_open_refused(&mut self, code: u32, message: String) {
+        if matches!(self.state.phase, Phase::Opening | Phase::AwaitingFunding) {
+            self.state.phase = Phase::Abandoned;
+            self.outbox.persist(self.state.clone());
+            if let Some(channel) = self.id() {
+                self.outbox.now(Effect::Event(Event::PeerError { channel, code, message }));
+            }
+        }
+    }
+
+    /// Sets the highest total the caller allows this channel to sign (a spending cap). It may
+    /// not go below what is already signed.
+    pub fn authorise(&mut self, max_total: Amount) {
+        self.state.authorised = max_total.max(self.state.signed);
+    }
+
+    /// Pays `amount` more: signs the new cumulative total, records it as spent (persist) and
+    /// then sends it. Returns the new total.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] unless open; [`Error::PastCutoff`] when the merchant would
+    /// no longer accept it; [`Error::AboveAuthorised`]; [`Error::AboveDeposit`].
+    pub fn pay(&mut self, now: &Now, amount: Amount) -> Result<Amount, Error> {
+        if self.state.phase != Phase::Open {
+            return Err(Error::InvalidTransition { phase: self.state.phase, event: "pay" });
+        }
+        if amount == Amount::ZERO {
+            return Err(Error::AmountOutOfRange("a payment must be above zero"));
+        }
+        let params = self.params("pay")?;
+        let expiry: LockTime = params.script().expiry();
+        let distance = self.state.terms.cutoff_distance;
+        if !now.is_before(expiry, distance) {
+            return Err(Error::PastCutoff {
+                cutoff: expiry.to_consensus_u32().saturating_sub(distance),
+            });
+        }
+        let total = self
+            .state
+            .signed
+            .checked_add(amount)
+            .ok_or(Error::AmountOutOfRange("total overflows"))?;
+        if total > self.state.authorised {
+            return Err(Error::AboveAuthorised { total, authorised: self.state.authorised });
+        }
+        let signature = sign_payment(params, total, &self.key)?;
+        let id = params.id();
+        self.state.signed = total;
+        self.state.signature = signature.clone();
+        self.outbox.persist(self.state.clone());
+        self.outbox.after_persist(Effect::Send(Message::Pay(Pay {
+            channel: Some(id.into()),
+            total_sat: total.to_sat(),
+            signature,
+        })));
+        Ok(total)
+    }
+
+    /// The merchant acknowledged `total`.
+    ///
+    /// # Errors
+    /// [`Error::UnexpectedMessage`] for a total never signed.
+    pub fn handle_ack(&mut self, total: Amount) -> Result<(), Error> {
+        let id = self.params("ack")?.id();
+        if total > self.state.signed {
+            return Err(Error::UnexpectedMessage("acknowledgement of a total never signed"));
+        }
+        if total > self.state.acked {
+            self.state.acked = total;
+            self.outbox.now(Effect::Event(Event::PaymentAcked { channel: id, total }));
+        }
+        Ok(())
+    }
+
+    /// After a reconnect: ask the merchant for its latest total.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] before the funding exists.
+    pub fn resume(&mut self) -> Result<(), Error> {
+        let id = self.params("resume")?.id();
+        self.outbox.now(Effect::Send(Message::Resume(Resume { channel: Some(id.into()) })));
+        Ok(())
+    }
+
+    /// The merchant's latest stored total after a resume. When it lacks the latest signed
+    /// payment, the same signature is sent again (never a new one).
+    ///
+    /// # Errors
+    /// [`Error::UnexpectedMessage`] when the merchant claims more than was ever signed.
+    pub fn handle_resumed(&mut self, merchant_total: Amount) -> Result<(), Error> {
+        let id = self.params("resumed")?.id();
+        if merchant_total > self.state.signed {
+            return Err(Error::UnexpectedMessage("merchant claims a total never signed"));
+        }
+        self.handle_ack(merchant_total)?;
+        if merchant_total < self.state.signed && self.state.phase == Phase::Open {
+            self.outbox.now(Effect::Send(Message::Pay(Pay {
+                channel: Some(id.into()),
+                total_sat: self.state.signed.to_sat(),
+                signature: self.state.signature.clone(),
+            })));
+        }
+        Ok(())
+    }
+
+    /// Asks the merchant to settle now: sends [`Close`] signed with the channel key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] unless open.
+    pub fn close(&mut self) -> Result<(), Error> {
+        if self.state.phase != Phase::Open {
+            return Err(Error::InvalidTransition { phase: self.state.phase, event: "close" });
+        }
+        let id = self.params("close")?.id();
+        let digest = SecpMessage::from_digest(close_digest(id));
+        let s = sig::secp().sign_ecdsa(&digest, &self.key);
+        self.outbox.now(Effect::Send(Message::Close(Close {
+            channel: Some(id.into()),
+            signature: s.serialize_der().to_vec(),
+        })));
+        Ok(())
+    }
+
+    /// The merchant reports its settlement txid.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] when the channel is over.
+    pub fn handle_closed(&mut self, settlement: Txid) -> Result<(), Error> {
+        if self.state.phase.is_final() || self.state.params.is_none() {
+            return Err(Error::InvalidTransition { phase: self.state.phase, event: "closed" });
+        }
+        self.state.phase = Phase::Settling;
+        self.state.closing_txid = Some(settlement);
+        self.outbox.persist(self.state.clone());
+        Ok(())
+    }
+
+    /// Periodic check: reports [`Event::RefundDue`] when the funding is (as far as this
+    /// channel knows) unspent and the refund is final at `now`.
+    pub fn handle_tick(&mut self, now: &Now) {
+        let Some(params) = &self.state.params else { return };
+        let live =
+            matches!(self.state.phase, Phase::AwaitingFunding | Phase::Open | Phase::Settling);
+        if live && now.lock_is_final(params.script().expiry()) {
+            let channel = params.id();
+            self.outbox.now(Effect::Event(Event::RefundDue { channel }));
+        }
+    }
+
+    /// Builds and signs the refund at `fee_rate` to `destination`. Queues: persist, then
+    /// broadcast. May be called again at a higher fee rate.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] when the channel is over or never funded; the errors of
+    /// [`build_refund`].
+    pub fn refund(
+        &mut self,
+        destination: ScriptBuf,
+        fee_rate: FeeRate,
+    ) -> Result<Transaction, Error> {
+        if self.state.phase.is_final() {
+            return Err(Error::InvalidTransition { phase: self.state.phase, event: "refund" });
+        }
+        let tx = build_refund(self.params("refund")?, &self.key, destination, fee_rate)?;
+        self.state.closing_txid = Some(tx.compute_txid());
+        self.state.phase = Phase::Settling;
+        self.outbox.persist(self.state.clone());
+        self.outbox.after_persist(Effect::Broadcast(tx.clone()));
+        Ok(tx)
+    }
+
+    /// The funding output was spent by `tx` (confirmed).
+    ///
+    /// # Errors
+    /// [`Error::UnexpectedMessage`] when `tx` does not spend this channel.
+    pub fn handle_funding_spent(&mut self, tx: &Transaction) -> Result<(), Error> {
+        let id = self.params("spent")?.id();
+        if !tx.input.iter().any(|i| i.previous_output == id) {
+            return Err(Error::UnexpectedMessage("transaction does not spend the channel"));
+        }
+        let txid = tx.compute_txid();
+        self.state.closing_txid = Some(txid);
+        let event = match find_channel_spend(tx).map(|s| s.role) {
+            Some(Role::Refund) => {
+                self.state.phase = Phase::Refunded;
+                Event::Refunded { channel: id, txid, unsettled: Amount::ZERO }
+            }
+            _ => {
+                self.state.phase = Phase::Settled;
+                Event::Settled { channel: id, txid }
+            }
+        };
+        self.outbox.persist(self.state.clone());
+        self.outbox.now(Effect::Event(event));
+        Ok(())
+    }
+}

@@ -1,0 +1,410 @@
+//! The merchant's side of a channel.
+//!
+//! ```text
+//!  open() ─► AwaitingFunding ──confirmed──► Open ──settle()──► Settling ──spent──► Settled
+//!                 ▲                │  ▲                                  └─────► Refunded
+//!                 └────reorged─────┘  └ handle_payment / handle_two1_payment
+//! ```
+//!
+//! `handle_payment` validates (DESIGN §2 rules 1–3), updates the state, queues a
+//! [`Effect::Persist`] and holds the [`PaymentAck`] until the driver calls
+//! [`MerchantChannel::persisted`] (rule 4). A rejected payment returns the error and changes
+//! nothing, not even the outbox: the driver sends the [`ErrorMsg`](crate::msg::ErrorMsg).
+
+use bitcoin::secp256k1::{ecdsa, Message as SecpMessage, SecretKey};
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
+
+use super::{Effect, Event, Outbox, Phase, SettleReason};
+use crate::msg::{close_digest, ChannelRef, Closed, Message, Opened, PaymentAck};
+use crate::policy::Policy;
+use crate::time::Now;
+use crate::tx::recognise::{find_channel_spend, Role};
+use crate::tx::settlement::{build_settlement, Settlement, WalletInput};
+use crate::tx::two1::{complete_payment, Two1Payment};
+use crate::tx::ChannelParams;
+use crate::validate::{validate_payment, validate_two1_payment, ChannelView};
+use crate::{sig, Error};
+
+/// Everything the merchant stores about a channel. Encoded with [`MerchantState::encode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerchantState {
+    /// The channel's parameters.
+    pub params: ChannelParams,
+    /// The phase.
+    pub phase: Phase,
+    /// The highest valid total (`signed_max` of DESIGN §2).
+    pub accepted: Amount,
+    /// The customer's signature of `accepted` (empty before the first payment). For a 21
+    /// payment, its signature inside `two1_tx`.
+    pub signature: Vec<u8>,
+    /// The latest payment when it came as a whole 21 transaction.
+    pub two1_tx: Option<Transaction>,
+    /// Sum of the prices of requests served against this channel.
+    pub charged: Amount,
+    /// The settlement broadcast, if any.
+    pub settlement_txid: Option<Txid>,
+}
+
+impl MerchantState {
+    /// The state of a channel just opened.
+    pub fn new(params: ChannelParams) -> Self {
+        MerchantState {
+            params,
+            phase: Phase::AwaitingFunding,
+            accepted: Amount::ZERO,
+            signature: Vec::new(),
+            two1_tx: None,
+            charged: Amount::ZERO,
+            settlement_txid: None,
+        }
+    }
+}
+
+/// The merchant's state machine for one channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MerchantChannel {
+    state: MerchantState,
+    policy: Policy,
+    outbox: Outbox<MerchantState>,
+}
+
+impl MerchantChannel {
+    /// Accepts a new channel after the driver checked the funding transaction pays `params`'
+    /// script with the merchant's key. Checks the deposit and expiry against `policy`.
+    ///
+    /// Queues: persist, watch the funding outpoint, then (after the persist) [`Opened`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidPolicy`] for an invalid policy; [`Error::FundingTooSmall`] /
+    /// [`Error::AmountOutOfRange`] for a deposit outside the policy; [`Error::InvalidExpiry`]
+    /// for an expiry too near or too far.
+    pub fn open(params: ChannelParams, policy: Policy, now: &Now) -> Result<Self, Error> {
+        policy.validate()?;
+        if params.capacity() < policy.min_deposit {
+            return Err(Error::FundingTooSmall {
+                got: params.capacity(),
+                required: policy.min_deposit,
+            });
+        }
+        if params.capacity() > policy.max_deposit {
+            return Err(Error::AmountOutOfRange("deposit above the merchant's maximum"));
+        }
+        let expiry = params.script().expiry();
+        let raw = expiry.to_consensus_u32();
+        let is_height = expiry.is_block_height();
+        let to_secs = |secs: u32| {
+            if is_height {
+                secs.div_ceil(crate::policy::SECONDS_PER_BLOCK)
+            } else {
+                secs
+            }
+        };
+        if !now.is_before(expiry, to_secs(policy.min_channel_life_secs)) {
+            return Err(Error::InvalidExpiry {
+                expiry: raw,
+                reason: "too soon: less than the merchant's minimum channel life remains",
+            });
+        }
+        let max_life = to_secs(policy.max_channel_life_secs);
+        let too_far = if is_height {
+            u64::from(raw) > u64::from(now.height) + u64::from(max_life)
+        } else {
+            u64::from(raw) > now.time + u64::from(max_life)
+        };
+        if too_far {
+            return Err(Error::InvalidExpiry {
+                expiry: raw,
+                reason: "too far: beyond the merchant's maximum channel life",
+            });
+        }
+        let mut state = MerchantState::new(params);
+        if policy.zero_conf {
+            state.phase = Phase::Open;
+        }
+        let mut ch = MerchantChannel { state, policy, outbox: Outbox::default() };
+        let id = ch.id();
+        ch.outbox.persist(ch.state.clone());
+        ch.outbox.now(Effect::Watch(id));
+        ch.outbox.after_persist(Effect::Send(Message::Opened(Opened {
+            channel: Some(id.into()),
+            confirmations_required: if ch.policy.zero_conf {
+                0
+            } else {
+                ch.policy.min_confirmations
+            },
+        })));
+        Ok(ch)
+    }
+
+    /// Rebuilds a channel from its stored state.
+    pub fn restore(state: MerchantState, policy: Policy) -> Self {
+        MerchantChannel { state, policy, outbox: Outbox::default() }
+    }
+
+    /// The channel's id (funding outpoint).
+    pub fn id(&self) -> OutPoint {
+        self.state.params.id()
+    }
+
+    /// The stored state.
+    pub fn state(&self) -> &MerchantState {
+        &self.state
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.state.phase
+    }
+
+    /// The highest accepted total (in memory; durable once its persist completes).
+    pub fn accepted(&self) -> Amount {
+        self.state.accepted
+    }
+
+    /// The next effect to execute.
+    pub fn poll_effect(&mut self) -> Option<Effect<MerchantState>> {
+        self.outbox.poll()
+    }
+
+    /// Reports persist `id` durable; releases the acknowledgements that waited for it.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPersist`] for an id never issued.
+    pub fn persisted(&mut self, id: u64) -> Result<(), Error> {
+        self.outbox.persisted(id)
+    }
+
+    /// Whether a persist is still outstanding.
+    pub fn persist_pending(&self) -> bool {
+        self.outbox.persist_pending()
+    }
+
+    fn view(&self) -> ChannelView<'_> {
+        ChannelView {
+            params: &self.state.params,
+            phase: self.state.phase,
+            accepted: self.state.accepted,
+        }
+    }
+
+    /// The funding transaction has `confirmations` confirmations.
+    pub fn handle_funding_confirmations(&mut self, confirmations: u32) {
+        let id = self.id();
+        match self.state.phase {
+            Phase::AwaitingFunding if confirmations >= self.policy.min_confirmations => {
+                self.state.phase = Phase::Open;
+                self.outbox.persist(self.state.clone());
+                self.outbox.now(Effect::Event(Event::FundingConfirmed { channel: id }));
+            }
+            Phase::Open if confirmations == 0 && !self.policy.zero_conf => {
+                self.state.phase = Phase::AwaitingFunding;
+                self.outbox.persist(self.state.clone());
+                self.outbox.now(Effect::Event(Event::FundingReorged { channel: id }));
+            }
+            _ => {}
+        }
+    }
+
+    /// A compact payment arrived (DESIGN §2). On success the new total is accepted in memory,
+    /// a persist is queued, and the acknowledgement waits for it.
+    ///
+    /// # Errors
+    /// The first payment rule broken; the channel is then unchanged.
+    pub fn handle_payment(
+        &mut self,
+        now: &Now,
+        channel: OutPoint,
+        total: Amount,
+        signature: &[u8],
+    ) -> Result<(), Error> {
+        validate_payment(&self.view(), &self.policy, now, channel, total, signature)?;
+        let increment = total - self.state.accepted;
+        self.state.accepted = total;
+        self.state.signature = signature.to_vec();
+        self.state.two1_tx = None;
+        self.accepted_effects(increment);
+        Ok(())
+    }
+
+    /// A whole 21 payment transaction arrived. Returns the validated payment, whose `amount`
+    /// minus the previous total is the increment (two1's redeem value).
+    ///
+    /// # Errors
+    /// As [`MerchantChannel::handle_payment`], plus malformed-21 errors.
+    pub fn handle_two1_payment(&mut self, now: &Now, tx: &Transaction) -> Result<Amount, Error> {
+        let payment = validate_two1_payment(&self.view(), &self.policy, now, tx)?;
+        let increment = payment.amount - self.state.accepted;
+        self.state.accepted = payment.amount;
+        self.state.signature = payment.customer_sig;
+        self.state.two1_tx = Some(payment.tx);
+        self.accepted_effects(increment);
+        Ok(increment)
+    }
+
+    fn accepted_effects(&mut self, increment: Amount) {
+        let id = self.id();
+        let total = self.state.accepted;
+        self.outbox.persist(self.state.clone());
+        self.outbox.now(Effect::Event(Event::PaymentAccepted { channel: id, total, increment }));
+        self.outbox.after_persist(Effect::Send(Message::PaymentAck(PaymentAck {
+            channel: Some(id.into()),
+            total_sat: total.to_sat(),
+        })));
+        let remaining = self.state.params.capacity() - total;
+        if remaining < self.policy.close_out {
+            self.outbox.now(Effect::Event(Event::SettleDue {
+                channel: id,
+                reason: SettleReason::Exhausted,
+            }));
+        }
+    }
+
+    /// Charges `price` for a request against the accepted total (DESIGN §2 accounting): served
+    /// only when `charged + price ≤ accepted`. Queues a persist.
+    ///
+    /// # Errors
+    /// [`Error::InsufficientFunds`] when the channel's credit does not cover the price;
+    /// [`Error::ChannelNotOpen`] when the channel is not open.
+    pub fn charge(&mut self, price: Amount) -> Result<Amount, Error> {
+        if self.state.phase != Phase::Open {
+            return Err(Error::ChannelNotOpen { phase: self.state.phase });
+        }
+        let charged = self
+            .state
+            .charged
+            .checked_add(price)
+            .ok_or(Error::AmountOutOfRange("charged overflows"))?;
+        if charged > self.state.accepted {
+            return Err(Error::InsufficientFunds {
+                needed: price,
+                available: self.state.accepted - self.state.charged,
+            });
+        }
+        self.state.charged = charged;
+        self.outbox.persist(self.state.clone());
+        Ok(self.state.accepted - charged)
+    }
+
+    /// Periodic check: reports [`Event::SettleDue`] once the expiry is within the settle margin.
+    pub fn handle_tick(&mut self, now: &Now) {
+        if self.state.phase != Phase::Open && self.state.phase != Phase::AwaitingFunding {
+            return;
+        }
+        let expiry = self.state.params.script().expiry();
+        if !now.is_before(expiry, self.policy.settle_distance(expiry.is_block_height())) {
+            self.outbox.now(Effect::Event(Event::SettleDue {
+                channel: self.id(),
+                reason: SettleReason::Expiry,
+            }));
+        }
+    }
+
+    /// The customer asks to close: checks its signature of [`close_digest`], then reports
+    /// [`Event::SettleDue`].
+    ///
+    /// # Errors
+    /// [`Error::SignatureNotDer`] or [`Error::BadSignature`]; [`Error::InvalidTransition`] when
+    /// nothing was paid or the channel is not open.
+    pub fn handle_close(&mut self, signature: &[u8]) -> Result<(), Error> {
+        let digest = SecpMessage::from_digest(close_digest(self.id()));
+        let s = ecdsa::Signature::from_der(signature).map_err(|_| Error::SignatureNotDer)?;
+        sig::secp()
+            .verify_ecdsa(&digest, &s, &self.state.params.script().customer())
+            .map_err(|_| Error::BadSignature)?;
+        if self.state.phase != Phase::Open || self.state.accepted == Amount::ZERO {
+            return Err(Error::InvalidTransition { phase: self.state.phase, event: "close" });
+        }
+        self.outbox.now(Effect::Event(Event::SettleDue {
+            channel: self.id(),
+            reason: SettleReason::CustomerClose,
+        }));
+        Ok(())
+    }
+
+    /// Builds and signs the settlement of the accepted total at `fee_rate`, paying the
+    /// merchant's share to `destination`. Queues: persist (phase settling, with the txid), then
+    /// broadcast and [`Closed`]. Calling it again while settling re-signs at the new fee rate (a
+    /// BIP 125 replacement).
+    ///
+    /// Returns the settlement; when `wallet_inputs` are given, the driver's wallet must sign
+    /// them before the broadcast effect is executed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] when nothing was paid or the channel is over; the errors of
+    /// [`build_settlement`].
+    pub fn settle(
+        &mut self,
+        merchant_key: &SecretKey,
+        destination: ScriptBuf,
+        fee_rate: FeeRate,
+        wallet_inputs: &[WalletInput],
+    ) -> Result<Settlement, Error> {
+        let phase = self.state.phase;
+        if !matches!(phase, Phase::Open | Phase::Settling | Phase::AwaitingFunding)
+            || self.state.accepted == Amount::ZERO
+        {
+            return Err(Error::InvalidTransition { phase, event: "settle" });
+        }
+        let settlement = match &self.state.two1_tx {
+            Some(tx) => {
+                let p = Two1Payment {
+                    tx: tx.clone(),
+                    amount: self.state.accepted,
+                    change: Amount::ZERO,
+                    fee: Amount::ZERO,
+                    customer_sig: self.state.signature.clone(),
+                };
+                let tx = complete_payment(&self.state.params, &p, merchant_key)?;
+                let paid_out: Amount = tx.output.iter().map(|o| o.value).sum();
+                let fee =
+                    self.state.params.capacity().checked_sub(paid_out).unwrap_or(Amount::ZERO);
+                Settlement { tx, fee, merchant_amount: self.state.accepted }
+            }
+            None => build_settlement(
+                &self.state.params,
+                self.state.accepted,
+                &self.state.signature,
+                merchant_key,
+                destination,
+                fee_rate,
+                wallet_inputs,
+            )?,
+        };
+        let txid = settlement.tx.compute_txid();
+        self.state.phase = Phase::Settling;
+        self.state.settlement_txid = Some(txid);
+        self.outbox.persist(self.state.clone());
+        self.outbox.after_persist(Effect::Broadcast(settlement.tx.clone()));
+        self.outbox.after_persist(Effect::Send(Message::Closed(Closed {
+            channel: Some(ChannelRef::from(self.id())),
+            settlement_txid: bitcoin::hashes::Hash::to_byte_array(txid).to_vec(),
+        })));
+        Ok(settlement)
+    }
+
+    /// The funding output was spent by `tx` (confirmed). Moves to settled or refunded.
+    ///
+    /// # Errors
+    /// [`Error::UnexpectedMessage`] when `tx` does not spend this channel's funding output.
+    pub fn handle_funding_spent(&mut self, tx: &Transaction) -> Result<(), Error> {
+        let id = self.id();
+        if !tx.input.iter().any(|i| i.previous_output == id) {
+            return Err(Error::UnexpectedMessage("transaction does not spend the channel"));
+        }
+        let txid = tx.compute_txid();
+        let event = match find_channel_spend(tx).map(|s| s.role) {
+            Some(Role::Refund) => {
+                self.state.phase = Phase::Refunded;
+                Event::Refunded { channel: id, txid, unsettled: self.state.accepted }
+            }
+            _ => {
+                self.state.phase = Phase::Settled;
+                self.state.settlement_txid = Some(txid);
+                Event::Settled { channel: id, txid }
+            }
+        };
+        self.outbox.persist(self.state.clone());
+        self.outbox.now(Effect::Event(event));
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! The one error type of `paychan-core`.
+//!
+//! Every variant says what was wrong in lowercase words and carries the values that were
+//! compared, so that a user who meets it knows what to change. Payment rejections (the merchant's
+//! rules of DESIGN §2) each have their own variant and their own stable wire code
+//! ([`Error::code`]), so a peer can act on them without parsing text.
+
+use bitcoin::{Amount, OutPoint, Txid};
+
+use crate::channel::Phase;
+
+/// Errors returned by `paychan-core`.
+///
+/// No function of this crate changes any state when it returns an error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- scripts, parameters and transactions ----
+    /// The expiry cannot be used as a channel timelock.
+    #[error("invalid expiry {expiry}: {reason}")]
+    InvalidExpiry {
+        /// The raw locktime value.
+        expiry: u32,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A script is not the channel script of DESIGN §2.
+    #[error("not a channel script: {0}")]
+    NotChannelScript(&'static str),
+    /// The funding transaction has no output paying the channel script.
+    #[error("funding transaction {txid} has no output paying the channel script")]
+    FundingOutputNotFound {
+        /// The funding transaction's id.
+        txid: Txid,
+    },
+    /// The funding transaction pays the channel script more than once.
+    #[error("funding transaction {txid} pays the channel script in more than one output")]
+    FundingOutputAmbiguous {
+        /// The funding transaction's id.
+        txid: Txid,
+    },
+    /// The funding output is smaller than required.
+    #[error("funding output carries {got}, below the required {required}")]
+    FundingTooSmall {
+        /// Value of the funding output.
+        got: Amount,
+        /// The smallest value accepted.
+        required: Amount,
+    },
+    /// An amount computation overflowed or went below zero.
+    #[error("amount out of range: {0}")]
+    AmountOutOfRange(&'static str),
+    /// An output would be below Bitcoin Core's dust threshold and could not be relayed.
+    #[error("output of {value} is below the dust threshold of {threshold}")]
+    Dust {
+        /// The value of the output.
+        value: Amount,
+        /// Bitcoin Core's dust threshold for the output's script.
+        threshold: Amount,
+    },
+    /// The inputs cannot pay the fee.
+    #[error("insufficient funds: need {needed}, have {available}")]
+    InsufficientFunds {
+        /// What the transaction needs (outputs and fee).
+        needed: Amount,
+        /// What the inputs carry.
+        available: Amount,
+    },
+    /// A transaction could not be signed or hashed (bad input index, missing output).
+    #[error("cannot sign transaction: {0}")]
+    Signing(&'static str),
+    /// A hex string, transaction or other encoded value could not be decoded.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// What was being decoded.
+        what: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The policy is inconsistent.
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
+
+    // ---- payment rules (DESIGN §2), in the order the merchant checks them ----
+    /// The payment names another channel.
+    #[error("payment is for channel {got}, not {expected}")]
+    WrongChannel {
+        /// The channel the payment was sent to.
+        expected: OutPoint,
+        /// The channel the payment names.
+        got: OutPoint,
+    },
+    /// No channel is known under that id.
+    #[error("unknown channel {0}")]
+    UnknownChannel(OutPoint),
+    /// The channel does not accept payments in its current phase.
+    #[error("channel is {phase}, not open: it cannot take payments")]
+    ChannelNotOpen {
+        /// The channel's phase.
+        phase: Phase,
+    },
+    /// The channel is too close to its expiry to take payments.
+    #[error("channel is past its payment cutoff ({cutoff}); open a new channel")]
+    PastCutoff {
+        /// The last moment (unix time or height, as the expiry) payments were accepted.
+        cutoff: u32,
+    },
+    /// The new total is not above the highest total already accepted.
+    #[error("total {total} is not above the accepted total {accepted}")]
+    NotIncreasing {
+        /// The total of the payment.
+        total: Amount,
+        /// The highest total accepted so far.
+        accepted: Amount,
+    },
+    /// The new total exceeds the channel's deposit.
+    #[error("total {total} exceeds the channel deposit {capacity}")]
+    AboveDeposit {
+        /// The total of the payment.
+        total: Amount,
+        /// The value of the funding output.
+        capacity: Amount,
+    },
+    /// The customer's change would be dust, but the payment was not signed `NONE|ANYONECANPAY`.
+    #[error(
+        "change {change} is below dust ({dust}): the payment must be signed NONE|ANYONECANPAY"
+    )]
+    DustChangeNeedsNone {
+        /// The customer's change.
+        change: Amount,
+        /// The dust threshold of the customer's change script.
+        dust: Amount,
+    },
+    /// The signature is not strictly DER encoded (BIP 66).
+    #[error("signature is not strict DER")]
+    SignatureNotDer,
+    /// The signature has a high S value (not standard: BIP 62 low-S).
+    #[error("signature has a high S value")]
+    SignatureHighS,
+    /// The signature's sighash flag is not the one required.
+    #[error("sighash flag {got:#04x} where {expected:#04x} is required")]
+    WrongSighashFlag {
+        /// The flag required.
+        expected: u8,
+        /// The flag found.
+        got: u8,
+    },
+    /// The signature does not verify under the customer's key.
+    #[error("signature does not verify under the customer key")]
+    BadSignature,
+    /// A whole-transaction (21 / two1) payment is not of the expected form.
+    #[error("malformed 21 payment: {0}")]
+    MalformedTwo1Payment(&'static str),
+
+    // ---- state machines ----
+    /// The customer was asked to sign more than its caller authorised.
+    #[error("total {total} exceeds the authorised {authorised}")]
+    AboveAuthorised {
+        /// The total that would be signed.
+        total: Amount,
+        /// The highest total the caller authorised.
+        authorised: Amount,
+    },
+    /// The event is not valid in the channel's phase.
+    #[error("cannot {event} while the channel is {phase}")]
+    InvalidTransition {
+        /// The channel's phase.
+        phase: Phase,
+        /// What was attempted.
+        event: &'static str,
+    },
+    /// A persist completion names no pending persist.
+    #[error("no pending persist with id {0}")]
+    UnknownPersist(u64),
+    /// A message from the peer does not match the channel's state.
+    #[error("unexpected message from peer: {0}")]
+    UnexpectedMessage(&'static str),
+
+    // ---- protocol messages ----
+    /// A frame's declared length is above the limit.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// Declared length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A frame ended before its declared length.
+    #[error("truncated frame: {needed} bytes needed, {have} present")]
+    FrameTruncated {
+        /// Bytes the frame needs.
+        needed: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// A frame's body is not a valid message.
+    #[error("undecodable message: {0}")]
+    Decode(String),
+    /// The peer speaks no protocol version this build speaks.
+    #[error("unsupported protocol version {got} (this build speaks {min} to {max})")]
+    UnsupportedVersion {
+        /// The peer's version.
+        got: u32,
+        /// Lowest supported version.
+        min: u32,
+        /// Highest supported version.
+        max: u32,
+    },
+}
+
+impl Error {
+    /// A stable numeric code for the wire protocol's `Error` message.
+    ///
+    /// Codes 100–199 are payment rejections; the channel is unchanged and the peer may retry
+    /// with a corrected payment. Codes 200–299 are protocol errors. Codes 1–99 are other errors.
+    pub fn code(&self) -> u32 {
+        match self {
+            Error::InvalidExpiry { .. } => 1,
+            Error::NotChannelScript(_) => 2,
+            Error::FundingOutputNotFound { .. } => 3,
+            Error::FundingOutputAmbiguous { .. } => 4,
+            Error::FundingTooSmall { .. } => 5,
+            Error::AmountOutOfRange(_) => 6,
+            Error::Dust { .. } => 7,
+            Error::InsufficientFunds { .. } => 8,
+            Error::Signing(_) => 9,
+            Error::Malformed { .. } => 10,
+            Error::InvalidPolicy(_) => 11,
+            Error::AboveAuthorised { .. } => 12,
+            Error::InvalidTransition { .. } => 13,
+            Error::UnknownPersist(_) => 14,
+            Error::WrongChannel { .. } => 100,
+            Error::UnknownChannel(_) => 101,
+            Error::ChannelNotOpen { .. } => 102,
+            Error::PastCutoff { .. } => 103,
+            Error::NotIncreasing { .. } => 104,
+            Error::AboveDeposit { .. } => 105,
+            Error::DustChangeNeedsNone { .. } => 106,
+            Error::SignatureNotDer => 107,
+            Error::SignatureHighS => 108,
+            Error::WrongSighashFlag { .. } => 109,
+            Error::BadSignature => 110,
+            Error::MalformedTwo1Payment(_) => 111,
+            Error::UnexpectedMessage(_) => 200,
+            Error::FrameTooLarge { .. } => 201,
+            Error::FrameTruncated { .. } => 202,
+            Error::Decode(_) => 203,
+            Error::UnsupportedVersion { .. } => 204,
+        }
+    }
+
+    /// Whether this is the merchant refusing a payment (the channel is unchanged).
+    pub fn is_payment_rejection(&self) -> bool {
+        (100..200).contains(&self.code())
+    }
+
+    pub(crate) fn malformed(what: &'static str, reason: impl ToString) -> Self {
+        Error::Malformed { what, reason: reason.to_string() }
+    }
+}

@@ -1,0 +1,83 @@
+//! The refund: the customer takes the whole deposit back after the expiry (`ELSE` branch).
+//!
+//! `nLockTime = expiry` (so `OP_CHECKLOCKTIMEVERIFY` passes once the locktime is final) and
+//! `nSequence = 0xFFFFFFFE` (non-final, which CLTV requires, without BIP 125 signalling; full-RBF
+//! nodes replace it anyway). The customer alone signs, `SIGHASH_ALL`, at whatever fee rate it
+//! picks when it broadcasts: no pre-signed fee is ever stuck.
+
+use bitcoin::absolute::LockTime;
+use bitcoin::secp256k1::SecretKey;
+use bitcoin::sighash::EcdsaSighashType;
+use bitcoin::transaction::Version;
+use bitcoin::{FeeRate, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
+
+use super::{dummy_sig, fee_for, is_standard_destination, Branch, ChannelParams};
+use crate::policy::{dust_threshold, DEFAULT_DUST_RELAY_FEE, MIN_RELAY_FEE};
+use crate::Error;
+
+/// The refund's input sequence: non-final (CLTV requires it), no BIP 125 signal.
+pub const REFUND_SEQUENCE: Sequence = Sequence::ENABLE_LOCKTIME_NO_RBF;
+
+/// Builds and signs the refund of `params`' channel, paying the deposit less the fee at
+/// `fee_rate` to `destination`.
+///
+/// # Errors
+/// [`Error::Signing`] when `customer` is not the channel's customer key; [`Error::Malformed`]
+/// for a non-standard destination; [`Error::AmountOutOfRange`] for a fee rate below 1 sat/vB;
+/// [`Error::Dust`] when the fee leaves a dust output.
+pub fn build_refund(
+    params: &ChannelParams,
+    customer: &SecretKey,
+    destination: ScriptBuf,
+    fee_rate: FeeRate,
+) -> Result<Transaction, Error> {
+    let expiry = params.script().expiry();
+    build_refund_with(params, customer, destination, fee_rate, expiry, REFUND_SEQUENCE)
+}
+
+/// [`build_refund`] with an explicit `nLockTime` and `nSequence`, for tests that show Bitcoin
+/// Core's interpreter refuses a refund locked below the expiry or with a final sequence.
+#[doc(hidden)]
+pub fn build_refund_with(
+    params: &ChannelParams,
+    customer: &SecretKey,
+    destination: ScriptBuf,
+    fee_rate: FeeRate,
+    lock_time: LockTime,
+    sequence: Sequence,
+) -> Result<Transaction, Error> {
+    if !params.is_customer(customer) {
+        return Err(Error::Signing("the key is not the channel's customer key"));
+    }
+    if !is_standard_destination(&destination) {
+        return Err(Error::malformed("refund destination", "not a standard output script"));
+    }
+    if fee_rate < MIN_RELAY_FEE {
+        return Err(Error::AmountOutOfRange("fee rate below the 1 sat/vB minimum relay fee"));
+    }
+    let mut tx = Transaction {
+        version: Version::TWO,
+        lock_time,
+        input: vec![TxIn {
+            previous_output: params.id(),
+            script_sig: ScriptBuf::new(),
+            sequence,
+            witness: Default::default(),
+        }],
+        output: vec![TxOut { value: params.capacity(), script_pubkey: destination }],
+    };
+    params.set_spend(&mut tx, 0, &[&dummy_sig()], Branch::Refund)?;
+    let fee = fee_for(tx.weight(), fee_rate)?;
+    let value = params
+        .capacity()
+        .checked_sub(fee)
+        .ok_or(Error::InsufficientFunds { needed: fee, available: params.capacity() })?;
+    let threshold = dust_threshold(&tx.output[0].script_pubkey, DEFAULT_DUST_RELAY_FEE);
+    if value < threshold {
+        return Err(Error::Dust { value, threshold });
+    }
+    tx.output[0].value = value;
+    let sig = params.sign(&tx, 0, EcdsaSighashType::All, customer)?;
+    params.set_spend(&mut tx, 0, &[&sig], Branch::Refund)?;
+    Ok(tx)
+}

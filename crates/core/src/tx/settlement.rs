@@ -1,0 +1,106 @@
+//! Settlement: the merchant completes the latest payment and broadcasts it.
+//!
+//! The merchant keeps the customer's input 0 and change output 0 exactly as signed, adds its own
+//! output (and wallet inputs when its share cannot pay the fee), picks the fee from its own
+//! share, and signs input 0 `SIGHASH_ALL`. The customer's `SINGLE|ANYONECANPAY` signature stays
+//! valid whatever the merchant adds, so the merchant can re-sign the settlement at a higher fee
+//! (BIP 125 replacement) as often as it needs to.
+
+use bitcoin::secp256k1::SecretKey;
+use bitcoin::sighash::EcdsaSighashType;
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, Weight};
+
+use super::payment::{payment_template, verify_payment, PAYMENT_SEQUENCE};
+use super::{dummy_sig, fee_for, is_standard_destination, Branch, ChannelParams};
+use crate::policy::{dust_threshold, DEFAULT_DUST_RELAY_FEE, MIN_RELAY_FEE};
+use crate::Error;
+
+/// A wallet input the merchant adds to a settlement to pay its fee. The caller's wallet signs it
+/// after [`build_settlement`] returns (the merchant's `SIGHASH_ALL` signature already commits to
+/// it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletInput {
+    /// The outpoint spent.
+    pub outpoint: OutPoint,
+    /// The output spent.
+    pub txout: TxOut,
+    /// Weight of the input's scriptSig and witness once signed (e.g. 272 WU for P2WPKH:
+    /// 1 + 73 + 1 + 33 witness bytes plus the item count, and the empty scriptSig's length).
+    pub satisfaction_weight: Weight,
+}
+
+/// A settlement ready to broadcast (once any wallet inputs are signed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The transaction: input 0 complete, wallet inputs (1..) unsigned.
+    pub tx: Transaction,
+    /// The fee it pays.
+    pub fee: Amount,
+    /// What the merchant's output receives.
+    pub merchant_amount: Amount,
+}
+
+/// Completes the payment of cumulative `total` signed `customer_sig` into a settlement paying
+/// the merchant's share, less a fee at `fee_rate`, plus any `wallet_inputs`, to `destination`.
+///
+/// # Errors
+/// Any payment error of [`verify_payment`] when `customer_sig` is not a valid payment of `total`;
+/// [`Error::Signing`] when `merchant` is not the channel's merchant key;
+/// [`Error::AmountOutOfRange`] for a fee rate below 1 sat/vB; [`Error::Dust`] when the
+/// merchant's output would be dust (add a wallet input); [`Error::InsufficientFunds`] when the
+/// fee exceeds the merchant's share and the wallet inputs.
+pub fn build_settlement(
+    params: &ChannelParams,
+    total: Amount,
+    customer_sig: &[u8],
+    merchant: &SecretKey,
+    destination: ScriptBuf,
+    fee_rate: FeeRate,
+    wallet_inputs: &[WalletInput],
+) -> Result<Settlement, Error> {
+    if !params.is_merchant(merchant) {
+        return Err(Error::Signing("the key is not the channel's merchant key"));
+    }
+    if !is_standard_destination(&destination) {
+        return Err(Error::malformed("settlement destination", "not a standard output script"));
+    }
+    if fee_rate < MIN_RELAY_FEE {
+        return Err(Error::AmountOutOfRange("fee rate below the 1 sat/vB minimum relay fee"));
+    }
+    verify_payment(params, total, customer_sig)?;
+    let (mut tx, flag) = payment_template(params, total)?;
+    // Under SINGLE the customer's change stays at output 0; under NONE the merchant takes all.
+    let mut available = match flag {
+        EcdsaSighashType::SinglePlusAnyoneCanPay => total,
+        _ => params.capacity(),
+    };
+    // Wallet inputs may be segwit while the funding input is not: count the segwit marker and
+    // flag (2 WU) so the fee never falls short.
+    let mut extra_weight = if wallet_inputs.is_empty() { Weight::ZERO } else { Weight::from_wu(2) };
+    for w in wallet_inputs {
+        available = available
+            .checked_add(w.txout.value)
+            .ok_or(Error::AmountOutOfRange("wallet inputs overflow"))?;
+        extra_weight += w.satisfaction_weight;
+        tx.input.push(TxIn {
+            previous_output: w.outpoint,
+            script_sig: ScriptBuf::new(),
+            sequence: PAYMENT_SEQUENCE,
+            witness: Default::default(),
+        });
+    }
+    tx.output.push(TxOut { value: Amount::ZERO, script_pubkey: destination });
+    params.set_spend(&mut tx, 0, &[&dummy_sig(), &dummy_sig()], Branch::Payment)?;
+    let fee = fee_for(tx.weight() + extra_weight, fee_rate)?;
+    let merchant_amount =
+        available.checked_sub(fee).ok_or(Error::InsufficientFunds { needed: fee, available })?;
+    let merchant_out = tx.output.len() - 1;
+    let threshold = dust_threshold(&tx.output[merchant_out].script_pubkey, DEFAULT_DUST_RELAY_FEE);
+    if merchant_amount < threshold {
+        return Err(Error::Dust { value: merchant_amount, threshold });
+    }
+    tx.output[merchant_out].value = merchant_amount;
+    let merchant_sig = params.sign(&tx, 0, EcdsaSighashType::All, merchant)?;
+    params.set_spend(&mut tx, 0, &[customer_sig, &merchant_sig], Branch::Payment)?;
+    Ok(Settlement { tx, fee, merchant_amount })
+}
