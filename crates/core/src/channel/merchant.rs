@@ -11,19 +11,51 @@
 //! [`MerchantChannel::persisted`] (rule 4). A rejected payment returns the error and changes
 //! nothing, not even the outbox: the driver sends the [`ErrorMsg`](crate::msg::ErrorMsg).
 
-use bitcoin::secp256k1::{ecdsa, Message as SecpMessage, SecretKey};
+use bitcoin::absolute::LockTime;
+use bitcoin::secp256k1::{ecdsa, Message as SecpMessage, PublicKey, SecretKey};
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 
 use super::{Effect, Event, Outbox, Phase, SettleReason};
 use crate::msg::{close_digest, ChannelRef, Closed, Message, Opened, PaymentAck};
 use crate::policy::Policy;
+use crate::script::ChannelScript;
 use crate::time::Now;
 use crate::tx::recognise::{find_channel_spend, Role};
 use crate::tx::settlement::{build_settlement, Settlement, WalletInput};
 use crate::tx::two1::{complete_payment, Two1Payment};
-use crate::tx::ChannelParams;
+use crate::tx::{ChannelParams, FundingOutput};
 use crate::validate::{validate_payment, validate_two1_payment, ChannelView};
 use crate::{sig, Error};
+
+/// Reads a customer's [`Open`](crate::msg::Open): decodes the funding transaction, rebuilds the
+/// channel script from the keys and expiry, and finds the funding output. `merchant_pubkey` is
+/// the key the merchant handed out in its [`Welcome`](crate::msg::Welcome) for this channel.
+///
+/// Returns the parameters and the funding transaction (which the merchant may broadcast).
+///
+/// # Errors
+/// [`Error::Malformed`] for undecodable fields or a merchant key that is not the one handed out;
+/// the errors of [`ChannelScript::new`], [`FundingOutput::find`] and [`ChannelParams::new`].
+pub fn params_from_open(
+    open: &crate::msg::Open,
+    merchant_pubkey: &PublicKey,
+    policy: &Policy,
+) -> Result<(ChannelParams, Transaction), Error> {
+    let funding_tx: Transaction = bitcoin::consensus::deserialize(&open.funding_tx)
+        .map_err(|e| Error::malformed("funding transaction", e))?;
+    let merchant = PublicKey::from_slice(&open.merchant_pubkey)
+        .map_err(|e| Error::malformed("merchant key", e))?;
+    if merchant != *merchant_pubkey {
+        return Err(Error::malformed("merchant key", "not the key this merchant handed out"));
+    }
+    let customer = PublicKey::from_slice(&open.customer_pubkey)
+        .map_err(|e| Error::malformed("customer key", e))?;
+    let script = ChannelScript::new(merchant, customer, LockTime::from_consensus(open.expiry))?;
+    let funding = FundingOutput::find(&funding_tx, &script)?;
+    let change = ScriptBuf::from_bytes(open.change_script.clone());
+    let params = ChannelParams::new(script, funding, change, policy.dust_relay_fee)?;
+    Ok((params, funding_tx))
+}
 
 /// Everything the merchant stores about a channel. Encoded with [`MerchantState::encode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
