@@ -1,1 +1,201 @@
-fn main() {}
+//! The payment hot path beside its physical bound, in one group so the ratios show:
+//! raw secp256k1 ECDSA sign and verify, the customer's "build + sign payment", and the
+//! merchant's "validate payment" (parse, sighash, verify) and "handle payment" (validate, update
+//! state, queue persist and ack).
+//!
+//! After criterion's report, a summary line prints each path as a ratio of one raw verify,
+//! measured again in the same process, interleaved, median of several rounds.
+//!
+//! Run: `cargo bench -p paychan-core --bench payment`
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, Criterion};
+use paychan_core::bitcoin::absolute::LockTime;
+use paychan_core::bitcoin::hashes::Hash;
+use paychan_core::bitcoin::secp256k1::{ecdsa, Keypair, Message, PublicKey, Secp256k1, SecretKey};
+use paychan_core::bitcoin::transaction::Version;
+use paychan_core::bitcoin::{
+    Amount, CompressedPublicKey, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
+    WPubkeyHash, Witness,
+};
+use paychan_core::channel::merchant::MerchantChannel;
+use paychan_core::channel::Phase;
+use paychan_core::policy::Policy;
+use paychan_core::script::{ChannelScript, OutputKind};
+use paychan_core::tx::payment::sign_payment;
+use paychan_core::tx::{ChannelParams, FundingOutput};
+use paychan_core::validate::{validate_payment, ChannelView};
+use paychan_core::Now;
+
+const EXPIRY: u32 = 1_800_000_000;
+const PRESIGNED: u64 = 4_096;
+
+struct Fixture {
+    params: ChannelParams,
+    customer: SecretKey,
+    keypair: Keypair,
+    customer_pub: PublicKey,
+    now: Now,
+    policy: Policy,
+    merchant: MerchantChannel,
+    /// Signatures of totals 1..=PRESIGNED.
+    sigs: Vec<Vec<u8>>,
+}
+
+fn fixture() -> Fixture {
+    let secp = Secp256k1::new();
+    let mk = SecretKey::from_slice(&[0x11; 32]).unwrap();
+    let ck = SecretKey::from_slice(&[0x22; 32]).unwrap();
+    let customer_pub = PublicKey::from_secret_key(&secp, &ck);
+    let script = ChannelScript::new(
+        PublicKey::from_secret_key(&secp, &mk),
+        customer_pub,
+        LockTime::from_consensus(EXPIRY),
+    )
+    .unwrap();
+    let funding = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint { txid: Txid::from_byte_array([7; 32]), vout: 0 },
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(1_000_000),
+            script_pubkey: script.script_pubkey(OutputKind::P2wsh),
+        }],
+    };
+    let f = FundingOutput::find(&funding, &script).unwrap();
+    let change = ScriptBuf::new_p2wpkh(&WPubkeyHash::from(CompressedPublicKey(customer_pub)));
+    let policy = Policy::default();
+    let params = ChannelParams::new(script, f, change, policy.dust_relay_fee).unwrap();
+    let now = Now { time: u64::from(EXPIRY) - 86_400, height: 800_000, median_time_past: 0 };
+    let mut merchant = MerchantChannel::open(params.clone(), policy.clone(), &now).unwrap();
+    merchant.handle_funding_confirmations(1);
+    while merchant.poll_effect().is_some() {}
+    let ckp = Keypair::from_secret_key(&secp, &ck);
+    let sigs = (1..=PRESIGNED)
+        .map(|t| sign_payment(&params, Amount::from_sat(t), &ckp).unwrap())
+        .collect();
+    Fixture { params, customer: ck, keypair: ckp, customer_pub, now, policy, merchant, sigs }
+}
+
+fn raw_pair(f: &Fixture) -> (Message, ecdsa::Signature) {
+    let msg = Message::from_digest([0x5a; 32]);
+    let sig = paychan_core::sig::secp().sign_ecdsa(&msg, &f.customer);
+    (msg, sig)
+}
+
+fn validate_once(f: &Fixture, i: usize) {
+    let view = ChannelView { params: &f.params, phase: Phase::Open, accepted: Amount::ZERO };
+    let total = Amount::from_sat(i as u64 + 1);
+    validate_payment(&view, &f.policy, &f.now, f.params.id(), total, &f.sigs[i]).unwrap();
+}
+
+fn bench_payment(c: &mut Criterion) {
+    let f = fixture();
+    let secp = paychan_core::sig::secp();
+    let (msg, sig) = raw_pair(&f);
+    let mut g = c.benchmark_group("payment");
+    g.bench_function("raw secp256k1 sign", |b| {
+        b.iter(|| secp.sign_ecdsa(black_box(&msg), black_box(&f.customer)))
+    });
+    g.bench_function("raw secp256k1 verify", |b| {
+        b.iter(|| secp.verify_ecdsa(black_box(&msg), black_box(&sig), black_box(&f.customer_pub)))
+    });
+    let mut n = 0u64;
+    g.bench_function("customer build + sign payment", |b| {
+        b.iter(|| {
+            n = n % 900_000 + 1;
+            sign_payment(black_box(&f.params), Amount::from_sat(n), &f.keypair).unwrap()
+        })
+    });
+    let mut i = 0usize;
+    g.bench_function("merchant validate payment", |b| {
+        b.iter(|| {
+            i = (i + 1) % f.sigs.len();
+            validate_once(&f, i)
+        })
+    });
+    g.bench_function("merchant handle payment", |b| {
+        b.iter_custom(|iters| {
+            let mut m = f.merchant.clone();
+            let start = Instant::now();
+            for k in 0..iters {
+                let idx = (k % PRESIGNED) as usize;
+                if idx == 0 && k > 0 {
+                    m = f.merchant.clone();
+                }
+                let total = Amount::from_sat(idx as u64 + 1);
+                m.handle_payment(&f.now, f.params.id(), total, &f.sigs[idx]).unwrap();
+                while let Some(e) = m.poll_effect() {
+                    if let paychan_core::channel::Effect::Persist { id, .. } = e {
+                        m.persisted(id).unwrap();
+                    }
+                }
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_payment);
+
+/// Median ns per op of `op` over `rounds` rounds of `n` ops.
+fn per_op(rounds: usize, n: usize, mut op: impl FnMut(usize)) -> Vec<f64> {
+    (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            for k in 0..n {
+                op(k);
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn summary() {
+    let f = fixture();
+    let secp = paychan_core::sig::secp();
+    let (msg, sig) = raw_pair(&f);
+    let (mut verify, mut sign, mut validate, mut build_sign) = (vec![], vec![], vec![], vec![]);
+    // Interleave rounds so drift on a noisy machine hits every path alike.
+    for _ in 0..7 {
+        verify.extend(per_op(1, 2_000, |_| {
+            secp.verify_ecdsa(black_box(&msg), black_box(&sig), &f.customer_pub).unwrap()
+        }));
+        validate.extend(per_op(1, 2_000, |k| validate_once(&f, k % f.sigs.len())));
+        sign.extend(per_op(1, 2_000, |_| {
+            black_box(secp.sign_ecdsa(black_box(&msg), &f.customer));
+        }));
+        build_sign.extend(per_op(1, 2_000, |k| {
+            black_box(sign_payment(&f.params, Amount::from_sat(k as u64 + 1), &f.keypair).unwrap());
+        }));
+    }
+    let (v, s, val, bs) = (median(verify), median(sign), median(validate), median(build_sign));
+    println!();
+    println!("summary (median of 7 interleaved rounds, same process):");
+    println!("  raw verify                 {:>8.2} µs   1.00× (bound)", v / 1e3);
+    println!("  merchant validate payment  {:>8.2} µs   {:.2}× raw verify", val / 1e3, val / v);
+    println!("  raw sign                   {:>8.2} µs", s / 1e3);
+    println!("  customer build + sign      {:>8.2} µs   {:.2}× raw sign", bs / 1e3, bs / s);
+    println!("  sign + validate bound: {:.0} payments/s on one core", 1e9 / (bs + val));
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}

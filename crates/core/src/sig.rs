@@ -103,6 +103,27 @@ pub fn serialize(sig: &ecdsa::Signature, flag: EcdsaSighashType) -> Vec<u8> {
     v
 }
 
+/// The high-S twin of a signature (`S → n − S`): the BIP 62 malleation that consensus accepts
+/// and standardness refuses. For adversarial tests.
+#[doc(hidden)]
+pub fn malleate_s(sig: &ecdsa::Signature) -> ecdsa::Signature {
+    // The curve order n, big-endian.
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xfe, 0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48, 0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c, 0xd0, 0x36,
+        0x41, 0x41,
+    ];
+    let mut compact = sig.serialize_compact();
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(compact[32 + i]) - borrow;
+        compact[32 + i] = d.rem_euclid(256) as u8;
+        borrow = i16::from(d < 0);
+    }
+    // n − s for 0 < s < n is again in range, so parsing cannot fail.
+    ecdsa::Signature::from_compact(&compact).unwrap_or(*sig)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,28 +154,15 @@ mod tests {
     fn high_s_is_detected() {
         let sk = SecretKey::from_slice(&[4; 32]).unwrap();
         let sig = secp().sign_ecdsa(&Message::from_digest([1; 32]), &sk);
-        // negate S: n - s
-        let compact = sig.serialize_compact();
-        let n: [u8; 32] = [
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0xff, 0xfe, 0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48, 0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c,
-            0xd0, 0x36, 0x41, 0x41,
-        ];
-        let mut s = [0u8; 32];
-        let mut borrow = 0i16;
-        for i in (0..32).rev() {
-            let d = i16::from(n[i]) - i16::from(compact[32 + i]) - borrow;
-            s[i] = d.rem_euclid(256) as u8;
-            borrow = i16::from(d < 0);
-        }
-        let mut high = [0u8; 64];
-        high[..32].copy_from_slice(&compact[..32]);
-        high[32..].copy_from_slice(&s);
-        let high = ecdsa::Signature::from_compact(&high).unwrap();
+        let high = malleate_s(&sig);
+        assert_ne!(high, sig);
         let bytes = serialize(&high, EcdsaSighashType::All);
         assert!(is_strict_der(&bytes));
         assert!(!is_low_s(&bytes[..bytes.len() - 1]));
         assert_eq!(parse_strict(&bytes, EcdsaSighashType::All), Err(Error::SignatureHighS));
+        let mut back = high;
+        back.normalize_s();
+        assert_eq!(back, sig);
     }
 
     #[test]

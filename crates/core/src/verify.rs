@@ -166,12 +166,10 @@ pub fn check_standard_input(tx: &Transaction, index: usize, spent: &TxOut) -> Re
         None
     };
     match program {
-        Some(p) if p.is_p2wpkh() => {
-            if witness.len() != 2 || witness[1].len() != 33 {
-                return Err(
-                    "non-mandatory-script-verify-flag (Using non-compressed keys in segwit)".into(),
-                );
-            }
+        Some(p) if p.is_p2wpkh() && (witness.len() != 2 || witness[1].len() != 33) => {
+            return Err(
+                "non-mandatory-script-verify-flag (Using non-compressed keys in segwit)".into()
+            );
         }
         Some(p) if p.is_p2wsh() => {
             let Some((script, items)) = witness.split_last() else {

@@ -1,6 +1,8 @@
 //! The customer and merchant state machines driven together in one process, with a test
 //! driver that plays store, network and chain: no sockets, no clock, no sleeps.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;
@@ -332,7 +334,7 @@ fn rejected_payments_get_their_own_codes_and_change_nothing() {
     let sig = paychan_core::tx::payment::sign_payment(
         &before.state().params,
         Amount::from_sat(1_000),
-        &customer_key(),
+        &customer_keypair(),
     )
     .unwrap();
     let m = h.merchant();

@@ -1,5 +1,7 @@
 //! Property tests of the payment rules, the customer's spending cap, and message decoding.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;
@@ -53,7 +55,7 @@ proptest! {
         for t in totals {
             let total = Amount::from_sat(t);
             // A valid signature where one can exist; above the deposit, the deposit's.
-            let sig = sign_payment(&params, total.min(params.capacity()), &customer_key()).unwrap();
+            let sig = sign_payment(&params, total.min(params.capacity()), &customer_keypair()).unwrap();
             let before = m.clone();
             let bytes_before = m.state().encode();
             let result = m.handle_payment(&now(), id, total, &sig);
@@ -236,4 +238,17 @@ fn policy_limits_round_trip() {
     };
     let limits = msg::PolicyLimits::from(&p);
     assert_eq!(limits.to_policy().unwrap(), p);
+}
+
+#[test]
+fn a_payment_frame_is_about_a_hundred_bytes() {
+    let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(CAPACITY), EXPIRY);
+    let total = Amount::from_sat(54_321);
+    let sig = sign_payment(&params, total, &customer_keypair()).unwrap();
+    let frame = msg::encode_frame(&Message::Pay(msg::Pay {
+        channel: Some(params.id().into()),
+        total_sat: total.to_sat(),
+        signature: sig,
+    }));
+    assert!(frame.len() <= 125, "payment frame is {} bytes", frame.len());
 }

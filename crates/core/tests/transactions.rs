@@ -1,6 +1,8 @@
 //! Every transaction the core builds, checked by Bitcoin Core's own script interpreter
 //! (`bitcoinconsensus`, all consensus flags) and by the standardness rules.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;
@@ -31,7 +33,7 @@ fn check(tx: &Transaction, index: usize, spent: &TxOut) -> InputVerdict {
 }
 
 fn settle(params: &ChannelParams, total: Amount) -> Transaction {
-    let sig = sign_payment(params, total, &customer_key()).unwrap();
+    let sig = sign_payment(params, total, &customer_keypair()).unwrap();
     build_settlement(params, total, &sig, &merchant_key(), p2wpkh(&merchant_key()), fee_rate(), &[])
         .unwrap()
         .tx
@@ -71,7 +73,7 @@ fn settlement_with_a_wallet_input_keeps_the_channel_input_valid() {
         let (params, funding) = params(kind);
         let spent = funding_txout(&params, &funding);
         let total = Amount::from_sat(300); // too little to pay a fee alone
-        let sig = sign_payment(&params, total, &customer_key()).unwrap();
+        let sig = sign_payment(&params, total, &customer_keypair()).unwrap();
         let alone = build_settlement(
             &params,
             total,
@@ -277,7 +279,7 @@ fn fee_rates_are_met() {
         let refund = build_refund(&params, &customer_key(), p2wpkh(&customer_key()), fr).unwrap();
         let fee = params.capacity() - refund.output[0].value;
         assert!(fee >= fr.fee_vb(refund.vsize() as u64).unwrap(), "refund at {rate} sat/vB");
-        let sig = sign_payment(&params, Amount::from_sat(50_000), &customer_key()).unwrap();
+        let sig = sign_payment(&params, Amount::from_sat(50_000), &customer_keypair()).unwrap();
         let s = build_settlement(
             &params,
             Amount::from_sat(50_000),
@@ -305,11 +307,11 @@ fn fee_rates_are_met() {
 fn keys_are_checked_before_signing() {
     let (params, _) = params(OutputKind::P2wsh);
     assert!(matches!(
-        sign_payment(&params, Amount::from_sat(1_000), &merchant_key()),
+        sign_payment(&params, Amount::from_sat(1_000), &keypair(&merchant_key())),
         Err(Error::Signing(_))
     ));
     assert!(build_refund(&params, &merchant_key(), p2wpkh(&customer_key()), fee_rate()).is_err());
-    let sig = sign_payment(&params, Amount::from_sat(10_000), &customer_key()).unwrap();
+    let sig = sign_payment(&params, Amount::from_sat(10_000), &customer_keypair()).unwrap();
     assert!(matches!(
         build_settlement(
             &params,
@@ -353,5 +355,32 @@ fn replace_stack_item(tx: &mut Transaction, kind: OutputKind, n: usize, item: Ve
             }
             tx.input[0].script_sig = b.into_script();
         }
+    }
+}
+
+#[test]
+fn high_s_signature_is_valid_but_not_standard() {
+    use paychan_core::bitcoin::secp256k1::ecdsa;
+    use paychan_core::sig::malleate_s;
+    for kind in KINDS {
+        let (params, funding) = params(kind);
+        let spent = funding_txout(&params, &funding);
+        let mut tx = settle(&params, Amount::from_sat(5_000));
+        let cust = match kind {
+            OutputKind::P2wsh => tx.input[0].witness.nth(0).unwrap().to_vec(),
+            OutputKind::P2sh => {
+                let b = tx.input[0].script_sig.as_bytes();
+                b[1..1 + b[0] as usize].to_vec()
+            }
+        };
+        let (flag, der) = cust.split_last().unwrap();
+        let mut high =
+            malleate_s(&ecdsa::Signature::from_der(der).unwrap()).serialize_der().to_vec();
+        high.push(*flag);
+        replace_stack_item(&mut tx, kind, 0, high);
+        let v = check(&tx, 0, &spent);
+        assert!(v.valid, "{kind}: consensus accepts high S: {v:?}");
+        assert!(!v.standard, "{kind}: policy refuses high S");
+        assert!(v.error.unwrap().contains("S value is unnecessarily high"));
     }
 }

@@ -1,6 +1,8 @@
 //! The 21 (two1) worked example from `testdata/two1-channel.json` (a copy of
 //! `shared/vectors/two1-channel.json`): real mainnet transactions.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::consensus::encode::deserialize_hex;
 use paychan_core::bitcoin::secp256k1::PublicKey;

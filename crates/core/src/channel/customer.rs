@@ -15,7 +15,7 @@
 
 use bitcoin::absolute::LockTime;
 use bitcoin::consensus::encode::serialize;
-use bitcoin::secp256k1::{Message as SecpMessage, PublicKey, SecretKey};
+use bitcoin::secp256k1::{Keypair, Message as SecpMessage, PublicKey, SecretKey};
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 
 use super::{Effect, Event, Outbox, Phase};
@@ -72,7 +72,7 @@ pub struct CustomerState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CustomerChannel {
     state: CustomerState,
-    key: SecretKey,
+    key: Keypair,
     outbox: Outbox<CustomerState>,
 }
 
@@ -103,6 +103,7 @@ impl CustomerChannel {
             acked: Amount::ZERO,
             closing_txid: None,
         };
+        let key = Keypair::from_secret_key(sig::secp(), &key);
         Ok(CustomerChannel { state, key, outbox: Outbox::default() })
     }
 
@@ -114,6 +115,7 @@ impl CustomerChannel {
         if PublicKey::from_secret_key(sig::secp(), &key) != state.terms.script.customer() {
             return Err(Error::Signing("the key is not the channel's customer key"));
         }
+        let key = Keypair::from_secret_key(sig::secp(), &key);
         Ok(CustomerChannel { state, key, outbox: Outbox::default() })
     }
 
@@ -331,7 +333,7 @@ impl CustomerChannel {
         }
         let id = self.params("close")?.id();
         let digest = SecpMessage::from_digest(close_digest(id));
-        let s = sig::secp().sign_ecdsa(&digest, &self.key);
+        let s = sig::secp().sign_ecdsa(&digest, &self.key.secret_key());
         self.outbox.now(Effect::Send(Message::Close(Close {
             channel: Some(id.into()),
             signature: s.serialize_der().to_vec(),
@@ -379,7 +381,8 @@ impl CustomerChannel {
         if self.state.phase.is_final() {
             return Err(Error::InvalidTransition { phase: self.state.phase, event: "refund" });
         }
-        let tx = build_refund(self.params("refund")?, &self.key, destination, fee_rate)?;
+        let tx =
+            build_refund(self.params("refund")?, &self.key.secret_key(), destination, fee_rate)?;
         self.state.closing_txid = Some(tx.compute_txid());
         self.state.phase = Phase::Settling;
         self.outbox.persist(self.state.clone());

@@ -3,7 +3,7 @@
 
 use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::hashes::Hash;
-use paychan_core::bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use paychan_core::bitcoin::secp256k1::{Keypair, PublicKey, Secp256k1, SecretKey};
 use paychan_core::bitcoin::transaction::Version;
 use paychan_core::bitcoin::{
     Amount, CompressedPublicKey, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
@@ -30,6 +30,14 @@ pub fn merchant_key() -> SecretKey {
 
 pub fn customer_key() -> SecretKey {
     key(0x22)
+}
+
+pub fn keypair(k: &SecretKey) -> Keypair {
+    Keypair::from_secret_key(&Secp256k1::new(), k)
+}
+
+pub fn customer_keypair() -> Keypair {
+    keypair(&customer_key())
 }
 
 pub fn p2wpkh(k: &SecretKey) -> ScriptBuf {

@@ -1,0 +1,22 @@
+//! The CLI's error type and its exit codes.
+
+/// Errors a command reports to the user (one line on stderr).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The user's input was malformed (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Writing the output failed.
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Io(_) => 1,
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! `paychan tx decode` and `paychan tx verify`, run as a user would: the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Output};
+
+use paychan_core::bitcoin::absolute::LockTime;
+use paychan_core::bitcoin::consensus::encode::serialize_hex;
+use paychan_core::bitcoin::hashes::Hash;
+use paychan_core::bitcoin::secp256k1::{Keypair, PublicKey, Secp256k1, SecretKey};
+use paychan_core::bitcoin::transaction::Version;
+use paychan_core::bitcoin::{
+    Amount, CompressedPublicKey, FeeRate, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut,
+    Txid, WPubkeyHash, Witness,
+};
+use paychan_core::policy::DEFAULT_DUST_RELAY_FEE;
+use paychan_core::script::{ChannelScript, OutputKind};
+use paychan_core::tx::payment::sign_payment;
+use paychan_core::tx::settlement::build_settlement;
+use paychan_core::tx::{ChannelParams, FundingOutput};
+use serde_json::Value;
+
+fn vectors() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/two1-channel.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn v(k: &str) -> String {
+    vectors()[k].as_str().unwrap().to_string()
+}
+
+fn paychan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_paychan")).args(args).output().unwrap()
+}
+
+fn json_of(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+#[test]
+fn decode_recognises_the_21_refund() {
+    let o = paychan(&["tx", "decode", "--network", "bitcoin", &v("refund_tx_hex")]);
+    assert!(o.status.success());
+    let j = json_of(&o);
+    assert_eq!(j["channel"]["role"], "refund");
+    assert_eq!(j["channel"]["kind"], "p2sh");
+    assert_eq!(j["channel"]["to_customer_key_sat"], 101_000);
+    assert_eq!(j["channel"]["merchant_pubkey"], v("merchant_pubkey").as_str());
+    assert_eq!(j["channel"]["customer_pubkey"], v("customer_pubkey").as_str());
+    assert_eq!(j["channel"]["expiry"]["type"], "time");
+    assert_eq!(j["channel"]["expiry"]["value"], 1_450_302_052);
+    assert_eq!(j["locktime"], 1_450_302_052);
+    assert_eq!(j["outputs"][0]["address"], "13xQZeaJ4TbSrnSxNWiaMyrTxWMasjCPyC");
+}
+
+#[test]
+fn decode_recognises_the_21_half_signed_payment() {
+    let o = paychan(&["tx", "decode", &v("half_signed_payment_tx_hex")]);
+    assert!(o.status.success());
+    let j = json_of(&o);
+    assert_eq!(j["channel"]["role"], "payment");
+    assert_eq!(j["channel"]["to_merchant_key_sat"], 28_000);
+    assert_eq!(j["channel"]["to_customer_key_sat"], 73_000);
+}
+
+#[test]
+fn decode_recognises_funding_given_the_script() {
+    let o = paychan(&["tx", "decode", "--script", &v("redeem_script_hex"), &v("deposit_tx_hex")]);
+    assert!(o.status.success());
+    let j = json_of(&o);
+    assert_eq!(j["txid"], v("deposit_txid").as_str());
+    assert_eq!(j["channel"]["role"], "funding");
+    assert_eq!(j["channel"]["vout"], 1);
+    assert_eq!(j["channel"]["deposit_sat"], 111_000);
+    // Without the script a funding transaction is just a transaction.
+    let j = json_of(&paychan(&["tx", "decode", &v("deposit_tx_hex")]));
+    assert!(j["channel"].is_null());
+}
+
+#[test]
+fn verify_accepts_the_21_refund_and_refuses_the_half_signed_payment() {
+    let o = paychan(&["tx", "verify", "--spent", &v("deposit_tx_hex"), &v("refund_tx_hex")]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let j = json_of(&o);
+    assert_eq!(j["valid"], true);
+    assert_eq!(j["standard"], true);
+    assert_eq!(j["inputs"][0]["index"], 0);
+
+    let o = paychan(&[
+        "tx",
+        "verify",
+        "--spent",
+        &v("deposit_tx_hex"),
+        &v("half_signed_payment_tx_hex"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let j = json_of(&o);
+    assert_eq!(j["valid"], false);
+    assert!(j["inputs"][0]["error"].as_str().unwrap().contains("script"));
+}
+
+#[test]
+fn verify_takes_spent_outputs_directly() {
+    let vec = vectors();
+    let spent = format!(
+        "{}:1:111000:a914ddbe2dc0ce28de6648b2980b9bd705ca608fe7a187",
+        vec["deposit_txid"].as_str().unwrap()
+    );
+    let o = paychan(&["tx", "verify", "--spent-output", &spent, &v("refund_tx_hex")]);
+    assert_eq!(o.status.code(), Some(0));
+    // The wrong amount does not matter to a legacy P2SH input, the wrong script does.
+    let wrong = spent.replace("a914dd", "a914de");
+    let o = paychan(&["tx", "verify", "--spent-output", &wrong, &v("refund_tx_hex")]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn malformed_input_exits_2_with_one_line() {
+    for args in [
+        vec!["tx", "verify", "--spent", "zz", "00"],
+        vec!["tx", "verify", "--spent-output", "abc:1:2", "0100"],
+        vec!["tx", "decode", "0100000001"],
+    ] {
+        let o = paychan(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+    // A transaction that spends none of the outputs given.
+    let o = paychan(&["tx", "verify", "--spent", &v("refund_tx_hex"), &v("refund_tx_hex")]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn verify_a_settlement_built_by_the_core() {
+    let secp = Secp256k1::new();
+    let mk = SecretKey::from_slice(&[0x11; 32]).unwrap();
+    let ck = SecretKey::from_slice(&[0x22; 32]).unwrap();
+    let p2wpkh = |k: &SecretKey| {
+        ScriptBuf::new_p2wpkh(&WPubkeyHash::from(CompressedPublicKey(PublicKey::from_secret_key(
+            &secp, k,
+        ))))
+    };
+    let script = ChannelScript::new(
+        PublicKey::from_secret_key(&secp, &mk),
+        PublicKey::from_secret_key(&secp, &ck),
+        LockTime::from_consensus(1_800_000_000),
+    )
+    .unwrap();
+    let funding = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint { txid: Txid::from_byte_array([7; 32]), vout: 0 },
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(100_000),
+            script_pubkey: script.script_pubkey(OutputKind::P2wsh),
+        }],
+    };
+    let f = FundingOutput::find(&funding, &script).unwrap();
+    let params = ChannelParams::new(script, f, p2wpkh(&ck), DEFAULT_DUST_RELAY_FEE).unwrap();
+    let total = Amount::from_sat(12_345);
+    let sig = sign_payment(&params, total, &Keypair::from_secret_key(&secp, &ck)).unwrap();
+    let s = build_settlement(
+        &params,
+        total,
+        &sig,
+        &mk,
+        p2wpkh(&mk),
+        FeeRate::from_sat_per_vb(1).unwrap(),
+        &[],
+    )
+    .unwrap();
+    let o = paychan(&["tx", "verify", "--spent", &serialize_hex(&funding), &serialize_hex(&s.tx)]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    let j = json_of(&paychan(&["tx", "decode", &serialize_hex(&s.tx)]));
+    assert_eq!(j["channel"]["role"], "settlement");
+    assert_eq!(j["channel"]["kind"], "p2wsh");
+    assert_eq!(j["outputs"][0]["value_sat"], 100_000 - 12_345);
+}
