@@ -483,6 +483,10 @@ fn merchant_settles_by_itself_before_the_expiry_margin() {
     h.merchant().handle_tick(&early);
     h.run();
     assert!(!h.events.iter().any(|e| matches!(e, Event::SettleDue { .. })));
+    let before_margin = Now { time: u64::from(EXPIRY) - 4 * 3600 - 1, ..early };
+    h.merchant().handle_tick(&before_margin);
+    h.run();
+    assert!(!h.events.iter().any(|e| matches!(e, Event::SettleDue { .. })), "one second early");
     let due = Now { time: u64::from(EXPIRY) - 4 * 3600, ..early };
     h.merchant().handle_tick(&due);
     h.run();
@@ -521,10 +525,24 @@ fn refund_becomes_due_only_when_final_and_is_valid() {
     h.customer.handle_tick(&now);
     h.run();
     assert!(!h.events.iter().any(|e| matches!(e, Event::RefundDue { .. })));
+    assert_eq!(h.customer.phase(), Phase::Open);
     now.median_time_past = EXPIRY + 1;
     h.customer.handle_tick(&now);
     h.run();
     assert!(h.events.iter().any(|e| matches!(e, Event::RefundDue { .. })));
+    assert_eq!(h.customer.phase(), Phase::Expired);
+    assert_eq!(
+        CustomerState::decode(h.customer_store.as_ref().unwrap()).unwrap().phase,
+        Phase::Expired
+    );
+    // The merchant, which never settled, sees the expiry pass too and stops for good.
+    h.merchant().handle_tick(&now);
+    h.run();
+    assert_eq!(h.merchant().phase(), Phase::Expired);
+    assert_eq!(
+        MerchantState::decode(h.merchant_store.as_ref().unwrap()).unwrap().phase,
+        Phase::Expired
+    );
     let refund =
         h.customer.refund(p2wpkh(&customer_key()), FeeRate::from_sat_per_vb(2).unwrap()).unwrap();
     h.run();

@@ -117,3 +117,16 @@ fn a_tampered_21_payment_is_refused() {
     swapped.output.swap(0, 1);
     assert!(matches!(parse_payment(&p, &swapped), Err(Error::MalformedTwo1Payment(_))));
 }
+
+#[test]
+fn a_21_payment_without_a_relayable_fee_is_refused() {
+    use paychan_core::tx::two1::build_payment;
+    let v = vectors();
+    let p = params(&v);
+    let key = paychan_core::bitcoin::secp256k1::SecretKey::from_slice(&[1; 32]).unwrap();
+    // Not the customer's key: refused before anything is signed.
+    assert!(matches!(
+        build_payment(&p, Amount::from_sat(3_000), Amount::from_sat(100), &key),
+        Err(Error::Signing(_))
+    ));
+}

@@ -298,7 +298,8 @@ impl CustomerChannel {
     /// [`Error::InvalidTransition`] before the funding exists.
     pub fn resume(&mut self) -> Result<(), Error> {
         let id = self.params("resume")?.id();
-        self.outbox.now(Effect::Send(Message::Resume(Resume { channel: Some(id.into()) })));
+        self.outbox
+            .after_persist(Effect::Send(Message::Resume(Resume { channel: Some(id.into()) })));
         Ok(())
     }
 
@@ -314,7 +315,7 @@ impl CustomerChannel {
         }
         self.handle_ack(merchant_total)?;
         if merchant_total < self.state.signed && self.state.phase == Phase::Open {
-            self.outbox.now(Effect::Send(Message::Pay(Pay {
+            self.outbox.after_persist(Effect::Send(Message::Pay(Pay {
                 channel: Some(id.into()),
                 total_sat: self.state.signed.to_sat(),
                 signature: self.state.signature.clone(),
@@ -334,7 +335,7 @@ impl CustomerChannel {
         let id = self.params("close")?.id();
         let digest = SecpMessage::from_digest(close_digest(id));
         let s = sig::secp().sign_ecdsa(&digest, &self.key.secret_key());
-        self.outbox.now(Effect::Send(Message::Close(Close {
+        self.outbox.after_persist(Effect::Send(Message::Close(Close {
             channel: Some(id.into()),
             signature: s.serialize_der().to_vec(),
         })));
@@ -355,14 +356,22 @@ impl CustomerChannel {
         Ok(())
     }
 
-    /// Periodic check: reports [`Event::RefundDue`] when the funding is (as far as this
-    /// channel knows) unspent and the refund is final at `now`.
+    /// Periodic check: once the refund is final at `now` (median-time-past, or the tip height,
+    /// past the expiry) and the funding is, as far as this channel knows, unspent, the channel
+    /// is [`Phase::Expired`] and [`Event::RefundDue`] is reported (on every tick until the
+    /// funding is spent).
     pub fn handle_tick(&mut self, now: &Now) {
         let Some(params) = &self.state.params else { return };
-        let live =
-            matches!(self.state.phase, Phase::AwaitingFunding | Phase::Open | Phase::Settling);
+        let live = matches!(
+            self.state.phase,
+            Phase::AwaitingFunding | Phase::Open | Phase::Settling | Phase::Expired
+        );
         if live && now.lock_is_final(params.script().expiry()) {
             let channel = params.id();
+            if self.state.phase != Phase::Expired && self.state.closing_txid.is_none() {
+                self.state.phase = Phase::Expired;
+                self.outbox.persist(self.state.clone());
+            }
             self.outbox.now(Effect::Event(Event::RefundDue { channel }));
         }
     }

@@ -317,13 +317,20 @@ impl MerchantChannel {
         Ok(self.state.accepted - charged)
     }
 
-    /// Periodic check: reports [`Event::SettleDue`] once the expiry is within the settle margin.
+    /// Periodic check: reports [`Event::SettleDue`] once the expiry is within the settle
+    /// margin (when anything was paid), and moves to [`Phase::Expired`] once the expiry itself
+    /// has passed unsettled.
     pub fn handle_tick(&mut self, now: &Now) {
-        if self.state.phase != Phase::Open && self.state.phase != Phase::AwaitingFunding {
+        if !matches!(self.state.phase, Phase::Open | Phase::AwaitingFunding | Phase::Expired) {
             return;
         }
         let expiry = self.state.params.script().expiry();
-        if !now.is_before(expiry, self.policy.settle_distance(expiry.is_block_height())) {
+        if self.state.phase != Phase::Expired && !now.is_before(expiry, 0) {
+            self.state.phase = Phase::Expired;
+            self.outbox.persist(self.state.clone());
+        }
+        let settle_by = self.policy.settle_distance(expiry.is_block_height());
+        if self.state.accepted > Amount::ZERO && !now.is_before(expiry, settle_by) {
             self.outbox.now(Effect::Event(Event::SettleDue {
                 channel: self.id(),
                 reason: SettleReason::Expiry,
@@ -372,7 +379,7 @@ impl MerchantChannel {
         wallet_inputs: &[WalletInput],
     ) -> Result<Settlement, Error> {
         let phase = self.state.phase;
-        if !matches!(phase, Phase::Open | Phase::Settling | Phase::AwaitingFunding)
+        if !matches!(phase, Phase::Open | Phase::Settling | Phase::AwaitingFunding | Phase::Expired)
             || self.state.accepted == Amount::ZERO
         {
             return Err(Error::InvalidTransition { phase, event: "settle" });

@@ -33,6 +33,9 @@ pub enum Phase {
     Open,
     /// A settlement (or a close request) is out; waiting for it to confirm.
     Settling,
+    /// The expiry passed with the funding output unspent: the customer's refund is (or is about
+    /// to be) valid. The merchant may still race its settlement; the customer refunds.
+    Expired,
     /// The funding output was spent by a settlement.
     Settled,
     /// The funding output was spent by the customer's refund.
@@ -49,6 +52,7 @@ impl Phase {
             Phase::AwaitingFunding => "awaiting funding",
             Phase::Open => "open",
             Phase::Settling => "settling",
+            Phase::Expired => "expired",
             Phase::Settled => "settled",
             Phase::Refunded => "refunded",
             Phase::Abandoned => "abandoned",
@@ -69,6 +73,7 @@ impl Phase {
             Phase::Settled => 4,
             Phase::Refunded => 5,
             Phase::Abandoned => 6,
+            Phase::Expired => 7,
         }
     }
 
@@ -81,6 +86,7 @@ impl Phase {
             4 => Phase::Settled,
             5 => Phase::Refunded,
             6 => Phase::Abandoned,
+            7 => Phase::Expired,
             _ => return Err(Error::Decode(format!("unknown phase {v}"))),
         })
     }
@@ -216,7 +222,8 @@ impl<S> Outbox<S> {
     }
 
     /// Queues an effect that must not run before every persist queued so far is durable. It
-    /// also keeps its place behind sends already held, so messages leave in order.
+    /// also keeps its place behind effects already held, so messages leave in order: every
+    /// `Send` goes through here.
     pub(crate) fn after_persist(&mut self, effect: Effect<S>) {
         let gate = self.next_id - 1;
         if gate > self.durable || !self.held.is_empty() {

@@ -23,7 +23,7 @@ use bitcoin::{
 };
 
 use super::{Branch, ChannelParams};
-use crate::policy::{dust_threshold, DEFAULT_DUST_RELAY_FEE};
+use crate::policy::{dust_threshold, DEFAULT_DUST_RELAY_FEE, MIN_RELAY_FEE};
 use crate::script::OutputKind;
 use crate::{sig, Error};
 
@@ -165,6 +165,14 @@ pub fn parse_payment(params: &ChannelParams, tx: &Transaction) -> Result<Two1Pay
         .capacity()
         .checked_sub(outputs)
         .ok_or(Error::AboveDeposit { total: outputs, capacity: params.capacity() })?;
+    // The merchant's signature adds at most 74 bytes; the completed settlement must still pay
+    // Bitcoin Core's minimum relay fee or it could never be mined.
+    let min_fee = MIN_RELAY_FEE
+        .fee_vb(tx.vsize() as u64 + 74)
+        .ok_or(Error::AmountOutOfRange("fee overflows"))?;
+    if fee < min_fee {
+        return Err(bad("fee is below the minimum relay fee of the settlement"));
+    }
     let s = sig::parse_strict(customer_sig, EcdsaSighashType::All)?;
     verify_all(params, tx, &s, &script.customer())?;
     Ok(Two1Payment {
