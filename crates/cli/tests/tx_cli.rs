@@ -4,20 +4,12 @@
 
 use std::process::{Command, Output};
 
-use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::consensus::encode::serialize_hex;
-use paychan_core::bitcoin::hashes::Hash;
-use paychan_core::bitcoin::secp256k1::{Keypair, PublicKey, Secp256k1, SecretKey};
-use paychan_core::bitcoin::transaction::Version;
-use paychan_core::bitcoin::{
-    Amount, CompressedPublicKey, FeeRate, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut,
-    Txid, WPubkeyHash, Witness,
-};
-use paychan_core::policy::DEFAULT_DUST_RELAY_FEE;
-use paychan_core::script::{ChannelScript, OutputKind};
+use paychan_core::bitcoin::{Amount, FeeRate};
+use paychan_core::script::OutputKind;
+use paychan_core::testkit::{customer_keypair, merchant_key, p2wpkh, params};
 use paychan_core::tx::payment::sign_payment;
 use paychan_core::tx::settlement::build_settlement;
-use paychan_core::tx::{ChannelParams, FundingOutput};
 use serde_json::Value;
 
 fn vectors() -> Value {
@@ -135,48 +127,13 @@ fn malformed_input_exits_2_with_one_line() {
 
 #[test]
 fn verify_a_settlement_built_by_the_core() {
-    let secp = Secp256k1::new();
-    let mk = SecretKey::from_slice(&[0x11; 32]).unwrap();
-    let ck = SecretKey::from_slice(&[0x22; 32]).unwrap();
-    let p2wpkh = |k: &SecretKey| {
-        ScriptBuf::new_p2wpkh(&WPubkeyHash::from(CompressedPublicKey(PublicKey::from_secret_key(
-            &secp, k,
-        ))))
-    };
-    let script = ChannelScript::new(
-        PublicKey::from_secret_key(&secp, &mk),
-        PublicKey::from_secret_key(&secp, &ck),
-        LockTime::from_consensus(1_800_000_000),
-    )
-    .unwrap();
-    let funding = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint { txid: Txid::from_byte_array([7; 32]), vout: 0 },
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut {
-            value: Amount::from_sat(100_000),
-            script_pubkey: script.script_pubkey(OutputKind::P2wsh),
-        }],
-    };
-    let f = FundingOutput::find(&funding, &script).unwrap();
-    let params = ChannelParams::new(script, f, p2wpkh(&ck), DEFAULT_DUST_RELAY_FEE).unwrap();
+    let (params, funding) = params(OutputKind::P2wsh);
     let total = Amount::from_sat(12_345);
-    let sig = sign_payment(&params, total, &Keypair::from_secret_key(&secp, &ck)).unwrap();
-    let s = build_settlement(
-        &params,
-        total,
-        &sig,
-        &mk,
-        p2wpkh(&mk),
-        FeeRate::from_sat_per_vb(1).unwrap(),
-        &[],
-    )
-    .unwrap();
+    let sig = sign_payment(&params, total, &customer_keypair()).unwrap();
+    let fee = FeeRate::from_sat_per_vb(1).unwrap();
+    let s =
+        build_settlement(&params, total, &sig, &merchant_key(), p2wpkh(&merchant_key()), fee, &[])
+            .unwrap();
     let o = paychan(&["tx", "verify", "--spent", &serialize_hex(&funding), &serialize_hex(&s.tx)]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
     let j = json_of(&paychan(&["tx", "decode", &serialize_hex(&s.tx)]));

@@ -14,24 +14,18 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, Criterion};
-use paychan_core::bitcoin::absolute::LockTime;
-use paychan_core::bitcoin::hashes::Hash;
-use paychan_core::bitcoin::secp256k1::{ecdsa, Keypair, Message, PublicKey, Secp256k1, SecretKey};
-use paychan_core::bitcoin::transaction::Version;
-use paychan_core::bitcoin::{
-    Amount, CompressedPublicKey, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
-    WPubkeyHash, Witness,
-};
+use paychan_core::bitcoin::secp256k1::{ecdsa, Keypair, Message, PublicKey, SecretKey};
+use paychan_core::bitcoin::Amount;
 use paychan_core::channel::merchant::MerchantChannel;
 use paychan_core::channel::Phase;
 use paychan_core::policy::Policy;
-use paychan_core::script::{ChannelScript, OutputKind};
+use paychan_core::script::OutputKind;
+use paychan_core::testkit::{customer_key, keypair, params_with, pubkey, EXPIRY, NOW};
 use paychan_core::tx::payment::sign_payment;
-use paychan_core::tx::{ChannelParams, FundingOutput};
+use paychan_core::tx::ChannelParams;
 use paychan_core::validate::{validate_payment, ChannelView};
 use paychan_core::Now;
 
-const EXPIRY: u32 = 1_800_000_000;
 const PRESIGNED: u64 = 4_096;
 
 struct Fixture {
@@ -47,43 +41,26 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let secp = Secp256k1::new();
-    let mk = SecretKey::from_slice(&[0x11; 32]).unwrap();
-    let ck = SecretKey::from_slice(&[0x22; 32]).unwrap();
-    let customer_pub = PublicKey::from_secret_key(&secp, &ck);
-    let script = ChannelScript::new(
-        PublicKey::from_secret_key(&secp, &mk),
-        customer_pub,
-        LockTime::from_consensus(EXPIRY),
-    )
-    .unwrap();
-    let funding = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint { txid: Txid::from_byte_array([7; 32]), vout: 0 },
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut {
-            value: Amount::from_sat(1_000_000),
-            script_pubkey: script.script_pubkey(OutputKind::P2wsh),
-        }],
-    };
-    let f = FundingOutput::find(&funding, &script).unwrap();
-    let change = ScriptBuf::new_p2wpkh(&WPubkeyHash::from(CompressedPublicKey(customer_pub)));
+    let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(1_000_000), EXPIRY);
+    let ck = customer_key();
     let policy = Policy::default();
-    let params = ChannelParams::new(script, f, change, policy.dust_relay_fee).unwrap();
-    let now = Now { time: u64::from(EXPIRY) - 86_400, height: 800_000, median_time_past: 0 };
+    let now = Now { time: NOW, height: 800_000, median_time_past: 0 };
     let mut merchant = MerchantChannel::open(params.clone(), policy.clone(), &now).unwrap();
     merchant.handle_funding_confirmations(1);
     while merchant.poll_effect().is_some() {}
-    let ckp = Keypair::from_secret_key(&secp, &ck);
-    let sigs = (1..=PRESIGNED)
-        .map(|t| sign_payment(&params, Amount::from_sat(t), &ckp).unwrap())
-        .collect();
-    Fixture { params, customer: ck, keypair: ckp, customer_pub, now, policy, merchant, sigs }
+    let kp = keypair(&ck);
+    let sigs =
+        (1..=PRESIGNED).map(|t| sign_payment(&params, Amount::from_sat(t), &kp).unwrap()).collect();
+    Fixture {
+        params,
+        customer: ck,
+        keypair: kp,
+        customer_pub: pubkey(&ck),
+        now,
+        policy,
+        merchant,
+        sigs,
+    }
 }
 
 fn raw_pair(f: &Fixture) -> (Message, ecdsa::Signature) {

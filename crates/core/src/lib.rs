@@ -23,6 +23,8 @@ pub mod msg;
 pub mod policy;
 pub mod script;
 pub mod sig;
+#[doc(hidden)]
+pub mod testkit;
 pub mod time;
 pub mod tx;
 pub mod validate;

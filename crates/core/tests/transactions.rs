@@ -172,49 +172,23 @@ fn refund_is_valid_only_after_expiry_with_a_non_final_sequence() {
         assert!(v.valid && v.standard, "{kind}: {v:?}");
         assert_eq!(find_channel_spend(&refund).unwrap().role, Role::Refund);
 
-        let early = build_refund_with(
-            &params,
-            &customer_key(),
-            dest.clone(),
-            fee_rate(),
-            LockTime::from_consensus(EXPIRY - 1),
-            REFUND_SEQUENCE,
-        )
-        .unwrap();
-        assert!(!check(&early, 0, &spent).valid, "{kind}: nLockTime below expiry");
-
-        let later = build_refund_with(
-            &params,
-            &customer_key(),
-            dest.clone(),
-            fee_rate(),
-            LockTime::from_consensus(EXPIRY + 1),
-            REFUND_SEQUENCE,
-        )
-        .unwrap();
-        assert!(check(&later, 0, &spent).valid, "{kind}: nLockTime above expiry is fine");
-
-        let final_seq = build_refund_with(
-            &params,
-            &customer_key(),
-            dest.clone(),
-            fee_rate(),
-            LockTime::from_consensus(EXPIRY),
-            Sequence::MAX,
-        )
-        .unwrap();
-        assert!(!check(&final_seq, 0, &spent).valid, "{kind}: final sequence disables CLTV");
-
-        let height_lock = build_refund_with(
-            &params,
-            &customer_key(),
-            dest,
-            fee_rate(),
-            LockTime::from_consensus(400_000_000),
-            REFUND_SEQUENCE,
-        )
-        .unwrap();
-        assert!(!check(&height_lock, 0, &spent).valid, "{kind}: height vs time lock");
+        let refund_with = |lock: u32, sequence: Sequence| {
+            let lock = LockTime::from_consensus(lock);
+            let tx = build_refund_with(
+                &params,
+                &customer_key(),
+                dest.clone(),
+                fee_rate(),
+                lock,
+                sequence,
+            )
+            .unwrap();
+            check(&tx, 0, &spent).valid
+        };
+        assert!(!refund_with(EXPIRY - 1, REFUND_SEQUENCE), "{kind}: nLockTime below expiry");
+        assert!(refund_with(EXPIRY + 1, REFUND_SEQUENCE), "{kind}: nLockTime above expiry is fine");
+        assert!(!refund_with(EXPIRY, Sequence::MAX), "{kind}: final sequence disables CLTV");
+        assert!(!refund_with(400_000_000, REFUND_SEQUENCE), "{kind}: height vs time lock");
     }
 }
 

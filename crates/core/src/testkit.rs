@@ -1,0 +1,108 @@
+//! Deterministic fixtures for tests and benchmarks: fixed keys, a placeholder funding
+//! transaction, channel parameters. **Never for real funds**: every key here is public.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bitcoin::absolute::LockTime;
+use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::{Keypair, PublicKey, SecretKey};
+use bitcoin::transaction::Version;
+use bitcoin::{
+    Amount, CompressedPublicKey, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
+    WPubkeyHash, Witness,
+};
+
+use crate::policy::DEFAULT_DUST_RELAY_FEE;
+use crate::script::{ChannelScript, OutputKind};
+use crate::sig::secp;
+use crate::tx::{ChannelParams, FundingOutput};
+
+/// The expiry of the fixtures' channels (a Unix time in 2027).
+pub const EXPIRY: u32 = 1_800_000_000;
+/// A wall-clock time one day before [`EXPIRY`].
+pub const NOW: u64 = EXPIRY as u64 - 86_400;
+
+/// The secret key `[n; 32]`.
+pub fn key(n: u8) -> SecretKey {
+    SecretKey::from_slice(&[n; 32]).expect("1..=255 repeated is a valid key")
+}
+
+/// The public key of `k`.
+pub fn pubkey(k: &SecretKey) -> PublicKey {
+    PublicKey::from_secret_key(secp(), k)
+}
+
+/// The key pair of `k`.
+pub fn keypair(k: &SecretKey) -> Keypair {
+    Keypair::from_secret_key(secp(), k)
+}
+
+/// The fixtures' merchant key.
+pub fn merchant_key() -> SecretKey {
+    key(0x11)
+}
+
+/// The fixtures' customer key.
+pub fn customer_key() -> SecretKey {
+    key(0x22)
+}
+
+/// The fixtures' customer key pair.
+pub fn customer_keypair() -> Keypair {
+    keypair(&customer_key())
+}
+
+/// P2WPKH of `k`'s public key.
+pub fn p2wpkh(k: &SecretKey) -> ScriptBuf {
+    ScriptBuf::new_p2wpkh(&WPubkeyHash::from(CompressedPublicKey(pubkey(k))))
+}
+
+/// The channel script between the fixtures' merchant and customer, expiring at `expiry`.
+pub fn channel_script(expiry: u32) -> ChannelScript {
+    ChannelScript::new(
+        pubkey(&merchant_key()),
+        pubkey(&customer_key()),
+        LockTime::from_consensus(expiry),
+    )
+    .expect("distinct keys, expiry ≥ 17")
+}
+
+/// A funding transaction paying `value` to `script` at output 1 (its own input is a placeholder:
+/// only its outputs are ever spent with it).
+pub fn funding_tx(script: &ChannelScript, kind: OutputKind, value: Amount) -> Transaction {
+    Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint { txid: Txid::from_byte_array([7; 32]), vout: 0 },
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![
+            TxOut { value: Amount::from_sat(50_000), script_pubkey: p2wpkh(&key(0x33)) },
+            TxOut { value, script_pubkey: script.script_pubkey(kind) },
+        ],
+    }
+}
+
+/// A channel of `value` expiring at `expiry`, and its funding transaction.
+pub fn params_with(kind: OutputKind, value: Amount, expiry: u32) -> (ChannelParams, Transaction) {
+    let script = channel_script(expiry);
+    let tx = funding_tx(&script, kind, value);
+    let funding = FundingOutput::find(&tx, &script).expect("the funding pays the script");
+    let params =
+        ChannelParams::new(script, funding, p2wpkh(&customer_key()), DEFAULT_DUST_RELAY_FEE)
+            .expect("P2WPKH change is standard");
+    (params, tx)
+}
+
+/// A 100,000 sat channel expiring at [`EXPIRY`], and its funding transaction.
+pub fn params(kind: OutputKind) -> (ChannelParams, Transaction) {
+    params_with(kind, Amount::from_sat(100_000), EXPIRY)
+}
+
+/// The output of `funding` that `params`' channel spends.
+pub fn funding_txout(params: &ChannelParams, funding: &Transaction) -> TxOut {
+    funding.output[params.id().vout as usize].clone()
+}
