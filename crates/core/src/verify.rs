@@ -82,7 +82,12 @@ pub fn verify_input_raw(
     }
 }
 
-fn verify_consensus(
+/// Runs only the consensus script check (`libbitcoinconsensus`) on input `index` of the
+/// serialised transaction `raw_tx`. `all_spent`, when given, enables taproot.
+///
+/// # Errors
+/// A lowercase message in Bitcoin Core's words.
+pub fn verify_consensus(
     raw_tx: &[u8],
     index: usize,
     spent: &TxOut,

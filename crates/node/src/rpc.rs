@@ -1,0 +1,1 @@
+//! bitcoind-compatible JSON-RPC server (to come in this module).

@@ -1,0 +1,519 @@
+//! The node's state behind its lock: chain, mempool, clock, store; and the operations that
+//! change them (mempool acceptance, mining, reorgs).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use paychan_core::bitcoin::consensus::encode::serialize;
+use paychan_core::bitcoin::{
+    Amount, Block, BlockHash, FeeRate, ScriptBuf, Transaction, TxOut, Txid,
+};
+use paychan_core::verify::verify_input_raw;
+use tracing::{debug, info, warn};
+
+use crate::chain::{Chain, Coin, Finality};
+use crate::mempool::{Entry, Mempool};
+use crate::policy::{check_standard, ANCESTOR_LIMIT, MIN_RELAY_FEE};
+use crate::store::Store;
+use crate::{mining, params, NodeError};
+
+/// What mempool acceptance reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The transaction's id.
+    pub txid: Txid,
+    /// Its witness id.
+    pub wtxid: paychan_core::bitcoin::Wtxid,
+    /// The fee it pays.
+    pub fee: Amount,
+    /// Its virtual size.
+    pub vsize: u64,
+}
+
+pub(crate) struct State {
+    pub chain: Chain,
+    pub mempool: Mempool,
+    /// Transactions whose scripts passed in the mempool (Core's script cache).
+    pub script_ok: HashSet<Txid>,
+    pub mock_time: Option<u64>,
+    pub store: Option<Store>,
+    pub started: Instant,
+    /// Blocks persisted already (so a reorg back onto them does not append them again).
+    pub stored: HashSet<BlockHash>,
+    /// Largest block weight the miner assembles (Core's `-blockmaxweight`).
+    pub block_max_weight: u64,
+}
+
+impl State {
+    pub fn new(store: Option<Store>) -> Self {
+        State {
+            chain: Chain::new(),
+            mempool: Mempool::default(),
+            script_ok: HashSet::new(),
+            mock_time: None,
+            store,
+            started: Instant::now(),
+            stored: HashSet::new(),
+            block_max_weight: params::MAX_BLOCK_WEIGHT,
+        }
+    }
+
+    /// Node time: mock time when set, else the system clock.
+    pub fn now(&self) -> u64 {
+        self.mock_time.unwrap_or_else(|| {
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        })
+    }
+
+    /// Bitcoin Core's `AcceptToMemoryPool` for the rules listed in `policy` and `chain`.
+    pub fn accept(&mut self, tx: Transaction, test_only: bool) -> Result<Accepted, NodeError> {
+        let txid = tx.compute_txid();
+        if tx.input.is_empty() {
+            return Err(NodeError::rejected("bad-txns-vin-empty"));
+        }
+        if tx.output.is_empty() {
+            return Err(NodeError::rejected("bad-txns-vout-empty"));
+        }
+        if tx.is_coinbase() {
+            return Err(NodeError::rejected("coinbase"));
+        }
+        let mut seen = HashSet::new();
+        if !tx.input.iter().all(|i| seen.insert(i.previous_output)) {
+            return Err(NodeError::rejected("bad-txns-inputs-duplicate"));
+        }
+        let value_out = tx
+            .output
+            .iter()
+            .try_fold(Amount::ZERO, |a, o| a.checked_add(o.value))
+            .filter(|v| *v <= Amount::MAX_MONEY)
+            .ok_or_else(|| NodeError::rejected("bad-txns-txouttotal-toolarge"))?;
+        check_standard(&tx).map_err(NodeError::Rejected)?;
+        if self.mempool.entries.contains_key(&txid) {
+            return Err(NodeError::rejected("txn-already-in-mempool"));
+        }
+        let next_height = self.chain.height() + 1;
+        let tip_mtp = self.chain.mtp(self.chain.height());
+
+        // Conflicts: mempool transactions spending the same outputs.
+        let conflicts: HashSet<Txid> = tx
+            .input
+            .iter()
+            .filter_map(|i| self.mempool.spends.get(&i.previous_output).copied())
+            .collect();
+
+        // Inputs, from the UTXO set or the mempool.
+        let mut coins = Vec::with_capacity(tx.input.len());
+        for input in &tx.input {
+            let op = input.previous_output;
+            let coin = if let Some(c) = self.chain.utxos.get(&op) {
+                c.clone()
+            } else if let Some(parent) = self.mempool.entries.get(&op.txid) {
+                if conflicts.contains(&op.txid) {
+                    return Err(NodeError::rejected("bad-txns-spends-conflicting-tx"));
+                }
+                match parent.tx.output.get(op.vout as usize) {
+                    Some(out) => Coin { txout: out.clone(), height: next_height, coinbase: false },
+                    None => return Err(NodeError::MissingInputs),
+                }
+            } else {
+                let outputs_exist = (0..tx.output.len()).any(|v| {
+                    self.chain
+                        .utxos
+                        .contains_key(&paychan_core::bitcoin::OutPoint { txid, vout: v as u32 })
+                });
+                if outputs_exist || self.chain.tx_index.contains_key(&txid) {
+                    return Err(NodeError::AlreadyInChain);
+                }
+                return Err(NodeError::MissingInputs);
+            };
+            coins.push(coin);
+        }
+        for c in &coins {
+            if c.coinbase && next_height - c.height < params::COINBASE_MATURITY {
+                return Err(NodeError::rejected("bad-txns-premature-spend-of-coinbase"));
+            }
+        }
+        match self.chain.finality(&tx, next_height, tip_mtp, &coins) {
+            Finality::Final => {}
+            Finality::NonFinal => return Err(NodeError::rejected("non-final")),
+            Finality::NonBip68Final => return Err(NodeError::rejected("non-BIP68-final")),
+        }
+        let value_in: Amount = coins.iter().map(|c| c.txout.value).sum();
+        let fee = value_in.checked_sub(value_out).ok_or_else(|| {
+            NodeError::rejected(format!(
+                "bad-txns-in-belowout, value in ({value_in}) < value out ({value_out})"
+            ))
+        })?;
+        let vsize = tx.vsize() as u64;
+        let min_fee = MIN_RELAY_FEE.fee_vb(vsize).unwrap_or(Amount::MAX_MONEY);
+        if fee < min_fee {
+            return Err(NodeError::rejected(format!(
+                "min relay fee not met, {} < {}",
+                fee.to_sat(),
+                min_fee.to_sat()
+            )));
+        }
+        let ancestors = self.mempool.ancestors_of(&tx);
+        if ancestors.len() + 1 > ANCESTOR_LIMIT {
+            return Err(NodeError::rejected(format!(
+                "too-long-mempool-chain, too many unconfirmed ancestors [limit: {ANCESTOR_LIMIT}]"
+            )));
+        }
+        // Replacement (full RBF, BIP 125 rules 3, 4 and 6).
+        let mut replaced: Vec<Txid> = Vec::new();
+        if !conflicts.is_empty() {
+            let new_rate = fee.to_sat() as f64 / vsize as f64;
+            let mut replaced_fees = Amount::ZERO;
+            for c in &conflicts {
+                for t in self.mempool.with_descendants(*c) {
+                    if ancestors.contains(&t) {
+                        return Err(NodeError::rejected("bad-txns-spends-conflicting-tx"));
+                    }
+                    if !replaced.contains(&t) {
+                        replaced.push(t);
+                    }
+                }
+                if let Some(e) = self.mempool.entries.get(c) {
+                    let old_rate = e.fee.to_sat() as f64 / e.vsize as f64;
+                    if new_rate <= old_rate {
+                        return Err(NodeError::rejected(format!(
+                            "insufficient fee, rejecting replacement {txid}; new feerate {:.8} <= old feerate {:.8}",
+                            new_rate * 1e-5,
+                            old_rate * 1e-5
+                        )));
+                    }
+                }
+            }
+            if replaced.len() > 100 {
+                return Err(NodeError::rejected("too many potential replacements"));
+            }
+            for t in &replaced {
+                if let Some(e) = self.mempool.entries.get(t) {
+                    replaced_fees += e.fee;
+                }
+            }
+            if fee < replaced_fees {
+                return Err(NodeError::rejected(format!(
+                    "insufficient fee, rejecting replacement {txid}, less fees than conflicting txs; {} < {}",
+                    fee.to_btc(),
+                    replaced_fees.to_btc()
+                )));
+            }
+            if fee - replaced_fees < min_fee {
+                return Err(NodeError::rejected(format!(
+                    "insufficient fee, rejecting replacement {txid}, not enough additional fees to relay; {} < {}",
+                    (fee - replaced_fees).to_btc(),
+                    min_fee.to_btc()
+                )));
+            }
+        }
+        // Scripts: consensus first, then the standardness rules.
+        if !self.script_ok.contains(&txid) {
+            let raw = serialize(&tx);
+            let outs: Vec<TxOut> = coins.iter().map(|c| c.txout.clone()).collect();
+            for (n, c) in coins.iter().enumerate() {
+                let v = verify_input_raw(&tx, &raw, n, &c.txout, Some(&outs));
+                if let Some(e) = v.error {
+                    return Err(NodeError::Rejected(e));
+                }
+            }
+        }
+        let accepted = Accepted { txid, wtxid: tx.compute_wtxid(), fee, vsize };
+        if test_only {
+            return Ok(accepted);
+        }
+        for t in replaced {
+            self.mempool.remove(&t);
+            self.script_ok.remove(&t);
+            debug!(%t, by = %txid, "replaced in mempool");
+        }
+        if let Some(store) = self.store.as_mut() {
+            store.append_mempool(&tx)?;
+        }
+        self.script_ok.insert(txid);
+        let now = self.now();
+        self.mempool.insert(Entry {
+            tx: Arc::new(tx),
+            txid,
+            wtxid: accepted.wtxid,
+            fee,
+            vsize,
+            time: now,
+            height: self.chain.height(),
+            seq: 0,
+        });
+        Ok(accepted)
+    }
+
+    /// The time for a new block: after the tip's median-time-past, and now.
+    fn block_time(&self) -> u32 {
+        let mtp = self.chain.mtp(self.chain.height());
+        let now = u32::try_from(self.now()).unwrap_or(u32::MAX);
+        now.max(mtp + 1)
+    }
+
+    /// Mines one block on the tip with the mempool's best transactions (or exactly `txs`).
+    pub fn mine_one(
+        &mut self,
+        script_pubkey: ScriptBuf,
+        txs: Option<Vec<Transaction>>,
+    ) -> Result<BlockHash, NodeError> {
+        let (txs, fees) = match txs {
+            Some(txs) => {
+                let fees = txs
+                    .iter()
+                    .map(|t| self.fee_of(t))
+                    .try_fold(Amount::ZERO, |a, f| a.checked_add(f))
+                    .unwrap_or(Amount::ZERO);
+                (txs, fees)
+            }
+            None => {
+                let (ids, fees) = mining::select(&self.mempool, self.block_max_weight);
+                let txs = ids
+                    .iter()
+                    .filter_map(|t| self.mempool.entries.get(t))
+                    .map(|e| (*e.tx).clone())
+                    .collect();
+                (txs, fees)
+            }
+        };
+        let height = self.chain.height() + 1;
+        let block = mining::mine_block(
+            self.chain.tip(),
+            height,
+            self.block_time(),
+            fees,
+            script_pubkey,
+            txs,
+        );
+        let hash = block.block_hash();
+        self.submit_block(block)?;
+        if self.chain.tip() != hash {
+            return Err(NodeError::InvalidBlock {
+                hash: hash.to_string(),
+                reason: "the new block did not become the tip".into(),
+            });
+        }
+        Ok(hash)
+    }
+
+    /// What `tx` pays in fees, by the UTXO set and the mempool (zero when unknown).
+    fn fee_of(&self, tx: &Transaction) -> Amount {
+        let mut value_in = Amount::ZERO;
+        for i in &tx.input {
+            let op = i.previous_output;
+            let v = self.chain.utxos.get(&op).map(|c| c.txout.value).or_else(|| {
+                self.mempool
+                    .entries
+                    .get(&op.txid)
+                    .and_then(|e| e.tx.output.get(op.vout as usize))
+                    .map(|o| o.value)
+            });
+            value_in += v.unwrap_or(Amount::ZERO);
+        }
+        let out: Amount = tx.output.iter().map(|o| o.value).sum();
+        value_in.checked_sub(out).unwrap_or(Amount::ZERO)
+    }
+
+    /// Adds a block to the tree and moves to the best chain.
+    pub fn submit_block(&mut self, block: Block) -> Result<(), NodeError> {
+        let hash = block.block_hash();
+        let block = Arc::new(block);
+        let inserted = self
+            .chain
+            .insert(block.clone())
+            .map_err(|reason| NodeError::InvalidBlock { hash: hash.to_string(), reason })?;
+        if inserted && !self.stored.contains(&hash) {
+            if let Some(store) = self.store.as_mut() {
+                store.append_block(&block)?;
+            }
+            self.stored.insert(hash);
+        }
+        self.activate_best(true)?;
+        if let Some(e) = self.chain.entries.get(&hash) {
+            if e.invalid {
+                return Err(NodeError::InvalidBlock {
+                    hash: hash.to_string(),
+                    reason: "failed validation".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the active chain to the best valid block, disconnecting and connecting as needed,
+    /// and brings the mempool in line (Bitcoin Core's `ActivateBestChain`).
+    pub fn activate_best(&mut self, verify: bool) -> Result<(), NodeError> {
+        let mut changed = false;
+        loop {
+            let best = self.chain.best_leaf();
+            if best == self.chain.tip() {
+                break;
+            }
+            changed = true;
+            let (fork, path) = self.chain.branch_to(best);
+            let mut disconnected = Vec::new();
+            while self.chain.height() > fork {
+                if let Some(b) = self.chain.disconnect_tip() {
+                    info!(height = self.chain.height() + 1, hash = %b.block_hash(), "block disconnected");
+                    disconnected.push(b);
+                }
+            }
+            let mut failed = false;
+            for h in path {
+                match self.chain.connect(h, verify, &self.script_ok) {
+                    Ok(()) => {
+                        if let Some(b) = self.chain.entries.get(&h).map(|e| e.block.clone()) {
+                            self.remove_for_block(&b);
+                        }
+                        debug!(height = self.chain.height(), hash = %h, "block connected");
+                    }
+                    Err(reason) => {
+                        warn!(hash = %h, %reason, "block invalid");
+                        self.chain.set_invalid(h, true);
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            // Transactions of disconnected blocks go back to the mempool when still valid.
+            for b in disconnected.iter().rev() {
+                for tx in b.txdata.iter().skip(1) {
+                    let _ = self.accept(tx.clone(), false);
+                }
+            }
+            if !failed {
+                break;
+            }
+        }
+        if changed {
+            self.revalidate_mempool();
+        }
+        Ok(())
+    }
+
+    fn remove_for_block(&mut self, block: &Block) {
+        for tx in &block.txdata {
+            let txid = tx.compute_txid();
+            self.mempool.remove(&txid);
+            self.script_ok.remove(&txid);
+            for i in &tx.input {
+                if let Some(c) = self.mempool.spends.get(&i.previous_output).copied() {
+                    for e in self.mempool.remove_with_descendants(c) {
+                        self.script_ok.remove(&e.txid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-checks every mempool transaction against the new tip (after a reorg: coinbase
+    /// maturity, finality and inputs may have changed), then rewrites the mempool file.
+    fn revalidate_mempool(&mut self) {
+        let mut entries: Vec<Entry> = self.mempool.entries.drain().map(|(_, e)| e).collect();
+        self.mempool.spends.clear();
+        entries.sort_by_key(|e| e.seq);
+        // Parents may have arrived after children (they came back from a disconnected block):
+        // retry until no more is accepted.
+        loop {
+            let before = entries.len();
+            entries.retain(|e| self.accept((*e.tx).clone(), false).is_err());
+            if entries.len() == before || entries.is_empty() {
+                break;
+            }
+        }
+        for e in entries {
+            self.script_ok.remove(&e.txid);
+        }
+        self.persist_mempool();
+    }
+
+    /// Rewrites the mempool file from the mempool, parents first.
+    pub fn persist_mempool(&mut self) {
+        let mut order: Vec<&Entry> = self.mempool.entries.values().collect();
+        order.sort_by_key(|e| (self.mempool.ancestors_of(&e.tx).len(), e.seq));
+        let txs: Vec<Transaction> = order.iter().map(|e| (*e.tx).clone()).collect();
+        if let Some(store) = self.store.as_mut() {
+            if let Err(e) = store.rewrite_mempool(txs.iter()) {
+                warn!(error = %e, "cannot rewrite mempool.dat");
+            }
+        }
+    }
+
+    /// Marks a block invalid and moves off it.
+    pub fn invalidate(&mut self, hash: BlockHash) -> Result<(), NodeError> {
+        if !self.chain.entries.contains_key(&hash) {
+            return Err(NodeError::NotFound("Block not found".into()));
+        }
+        if self.chain.entries.get(&hash).is_some_and(|e| e.height == 0) {
+            return Err(NodeError::InvalidParameter("cannot invalidate the genesis block".into()));
+        }
+        self.chain.set_invalid(hash, true);
+        // Disconnect down to the invalid block's parent first, so a shorter valid branch can win.
+        while self.chain.entries.get(&self.chain.tip()).is_some_and(|e| e.invalid) {
+            if let Some(b) = self.chain.disconnect_tip() {
+                for tx in b.txdata.iter().skip(1) {
+                    let _ = self.accept(tx.clone(), false);
+                }
+            }
+        }
+        self.activate_best(true)?;
+        self.revalidate_mempool();
+        self.save_state()
+    }
+
+    /// Clears the invalid mark of a block (and its ancestors and descendants).
+    pub fn reconsider(&mut self, hash: BlockHash) -> Result<(), NodeError> {
+        if !self.chain.entries.contains_key(&hash) {
+            return Err(NodeError::NotFound("Block not found".into()));
+        }
+        self.chain.set_invalid(hash, false);
+        self.activate_best(true)?;
+        self.save_state()
+    }
+
+    pub fn save_state(&self) -> Result<(), NodeError> {
+        if let Some(store) = &self.store {
+            let invalid: Vec<BlockHash> =
+                self.chain.entries.iter().filter(|(_, e)| e.invalid).map(|(h, _)| *h).collect();
+            store.write_state(self.mock_time, &invalid)?;
+        }
+        Ok(())
+    }
+
+    /// A fee-rate estimate: the median fee rate of the transactions in the last `blocks`
+    /// blocks (or the mempool when they had none), never below 1 sat/vB.
+    pub fn estimate_fee(&self, blocks: u32) -> FeeRate {
+        let mut rates: Vec<u64> = Vec::new();
+        let h = self.chain.height();
+        for height in h.saturating_sub(blocks.max(1) * 3 - 1)..=h {
+            let Some(b) = self.chain.block_at(height) else { continue };
+            for tx in b.txdata.iter().skip(1) {
+                let fee = self.confirmed_fee(tx);
+                rates.push(fee * 250 / (tx.vsize() as u64).max(1));
+            }
+        }
+        if rates.is_empty() {
+            rates = self.mempool.entries.values().map(|e| e.fee_rate().to_sat_per_kwu()).collect();
+        }
+        rates.sort_unstable();
+        let median = rates.get(rates.len() / 2).copied().unwrap_or(0);
+        FeeRate::from_sat_per_kwu(median).max(MIN_RELAY_FEE)
+    }
+
+    fn confirmed_fee(&self, tx: &Transaction) -> u64 {
+        let mut value_in = 0u64;
+        for i in &tx.input {
+            let op = i.previous_output;
+            let Some(loc) = self.chain.tx_index.get(&op.txid) else { return 0 };
+            let Some(b) = self.chain.block_at(loc.height) else { return 0 };
+            match b.txdata.get(loc.index).and_then(|t| t.output.get(op.vout as usize)) {
+                Some(o) => value_in += o.value.to_sat(),
+                None => return 0,
+            }
+        }
+        let out: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        value_in.saturating_sub(out)
+    }
+}
