@@ -255,10 +255,15 @@ impl Params {
             Value::Object(o) => {
                 for k in o.keys() {
                     if !names.contains(&k.as_str()) {
-                        return Err(RpcError::new(code::MISC, format!("Unknown named parameter {k}")));
+                        return Err(RpcError::new(
+                            code::MISC,
+                            format!("Unknown named parameter {k}"),
+                        ));
                     }
                 }
-                Ok(Params(names.iter().map(|n| o.get(*n).cloned().unwrap_or(Value::Null)).collect()))
+                Ok(Params(
+                    names.iter().map(|n| o.get(*n).cloned().unwrap_or(Value::Null)).collect(),
+                ))
             }
             _ => Err(RpcError::new(code::INVALID_REQUEST, "Params must be an array or object")),
         }
@@ -269,19 +274,20 @@ impl Params {
     }
 
     fn required(&self, i: usize, name: &str) -> Result<&Value, RpcError> {
-        self.get(i).ok_or_else(|| RpcError::new(code::MISC, format!("missing required parameter {name}")))
+        self.get(i)
+            .ok_or_else(|| RpcError::new(code::MISC, format!("missing required parameter {name}")))
     }
 
     fn str(&self, i: usize, name: &str) -> Result<&str, RpcError> {
-        self.required(i, name)?
-            .as_str()
-            .ok_or_else(|| RpcError::new(code::TYPE, format!("JSON value of {name} is not a string as expected")))
+        self.required(i, name)?.as_str().ok_or_else(|| {
+            RpcError::new(code::TYPE, format!("JSON value of {name} is not a string as expected"))
+        })
     }
 
     fn u64(&self, i: usize, name: &str) -> Result<u64, RpcError> {
-        self.required(i, name)?
-            .as_u64()
-            .ok_or_else(|| RpcError::new(code::TYPE, format!("JSON value of {name} is not a non-negative integer")))
+        self.required(i, name)?.as_u64().ok_or_else(|| {
+            RpcError::new(code::TYPE, format!("JSON value of {name} is not a non-negative integer"))
+        })
     }
 
     fn opt_bool(&self, i: usize, default: bool) -> Result<bool, RpcError> {
@@ -301,14 +307,24 @@ impl Params {
                 format!("{name} must be of length 64 (not {}, for '{s}')", s.len()),
             ));
         }
-        s.parse().map_err(|_| RpcError::new(code::INVALID_PARAMETER, format!("{name} must be hexadecimal string (not '{s}')")))
+        s.parse().map_err(|_| {
+            RpcError::new(
+                code::INVALID_PARAMETER,
+                format!("{name} must be hexadecimal string (not '{s}')"),
+            )
+        })
     }
 }
 
 fn decode_tx(hex: &str) -> Result<Transaction, RpcError> {
     let bytes = Vec::<u8>::from_hex(hex)
         .map_err(|_| RpcError::new(code::DESERIALIZATION, "TX decode failed"))?;
-    deserialize(&bytes).map_err(|_| RpcError::new(code::DESERIALIZATION, "TX decode failed. Make sure the tx has at least one input."))
+    deserialize(&bytes).map_err(|_| {
+        RpcError::new(
+            code::DESERIALIZATION,
+            "TX decode failed. Make sure the tx has at least one input.",
+        )
+    })
 }
 
 fn btc(a: Amount) -> Value {
@@ -492,6 +508,7 @@ pub const METHODS: &[(&str, &[&str])] = &[
     ("generateblock", &["output", "transactions"]),
     ("submitblock", &["hexdata"]),
     ("setmocktime", &["timestamp"]),
+    ("getmocktime", &[]),
     ("invalidateblock", &["blockhash"]),
     ("reconsiderblock", &["blockhash"]),
     ("getnetworkinfo", &[]),
@@ -530,7 +547,10 @@ fn dispatch(node: &Node, stop: &Notify, method: &str, raw: &Value) -> RpcResult 
         "getblockcount" => Ok(json!(node.tip().0)),
         "getbestblockhash" => Ok(json!(node.tip().1.to_string())),
         "getblockhash" => {
-            let h = p.required(0, "height")?.as_i64().ok_or_else(|| RpcError::new(code::TYPE, "height must be an integer"))?;
+            let h = p
+                .required(0, "height")?
+                .as_i64()
+                .ok_or_else(|| RpcError::new(code::TYPE, "height must be an integer"))?;
             u32::try_from(h)
                 .ok()
                 .and_then(|h| node.block_hash(h))
@@ -552,7 +572,9 @@ fn dispatch(node: &Node, stop: &Notify, method: &str, raw: &Value) -> RpcResult 
             let verbosity = match p.get(1) {
                 None => 1,
                 Some(Value::Bool(b)) => u64::from(*b),
-                Some(v) => v.as_u64().ok_or_else(|| RpcError::new(code::TYPE, "verbosity must be 0, 1, 2 or 3"))?,
+                Some(v) => v
+                    .as_u64()
+                    .ok_or_else(|| RpcError::new(code::TYPE, "verbosity must be 0, 1, 2 or 3"))?,
             };
             if verbosity == 0 {
                 return Ok(json!(serialize_hex(&*block)));
@@ -578,7 +600,9 @@ fn dispatch(node: &Node, stop: &Notify, method: &str, raw: &Value) -> RpcResult 
                 None => false,
                 Some(Value::Bool(b)) => *b,
                 Some(Value::Number(n)) => n.as_u64().unwrap_or(0) > 0,
-                Some(_) => return Err(RpcError::new(code::TYPE, "verbose must be a boolean or 0/1/2")),
+                Some(_) => {
+                    return Err(RpcError::new(code::TYPE, "verbose must be a boolean or 0/1/2"))
+                }
             };
             let (tx, loc, in_active) = if p.get(2).is_some() {
                 let bh: BlockHash = p.hash(2, "blockhash")?;
@@ -592,7 +616,8 @@ fn dispatch(node: &Node, stop: &Notify, method: &str, raw: &Value) -> RpcResult 
                 let (tx, loc) = node.transaction(&txid).ok_or_else(|| {
                     RpcError::new(code::INVALID_ADDRESS_OR_KEY, "No such mempool or blockchain transaction. Use gettransaction for wallet transactions.")
                 })?;
-                let loc = loc.and_then(|l| node.block(&l.block).map(|(_, i)| (l.block, i, l.index)));
+                let loc =
+                    loc.and_then(|l| node.block(&l.block).map(|(_, i)| (l.block, i, l.index)));
                 (tx, loc, None)
             };
             if !verbose {
@@ -626,26 +651,40 @@ fn dispatch(node: &Node, stop: &Notify, method: &str, raw: &Value) -> RpcResult 
             Ok(json!(node.submit(tx, Some(max))?.to_string()))
         }
         "testmempoolaccept" => {
-            let raw = p.required(0, "rawtxs")?.as_array().ok_or_else(|| RpcError::new(code::TYPE, "rawtxs must be an array"))?;
+            let raw = p
+                .required(0, "rawtxs")?
+                .as_array()
+                .ok_or_else(|| RpcError::new(code::TYPE, "rawtxs must be an array"))?;
             if raw.len() != 1 {
-                return Err(RpcError::new(code::INVALID_PARAMETER, "Array must contain exactly one raw transaction for now"));
+                return Err(RpcError::new(
+                    code::INVALID_PARAMETER,
+                    "Array must contain exactly one raw transaction for now",
+                ));
             }
             let max = parse_fee_rate(p.get(1), crate::policy::DEFAULT_MAX_FEE_RATE)?;
             let tx = decode_tx(raw[0].as_str().unwrap_or_default())?;
             let txid = tx.compute_txid().to_string();
             let wtxid = tx.compute_wtxid().to_string();
             let r = match node.test_accept(tx) {
-                Ok(a) if max > FeeRate::ZERO && a.fee.to_sat() * 250 / a.vsize.max(1) > max.to_sat_per_kwu() => {
+                Ok(a)
+                    if max > FeeRate::ZERO
+                        && a.fee.to_sat() * 250 / a.vsize.max(1) > max.to_sat_per_kwu() =>
+                {
                     json!({"txid": txid, "wtxid": wtxid, "allowed": false, "reject-reason": "max-fee-exceeded"})
                 }
-                Ok(a) => json!({"txid": txid, "wtxid": wtxid, "allowed": true, "vsize": a.vsize, "fees": {"base": btc(a.fee)}}),
-                Err(e) => json!({"txid": txid, "wtxid": wtxid, "allowed": false, "reject-reason": e.reject_reason()}),
+                Ok(a) => {
+                    json!({"txid": txid, "wtxid": wtxid, "allowed": true, "vsize": a.vsize, "fees": {"base": btc(a.fee)}})
+                }
+                Err(e) => {
+                    json!({"txid": txid, "wtxid": wtxid, "allowed": false, "reject-reason": e.reject_reason()})
+                }
             };
             Ok(json!([r]))
         }
         "gettxout" => {
             let txid: Txid = p.hash(0, "txid")?;
-            let vout = u32::try_from(p.u64(1, "n")?).map_err(|_| RpcError::new(code::INVALID_PARAMETER, "n out of range"))?;
+            let vout = u32::try_from(p.u64(1, "n")?)
+                .map_err(|_| RpcError::new(code::INVALID_PARAMETER, "n out of range"))?;
             let include_mempool = p.opt_bool(2, true)?;
             match node.utxo(&OutPoint { txid, vout }, include_mempool) {
                 None => Ok(Value::Null),
@@ -684,8 +723,9 @@ fn dispatch(node: &Node, stop: &Notify, method: &str, raw: &Value) -> RpcResult 
         }
         "getmempoolentry" => {
             let txid: Txid = p.hash(0, "txid")?;
-            mempool_entry_json(node, &txid)
-                .ok_or_else(|| RpcError::new(code::INVALID_ADDRESS_OR_KEY, "Transaction not in mempool"))
+            mempool_entry_json(node, &txid).ok_or_else(|| {
+                RpcError::new(code::INVALID_ADDRESS_OR_KEY, "Transaction not in mempool")
+            })
         }
         "getmempoolinfo" => {
             let (n, fees) = node.mempool_size();
@@ -702,29 +742,48 @@ fn dispatch(node: &Node, stop: &Notify, method: &str, raw: &Value) -> RpcResult 
         "estimatesmartfee" => {
             let target = p.u64(0, "conf_target")?;
             if !(1..=1008).contains(&target) {
-                return Err(RpcError::new(code::INVALID_PARAMETER, "Invalid conf_target, must be between 1 and 1008"));
+                return Err(RpcError::new(
+                    code::INVALID_PARAMETER,
+                    "Invalid conf_target, must be between 1 and 1008",
+                ));
             }
             let target = target as u32;
-            Ok(json!({"feerate": fee_rate_btc_kvb(node.estimate_fee(target)), "blocks": target.max(2)}))
+            Ok(
+                json!({"feerate": fee_rate_btc_kvb(node.estimate_fee(target)), "blocks": target.max(2)}),
+            )
         }
         "generatetoaddress" => {
             let n = p.u64(0, "nblocks")?;
             let spk = address_script(p.str(1, "address")?)?;
-            let n = u32::try_from(n).map_err(|_| RpcError::new(code::INVALID_PARAMETER, "nblocks out of range"))?;
+            let n = u32::try_from(n)
+                .map_err(|_| RpcError::new(code::INVALID_PARAMETER, "nblocks out of range"))?;
             let hashes = node.mine(n, &spk)?;
             Ok(json!(hashes.iter().map(BlockHash::to_string).collect::<Vec<_>>()))
         }
         "generateblock" => {
             let spk = address_script(p.str(0, "output")?)?;
-            let list = p.required(1, "transactions")?.as_array().ok_or_else(|| RpcError::new(code::TYPE, "transactions must be an array"))?;
+            let list = p
+                .required(1, "transactions")?
+                .as_array()
+                .ok_or_else(|| RpcError::new(code::TYPE, "transactions must be an array"))?;
             let mut txs = Vec::with_capacity(list.len());
             for item in list {
                 let s = item.as_str().unwrap_or_default();
                 if s.len() == 64 {
-                    let txid: Txid = s.parse().map_err(|_| RpcError::new(code::INVALID_PARAMETER, format!("Transaction {s} not in mempool.")))?;
+                    let txid: Txid = s.parse().map_err(|_| {
+                        RpcError::new(
+                            code::INVALID_PARAMETER,
+                            format!("Transaction {s} not in mempool."),
+                        )
+                    })?;
                     match node.transaction(&txid) {
                         Some((tx, None)) => txs.push(tx),
-                        _ => return Err(RpcError::new(code::INVALID_ADDRESS_OR_KEY, format!("Transaction {s} not in mempool."))),
+                        _ => {
+                            return Err(RpcError::new(
+                                code::INVALID_ADDRESS_OR_KEY,
+                                format!("Transaction {s} not in mempool."),
+                            ))
+                        }
                     }
                 } else {
                     txs.push(decode_tx(s)?);
@@ -736,7 +795,8 @@ fn dispatch(node: &Node, stop: &Notify, method: &str, raw: &Value) -> RpcResult 
         "submitblock" => {
             let bytes = Vec::<u8>::from_hex(p.str(0, "hexdata")?)
                 .map_err(|_| RpcError::new(code::DESERIALIZATION, "Block decode failed"))?;
-            let block: Block = deserialize(&bytes).map_err(|_| RpcError::new(code::DESERIALIZATION, "Block decode failed"))?;
+            let block: Block = deserialize(&bytes)
+                .map_err(|_| RpcError::new(code::DESERIALIZATION, "Block decode failed"))?;
             match node.submit_block(block) {
                 Ok(()) => Ok(Value::Null),
                 Err(NodeError::InvalidBlock { reason, .. }) => Ok(json!(reason)),
@@ -744,11 +804,14 @@ fn dispatch(node: &Node, stop: &Notify, method: &str, raw: &Value) -> RpcResult 
             }
         }
         "setmocktime" => {
-            let t = p.required(0, "timestamp")?.as_i64().filter(|t| *t >= 0)
-                .ok_or_else(|| RpcError::new(code::INVALID_PARAMETER, "Mocktime cannot be negative: -1."))?;
+            let t = p.required(0, "timestamp")?.as_i64().filter(|t| *t >= 0).ok_or_else(|| {
+                RpcError::new(code::INVALID_PARAMETER, "Mocktime cannot be negative: -1.")
+            })?;
             node.set_mock_time(t as u64)?;
             Ok(Value::Null)
         }
+        // paychan's extension: the node's clock (mock time when set), so tools can advance it.
+        "getmocktime" => Ok(json!(node.now())),
         "invalidateblock" => {
             node.invalidate_block(p.hash(0, "blockhash")?)?;
             Ok(Value::Null)

@@ -1,0 +1,94 @@
+//! [`ChainSource`] over the in-process embedded node.
+
+use paychan_core::bitcoin::{Block, BlockHash, FeeRate, OutPoint, Transaction, TxOut, Txid};
+use paychan_node::{Node, NodeError};
+
+use crate::{BlockRef, ChainError, ChainSource, TxStatus};
+
+/// The embedded node as a chain source, without RPC.
+#[derive(Debug, Clone)]
+pub struct EmbeddedChain {
+    node: Node,
+}
+
+impl EmbeddedChain {
+    /// Wraps `node`.
+    pub fn new(node: Node) -> Self {
+        EmbeddedChain { node }
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+}
+
+fn map(e: NodeError) -> ChainError {
+    match e {
+        NodeError::Rejected(_)
+        | NodeError::MissingInputs
+        | NodeError::MaxFeeExceeded
+        | NodeError::AlreadyInChain => {
+            ChainError::Rejected { code: e.rpc_code(), reason: e.to_string() }
+        }
+        other => ChainError::Node { code: other.rpc_code(), message: other.to_string() },
+    }
+}
+
+impl ChainSource for EmbeddedChain {
+    fn tip(&self) -> Result<BlockRef, ChainError> {
+        let (height, hash) = self.node.tip();
+        Ok(BlockRef { height, hash })
+    }
+
+    fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, ChainError> {
+        Ok(self.node.block_hash(height))
+    }
+
+    fn block(&self, hash: &BlockHash) -> Result<Block, ChainError> {
+        self.node
+            .block(hash)
+            .map(|(b, _)| (*b).clone())
+            .ok_or(ChainError::Node { code: -5, message: "Block not found".into() })
+    }
+
+    fn median_time_past(&self) -> Result<u32, ChainError> {
+        Ok(self.node.median_time_past())
+    }
+
+    fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
+        let txid = tx.compute_txid();
+        match self.node.submit(tx.clone(), None) {
+            Ok(t) => Ok(t),
+            Err(NodeError::AlreadyInChain) => Ok(txid),
+            Err(e) => Err(map(e)),
+        }
+    }
+
+    fn tx_status(&self, txid: &Txid) -> Result<TxStatus, ChainError> {
+        Ok(match self.node.transaction(txid) {
+            None => TxStatus::Unknown,
+            Some((_, None)) => TxStatus::InMempool,
+            Some((_, Some(loc))) => TxStatus::Confirmed {
+                block: BlockRef { height: loc.height, hash: loc.block },
+                confirmations: self.node.tip().0 - loc.height + 1,
+            },
+        })
+    }
+
+    fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
+        Ok(self.node.transaction(txid).map(|(t, _)| t))
+    }
+
+    fn mempool(&self) -> Result<Vec<Txid>, ChainError> {
+        Ok(self.node.mempool_txids())
+    }
+
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, ChainError> {
+        Ok(self.node.utxo(outpoint, true).map(|(o, _, _)| o))
+    }
+
+    fn estimate_fee(&self, target_blocks: u32) -> Result<FeeRate, ChainError> {
+        Ok(self.node.estimate_fee(target_blocks))
+    }
+}

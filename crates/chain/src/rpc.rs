@@ -1,0 +1,169 @@
+//! [`ChainSource`] over bitcoind's JSON-RPC (`bitcoincore-rpc`): a real `bitcoind` or
+//! `paychan node`.
+
+use std::path::PathBuf;
+
+use bitcoincore_rpc::jsonrpc::error::Error as JsonRpcError;
+use bitcoincore_rpc::{Auth, Client, Error as RpcClientError, RpcApi};
+use paychan_core::bitcoin::{Block, BlockHash, FeeRate, OutPoint, Transaction, TxOut, Txid};
+
+use crate::{BlockRef, ChainError, ChainSource, TxStatus};
+
+/// How to authenticate to the node.
+#[derive(Debug, Clone)]
+pub enum RpcAuth {
+    /// A cookie file written by the node.
+    CookieFile(PathBuf),
+    /// A user name and password.
+    UserPass(String, String),
+}
+
+/// A bitcoind JSON-RPC client.
+pub struct BitcoindRpc {
+    client: Client,
+    url: String,
+}
+
+impl std::fmt::Debug for BitcoindRpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BitcoindRpc").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+const NOT_FOUND: i32 = -5;
+const OUT_OF_RANGE: i32 = -8;
+const ALREADY_IN_CHAIN: i32 = -27;
+
+fn map(e: RpcClientError) -> ChainError {
+    match e {
+        RpcClientError::JsonRpc(JsonRpcError::Rpc(r)) => {
+            ChainError::Node { code: r.code, message: r.message }
+        }
+        other => ChainError::Transport(other.to_string()),
+    }
+}
+
+impl BitcoindRpc {
+    /// Connects to `url` (e.g. `http://127.0.0.1:18443`).
+    ///
+    /// # Errors
+    /// [`ChainError::Transport`] when the cookie file cannot be read or the URL is invalid.
+    pub fn new(url: &str, auth: RpcAuth) -> Result<Self, ChainError> {
+        let auth = match auth {
+            RpcAuth::CookieFile(p) => Auth::CookieFile(p),
+            RpcAuth::UserPass(u, p) => Auth::UserPass(u, p),
+        };
+        let client = Client::new(url, auth).map_err(map)?;
+        Ok(BitcoindRpc { client, url: url.to_string() })
+    }
+
+    /// The underlying client, for calls this trait does not cover.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Calls any method with JSON parameters.
+    ///
+    /// # Errors
+    /// The node's error or a transport error.
+    pub fn call<T: for<'a> serde::Deserialize<'a>>(
+        &self,
+        method: &str,
+        params: &[serde_json::Value],
+    ) -> Result<T, ChainError> {
+        self.client.call(method, params).map_err(map)
+    }
+}
+
+impl ChainSource for BitcoindRpc {
+    fn tip(&self) -> Result<BlockRef, ChainError> {
+        // Height and hash from one call, so they always agree.
+        let info = self.client.get_blockchain_info().map_err(map)?;
+        Ok(BlockRef { height: info.blocks as u32, hash: info.best_block_hash })
+    }
+
+    fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, ChainError> {
+        match self.client.get_block_hash(u64::from(height)) {
+            Ok(h) => Ok(Some(h)),
+            Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) if r.code == OUT_OF_RANGE => {
+                Ok(None)
+            }
+            Err(e) => Err(map(e)),
+        }
+    }
+
+    fn block(&self, hash: &BlockHash) -> Result<Block, ChainError> {
+        self.client.get_block(hash).map_err(map)
+    }
+
+    fn median_time_past(&self) -> Result<u32, ChainError> {
+        Ok(self.client.get_blockchain_info().map_err(map)?.median_time as u32)
+    }
+
+    fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
+        let txid = tx.compute_txid();
+        match self.client.send_raw_transaction(tx) {
+            Ok(t) => Ok(t),
+            Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) => {
+                let known = r.code == ALREADY_IN_CHAIN
+                    || r.message.contains("txn-already-in-mempool")
+                    || r.message.contains("txn-already-known");
+                if known {
+                    Ok(txid)
+                } else {
+                    Err(ChainError::Rejected { code: r.code, reason: r.message })
+                }
+            }
+            Err(e) => Err(map(e)),
+        }
+    }
+
+    fn tx_status(&self, txid: &Txid) -> Result<TxStatus, ChainError> {
+        match self.client.get_raw_transaction_info(txid, None) {
+            Ok(info) => match (info.blockhash, info.confirmations) {
+                (Some(hash), Some(c)) if c > 0 => {
+                    let header = self.client.get_block_header_info(&hash).map_err(map)?;
+                    Ok(TxStatus::Confirmed {
+                        block: BlockRef { height: header.height as u32, hash },
+                        confirmations: c,
+                    })
+                }
+                _ => Ok(TxStatus::InMempool),
+            },
+            Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) if r.code == NOT_FOUND => {
+                Ok(TxStatus::Unknown)
+            }
+            Err(e) => Err(map(e)),
+        }
+    }
+
+    fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
+        match self.client.get_raw_transaction(txid, None) {
+            Ok(tx) => Ok(Some(tx)),
+            Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) if r.code == NOT_FOUND => Ok(None),
+            Err(e) => Err(map(e)),
+        }
+    }
+
+    fn mempool(&self) -> Result<Vec<Txid>, ChainError> {
+        self.client.get_raw_mempool().map_err(map)
+    }
+
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, ChainError> {
+        let r = self.client.get_tx_out(&outpoint.txid, outpoint.vout, Some(true)).map_err(map)?;
+        Ok(r.map(|o| TxOut {
+            value: o.value,
+            script_pubkey: paychan_core::bitcoin::ScriptBuf::from_bytes(o.script_pub_key.hex),
+        }))
+    }
+
+    fn estimate_fee(&self, target_blocks: u32) -> Result<FeeRate, ChainError> {
+        let r = self
+            .client
+            .estimate_smart_fee(target_blocks.clamp(1, 1008) as u16, None)
+            .map_err(map)?;
+        // BTC per 1,000 vbytes → sat per 1,000 weight units; at least 1 sat/vB.
+        let per_kvb = r.fee_rate.map_or(1_000, |a| a.to_sat());
+        Ok(FeeRate::from_sat_per_kwu((per_kvb / 4).max(250)))
+    }
+}

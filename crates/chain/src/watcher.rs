@@ -1,0 +1,186 @@
+//! [`ChainWatcher`]: follows the active chain block by block and reports what happened to the
+//! transactions and outpoints it watches, reorgs included.
+
+use std::collections::HashMap;
+
+use paychan_core::bitcoin::{BlockHash, OutPoint, Txid};
+use tracing::debug;
+
+use crate::{BlockRef, ChainError, ChainSource};
+
+/// What the watcher saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainEvent {
+    /// A block was connected to the active chain.
+    BlockConnected(BlockRef),
+    /// A block left the active chain (reorg).
+    BlockDisconnected(BlockRef),
+    /// A watched transaction has `confirmations` confirmations (reported as the depth grows, up
+    /// to the watcher's maximum depth).
+    Confirmed {
+        /// The transaction.
+        txid: Txid,
+        /// Its block.
+        block: BlockRef,
+        /// Its depth (1 = in the tip).
+        confirmations: u32,
+    },
+    /// A watched transaction's block was disconnected.
+    Unconfirmed {
+        /// The transaction.
+        txid: Txid,
+    },
+    /// A watched outpoint was spent in a block.
+    Spent {
+        /// The outpoint.
+        outpoint: OutPoint,
+        /// The spending transaction.
+        by: Txid,
+        /// The block.
+        block: BlockRef,
+    },
+    /// The block that spent a watched outpoint was disconnected.
+    Unspent {
+        /// The outpoint.
+        outpoint: OutPoint,
+    },
+}
+
+/// Follows a [`ChainSource`]; call [`ChainWatcher::poll`] when a new block may have arrived.
+#[derive(Debug)]
+pub struct ChainWatcher<C> {
+    source: C,
+    /// The active chain as the watcher last saw it, from its start height on.
+    seen: Vec<BlockRef>,
+    start: u32,
+    txs: HashMap<Txid, Option<(BlockRef, u32)>>,
+    outpoints: HashMap<OutPoint, Option<(Txid, BlockRef)>>,
+    max_depth: u32,
+}
+
+impl<C: ChainSource> ChainWatcher<C> {
+    /// A watcher that scans blocks from `start_height` on and reports depths up to `max_depth`.
+    pub fn new(source: C, start_height: u32, max_depth: u32) -> Self {
+        ChainWatcher {
+            source,
+            seen: Vec::new(),
+            start: start_height,
+            txs: HashMap::new(),
+            outpoints: HashMap::new(),
+            max_depth: max_depth.max(1),
+        }
+    }
+
+    /// The source.
+    pub fn source(&self) -> &C {
+        &self.source
+    }
+
+    /// Watches a transaction. Blocks already scanned are not searched again: watch before the
+    /// transaction can confirm (or start the watcher low enough).
+    pub fn watch_tx(&mut self, txid: Txid) {
+        self.txs.entry(txid).or_insert(None);
+    }
+
+    /// Watches an outpoint for its spend.
+    pub fn watch_outpoint(&mut self, outpoint: OutPoint) {
+        self.outpoints.entry(outpoint).or_insert(None);
+    }
+
+    /// Stops watching a transaction.
+    pub fn unwatch_tx(&mut self, txid: &Txid) {
+        self.txs.remove(txid);
+    }
+
+    /// The last block the watcher processed.
+    pub fn tip(&self) -> Option<BlockRef> {
+        self.seen.last().copied()
+    }
+
+    /// Brings the watcher to the source's tip and returns what happened, in order.
+    ///
+    /// # Errors
+    /// Any error of the source; the watcher stays consistent and the next poll resumes.
+    pub fn poll(&mut self) -> Result<Vec<ChainEvent>, ChainError> {
+        let mut events = Vec::new();
+        // Walk back until our view agrees with the source (a reorg, or nothing).
+        while let Some(last) = self.seen.last().copied() {
+            if self.source.block_hash(last.height)? == Some(last.hash) {
+                break;
+            }
+            self.seen.pop();
+            debug!(height = last.height, hash = %last.hash, "block disconnected");
+            events.push(ChainEvent::BlockDisconnected(last));
+            for (txid, conf) in self.txs.iter_mut() {
+                if conf.is_some_and(|(b, _)| b == last) {
+                    *conf = None;
+                    events.push(ChainEvent::Unconfirmed { txid: *txid });
+                }
+            }
+            for (op, spent) in self.outpoints.iter_mut() {
+                if spent.is_some_and(|(_, b)| b == last) {
+                    *spent = None;
+                    events.push(ChainEvent::Unspent { outpoint: *op });
+                }
+            }
+        }
+        let tip = self.source.tip()?;
+        let mut height = self.seen.last().map_or(self.start, |b| b.height + 1);
+        while height <= tip.height {
+            let Some(hash) = self.source.block_hash(height)? else { break };
+            let block = self.source.block(&hash)?;
+            if self.seen.last().is_some_and(|p| p.hash != block.header.prev_blockhash) {
+                // The chain moved under us mid-poll; the next poll walks back.
+                break;
+            }
+            let here = BlockRef { height, hash };
+            self.seen.push(here);
+            events.push(ChainEvent::BlockConnected(here));
+            for tx in &block.txdata {
+                let txid = tx.compute_txid();
+                if let Some(conf) = self.txs.get_mut(&txid) {
+                    *conf = Some((here, 0));
+                }
+                for input in &tx.input {
+                    if let Some(spent) = self.outpoints.get_mut(&input.previous_output) {
+                        *spent = Some((txid, here));
+                        events.push(ChainEvent::Spent {
+                            outpoint: input.previous_output,
+                            by: txid,
+                            block: here,
+                        });
+                    }
+                }
+            }
+            height += 1;
+        }
+        // Depths, as they grew.
+        let top = self.seen.last().map_or(0, |b| b.height);
+        let mut confirmed: Vec<(Txid, BlockRef, u32)> = Vec::new();
+        for (txid, conf) in self.txs.iter_mut() {
+            if let Some((block, reported)) = conf {
+                let depth = (top - block.height + 1).min(self.max_depth);
+                if depth > *reported {
+                    *reported = depth;
+                    confirmed.push((*txid, *block, depth));
+                }
+            }
+        }
+        confirmed.sort_by_key(|(t, b, _)| (b.height, *t));
+        events.extend(confirmed.into_iter().map(|(txid, block, confirmations)| {
+            ChainEvent::Confirmed { txid, block, confirmations }
+        }));
+        // Keep the view bounded: deep blocks no longer reorg in practice.
+        const KEEP: usize = 2_016;
+        if self.seen.len() > KEEP {
+            let cut = self.seen.len() - KEEP;
+            self.seen.drain(..cut);
+        }
+        Ok(events)
+    }
+
+    /// The hash the watcher has for `height`, if it still holds it.
+    pub fn hash_at(&self, height: u32) -> Option<BlockHash> {
+        self.seen.iter().find(|b| b.height == height).map(|b| b.hash)
+    }
+}

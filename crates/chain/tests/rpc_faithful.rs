@@ -1,0 +1,149 @@
+//! The node's RPC as `bitcoincore-rpc` (the client BDK and much Rust tooling use) sees it: its
+//! typed results deserialise only if every field has bitcoind's name and type.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use bitcoincore_rpc::RpcApi;
+use paychan_core::bitcoin::{Address, Amount, CompressedPublicKey, Network};
+use paychan_core::testkit::{key, pubkey};
+use serde_json::{json, Value};
+
+fn address(n: u8) -> Address {
+    Address::p2wpkh(&CompressedPublicKey(pubkey(&key(n))), Network::Regtest)
+}
+
+#[test]
+fn typed_results_deserialise() {
+    let r = common::start();
+    let rpc = r.rpc();
+    let c = rpc.client();
+    let hashes = c.generate_to_address(101, &address(1)).unwrap();
+    assert_eq!(hashes.len(), 101);
+    let info = c.get_blockchain_info().unwrap();
+    assert_eq!(info.blocks, 101);
+    assert_eq!(info.best_block_hash, hashes[100]);
+    assert_eq!(c.get_block_count().unwrap(), 101);
+    assert_eq!(c.get_best_block_hash().unwrap(), hashes[100]);
+    assert_eq!(c.get_block_hash(1).unwrap(), hashes[0]);
+
+    let block = c.get_block(&hashes[0]).unwrap();
+    assert_eq!(block.block_hash(), hashes[0]);
+    let binfo = c.get_block_info(&hashes[0]).unwrap();
+    assert_eq!(binfo.height, 1);
+    assert_eq!(binfo.confirmations, 101);
+    assert_eq!(binfo.nextblockhash, Some(hashes[1]));
+    let hinfo = c.get_block_header_info(&hashes[100]).unwrap();
+    assert_eq!(hinfo.height, 101);
+    assert_eq!(hinfo.next_block_hash, None);
+    assert_eq!(c.get_block_header(&hashes[5]).unwrap().block_hash(), hashes[5]);
+
+    let coinbase = block.txdata[0].compute_txid();
+    let txinfo = c.get_raw_transaction_info(&coinbase, None).unwrap();
+    assert_eq!(txinfo.blockhash, Some(hashes[0]));
+    assert_eq!(txinfo.confirmations, Some(101));
+    let out = c.get_tx_out(&coinbase, 0, Some(true)).unwrap().unwrap();
+    assert_eq!(out.value, Amount::from_int_btc(50));
+    assert!(out.coinbase);
+    assert_eq!(out.confirmations, 101);
+    assert!(c.get_tx_out(&coinbase, 7, Some(true)).unwrap().is_none());
+
+    let fee = c.estimate_smart_fee(6, None).unwrap();
+    assert!(fee.fee_rate.unwrap() >= Amount::from_sat(1_000), "at least 1 sat/vB");
+    let net = c.get_network_info().unwrap();
+    assert!(net.version >= 270_000);
+    assert!(c.get_raw_mempool().unwrap().is_empty());
+    assert!(c.uptime().unwrap() < 600);
+}
+
+#[test]
+fn errors_have_bitcoinds_codes_and_http_behaviour() {
+    let r = common::start();
+    let rpc = r.rpc();
+    let c = rpc.client();
+    c.generate_to_address(1, &address(1)).unwrap();
+    let err = |res: Result<Value, bitcoincore_rpc::Error>| match res {
+        Err(bitcoincore_rpc::Error::JsonRpc(bitcoincore_rpc::jsonrpc::Error::Rpc(e))) => {
+            (e.code, e.message)
+        }
+        other => panic!("expected an RPC error, got {other:?}"),
+    };
+    assert_eq!(err(c.call("nosuchmethod", &[])).0, -32601);
+    assert_eq!(err(c.call("getblockhash", &[json!(99)])), (-8, "Block height out of range".into()));
+    let unknown = "00".repeat(32);
+    assert_eq!(err(c.call("getrawtransaction", &[json!(unknown)])).0, -5);
+    assert_eq!(err(c.call("getblock", &[json!(unknown)])).0, -5);
+    assert_eq!(err(c.call("sendrawtransaction", &[json!("zz")])).0, -22);
+    // A spend of a missing output: -25 with Core's reason.
+    let tx = {
+        use paychan_core::bitcoin::consensus::encode::serialize_hex;
+        use paychan_core::bitcoin::{
+            hashes::Hash, OutPoint, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
+        };
+        let tx = Transaction {
+            version: paychan_core::bitcoin::transaction::Version::TWO,
+            lock_time: paychan_core::bitcoin::absolute::LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint { txid: Txid::from_byte_array([0xaa; 32]), vout: 0 },
+                script_sig: Default::default(),
+                sequence: Sequence::MAX,
+                witness: Witness::from_slice(&[vec![1u8; 72], vec![2u8; 33]]),
+            }],
+            output: vec![TxOut {
+                value: Amount::from_sat(1_000),
+                script_pubkey: address(2).script_pubkey(),
+            }],
+        };
+        serialize_hex(&tx)
+    };
+    let (code, msg) = err(c.call("sendrawtransaction", &[json!(tx)]));
+    assert_eq!((code, msg.as_str()), (-25, "bad-txns-inputs-missingorspent"), "{msg}");
+    let accept: Value = c.call("testmempoolaccept", &[json!([tx])]).unwrap();
+    assert_eq!(accept[0]["allowed"], false);
+    assert_eq!(accept[0]["reject-reason"], "bad-txns-inputs-missingorspent");
+    // Batch requests and named parameters.
+    let batch: Value = rpc.call("getblockcount", &[]).unwrap();
+    assert_eq!(batch, json!(1));
+}
+
+#[test]
+fn wrong_credentials_are_refused() {
+    let r = common::start();
+    let bad = paychan_chain::BitcoindRpc::new(
+        &r.url,
+        paychan_chain::RpcAuth::UserPass("__cookie__".into(), "wrong".into()),
+    )
+    .unwrap();
+    let e = bad.client().get_block_count().unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+}
+
+#[test]
+fn raw_http_batch_and_named_params() {
+    use std::io::{Read, Write};
+    let r = common::start();
+    let cookie = std::fs::read_to_string(&r.cookie).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&r.cookie).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "cookie file is private");
+    }
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(cookie.trim());
+    let body = r#"[{"jsonrpc":"1.0","id":1,"method":"getblockcount","params":[]},{"jsonrpc":"2.0","id":2,"method":"getblockhash","params":{"height":0}},{"id":3,"method":"nope"}]"#;
+    let addr = r.url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(s, "POST / HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let json_start = resp.find("\r\n\r\n").unwrap() + 4;
+    let v: Value = serde_json::from_str(&resp[json_start..]).unwrap();
+    assert_eq!(v[0]["result"], 0);
+    assert_eq!(v[1]["result"], "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206");
+    assert_eq!(v[1]["jsonrpc"], "2.0");
+    assert_eq!(v[2]["error"]["code"], -32601);
+}
