@@ -147,3 +147,101 @@ fn raw_http_batch_and_named_params() {
     assert_eq!(v[1]["jsonrpc"], "2.0");
     assert_eq!(v[2]["error"]["code"], -32601);
 }
+
+#[test]
+fn transactions_through_the_rpc() {
+    use paychan_core::bitcoin::consensus::encode::serialize_hex;
+    use paychan_core::bitcoin::hashes::Hash;
+    use paychan_core::bitcoin::secp256k1::Message;
+    use paychan_core::bitcoin::sighash::{EcdsaSighashType, SighashCache};
+    use paychan_core::bitcoin::{
+        absolute::LockTime, transaction::Version, OutPoint, ScriptBuf, Sequence, Transaction, TxIn,
+        TxOut, Witness,
+    };
+    let r = common::start();
+    let rpc = r.rpc();
+    let c = rpc.client();
+    let hashes = c.generate_to_address(101, &address(1)).unwrap();
+    let cb = c.get_block(&hashes[0]).unwrap().txdata[0].clone();
+    let prev = cb.output[0].clone();
+    let mut tx = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint { txid: cb.compute_txid(), vout: 0 },
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: prev.value - Amount::from_sat(1_000),
+            script_pubkey: address(2).script_pubkey(),
+        }],
+    };
+    let h = SighashCache::new(&tx)
+        .p2wpkh_signature_hash(0, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
+        .unwrap();
+    let sig =
+        paychan_core::sig::secp().sign_ecdsa(&Message::from_digest(h.to_byte_array()), &key(1));
+    let mut s = sig.serialize_der().to_vec();
+    s.push(1);
+    tx.input[0].witness =
+        Witness::from_slice(&[s, CompressedPublicKey(pubkey(&key(1))).to_bytes().to_vec()]);
+    let hex = serialize_hex(&tx);
+    let txid = tx.compute_txid();
+
+    let accept: Value = c.call("testmempoolaccept", &[json!([hex])]).unwrap();
+    assert_eq!(accept[0]["allowed"], true);
+    assert_eq!(accept[0]["vsize"], tx.vsize());
+    assert_eq!(accept[0]["fees"]["base"], json!(0.00001));
+    assert_eq!(c.send_raw_transaction(hex.as_str()).unwrap(), txid);
+    // Re-sending a known transaction returns its txid.
+    assert_eq!(c.send_raw_transaction(hex.as_str()).unwrap(), txid);
+    let entry: Value = c.call("getmempoolentry", &[json!(txid.to_string())]).unwrap();
+    assert_eq!(entry["vsize"], tx.vsize());
+    assert_eq!(entry["fees"]["base"], json!(0.00001));
+    assert!(
+        c.get_tx_out(&cb.compute_txid(), 0, Some(true)).unwrap().is_none(),
+        "spent in the mempool"
+    );
+    assert!(c.get_tx_out(&cb.compute_txid(), 0, Some(false)).unwrap().is_some());
+    let verbose: Value = c.call("getrawmempool", &[json!(true)]).unwrap();
+    assert!(verbose[txid.to_string()]["wtxid"].is_string());
+
+    // generateblock with the mempool transaction by txid.
+    let gen: Value = c
+        .call("generateblock", &[json!(address(3).to_string()), json!([txid.to_string()])])
+        .unwrap();
+    let bh = gen["hash"].as_str().unwrap().to_string();
+    let b2: Value = c.call("getblock", &[json!(bh), json!(2)]).unwrap();
+    let t = &b2["tx"][1];
+    assert_eq!(t["txid"], txid.to_string());
+    assert_eq!(t["hex"], hex);
+    assert_eq!(t["vin"][0]["txid"], cb.compute_txid().to_string());
+    assert_eq!(t["vout"][0]["n"], 0);
+    assert_eq!(t["vout"][0]["value"], json!(49.99999));
+    assert_eq!(t["vout"][0]["scriptPubKey"]["hex"], address(2).script_pubkey().to_hex_string());
+    let info: Value =
+        c.call("getrawtransaction", &[json!(txid.to_string()), json!(true), json!(bh)]).unwrap();
+    assert_eq!(info["in_active_chain"], true);
+    assert_eq!(info["confirmations"], 1);
+    // A confirmed transaction sent again: -27, or its txid (bitcoind answers either way).
+    match c.send_raw_transaction(hex.as_str()) {
+        Ok(t) => assert_eq!(t, txid),
+        Err(bitcoincore_rpc::Error::JsonRpc(bitcoincore_rpc::jsonrpc::Error::Rpc(e))) => {
+            assert!(e.code == -27 || e.code == -25, "{e:?}")
+        }
+        Err(e) => panic!("{e}"),
+    }
+    // Reorg through the RPC.
+    let bh: paychan_core::bitcoin::BlockHash = bh.parse().unwrap();
+    c.invalidate_block(&bh).unwrap();
+    assert_eq!(c.get_block_count().unwrap(), 101);
+    assert_eq!(c.get_raw_mempool().unwrap(), vec![txid]);
+    assert_eq!(c.get_block_info(&bh).unwrap().confirmations, -1);
+    c.reconsider_block(&bh).unwrap();
+    assert_eq!(c.get_best_block_hash().unwrap(), bh);
+    let _: Value = c.call("setmocktime", &[json!(2_000_000_000u64)]).unwrap();
+    let t: u64 = rpc.call("getmocktime", &[]).unwrap();
+    assert_eq!(t, 2_000_000_000);
+}

@@ -6,6 +6,9 @@ pub enum CliError {
     /// The user's input was malformed (exit code 2).
     #[error("{0}")]
     Usage(String),
+    /// The command could not do its work (exit code 1).
+    #[error("{0}")]
+    Failed(String),
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
@@ -16,7 +19,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
-            CliError::Io(_) => 1,
+            CliError::Io(_) | CliError::Failed(_) => 1,
         }
     }
 }

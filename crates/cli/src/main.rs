@@ -21,6 +21,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run and drive the embedded regtest node.
+    #[command(subcommand)]
+    Node(cmd::node::NodeCommand),
     /// Decode and verify channel transactions.
     #[command(subcommand)]
     Tx(cmd::tx::TxCommand),
@@ -28,7 +31,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr (stdout is for results); RUST_LOG picks the level, "info" by default.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
     let result = match cli.command {
+        Command::Node(c) => cmd::node::run(c),
         Command::Tx(c) => cmd::tx::run(c),
     };
     match result {

@@ -1,3 +1,4 @@
 //! The subcommands.
 
+pub mod node;
 pub mod tx;

@@ -1,0 +1,278 @@
+//! `paychan node start|mine|time`: run the embedded regtest node and talk to it over RPC.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use paychan_chain::{BitcoindRpc, RpcAuth};
+use paychan_core::bitcoin::opcodes::OP_TRUE;
+use paychan_core::bitcoin::script::Builder;
+use paychan_core::bitcoin::{Address, Network};
+use paychan_node::rpc::{cookie_path, Auth, RpcServer};
+use paychan_node::Node;
+use serde_json::{json, Value};
+
+use crate::CliError;
+
+/// `paychan node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run the embedded regtest node with its bitcoind-compatible JSON-RPC server.
+    Start(StartArgs),
+    /// Mine blocks (generatetoaddress) on a running node.
+    Mine(MineArgs),
+    /// Move a running node's clock (setmocktime).
+    Time(TimeArgs),
+}
+
+/// Where a running node is and how to log in.
+#[derive(Debug, Args)]
+pub struct Connect {
+    /// The node's RPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:18443")]
+    rpc_url: String,
+    /// The node's data directory (its `.cookie` is used unless --rpc-user is given).
+    #[arg(long)]
+    datadir: Option<PathBuf>,
+    /// RPC user name.
+    #[arg(long, requires = "rpc_password")]
+    rpc_user: Option<String>,
+    /// RPC password.
+    #[arg(long)]
+    rpc_password: Option<String>,
+}
+
+/// Arguments of `paychan node start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Data directory (default: $PAYCHAN_HOME/node, or ~/.paychan/node).
+    #[arg(long)]
+    datadir: Option<PathBuf>,
+    /// Address the RPC server listens on (loopback by default; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:18443")]
+    rpc_bind: SocketAddr,
+    /// Also allow this RPC user (with --rpc-password), besides the cookie.
+    #[arg(long, requires = "rpc_password")]
+    rpc_user: Option<String>,
+    /// Password for --rpc-user.
+    #[arg(long)]
+    rpc_password: Option<String>,
+    /// Mine a block every SECS seconds (0: only on request).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    block_interval: u64,
+    /// Print the startup line as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `paychan node mine`.
+#[derive(Debug, Args)]
+pub struct MineArgs {
+    /// How many blocks.
+    n: u32,
+    /// Address the coinbases pay (default: an anyone-can-spend P2WSH(OP_TRUE) address).
+    #[arg(long)]
+    to: Option<String>,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+/// Arguments of `paychan node time`.
+#[derive(Debug, Args)]
+pub struct TimeArgs {
+    /// Move the clock forward by this much: 90s, 30m, 12h, 1d (or plain seconds).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "set")]
+    advance: Option<u64>,
+    /// Set the clock to this Unix time (0 returns to the system clock).
+    #[arg(long)]
+    set: Option<u64>,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+/// Parses `90s`, `30m`, `12h`, `1d`, `2w` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 =
+        num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 1d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m, h, d or w")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// The default data directory: `$PAYCHAN_HOME/node` or `~/.paychan/node`.
+pub fn default_datadir() -> PathBuf {
+    let home = std::env::var_os("PAYCHAN_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".paychan")))
+        .unwrap_or_else(|| PathBuf::from(".paychan"));
+    home.join("node")
+}
+
+/// The address blocks pay when no other is given: P2WSH(OP_TRUE), spendable by anyone — fine
+/// on regtest, where coins are worthless.
+pub fn anyone_can_spend_address() -> Address {
+    Address::p2wsh(&Builder::new().push_opcode(OP_TRUE).into_script(), Network::Regtest)
+}
+
+/// Runs a `paychan node` command.
+pub fn run(cmd: NodeCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        NodeCommand::Start(a) => start(a),
+        NodeCommand::Mine(a) => mine(a),
+        NodeCommand::Time(a) => time(a),
+    }
+}
+
+fn print(v: &Value, json: bool, text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out, "{text}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn start(a: StartArgs) -> Result<ExitCode, CliError> {
+    let datadir = a.datadir.unwrap_or_else(default_datadir);
+    let node = Node::open(&datadir).map_err(|e| CliError::Failed(e.to_string()))?;
+    let cookie = cookie_path(&datadir);
+    let mut auth =
+        Auth::default().with_new_cookie(&cookie).map_err(|e| CliError::Failed(e.to_string()))?;
+    if let (Some(u), Some(p)) = (&a.rpc_user, &a.rpc_password) {
+        auth = auth.with_user(u, p);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    let cookie_shown = cookie.clone();
+    rt.block_on(async move {
+        let cookie = cookie_shown;
+        let listener = tokio::net::TcpListener::bind(a.rpc_bind)
+            .await
+            .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", a.rpc_bind)))?;
+        let addr = listener.local_addr()?;
+        let (height, tip) = node.tip();
+        let url = format!("http://{addr}");
+        print(
+            &json!({
+                "rpc_url": url,
+                "cookie": cookie.display().to_string(),
+                "datadir": datadir.display().to_string(),
+                "height": height,
+                "tip": tip.to_string(),
+            }),
+            a.json,
+            &format!(
+                "paychan node: regtest at height {height}\n  RPC     {url}\n  cookie  {}\n  datadir {}",
+                cookie.display(),
+                datadir.display()
+            ),
+        )?;
+        if a.block_interval > 0 {
+            let miner = node.clone();
+            let every = Duration::from_secs(a.block_interval);
+            let spk = anyone_can_spend_address().script_pubkey();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let (m, s) = (miner.clone(), spk.clone());
+                    match tokio::task::spawn_blocking(move || m.mine(1, &s)).await {
+                        Ok(Ok(h)) => tracing::info!(hash = ?h.first(), "mined a block"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "mining failed"),
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+        let server = RpcServer::new(node, auth);
+        let shutdown = async {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => return,
+                };
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = ctrl_c.await;
+            }
+        };
+        server.serve(listener, shutdown).await?;
+        Ok::<_, CliError>(())
+    })?;
+    let _ = std::fs::remove_file(&cookie);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn client(c: &Connect) -> Result<BitcoindRpc, CliError> {
+    let auth = match (&c.rpc_user, &c.rpc_password) {
+        (Some(u), Some(p)) => RpcAuth::UserPass(u.clone(), p.clone()),
+        _ => {
+            let dir = c.datadir.clone().unwrap_or_else(default_datadir);
+            let cookie = cookie_path(&dir);
+            if !cookie.exists() {
+                return Err(CliError::Failed(format!(
+                    "no cookie at {}: is `paychan node start` running with that --datadir?",
+                    cookie.display()
+                )));
+            }
+            RpcAuth::CookieFile(cookie)
+        }
+    };
+    BitcoindRpc::new(&c.rpc_url, auth).map_err(|e| CliError::Failed(e.to_string()))
+}
+
+fn mine(a: MineArgs) -> Result<ExitCode, CliError> {
+    let rpc = client(&a.connect)?;
+    let to = match a.to {
+        Some(t) => t,
+        None => anyone_can_spend_address().to_string(),
+    };
+    let hashes: Value = rpc
+        .call("generatetoaddress", &[json!(a.n), json!(to)])
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let height: u64 =
+        rpc.call("getblockcount", &[]).map_err(|e| CliError::Failed(e.to_string()))?;
+    print(&json!({"blocks": hashes, "height": height, "to": to}), true, "")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn time(a: TimeArgs) -> Result<ExitCode, CliError> {
+    let rpc = client(&a.connect)?;
+    let now: u64 = rpc.call("getmocktime", &[]).map_err(|e| CliError::Failed(e.to_string()))?;
+    let target = match (a.advance, a.set) {
+        (Some(d), _) => now + d,
+        (None, Some(t)) => t,
+        (None, None) => {
+            print(&json!({"time": now}), true, "")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let _: Value =
+        rpc.call("setmocktime", &[json!(target)]).map_err(|e| CliError::Failed(e.to_string()))?;
+    let after: u64 = rpc.call("getmocktime", &[]).map_err(|e| CliError::Failed(e.to_string()))?;
+    print(&json!({"time": after, "previous": now}), true, "")?;
+    Ok(ExitCode::SUCCESS)
+}
