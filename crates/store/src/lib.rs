@@ -1,0 +1,289 @@
+//! # paychan-store
+//!
+//! The channel store: the truth about every channel (DESIGN §6). A merchant writes a payment
+//! before acknowledging it; a customer writes a channel before broadcasting its funding and a
+//! payment before sending it. [`ChannelStore`] is that contract; [`SqliteStore`] (one file, the
+//! embedded default, group commit) and [`PostgresStore`] (several `paychan serve` processes on one
+//! database) implement it.
+//!
+//! ## The contract
+//!
+//! * When a write's future resolves `Ok`, the write is **durable**: it survives a crash of the
+//!   process and of the machine (SQLite `synchronous=FULL` in WAL mode; PostgreSQL's committed
+//!   transactions). Until it resolves, the caller must not acknowledge anything that depends on it.
+//! * A write that returns `Err` changed nothing.
+//! * [`ChannelStore::record_payment`] is a **compare-and-swap**: the new total is written only if
+//!   it is above the stored total and the row's version is the one the caller read. So two
+//!   writers (tasks, or processes sharing PostgreSQL) can never both record conflicting totals,
+//!   and a lower total never overwrites a higher one.
+//! * Every successful write bumps the row's version by one and returns the new version.
+
+#![deny(missing_docs)]
+
+mod ops;
+mod postgres;
+mod schema;
+mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use paychan_core::bitcoin::{Amount, OutPoint, Txid};
+use paychan_core::channel::Phase;
+
+pub use postgres::PostgresStore;
+pub use schema::SCHEMA_VERSION;
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// A boxed future, so [`ChannelStore`] can be used as a trait object.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The compare-and-swap failed: the row changed since it was read, or the total is not
+    /// above the stored one. Nothing was written; re-read and decide again.
+    #[error(
+        "conflict on channel {channel}: stored total {stored_total} at version {stored_version}"
+    )]
+    Conflict {
+        /// The channel.
+        channel: OutPoint,
+        /// The total in the store.
+        stored_total: Amount,
+        /// The version in the store.
+        stored_version: u64,
+    },
+    /// No such channel.
+    #[error("unknown channel {0}")]
+    NotFound(OutPoint),
+    /// The channel exists already.
+    #[error("channel {0} exists already")]
+    AlreadyExists(OutPoint),
+    /// A charge would exceed the channel's paid total.
+    #[error("insufficient credit on channel {channel}: {available} left, {price} asked")]
+    InsufficientCredit {
+        /// The channel.
+        channel: OutPoint,
+        /// Paid but not yet charged.
+        available: Amount,
+        /// The price asked.
+        price: Amount,
+    },
+    /// The database was written by a newer paychan.
+    #[error("the database has schema version {found}, newer than this build's {supported}: upgrade paychan")]
+    SchemaTooNew {
+        /// The database's version.
+        found: u32,
+        /// The newest this build knows.
+        supported: u32,
+    },
+    /// A row holds something this build cannot read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The store is shut down.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Which side of the channel a row belongs to (a process can be both, e.g. in the demo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The receiving side.
+    Merchant,
+    /// The paying side.
+    Customer,
+}
+
+impl Role {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Merchant => "merchant",
+            Role::Customer => "customer",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "merchant" => Ok(Role::Merchant),
+            "customer" => Ok(Role::Customer),
+            _ => Err(StoreError::Corrupt(format!("unknown role {s:?}"))),
+        }
+    }
+}
+
+pub(crate) fn phase_str(p: Phase) -> &'static str {
+    match p {
+        Phase::Opening => "opening",
+        Phase::AwaitingFunding => "awaiting_funding",
+        Phase::Open => "open",
+        Phase::Settling => "settling",
+        Phase::Settled => "settled",
+        Phase::Refunded => "refunded",
+        Phase::Abandoned => "abandoned",
+        Phase::Expired => "expired",
+    }
+}
+
+pub(crate) fn parse_phase(s: &str) -> Result<Phase, StoreError> {
+    Ok(match s {
+        "opening" => Phase::Opening,
+        "awaiting_funding" => Phase::AwaitingFunding,
+        "open" => Phase::Open,
+        "settling" => Phase::Settling,
+        "settled" => Phase::Settled,
+        "refunded" => Phase::Refunded,
+        "abandoned" => Phase::Abandoned,
+        "expired" => Phase::Expired,
+        _ => return Err(StoreError::Corrupt(format!("unknown phase {s:?}"))),
+    })
+}
+
+pub(crate) fn parse_outpoint(s: &str) -> Result<OutPoint, StoreError> {
+    s.parse().map_err(|_| StoreError::Corrupt(format!("bad channel id {s:?}")))
+}
+
+/// A new channel row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChannel {
+    /// The channel (funding outpoint).
+    pub id: OutPoint,
+    /// Whose row.
+    pub role: Role,
+    /// Its phase.
+    pub phase: Phase,
+    /// The deposit.
+    pub capacity: Amount,
+    /// The expiry (locktime value).
+    pub expiry: u32,
+    /// The customer's channel key, hex.
+    pub customer_key: String,
+    /// The encoded state (`MerchantState::encode` / `CustomerState::encode`).
+    pub state: Vec<u8>,
+}
+
+/// A stored channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRow {
+    /// The channel.
+    pub id: OutPoint,
+    /// Whose row.
+    pub role: Role,
+    /// Its phase.
+    pub phase: Phase,
+    /// Highest total (merchant: accepted; customer: signed).
+    pub total: Amount,
+    /// Sum of prices charged against it.
+    pub charged: Amount,
+    /// The deposit.
+    pub capacity: Amount,
+    /// The expiry.
+    pub expiry: u32,
+    /// The customer's key, hex.
+    pub customer_key: String,
+    /// The settlement (or refund) txid, once known.
+    pub closing_txid: Option<Txid>,
+    /// The encoded state.
+    pub state: Vec<u8>,
+    /// The row's version (1 at creation, +1 per write).
+    pub version: u64,
+}
+
+/// A payment to record (compare-and-swap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentUpdate {
+    /// The channel.
+    pub id: OutPoint,
+    /// Whose row.
+    pub role: Role,
+    /// The new total: written only if above the stored total.
+    pub total: Amount,
+    /// The customer's signature of it (kept in the history).
+    pub signature: Vec<u8>,
+    /// The new encoded state.
+    pub state: Vec<u8>,
+    /// The version the caller read; the write happens only if the row still has it.
+    pub expected_version: u64,
+}
+
+/// A phase change (or any other state change that is not a payment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateUpdate {
+    /// The channel.
+    pub id: OutPoint,
+    /// Whose row.
+    pub role: Role,
+    /// The new phase.
+    pub phase: Phase,
+    /// The settlement or refund txid, if known.
+    pub closing_txid: Option<Txid>,
+    /// The new encoded state.
+    pub state: Vec<u8>,
+    /// The version the caller read.
+    pub expected_version: u64,
+}
+
+/// Which channels to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only these phases.
+    pub phases: Vec<Phase>,
+    /// Only channels expiring before this (locktime value).
+    pub expiring_before: Option<u32>,
+    /// Only this customer key (hex).
+    pub customer_key: Option<String>,
+    /// At most this many (0: no limit).
+    pub limit: usize,
+}
+
+/// One entry of a channel's payment history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentEntry {
+    /// The total recorded.
+    pub total: Amount,
+    /// Its signature.
+    pub signature: Vec<u8>,
+    /// When it was recorded (Unix seconds).
+    pub recorded_at: u64,
+}
+
+/// The store's contract (see the crate documentation).
+pub trait ChannelStore: Send + Sync {
+    /// Creates a channel row at version 1. Durable when it resolves.
+    fn create(&self, channel: NewChannel) -> StoreFuture<'_, u64>;
+
+    /// Records a payment by compare-and-swap; returns the new version. Durable when it resolves.
+    fn record_payment(&self, update: PaymentUpdate) -> StoreFuture<'_, u64>;
+
+    /// Writes a phase change; returns the new version. Durable when it resolves.
+    fn update_state(&self, update: StateUpdate) -> StoreFuture<'_, u64>;
+
+    /// Charges `price` against the channel's paid total (`charged + price ≤ total`), atomically;
+    /// returns the credit left. Durable when it resolves.
+    fn charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount>;
+
+    /// Reverses a charge (the request it paid for failed); returns the credit left.
+    fn refund_charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount>;
+
+    /// One channel.
+    fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>>;
+
+    /// Channels matching `query`, oldest first.
+    fn list(&self, query: Query) -> StoreFuture<'_, Vec<ChannelRow>>;
+
+    /// A channel's payment history, oldest first.
+    fn payments(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Vec<PaymentEntry>>;
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,453 @@
+//! The PostgreSQL store: the same contract for merchants that outgrow one machine. Several
+//! processes may share one database: every payment is a compare-and-swap in SQL (`WHERE version
+//! = $expected AND total < $new`), which PostgreSQL evaluates against the latest committed row,
+//! so two processes can never both record conflicting totals. Writes are batched per process
+//! into one transaction (group commit), like the SQLite store.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use paychan_core::bitcoin::{Amount, OutPoint};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, NoTls};
+use tracing::{debug, error, warn};
+
+use crate::ops::{credit, version, Done, Job, Op};
+use crate::schema::{self, POSTGRES_MIGRATIONS};
+use crate::{
+    parse_outpoint, parse_phase, phase_str, unix_now, ChannelRow, ChannelStore, NewChannel,
+    PaymentEntry, Query, Role, StoreError, StoreFuture,
+};
+
+/// The PostgreSQL [`ChannelStore`].
+pub struct PostgresStore {
+    jobs: mpsc::Sender<Job>,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Database(describe(&e))
+}
+
+/// The error with PostgreSQL's own message (tokio-postgres alone says only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    }
+}
+
+async fn connect_client(url: &str) -> Result<Client, StoreError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(db)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            warn!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(db)?;
+    // One migrator at a time across processes.
+    tx.execute("SELECT pg_advisory_xact_lock(7227696)", &[]).await.map_err(db)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS paychan_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    )
+    .await
+    .map_err(db)?;
+    let found: u32 = tx
+        .query_opt("SELECT value FROM paychan_meta WHERE key = 'schema_version'", &[])
+        .await
+        .map_err(db)?
+        .map(|r| r.get::<_, String>(0).parse().unwrap_or(u32::MAX))
+        .unwrap_or(0);
+    schema::check(found)?;
+    for (i, sql) in POSTGRES_MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(sql).await.map_err(db)?;
+        tx.execute(
+            "INSERT INTO paychan_meta (key, value) VALUES ('schema_version', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&(i + 1).to_string()],
+        )
+        .await
+        .map_err(db)?;
+        debug!(version = i + 1, "postgres schema migrated");
+    }
+    tx.commit().await.map_err(db)
+}
+
+impl PostgresStore {
+    /// Connects to `url` (e.g. `postgres://user@127.0.0.1:5432/paychan`), migrates the schema,
+    /// and starts the writer. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`]; [`StoreError::SchemaTooNew`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, 1_024).await
+    }
+
+    /// As [`PostgresStore::connect`], committing at most `max_batch` writes together.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect`].
+    pub async fn connect_with(url: &str, max_batch: usize) -> Result<Self, StoreError> {
+        let mut writer = connect_client(url).await?;
+        migrate(&mut writer).await?;
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| StoreError::Database(e.to_string()))?;
+        let mgr = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(4)
+            .build()
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let (jobs, rx) = mpsc::channel(65_536);
+        tokio::spawn(write_loop(writer, rx, max_batch.max(1)));
+        Ok(PostgresStore { jobs, pool })
+    }
+
+    fn submit(&self, op: Op) -> StoreFuture<'_, Done> {
+        let (reply, rx) = oneshot::channel();
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            jobs.send(Job { op, reply }).await.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    /// A bare single-row write through the same writer: the baseline of one durable commit.
+    #[doc(hidden)]
+    pub fn touch(&self) -> StoreFuture<'_, ()> {
+        let f = self.submit(Op::Touch);
+        Box::pin(async move { f.await.map(|_| ()) })
+    }
+
+    async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Database(e.to_string()))
+    }
+}
+
+async fn write_loop(mut client: Client, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let results = run_batch(&mut client, &batch).await;
+        for (job, r) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(r);
+        }
+    }
+}
+
+async fn run_batch(client: &mut Client, batch: &[Job]) -> Vec<Result<Done, StoreError>> {
+    let failed = |e: &tokio_postgres::Error| -> Vec<Result<Done, StoreError>> {
+        batch.iter().map(|_| Err(StoreError::Database(describe(e)))).collect()
+    };
+    let tx = match client.transaction().await {
+        Ok(t) => t,
+        Err(e) => return failed(&e),
+    };
+    // Every write is one statement, so the whole batch is pipelined on the connection. The
+    // server runs pipelined statements in the order they were sent: writes to one channel keep
+    // their order.
+    let results = futures_util::future::join_all(batch.iter().map(|j| apply(&tx, &j.op))).await;
+    let mut out = Vec::with_capacity(batch.len());
+    for r in results {
+        match r {
+            Ok(r) => out.push(r),
+            // A statement error aborts a PostgreSQL transaction: nothing of this batch commits.
+            Err(e) => {
+                error!(error = %describe(&e), "postgres write failed");
+                return failed(&e);
+            }
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => out,
+        Err(e) => failed(&e),
+    }
+}
+
+fn conflict_from(id: OutPoint, row: Option<&tokio_postgres::Row>, total_col: usize) -> StoreError {
+    match row {
+        None => StoreError::NotFound(id),
+        Some(r) => StoreError::Conflict {
+            channel: id,
+            stored_total: Amount::from_sat(r.get::<_, i64>(total_col) as u64),
+            stored_version: r.get::<_, i64>(total_col + 1) as u64,
+        },
+    }
+}
+
+/// One write as one statement. The final `SELECT` of each reads the snapshot the statement
+/// started from, which is what a refused compare-and-swap reports.
+async fn apply(
+    tx: &tokio_postgres::Transaction<'_>,
+    op: &Op,
+) -> Result<Result<Done, StoreError>, tokio_postgres::Error> {
+    let now = unix_now();
+    Ok(match op {
+        Op::Create(c) => {
+            let rows = tx
+                .query(
+                    "INSERT INTO channels (id, role, phase, capacity, expiry, customer_key, state,
+                                           version, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8)
+                     ON CONFLICT (id, role) DO NOTHING RETURNING 1",
+                    &[
+                        &c.id.to_string(),
+                        &c.role.as_str(),
+                        &phase_str(c.phase),
+                        &(c.capacity.to_sat() as i64),
+                        &i64::from(c.expiry),
+                        &c.customer_key,
+                        &c.state,
+                        &now,
+                    ],
+                )
+                .await?;
+            if rows.is_empty() {
+                Err(StoreError::AlreadyExists(c.id))
+            } else {
+                Ok(Done::Version(1))
+            }
+        }
+        Op::Payment(p) => {
+            let row = tx
+                .query_opt(
+                    "WITH upd AS (
+                         UPDATE channels c SET total = $1, state = $2, version = c.version + 1,
+                                               updated_at = $3,
+                                               last_payment = nextval('payments_seq_seq')
+                         FROM (SELECT last_payment AS prev FROM channels
+                               WHERE id = $4 AND role = $5) o
+                         WHERE c.id = $4 AND c.role = $5 AND c.version = $6 AND c.total < $1
+                         RETURNING c.version, c.last_payment AS seq, o.prev),
+                     ins AS (
+                         INSERT INTO payments (seq, channel_id, role, total, signature,
+                                               recorded_at, prev)
+                         SELECT upd.seq, $4, $5, $1, $7, $3, upd.prev FROM upd)
+                     SELECT (SELECT version FROM upd), c.total, c.version
+                     FROM channels c WHERE c.id = $4 AND c.role = $5",
+                    &[
+                        &(p.total.to_sat() as i64),
+                        &p.state,
+                        &now,
+                        &p.id.to_string(),
+                        &p.role.as_str(),
+                        &(p.expected_version as i64),
+                        &p.signature,
+                    ],
+                )
+                .await?;
+            match row.as_ref().and_then(|r| r.get::<_, Option<i64>>(0)) {
+                Some(v) => Ok(Done::Version(v as u64)),
+                None => Err(conflict_from(p.id, row.as_ref(), 1)),
+            }
+        }
+        Op::State(s) => {
+            let row = tx
+                .query_opt(
+                    "WITH upd AS (
+                         UPDATE channels SET phase = $1, closing_txid = COALESCE($2, closing_txid),
+                                             state = $3, version = version + 1, updated_at = $4
+                         WHERE id = $5 AND role = $6 AND version = $7
+                         RETURNING version)
+                     SELECT (SELECT version FROM upd), c.total, c.version
+                     FROM channels c WHERE c.id = $5 AND c.role = $6",
+                    &[
+                        &phase_str(s.phase),
+                        &s.closing_txid.map(|t| t.to_string()),
+                        &s.state,
+                        &now,
+                        &s.id.to_string(),
+                        &s.role.as_str(),
+                        &(s.expected_version as i64),
+                    ],
+                )
+                .await?;
+            match row.as_ref().and_then(|r| r.get::<_, Option<i64>>(0)) {
+                Some(v) => Ok(Done::Version(v as u64)),
+                None => Err(conflict_from(s.id, row.as_ref(), 1)),
+            }
+        }
+        Op::Charge { id, role, price, refund } => {
+            let sql = if *refund {
+                "WITH upd AS (
+                     UPDATE channels SET charged = charged - $1, version = version + 1,
+                                         updated_at = $2
+                     WHERE id = $3 AND role = $4 AND charged >= $1
+                     RETURNING total - charged AS credit)
+                 SELECT (SELECT credit FROM upd), c.total - c.charged
+                 FROM channels c WHERE c.id = $3 AND c.role = $4"
+            } else {
+                "WITH upd AS (
+                     UPDATE channels SET charged = charged + $1, version = version + 1,
+                                         updated_at = $2
+                     WHERE id = $3 AND role = $4 AND charged + $1 <= total
+                     RETURNING total - charged AS credit)
+                 SELECT (SELECT credit FROM upd), c.total - c.charged
+                 FROM channels c WHERE c.id = $3 AND c.role = $4"
+            };
+            let row = tx
+                .query_opt(sql, &[&(price.to_sat() as i64), &now, &id.to_string(), &role.as_str()])
+                .await?;
+            match row {
+                None => Err(StoreError::NotFound(*id)),
+                Some(r) => match r.get::<_, Option<i64>>(0) {
+                    Some(left) => Ok(Done::Credit(Amount::from_sat(left.max(0) as u64))),
+                    None => Err(StoreError::InsufficientCredit {
+                        channel: *id,
+                        available: Amount::from_sat(r.get::<_, i64>(1).max(0) as u64),
+                        price: *price,
+                    }),
+                },
+            }
+        }
+        Op::Touch => {
+            tx.execute(
+                "INSERT INTO paychan_meta (key, value) VALUES ('touch', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&now.to_string()],
+            )
+            .await?;
+            Ok(Done::Unit)
+        }
+    })
+}
+
+const COLUMNS: &str =
+    "id, role, phase, total, charged, capacity, expiry, customer_key, closing_txid, state, version";
+
+fn to_row(r: &tokio_postgres::Row) -> Result<ChannelRow, StoreError> {
+    let closing: Option<String> = r.get(8);
+    Ok(ChannelRow {
+        id: parse_outpoint(r.get(0))?,
+        role: Role::parse(r.get(1))?,
+        phase: parse_phase(r.get(2))?,
+        total: Amount::from_sat(r.get::<_, i64>(3) as u64),
+        charged: Amount::from_sat(r.get::<_, i64>(4) as u64),
+        capacity: Amount::from_sat(r.get::<_, i64>(5) as u64),
+        expiry: r.get::<_, i64>(6) as u32,
+        customer_key: r.get(7),
+        closing_txid: closing
+            .map(|t| t.parse().map_err(|_| StoreError::Corrupt(format!("bad txid {t:?}"))))
+            .transpose()?,
+        state: r.get(9),
+        version: r.get::<_, i64>(10) as u64,
+    })
+}
+
+impl ChannelStore for PostgresStore {
+    fn create(&self, channel: NewChannel) -> StoreFuture<'_, u64> {
+        let f = self.submit(Op::Create(channel));
+        Box::pin(async move { version(f.await?) })
+    }
+
+    fn record_payment(&self, update: crate::PaymentUpdate) -> StoreFuture<'_, u64> {
+        let f = self.submit(Op::Payment(update));
+        Box::pin(async move { version(f.await?) })
+    }
+
+    fn update_state(&self, update: crate::StateUpdate) -> StoreFuture<'_, u64> {
+        let f = self.submit(Op::State(update));
+        Box::pin(async move { version(f.await?) })
+    }
+
+    fn charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
+        let f = self.submit(Op::Charge { id, role, price, refund: false });
+        Box::pin(async move { credit(f.await?) })
+    }
+
+    fn refund_charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
+        let f = self.submit(Op::Charge { id, role, price, refund: true });
+        Box::pin(async move { credit(f.await?) })
+    }
+
+    fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>> {
+        Box::pin(async move {
+            let c = self.reader().await?;
+            let row = c
+                .query_opt(
+                    &format!("SELECT {COLUMNS} FROM channels WHERE id = $1 AND role = $2"),
+                    &[&id.to_string(), &role.as_str()],
+                )
+                .await
+                .map_err(db)?;
+            row.as_ref().map(to_row).transpose()
+        })
+    }
+
+    fn list(&self, query: Query) -> StoreFuture<'_, Vec<ChannelRow>> {
+        Box::pin(async move {
+            let c = self.reader().await?;
+            let mut sql = format!("SELECT {COLUMNS} FROM channels WHERE TRUE");
+            let role = query.role.map(|r| r.as_str().to_string());
+            let phases: Vec<String> =
+                query.phases.iter().map(|p| phase_str(*p).to_string()).collect();
+            let expiry = query.expiring_before.map(i64::from);
+            let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+            if let Some(r) = &role {
+                args.push(r);
+                sql.push_str(&format!(" AND role = ${}", args.len()));
+            }
+            if !phases.is_empty() {
+                args.push(&phases);
+                sql.push_str(&format!(" AND phase = ANY(${})", args.len()));
+            }
+            if let Some(e) = &expiry {
+                args.push(e);
+                sql.push_str(&format!(" AND expiry < ${}", args.len()));
+            }
+            if let Some(k) = &query.customer_key {
+                args.push(k);
+                sql.push_str(&format!(" AND customer_key = ${}", args.len()));
+            }
+            sql.push_str(" ORDER BY created_at, id");
+            if query.limit > 0 {
+                sql.push_str(&format!(" LIMIT {}", query.limit));
+            }
+            let rows = c.query(&sql, &args).await.map_err(db)?;
+            rows.iter().map(to_row).collect()
+        })
+    }
+
+    fn payments(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Vec<PaymentEntry>> {
+        Box::pin(async move {
+            let c = self.reader().await?;
+            let rows = c
+                .query(
+                    "WITH RECURSIVE h(seq) AS (
+                         SELECT last_payment FROM channels WHERE id = $1 AND role = $2
+                         UNION ALL
+                         SELECT p.prev FROM payments p JOIN h ON p.seq = h.seq
+                         WHERE p.prev IS NOT NULL)
+                     SELECT p.total, p.signature, p.recorded_at FROM h
+                     JOIN payments p ON p.seq = h.seq ORDER BY p.seq",
+                    &[&id.to_string(), &role.as_str()],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| PaymentEntry {
+                    total: Amount::from_sat(r.get::<_, i64>(0) as u64),
+                    signature: r.get(1),
+                    recorded_at: r.get::<_, i64>(2) as u64,
+                })
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,514 @@
+//! The SQLite store: one file, WAL, `synchronous=FULL`, and a single writer thread with group
+//! commit — every write that is waiting when a transaction starts rides in it, and each caller
+//! is answered only after that transaction's commit (fsync) returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use paychan_core::bitcoin::{Amount, OutPoint};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::oneshot;
+use tracing::{debug, error};
+
+use crate::ops::{credit, version, Done, Job, Op};
+use crate::schema::{self, SQLITE_MIGRATIONS};
+use crate::{
+    parse_outpoint, parse_phase, phase_str, unix_now, ChannelRow, ChannelStore, NewChannel,
+    PaymentEntry, PaymentUpdate, Query, Role, StateUpdate, StoreError, StoreFuture,
+};
+
+/// Tuning of the SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Most writes committed together (1 disables group commit: one commit per write).
+    pub max_batch: usize,
+    /// Queue length before writers wait for room.
+    pub queue: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { max_batch: 1_024, queue: 65_536 }
+    }
+}
+
+/// The SQLite [`ChannelStore`].
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: SyncSender<Job>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(db)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+    // Checkpoint the WAL less often (every ~32 MiB): fewer stalls of the writer.
+    conn.pragma_update(None, "wal_autocheckpoint", 8_192).map_err(db)?;
+    conn.pragma_update(None, "cache_size", -65_536).map_err(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS paychan_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    )
+    .map_err(db)?;
+    let found: u32 = conn
+        .query_row("SELECT value FROM paychan_meta WHERE key = 'schema_version'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(db)?
+        .map(|v| v.parse().unwrap_or(u32::MAX))
+        .unwrap_or(0);
+    schema::check(found)?;
+    for (i, sql) in SQLITE_MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute_batch(sql).map_err(db)?;
+        tx.execute(
+            "INSERT INTO paychan_meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![(i + 1).to_string()],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        debug!(version = i + 1, "sqlite schema migrated");
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path` with default options.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`]; [`StoreError::SchemaTooNew`].
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (or creates) the store at `path`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`]; [`StoreError::SchemaTooNew`].
+    pub fn open_with(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        let mut writer = open_connection(path)?;
+        migrate(&mut writer)?;
+        let reader = open_connection(path)?;
+        let (jobs, rx) = mpsc::sync_channel(options.queue.max(1));
+        let max_batch = options.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("paychan-sqlite-writer".into())
+            .spawn(move || write_loop(writer, rx, max_batch))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore { path: path.to_path_buf(), jobs, reader: Arc::new(Mutex::new(reader)) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn submit(&self, op: Op) -> StoreFuture<'_, Done> {
+        let (reply, rx) = oneshot::channel();
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            // The queue is bounded: when full, wait for room off the async workers.
+            match jobs.try_send(Job { op, reply }) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(job)) => {
+                    tokio::task::spawn_blocking(move || jobs.send(job))
+                        .await
+                        .map_err(|_| StoreError::Closed)?
+                        .map_err(|_| StoreError::Closed)?;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+            }
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    /// A bare single-row write through the same writer: the baseline of one durable commit.
+    #[doc(hidden)]
+    pub fn touch(&self) -> StoreFuture<'_, ()> {
+        let f = self.submit(Op::Touch);
+        Box::pin(async move { f.await.map(|_| ()) })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let reader = self.reader.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+                f(&conn)
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+fn write_loop(mut conn: Connection, rx: Receiver<Job>, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let results = match conn.transaction() {
+            Ok(tx) => {
+                let results: Vec<Result<Done, StoreError>> =
+                    batch.iter().map(|j| apply(&tx, &j.op)).collect();
+                match tx.commit() {
+                    Ok(()) => results,
+                    Err(e) => {
+                        error!(error = %e, "sqlite commit failed");
+                        batch.iter().map(|_| Err(db_clone(&e))).collect()
+                    }
+                }
+            }
+            Err(e) => batch.iter().map(|_| Err(db_clone(&e))).collect(),
+        };
+        for (job, r) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(r);
+        }
+    }
+}
+
+fn db_clone(e: &rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn current(tx: &Transaction<'_>, id: &str, role: Role) -> Result<Option<(u64, u64)>, StoreError> {
+    tx.query_row(
+        "SELECT total, version FROM channels WHERE id = ?1 AND role = ?2",
+        params![id, role.as_str()],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
+    .optional()
+    .map_err(db)
+}
+
+fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Done, StoreError> {
+    let now = unix_now();
+    match op {
+        Op::Create(c) => {
+            let n = tx
+                .prepare_cached(
+                    "INSERT INTO channels (id, role, phase, capacity, expiry, customer_key, state,
+                                           version, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?8)
+                     ON CONFLICT (id, role) DO NOTHING",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        c.id.to_string(),
+                        c.role.as_str(),
+                        phase_str(c.phase),
+                        c.capacity.to_sat() as i64,
+                        i64::from(c.expiry),
+                        c.customer_key,
+                        c.state,
+                        now
+                    ])
+                })
+                .map_err(db)?;
+            if n == 0 {
+                return Err(StoreError::AlreadyExists(c.id));
+            }
+            Ok(Done::Version(1))
+        }
+        Op::Payment(p) => {
+            let id = p.id.to_string();
+            let role = p.role.as_str();
+            let prev: Option<Option<i64>> = tx
+                .prepare_cached("SELECT last_payment FROM channels WHERE id = ?1 AND role = ?2")
+                .and_then(|mut st| st.query_row(params![id, role], |r| r.get(0)).optional())
+                .map_err(db)?;
+            let n = tx
+                .prepare_cached(
+                    "UPDATE channels SET total = ?1, state = ?2, version = version + 1,
+                                         updated_at = ?3
+                     WHERE id = ?4 AND role = ?5 AND version = ?6 AND total < ?1",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        p.total.to_sat() as i64,
+                        p.state,
+                        now,
+                        id,
+                        role,
+                        p.expected_version as i64
+                    ])
+                })
+                .map_err(db)?;
+            if n == 0 {
+                return Err(conflict_or_missing(tx, p.id, p.role)?);
+            }
+            tx.prepare_cached(
+                "INSERT INTO payments (channel_id, role, total, signature, recorded_at, prev)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    id,
+                    role,
+                    p.total.to_sat() as i64,
+                    p.signature,
+                    now,
+                    prev.flatten()
+                ])
+            })
+            .map_err(db)?;
+            let seq = tx.last_insert_rowid();
+            tx.prepare_cached("UPDATE channels SET last_payment = ?1 WHERE id = ?2 AND role = ?3")
+                .and_then(|mut st| st.execute(params![seq, id, role]))
+                .map_err(db)?;
+            Ok(Done::Version(p.expected_version + 1))
+        }
+        Op::State(s) => {
+            let n = tx
+                .execute(
+                    "UPDATE channels SET phase = ?1, closing_txid = COALESCE(?2, closing_txid),
+                                         state = ?3, version = version + 1, updated_at = ?4
+                     WHERE id = ?5 AND role = ?6 AND version = ?7",
+                    params![
+                        phase_str(s.phase),
+                        s.closing_txid.map(|t| t.to_string()),
+                        s.state,
+                        now,
+                        s.id.to_string(),
+                        s.role.as_str(),
+                        s.expected_version as i64
+                    ],
+                )
+                .map_err(db)?;
+            if n == 0 {
+                return Err(conflict_or_missing(tx, s.id, s.role)?);
+            }
+            Ok(Done::Version(s.expected_version + 1))
+        }
+        Op::Charge { id, role, price, refund } => {
+            let sql = if *refund {
+                "UPDATE channels SET charged = charged - ?1, version = version + 1, updated_at = ?2
+                 WHERE id = ?3 AND role = ?4 AND charged >= ?1"
+            } else {
+                "UPDATE channels SET charged = charged + ?1, version = version + 1, updated_at = ?2
+                 WHERE id = ?3 AND role = ?4 AND charged + ?1 <= total"
+            };
+            let n = tx
+                .prepare_cached(sql)
+                .and_then(|mut st| {
+                    st.execute(params![price.to_sat() as i64, now, id.to_string(), role.as_str()])
+                })
+                .map_err(db)?;
+            let row: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT total, charged FROM channels WHERE id = ?1 AND role = ?2",
+                    params![id.to_string(), role.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some((total, charged)) = row else { return Err(StoreError::NotFound(*id)) };
+            let available = Amount::from_sat((total - charged).max(0) as u64);
+            if n == 0 {
+                return Err(StoreError::InsufficientCredit {
+                    channel: *id,
+                    available,
+                    price: *price,
+                });
+            }
+            Ok(Done::Credit(available))
+        }
+        Op::Touch => {
+            tx.execute(
+                "INSERT INTO paychan_meta (key, value) VALUES ('touch', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![now.to_string()],
+            )
+            .map_err(db)?;
+            Ok(Done::Unit)
+        }
+    }
+}
+
+fn conflict_or_missing(
+    tx: &Transaction<'_>,
+    id: OutPoint,
+    role: Role,
+) -> Result<StoreError, StoreError> {
+    Ok(match current(tx, &id.to_string(), role)? {
+        None => StoreError::NotFound(id),
+        Some((total, version)) => StoreError::Conflict {
+            channel: id,
+            stored_total: Amount::from_sat(total),
+            stored_version: version,
+        },
+    })
+}
+
+/// A channel's history: follow the links back from its latest payment.
+const HISTORY_SQL: &str = "
+    WITH RECURSIVE h(seq) AS (
+        SELECT last_payment FROM channels WHERE id = ?1 AND role = ?2
+        UNION ALL
+        SELECT p.prev FROM payments p JOIN h ON p.seq = h.seq WHERE p.prev IS NOT NULL)
+    SELECT p.total, p.signature, p.recorded_at FROM h JOIN payments p ON p.seq = h.seq
+    ORDER BY p.seq";
+
+const COLUMNS: &str =
+    "id, role, phase, total, charged, capacity, expiry, customer_key, closing_txid, state, version";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
+type RawRow = (String, String, String, i64, i64, i64, i64, String, Option<String>, Vec<u8>, i64);
+
+fn to_row(r: RawRow) -> Result<ChannelRow, StoreError> {
+    let (id, role, phase, total, charged, capacity, expiry, customer_key, closing, state, version) =
+        r;
+    Ok(ChannelRow {
+        id: parse_outpoint(&id)?,
+        role: Role::parse(&role)?,
+        phase: parse_phase(&phase)?,
+        total: Amount::from_sat(total as u64),
+        charged: Amount::from_sat(charged as u64),
+        capacity: Amount::from_sat(capacity as u64),
+        expiry: expiry as u32,
+        customer_key,
+        closing_txid: closing
+            .map(|t| t.parse().map_err(|_| StoreError::Corrupt(format!("bad txid {t:?}"))))
+            .transpose()?,
+        state,
+        version: version as u64,
+    })
+}
+
+impl ChannelStore for SqliteStore {
+    fn create(&self, channel: NewChannel) -> StoreFuture<'_, u64> {
+        let f = self.submit(Op::Create(channel));
+        Box::pin(async move { version(f.await?) })
+    }
+
+    fn record_payment(&self, update: PaymentUpdate) -> StoreFuture<'_, u64> {
+        let f = self.submit(Op::Payment(update));
+        Box::pin(async move { version(f.await?) })
+    }
+
+    fn update_state(&self, update: StateUpdate) -> StoreFuture<'_, u64> {
+        let f = self.submit(Op::State(update));
+        Box::pin(async move { version(f.await?) })
+    }
+
+    fn charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
+        let f = self.submit(Op::Charge { id, role, price, refund: false });
+        Box::pin(async move { credit(f.await?) })
+    }
+
+    fn refund_charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
+        let f = self.submit(Op::Charge { id, role, price, refund: true });
+        Box::pin(async move { credit(f.await?) })
+    }
+
+    fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>> {
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {COLUMNS} FROM channels WHERE id = ?1 AND role = ?2"),
+                params![id.to_string(), role.as_str()],
+                row,
+            )
+            .optional()
+            .map_err(db)?
+            .map(to_row)
+            .transpose()
+        })
+    }
+
+    fn list(&self, query: Query) -> StoreFuture<'_, Vec<ChannelRow>> {
+        self.read(move |c| {
+            let mut sql = format!("SELECT {COLUMNS} FROM channels WHERE 1 = 1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(r) = query.role {
+                args.push(r.as_str().to_string().into());
+                sql.push_str(&format!(" AND role = ?{}", args.len()));
+            }
+            if !query.phases.is_empty() {
+                let mut marks = Vec::new();
+                for p in &query.phases {
+                    args.push(phase_str(*p).to_string().into());
+                    marks.push(format!("?{}", args.len()));
+                }
+                sql.push_str(&format!(" AND phase IN ({})", marks.join(", ")));
+            }
+            if let Some(e) = query.expiring_before {
+                args.push(i64::from(e).into());
+                sql.push_str(&format!(" AND expiry < ?{}", args.len()));
+            }
+            if let Some(k) = &query.customer_key {
+                args.push(k.clone().into());
+                sql.push_str(&format!(" AND customer_key = ?{}", args.len()));
+            }
+            sql.push_str(" ORDER BY created_at, id");
+            if query.limit > 0 {
+                sql.push_str(&format!(" LIMIT {}", query.limit));
+            }
+            let mut stmt = c.prepare(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), row)
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            rows.into_iter().map(to_row).collect()
+        })
+    }
+
+    fn payments(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Vec<PaymentEntry>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(HISTORY_SQL).map_err(db)?;
+            let rows = stmt
+                .query_map(params![id.to_string(), role.as_str()], |r| {
+                    Ok(PaymentEntry {
+                        total: Amount::from_sat(r.get::<_, i64>(0)? as u64),
+                        signature: r.get(1)?,
+                        recorded_at: r.get::<_, i64>(2)? as u64,
+                    })
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            Ok(rows)
+        })
+    }
+}

@@ -1,0 +1,272 @@
+//! One test suite for the ChannelStore contract, run against SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use paychan_core::bitcoin::hashes::Hash;
+use paychan_core::bitcoin::{Amount, Txid};
+use paychan_core::channel::Phase;
+use paychan_store::{
+    ChannelStore, PaymentUpdate, PostgresStore, Query, Role, SqliteStore, StateUpdate, StoreError,
+};
+
+fn pay(n: u32, total: u64, expected_version: u64) -> PaymentUpdate {
+    PaymentUpdate {
+        id: channel_id(n),
+        role: Role::Merchant,
+        total: Amount::from_sat(total),
+        signature: vec![0x30, total as u8],
+        state: total.to_le_bytes().to_vec(),
+        expected_version,
+    }
+}
+
+async fn create_and_get(s: &dyn ChannelStore) {
+    assert_eq!(s.create(new_channel(1, Role::Merchant)).await.unwrap(), 1);
+    // The same channel id may exist once per role.
+    assert_eq!(s.create(new_channel(1, Role::Customer)).await.unwrap(), 1);
+    assert!(matches!(
+        s.create(new_channel(1, Role::Merchant)).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let row = s.get(channel_id(1), Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.id, channel_id(1));
+    assert_eq!(row.phase, Phase::Open);
+    assert_eq!(row.total, Amount::ZERO);
+    assert_eq!(row.capacity, Amount::from_sat(1_000_000));
+    assert_eq!(row.state, vec![1u8; 40]);
+    assert_eq!(row.version, 1);
+    assert!(s.get(channel_id(99), Role::Merchant).await.unwrap().is_none());
+}
+
+async fn payments_are_compare_and_swap(s: &dyn ChannelStore) {
+    s.create(new_channel(2, Role::Merchant)).await.unwrap();
+    assert_eq!(s.record_payment(pay(2, 100, 1)).await.unwrap(), 2);
+    assert_eq!(s.record_payment(pay(2, 250, 2)).await.unwrap(), 3);
+    // Lower, equal, and stale-version writes are refused and change nothing.
+    for bad in [pay(2, 200, 3), pay(2, 250, 3), pay(2, 300, 2)] {
+        match s.record_payment(bad).await {
+            Err(StoreError::Conflict { stored_total, stored_version, .. }) => {
+                assert_eq!((stored_total, stored_version), (Amount::from_sat(250), 3));
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+    assert!(matches!(s.record_payment(pay(77, 1, 1)).await, Err(StoreError::NotFound(_))));
+    let row = s.get(channel_id(2), Role::Merchant).await.unwrap().unwrap();
+    assert_eq!((row.total, row.version), (Amount::from_sat(250), 3));
+    assert_eq!(row.state, 250u64.to_le_bytes().to_vec());
+    let history = s.payments(channel_id(2), Role::Merchant).await.unwrap();
+    let totals: Vec<u64> = history.iter().map(|p| p.total.to_sat()).collect();
+    assert_eq!(totals, vec![100, 250]);
+    assert_eq!(history[1].signature, vec![0x30, 250]);
+}
+
+async fn phase_changes(s: &dyn ChannelStore) {
+    s.create(new_channel(3, Role::Merchant)).await.unwrap();
+    let txid = Txid::from_byte_array([9; 32]);
+    let up = StateUpdate {
+        id: channel_id(3),
+        role: Role::Merchant,
+        phase: Phase::Settling,
+        closing_txid: Some(txid),
+        state: vec![3],
+        expected_version: 1,
+    };
+    assert_eq!(s.update_state(up.clone()).await.unwrap(), 2);
+    assert!(matches!(s.update_state(up.clone()).await, Err(StoreError::Conflict { .. })));
+    let settled =
+        StateUpdate { phase: Phase::Settled, closing_txid: None, expected_version: 2, ..up };
+    assert_eq!(s.update_state(settled).await.unwrap(), 3);
+    let row = s.get(channel_id(3), Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.phase, Phase::Settled);
+    assert_eq!(row.closing_txid, Some(txid), "a later change keeps the txid");
+}
+
+async fn charges(s: &dyn ChannelStore) {
+    s.create(new_channel(4, Role::Merchant)).await.unwrap();
+    let r = s.charge(channel_id(4), Role::Merchant, Amount::from_sat(1)).await;
+    assert!(matches!(r, Err(StoreError::InsufficientCredit { .. })), "{r:?}");
+    s.record_payment(pay(4, 100, 1)).await.unwrap();
+    assert_eq!(
+        s.charge(channel_id(4), Role::Merchant, Amount::from_sat(60)).await.unwrap(),
+        Amount::from_sat(40)
+    );
+    assert!(matches!(
+        s.charge(channel_id(4), Role::Merchant, Amount::from_sat(41)).await,
+        Err(StoreError::InsufficientCredit { available, .. }) if available == Amount::from_sat(40)
+    ));
+    assert_eq!(
+        s.charge(channel_id(4), Role::Merchant, Amount::from_sat(40)).await.unwrap(),
+        Amount::ZERO
+    );
+    assert_eq!(
+        s.refund_charge(channel_id(4), Role::Merchant, Amount::from_sat(10)).await.unwrap(),
+        Amount::from_sat(10)
+    );
+    let row = s.get(channel_id(4), Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.charged, Amount::from_sat(90));
+    // A payment read before the charges now has a stale version: the caller re-reads.
+    assert!(matches!(s.record_payment(pay(4, 200, 2)).await, Err(StoreError::Conflict { .. })));
+    s.record_payment(pay(4, 200, row.version)).await.unwrap();
+}
+
+async fn queries(s: &dyn ChannelStore) {
+    for n in 10..20 {
+        s.create(new_channel(n, if n % 2 == 0 { Role::Merchant } else { Role::Customer }))
+            .await
+            .unwrap();
+    }
+    let merchants = s.list(Query { role: Some(Role::Customer), ..Query::default() }).await.unwrap();
+    assert!(merchants.iter().all(|r| r.role == Role::Customer));
+    let soon = s
+        .list(Query {
+            expiring_before: Some(1_800_000_013),
+            role: Some(Role::Merchant),
+            ..Query::default()
+        })
+        .await
+        .unwrap();
+    assert!(soon.iter().all(|r| r.expiry < 1_800_000_013));
+    assert!(soon.iter().any(|r| r.id == channel_id(12)));
+    let by_key = s
+        .list(Query { customer_key: Some(format!("02{:064x}", 15)), ..Query::default() })
+        .await
+        .unwrap();
+    assert_eq!(by_key.len(), 1);
+    assert_eq!(by_key[0].id, channel_id(15));
+    let open =
+        s.list(Query { phases: vec![Phase::Open], limit: 3, ..Query::default() }).await.unwrap();
+    assert_eq!(open.len(), 3);
+    let none = s.list(Query { phases: vec![Phase::Refunded], ..Query::default() }).await.unwrap();
+    assert!(none.is_empty());
+}
+
+/// Two tasks race conflicting totals on the same channels: every channel ends at the highest
+/// total written, and the history only ever increases.
+async fn race(s: Arc<dyn ChannelStore>) {
+    for n in 100..110 {
+        s.create(new_channel(n, Role::Merchant)).await.unwrap();
+    }
+    let task = |seed: u64| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut wins = Vec::new();
+            let mut x = seed;
+            for i in 0..200u64 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let n = 100 + (i % 10) as u32;
+                let row = s.get(channel_id(n), Role::Merchant).await.unwrap().unwrap();
+                // Sometimes lower, sometimes higher than what is stored.
+                let total = (row.total.to_sat() + (x >> 33) % 50).saturating_sub((x >> 20) % 20);
+                match s.record_payment(pay(n, total, row.version)).await {
+                    Ok(_) => wins.push((n, total)),
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            wins
+        })
+    };
+    let (a, b) = (task(1), task(2));
+    let wins: Vec<(u32, u64)> = a.await.unwrap().into_iter().chain(b.await.unwrap()).collect();
+    assert!(!wins.is_empty());
+    for n in 100..110 {
+        let highest = wins.iter().filter(|(c, _)| *c == n).map(|(_, t)| *t).max().unwrap_or(0);
+        let row = s.get(channel_id(n), Role::Merchant).await.unwrap().unwrap();
+        assert_eq!(row.total.to_sat(), highest, "channel {n} ends at the highest total");
+        let history: Vec<u64> = s
+            .payments(channel_id(n), Role::Merchant)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.total.to_sat())
+            .collect();
+        assert!(
+            history.windows(2).all(|w| w[0] < w[1]),
+            "no lower total after a higher: {history:?}"
+        );
+    }
+}
+
+async fn whole_suite(s: Arc<dyn ChannelStore>) {
+    create_and_get(&*s).await;
+    payments_are_compare_and_swap(&*s).await;
+    phase_changes(&*s).await;
+    charges(&*s).await;
+    queries(&*s).await;
+    race(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("paychan.db")).unwrap();
+    whole_suite(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_without_group_commit_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = paychan_store::SqliteOptions { max_batch: 1, ..Default::default() };
+    let store = SqliteStore::open_with(&dir.path().join("paychan.db"), opts).unwrap();
+    whole_suite(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_suite() {
+    let Some(db) = fresh_postgres("postgres_suite").await else { return };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    whole_suite(Arc::new(store)).await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_data_survives_reopen_and_newer_schemas_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("paychan.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.create(new_channel(5, Role::Merchant)).await.unwrap();
+        s.record_payment(pay(5, 42, 1)).await.unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        s.get(channel_id(5), Role::Merchant).await.unwrap().unwrap().total,
+        Amount::from_sat(42)
+    );
+    drop(s);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute("UPDATE paychan_meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
+    drop(c);
+    match SqliteStore::open(&path) {
+        Err(StoreError::SchemaTooNew { found: 99, supported }) => {
+            assert_eq!(supported, paychan_store::SCHEMA_VERSION)
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_newer_schemas_are_refused() {
+    let Some(db) = fresh_postgres("postgres_newer_schemas_are_refused").await else { return };
+    {
+        let s = PostgresStore::connect(&db.url).await.unwrap();
+        s.create(new_channel(5, Role::Merchant)).await.unwrap();
+    }
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("UPDATE paychan_meta SET value = '99' WHERE key = 'schema_version'")
+        .await
+        .unwrap();
+    assert!(matches!(
+        PostgresStore::connect(&db.url).await,
+        Err(StoreError::SchemaTooNew { found: 99, .. })
+    ));
+    db.drop_db().await;
+}
