@@ -151,42 +151,22 @@ fn raw_http_batch_and_named_params() {
 #[test]
 fn transactions_through_the_rpc() {
     use paychan_core::bitcoin::consensus::encode::serialize_hex;
-    use paychan_core::bitcoin::hashes::Hash;
-    use paychan_core::bitcoin::secp256k1::Message;
-    use paychan_core::bitcoin::sighash::{EcdsaSighashType, SighashCache};
-    use paychan_core::bitcoin::{
-        absolute::LockTime, transaction::Version, OutPoint, ScriptBuf, Sequence, Transaction, TxIn,
-        TxOut, Witness,
-    };
+    use paychan_core::bitcoin::{OutPoint, TxOut};
     let r = common::start();
     let rpc = r.rpc();
     let c = rpc.client();
     let hashes = c.generate_to_address(101, &address(1)).unwrap();
     let cb = c.get_block(&hashes[0]).unwrap().txdata[0].clone();
     let prev = cb.output[0].clone();
-    let mut tx = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint { txid: cb.compute_txid(), vout: 0 },
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut {
-            value: prev.value - Amount::from_sat(1_000),
-            script_pubkey: address(2).script_pubkey(),
-        }],
+    let out = TxOut {
+        value: prev.value - Amount::from_sat(1_000),
+        script_pubkey: address(2).script_pubkey(),
     };
-    let h = SighashCache::new(&tx)
-        .p2wpkh_signature_hash(0, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
-        .unwrap();
-    let sig =
-        paychan_core::sig::secp().sign_ecdsa(&Message::from_digest(h.to_byte_array()), &key(1));
-    let mut s = sig.serialize_der().to_vec();
-    s.push(1);
-    tx.input[0].witness =
-        Witness::from_slice(&[s, CompressedPublicKey(pubkey(&key(1))).to_bytes().to_vec()]);
+    let tx = paychan_core::testkit::spend_p2wpkh(
+        &[(OutPoint { txid: cb.compute_txid(), vout: 0 }, prev)],
+        vec![out],
+        &key(1),
+    );
     let hex = serialize_hex(&tx);
     let txid = tx.compute_txid();
 

@@ -5,15 +5,8 @@
 mod common;
 
 use paychan_chain::{ChainEvent, ChainSource, ChainWatcher, EmbeddedChain};
-use paychan_core::bitcoin::hashes::Hash;
-use paychan_core::bitcoin::secp256k1::Message;
-use paychan_core::bitcoin::sighash::{EcdsaSighashType, SighashCache};
-use paychan_core::bitcoin::transaction::Version;
-use paychan_core::bitcoin::{
-    absolute::LockTime, Amount, CompressedPublicKey, OutPoint, ScriptBuf, Sequence, Transaction,
-    TxIn, TxOut, Witness,
-};
-use paychan_core::testkit::{key, p2wpkh, pubkey};
+use paychan_core::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut};
+use paychan_core::testkit::{key, p2wpkh, spend_p2wpkh};
 use paychan_node::Node;
 
 /// Spends the coinbase at `height` (P2WPKH of key 9) to one output; returns the tx.
@@ -21,27 +14,8 @@ fn spend_coinbase(node: &Node, height: u32, to: ScriptBuf) -> Transaction {
     let (block, _) = node.block(&node.block_hash(height).unwrap()).unwrap();
     let cb = &block.txdata[0];
     let prev = cb.output[0].clone();
-    let mut tx = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint { txid: cb.compute_txid(), vout: 0 },
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut { value: prev.value - Amount::from_sat(1_000), script_pubkey: to }],
-    };
-    let h = SighashCache::new(&tx)
-        .p2wpkh_signature_hash(0, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
-        .unwrap();
-    let sig =
-        paychan_core::sig::secp().sign_ecdsa(&Message::from_digest(h.to_byte_array()), &key(9));
-    let mut s = sig.serialize_der().to_vec();
-    s.push(1);
-    tx.input[0].witness =
-        Witness::from_slice(&[s, CompressedPublicKey(pubkey(&key(9))).to_bytes().to_vec()]);
-    tx
+    let out = TxOut { value: prev.value - Amount::from_sat(1_000), script_pubkey: to };
+    spend_p2wpkh(&[(OutPoint { txid: cb.compute_txid(), vout: 0 }, prev)], vec![out], &key(9))
 }
 
 fn run_reorg_scenario<C: ChainSource>(node: &Node, source: C) {
@@ -86,34 +60,9 @@ fn run_reorg_scenario<C: ChainSource>(node: &Node, source: C) {
     // The watched outpoint is spent: the spender's txid is reported.
     let (fblock, _) = node.block(&b2).unwrap();
     assert!(fblock.txdata.iter().any(|t| t.compute_txid() == fid));
-    let spend = {
-        // Spend output 0 of the funding (P2WPKH of key 9).
-        let prev = funding.output[0].clone();
-        let mut tx = Transaction {
-            version: Version::TWO,
-            lock_time: LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: OutPoint { txid: fid, vout: 0 },
-                script_sig: ScriptBuf::new(),
-                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-                witness: Witness::new(),
-            }],
-            output: vec![TxOut {
-                value: prev.value - Amount::from_sat(1_000),
-                script_pubkey: p2wpkh(&key(7)),
-            }],
-        };
-        let h = SighashCache::new(&tx)
-            .p2wpkh_signature_hash(0, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
-            .unwrap();
-        let sig =
-            paychan_core::sig::secp().sign_ecdsa(&Message::from_digest(h.to_byte_array()), &key(9));
-        let mut s = sig.serialize_der().to_vec();
-        s.push(1);
-        tx.input[0].witness =
-            Witness::from_slice(&[s, CompressedPublicKey(pubkey(&key(9))).to_bytes().to_vec()]);
-        tx
-    };
+    let prev = funding.output[0].clone();
+    let out = TxOut { value: prev.value - Amount::from_sat(1_000), script_pubkey: p2wpkh(&key(7)) };
+    let spend = spend_p2wpkh(&[(OutPoint { txid: fid, vout: 0 }, prev)], vec![out], &key(9));
     let sid = w.source().broadcast(&spend).unwrap();
     assert_eq!(
         w.source().spent_by(&OutPoint { txid: fid, vout: 0 }, 0).unwrap(),

@@ -5,7 +5,8 @@
 
 use bitcoin::absolute::LockTime;
 use bitcoin::hashes::Hash;
-use bitcoin::secp256k1::{Keypair, PublicKey, SecretKey};
+use bitcoin::secp256k1::{Keypair, Message, PublicKey, SecretKey};
+use bitcoin::sighash::{EcdsaSighashType, SighashCache};
 use bitcoin::transaction::Version;
 use bitcoin::{
     Amount, CompressedPublicKey, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
@@ -23,6 +24,9 @@ pub const EXPIRY: u32 = 1_800_000_000;
 pub const NOW: u64 = EXPIRY as u64 - 86_400;
 
 /// The secret key `[n; 32]`.
+///
+/// # Panics
+/// For `n` = 0 or 0xff, which are not valid keys.
 pub fn key(n: u8) -> SecretKey {
     SecretKey::from_slice(&[n; 32]).expect("1..=255 repeated is a valid key")
 }
@@ -105,4 +109,65 @@ pub fn params(kind: OutputKind) -> (ChannelParams, Transaction) {
 /// The output of `funding` that `params`' channel spends.
 pub fn funding_txout(params: &ChannelParams, funding: &Transaction) -> TxOut {
     funding.output[params.id().vout as usize].clone()
+}
+
+/// Signs input `index` of `tx`, which spends `prev` (P2WPKH of `k`), `SIGHASH_ALL`.
+///
+/// # Panics
+/// When `index` is out of range or `prev` is not P2WPKH.
+pub fn sign_p2wpkh(tx: &mut Transaction, index: usize, prev: &TxOut, k: &SecretKey) {
+    let h = SighashCache::new(&*tx)
+        .p2wpkh_signature_hash(index, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
+        .expect("a P2WPKH input in range");
+    let sig = secp().sign_ecdsa(&Message::from_digest(h.to_byte_array()), k);
+    let mut s = sig.serialize_der().to_vec();
+    s.push(EcdsaSighashType::All as u8);
+    let pk = CompressedPublicKey(pubkey(k)).to_bytes().to_vec();
+    tx.input[index].witness = Witness::from_slice(&[s, pk]);
+}
+
+/// A version 2 transaction spending `coins` (all P2WPKH of `k`) to `outputs`, signed, with
+/// `sequence` on every input and `lock_time`.
+pub fn spend_p2wpkh_with(
+    coins: &[(OutPoint, TxOut)],
+    outputs: Vec<TxOut>,
+    k: &SecretKey,
+    version: Version,
+    lock_time: LockTime,
+    sequence: Sequence,
+) -> Transaction {
+    let mut tx = Transaction {
+        version,
+        lock_time,
+        input: coins
+            .iter()
+            .map(|(o, _)| TxIn {
+                previous_output: *o,
+                script_sig: ScriptBuf::new(),
+                sequence,
+                witness: Witness::new(),
+            })
+            .collect(),
+        output: outputs,
+    };
+    for (i, (_, prev)) in coins.iter().enumerate() {
+        sign_p2wpkh(&mut tx, i, prev, k);
+    }
+    tx
+}
+
+/// [`spend_p2wpkh_with`] with version 2, locktime 0 and RBF-signalling sequences.
+pub fn spend_p2wpkh(
+    coins: &[(OutPoint, TxOut)],
+    outputs: Vec<TxOut>,
+    k: &SecretKey,
+) -> Transaction {
+    spend_p2wpkh_with(
+        coins,
+        outputs,
+        k,
+        Version::TWO,
+        LockTime::ZERO,
+        Sequence::ENABLE_RBF_NO_LOCKTIME,
+    )
 }

@@ -15,29 +15,18 @@ use std::time::Instant;
 
 use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::consensus::encode::serialize;
-use paychan_core::bitcoin::hashes::Hash;
-use paychan_core::bitcoin::secp256k1::Message;
-use paychan_core::bitcoin::sighash::{EcdsaSighashType, SighashCache};
 use paychan_core::bitcoin::transaction::Version;
 use paychan_core::bitcoin::{
-    Amount, CompressedPublicKey, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
+    Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
 };
-use paychan_core::testkit::{key, p2wpkh, pubkey};
+use paychan_core::testkit::{key, p2wpkh, sign_p2wpkh};
 use paychan_core::verify::verify_consensus;
 use paychan_node::Node;
 
 const N: usize = 2_000;
 
-fn sign_p2wpkh(tx: &mut Transaction, prev: &TxOut) {
-    let k = key(0x42);
-    let h = SighashCache::new(&*tx)
-        .p2wpkh_signature_hash(0, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
-        .unwrap();
-    let sig = paychan_core::sig::secp().sign_ecdsa(&Message::from_digest(h.to_byte_array()), &k);
-    let mut s = sig.serialize_der().to_vec();
-    s.push(1);
-    tx.input[0].witness =
-        Witness::from_slice(&[s, CompressedPublicKey(pubkey(&k)).to_bytes().to_vec()]);
+fn sign(tx: &mut Transaction, prev: &TxOut) {
+    sign_p2wpkh(tx, 0, prev, &key(0x42));
 }
 
 fn one_in_one_out(prev: OutPoint, prev_out: &TxOut, to: ScriptBuf) -> Transaction {
@@ -52,7 +41,7 @@ fn one_in_one_out(prev: OutPoint, prev_out: &TxOut, to: ScriptBuf) -> Transactio
         }],
         output: vec![TxOut { value: prev_out.value - Amount::from_sat(500), script_pubkey: to }],
     };
-    sign_p2wpkh(&mut tx, prev_out);
+    sign(&mut tx, prev_out);
     tx
 }
 
@@ -76,7 +65,7 @@ fn main() {
             .map(|_| TxOut { value: Amount::from_sat(100_000), script_pubkey: spk.clone() })
             .collect(),
     };
-    sign_p2wpkh(&mut split, &cb.output[0]);
+    sign(&mut split, &cb.output[0]);
     let split_id = a.submit(split.clone(), None).unwrap();
     a.mine(1, &spk).unwrap();
     let spends: Vec<Transaction> = (0..N)

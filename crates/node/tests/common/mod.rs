@@ -2,14 +2,10 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use paychan_core::bitcoin::absolute::LockTime;
-use paychan_core::bitcoin::hashes::Hash;
-use paychan_core::bitcoin::secp256k1::{Message, SecretKey};
-use paychan_core::bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use paychan_core::bitcoin::secp256k1::SecretKey;
 use paychan_core::bitcoin::transaction::Version;
-use paychan_core::bitcoin::{
-    Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
-};
-use paychan_core::testkit::{key, p2wpkh, pubkey};
+use paychan_core::bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut};
+use paychan_core::testkit::{key, p2wpkh, spend_p2wpkh, spend_p2wpkh_with};
 use paychan_node::Node;
 
 pub fn miner_key() -> SecretKey {
@@ -37,7 +33,7 @@ pub fn coinbase_coin(node: &Node, height: u32) -> (OutPoint, TxOut) {
 
 /// Spends `coins` (all P2WPKH of `key`) to `outputs`, signing SIGHASH_ALL.
 pub fn spend(coins: &[(OutPoint, TxOut)], outputs: Vec<TxOut>, key: &SecretKey) -> Transaction {
-    spend_with(coins, outputs, key, Version::TWO, LockTime::ZERO, Sequence::ENABLE_RBF_NO_LOCKTIME)
+    spend_p2wpkh(coins, outputs, key)
 }
 
 pub fn spend_with(
@@ -48,33 +44,7 @@ pub fn spend_with(
     lock_time: LockTime,
     sequence: Sequence,
 ) -> Transaction {
-    let mut tx = Transaction {
-        version,
-        lock_time,
-        input: coins
-            .iter()
-            .map(|(o, _)| TxIn {
-                previous_output: *o,
-                script_sig: ScriptBuf::new(),
-                sequence,
-                witness: Witness::new(),
-            })
-            .collect(),
-        output: outputs,
-    };
-    let secp = paychan_core::sig::secp();
-    let pk = paychan_core::bitcoin::CompressedPublicKey(pubkey(key));
-    for (i, (_, txout)) in coins.iter().enumerate() {
-        let mut cache = SighashCache::new(&tx);
-        let h = cache
-            .p2wpkh_signature_hash(i, &txout.script_pubkey, txout.value, EcdsaSighashType::All)
-            .unwrap();
-        let sig = secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), key);
-        let mut s = sig.serialize_der().to_vec();
-        s.push(0x01);
-        tx.input[i].witness = Witness::from_slice(&[s, pk.to_bytes().to_vec()]);
-    }
-    tx
+    spend_p2wpkh_with(coins, outputs, key, version, lock_time, sequence)
 }
 
 /// One output of `value` to `spk`.
