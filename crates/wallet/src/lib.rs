@@ -1,0 +1,341 @@
+//! # paychan-wallet
+//!
+//! The on-chain wallet (DESIGN §4): a BIP 39 mnemonic, BIP 84 (`wpkh`) descriptors, BDK's
+//! wallet persisted in SQLite in the data directory, synced block by block from any
+//! [`ChainSource`] (the embedded node or bitcoind), and able to fund a channel deposit, receive
+//! settlements and refunds to fresh addresses, and send.
+//!
+//! Files in the data directory: `mnemonic` (the secret, mode 0600, never logged) and
+//! `wallet.sqlite` (BDK's store, mode 0600: it holds descriptors with private keys).
+
+#![deny(missing_docs)]
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bdk_wallet::chain::BlockId;
+use bdk_wallet::rusqlite::Connection;
+use bdk_wallet::{Balance, KeychainKind, PersistedWallet, SignOptions};
+use bip39::Mnemonic;
+use paychan_chain::{ChainError, ChainSource};
+use paychan_core::bitcoin::bip32::Xpriv;
+use paychan_core::bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Transaction, Txid};
+use tracing::{debug, info};
+
+/// Errors of the wallet. None of them carries a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalletError {
+    /// A wallet exists already in the directory.
+    #[error("a wallet exists already in {0}")]
+    Exists(PathBuf),
+    /// No wallet in the directory.
+    #[error("no wallet in {0}: create one with `paychan wallet new`")]
+    Missing(PathBuf),
+    /// The mnemonic is not a valid BIP 39 phrase (the phrase itself is not repeated).
+    #[error("invalid mnemonic: {0}")]
+    BadMnemonic(String),
+    /// The wallet cannot pay: not enough confirmed funds, dust, etc.
+    #[error("cannot build the transaction: {0}")]
+    Build(String),
+    /// Signing failed.
+    #[error("cannot sign: {0}")]
+    Sign(String),
+    /// The chain source failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The wallet's database failed.
+    #[error("wallet database: {0}")]
+    Database(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path, source: std::io::Error) -> WalletError {
+    WalletError::Io { path: path.to_path_buf(), source }
+}
+
+fn database(e: impl std::fmt::Display) -> WalletError {
+    WalletError::Database(e.to_string())
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The tip height synced to.
+    pub height: u32,
+    /// Blocks applied (after a reorg, from the fork point).
+    pub blocks: u32,
+    /// Mempool transactions seen.
+    pub mempool: usize,
+}
+
+/// The on-chain wallet.
+pub struct Wallet {
+    inner: PersistedWallet<Connection>,
+    db: Connection,
+    xprv: Xpriv,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Wallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wallet").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+const MNEMONIC_FILE: &str = "mnemonic";
+const DB_FILE: &str = "wallet.sqlite";
+
+fn write_secret(path: &Path, contents: &str) -> Result<(), WalletError> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| io(path, e))?;
+    f.write_all(contents.as_bytes()).map_err(|e| io(path, e))?;
+    f.sync_all().map_err(|e| io(path, e))
+}
+
+fn make_private(path: &Path) -> Result<(), WalletError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io(path, e))?;
+    }
+    Ok(())
+}
+
+fn descriptors(xprv: &Xpriv, network: Network) -> (String, String) {
+    let coin = if network == Network::Bitcoin { 0 } else { 1 };
+    (format!("wpkh({xprv}/84'/{coin}'/0'/0/*)"), format!("wpkh({xprv}/84'/{coin}'/0'/1/*)"))
+}
+
+fn xprv_of(mnemonic: &Mnemonic, network: Network) -> Result<Xpriv, WalletError> {
+    Xpriv::new_master(network, &mnemonic.to_seed("")).map_err(|e| WalletError::Build(e.to_string()))
+}
+
+impl Wallet {
+    /// Creates a wallet in `dir` from `mnemonic`, or from a fresh 12-word mnemonic.
+    ///
+    /// # Errors
+    /// [`WalletError::Exists`] when `dir` has a wallet; [`WalletError::BadMnemonic`].
+    pub fn create(
+        dir: &Path,
+        network: Network,
+        mnemonic: Option<&str>,
+    ) -> Result<Self, WalletError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let secret = dir.join(MNEMONIC_FILE);
+        if secret.exists() || dir.join(DB_FILE).exists() {
+            return Err(WalletError::Exists(dir.to_path_buf()));
+        }
+        let mnemonic = match mnemonic {
+            Some(words) => Mnemonic::parse(words.trim())
+                .map_err(|e| WalletError::BadMnemonic(e.to_string()))?,
+            None => {
+                let mut entropy = [0u8; 16];
+                getrandom::getrandom(&mut entropy)
+                    .map_err(|e| WalletError::Build(format!("no randomness: {e}")))?;
+                Mnemonic::from_entropy(&entropy)
+                    .map_err(|e| WalletError::BadMnemonic(e.to_string()))?
+            }
+        };
+        let xprv = xprv_of(&mnemonic, network)?;
+        write_secret(&secret, &mnemonic.to_string())?;
+        let db_path = dir.join(DB_FILE);
+        let mut db = Connection::open(&db_path).map_err(database)?;
+        make_private(&db_path)?;
+        let (ext, int) = descriptors(&xprv, network);
+        let inner = bdk_wallet::Wallet::create(ext, int)
+            .network(network)
+            .create_wallet(&mut db)
+            .map_err(database)?;
+        info!(dir = %dir.display(), "wallet created");
+        Ok(Wallet { inner, db, xprv, dir: dir.to_path_buf() })
+    }
+
+    /// Opens the wallet in `dir`.
+    ///
+    /// # Errors
+    /// [`WalletError::Missing`]; [`WalletError::Database`].
+    pub fn open(dir: &Path, network: Network) -> Result<Self, WalletError> {
+        let secret = dir.join(MNEMONIC_FILE);
+        let words = match std::fs::read_to_string(&secret) {
+            Ok(w) => w,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(WalletError::Missing(dir.to_path_buf()))
+            }
+            Err(e) => return Err(io(&secret, e)),
+        };
+        let mnemonic = Mnemonic::parse(words.trim())
+            .map_err(|_| WalletError::BadMnemonic(format!("{} is damaged", secret.display())))?;
+        let xprv = xprv_of(&mnemonic, network)?;
+        let mut db = Connection::open(dir.join(DB_FILE)).map_err(database)?;
+        let (ext, int) = descriptors(&xprv, network);
+        let inner = bdk_wallet::Wallet::load()
+            .descriptor(KeychainKind::External, Some(ext))
+            .descriptor(KeychainKind::Internal, Some(int))
+            .check_network(network)
+            .load_wallet(&mut db)
+            .map_err(database)?
+            .ok_or_else(|| WalletError::Missing(dir.to_path_buf()))?;
+        Ok(Wallet { inner, db, xprv, dir: dir.to_path_buf() })
+    }
+
+    /// Opens the wallet in `dir`, creating one (with a fresh mnemonic) if there is none.
+    ///
+    /// # Errors
+    /// As [`Wallet::open`] and [`Wallet::create`].
+    pub fn open_or_create(dir: &Path, network: Network) -> Result<Self, WalletError> {
+        match Self::open(dir, network) {
+            Err(WalletError::Missing(_)) => Self::create(dir, network, None),
+            other => other,
+        }
+    }
+
+    /// The wallet's data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn persist(&mut self) -> Result<(), WalletError> {
+        self.inner.persist(&mut self.db).map_err(database)?;
+        Ok(())
+    }
+
+    /// A fresh receiving address (never handed out before).
+    ///
+    /// # Errors
+    /// [`WalletError::Database`] when the reveal cannot be stored.
+    pub fn new_address(&mut self) -> Result<Address, WalletError> {
+        let a = self.inner.reveal_next_address(KeychainKind::External).address;
+        self.persist()?;
+        Ok(a)
+    }
+
+    /// The balance, as of the last sync.
+    pub fn balance(&self) -> Balance {
+        self.inner.balance()
+    }
+
+    /// Height of the last synced block.
+    pub fn synced_height(&self) -> u32 {
+        self.inner.latest_checkpoint().height()
+    }
+
+    /// Brings the wallet to `chain`'s tip, following reorgs, then reads the mempool.
+    ///
+    /// A reorg is followed when the new branch's blocks arrive: applying them from the fork
+    /// point displaces the old branch. (BDK's local chain only moves forward, so blocks
+    /// disconnected with nothing yet in their place stay in the wallet's view until then.)
+    ///
+    /// # Errors
+    /// [`WalletError::Chain`]; [`WalletError::Database`].
+    pub fn sync(&mut self, chain: &dyn ChainSource) -> Result<SyncReport, WalletError> {
+        let tip = chain.tip()?;
+        // The highest checkpoint the chain still has: the fork point after a reorg.
+        let mut agree = None;
+        for cp in self.inner.latest_checkpoint().iter() {
+            if chain.block_hash(cp.height())? == Some(cp.hash()) {
+                agree = Some(cp.block_id());
+                break;
+            }
+        }
+        let from = agree.map_or(0, |b: BlockId| b.height + 1);
+        let mut blocks = 0;
+        for height in from..=tip.height {
+            let Some(hash) = chain.block_hash(height)? else { break };
+            let block = chain.block(&hash)?;
+            let prev =
+                BlockId { height: height.saturating_sub(1), hash: block.header.prev_blockhash };
+            let result = if height == 0 {
+                Ok(())
+            } else {
+                self.inner.apply_block_connected_to(&block, height, prev).map(|_| ())
+            };
+            result
+                .map_err(|e| WalletError::Database(format!("cannot apply block {height}: {e}")))?;
+            blocks += 1;
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut unconfirmed = Vec::new();
+        for txid in chain.mempool()? {
+            if let Some(tx) = chain.transaction(&txid)? {
+                unconfirmed.push((tx, now));
+            }
+        }
+        let mempool = unconfirmed.len();
+        self.inner.apply_unconfirmed_txs(unconfirmed);
+        self.persist()?;
+        debug!(height = tip.height, blocks, "wallet synced");
+        Ok(SyncReport { height: tip.height, blocks, mempool })
+    }
+
+    /// Builds and signs a transaction paying `amount` to `script_pubkey` at `fee_rate` from
+    /// confirmed (and own unconfirmed) coins, with change to a fresh internal address. Not
+    /// broadcast: a channel's funding is stored and sent to the merchant first (DESIGN §2).
+    /// Returns the transaction and its fee.
+    ///
+    /// # Errors
+    /// [`WalletError::Build`] (e.g. insufficient funds) or [`WalletError::Sign`].
+    pub fn build_payment(
+        &mut self,
+        script_pubkey: ScriptBuf,
+        amount: Amount,
+        fee_rate: FeeRate,
+    ) -> Result<(Transaction, Amount), WalletError> {
+        let mut builder = self.inner.build_tx();
+        builder.add_recipient(script_pubkey, amount);
+        builder.fee_rate(fee_rate);
+        let mut psbt = builder.finish().map_err(|e| WalletError::Build(e.to_string()))?;
+        psbt.sign(&self.xprv, self.inner.secp_ctx())
+            .map_err(|_| WalletError::Sign("the wallet's keys do not sign every input".into()))?;
+        let finalized = self
+            .inner
+            .finalize_psbt(&mut psbt, SignOptions::default())
+            .map_err(|e| WalletError::Sign(e.to_string()))?;
+        if !finalized {
+            return Err(WalletError::Sign("the transaction could not be finalised".into()));
+        }
+        let tx = psbt.extract_tx().map_err(|e| WalletError::Sign(e.to_string()))?;
+        let fee = self.inner.calculate_fee(&tx).map_err(|e| WalletError::Build(e.to_string()))?;
+        // Remember the change address handed out and mark the coins as spent by this tx.
+        self.inner.apply_unconfirmed_txs([(tx.clone(), 0)]);
+        self.persist()?;
+        Ok((tx, fee))
+    }
+
+    /// Pays `amount` to `address` and broadcasts it through `chain`.
+    ///
+    /// # Errors
+    /// As [`Wallet::build_payment`]; [`WalletError::Chain`] when the node refuses it.
+    pub fn send(
+        &mut self,
+        chain: &dyn ChainSource,
+        address: &Address,
+        amount: Amount,
+        fee_rate: FeeRate,
+    ) -> Result<Txid, WalletError> {
+        let (tx, _) = self.build_payment(address.script_pubkey(), amount, fee_rate)?;
+        Ok(chain.broadcast(&tx)?)
+    }
+
+    /// Whether `script_pubkey` belongs to this wallet.
+    pub fn is_mine(&self, script_pubkey: &ScriptBuf) -> bool {
+        self.inner.is_mine(script_pubkey.clone())
+    }
+}
