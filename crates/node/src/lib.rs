@@ -202,16 +202,8 @@ impl Node {
         max_fee_rate: Option<FeeRate>,
     ) -> Result<Txid, NodeError> {
         let mut st = self.lock();
-        if let Some(max) = max_fee_rate.filter(|m| *m > FeeRate::ZERO) {
-            let check = st.accept(tx.clone(), true);
-            if let Ok(a) = &check {
-                if a.fee.to_sat() * 250 / a.vsize.max(1) > max.to_sat_per_kwu() {
-                    return Err(NodeError::MaxFeeExceeded);
-                }
-            }
-        }
         let txid = tx.compute_txid();
-        match st.accept(tx, false) {
+        match st.accept_with(tx, false, max_fee_rate) {
             Ok(a) => Ok(a.txid),
             // Re-sending a transaction the mempool has is not an error (bitcoind returns its txid).
             Err(NodeError::Rejected(r)) if r == "txn-already-in-mempool" => Ok(txid),

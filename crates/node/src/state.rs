@@ -68,6 +68,17 @@ impl State {
 
     /// Bitcoin Core's `AcceptToMemoryPool` for the rules listed in `policy` and `chain`.
     pub fn accept(&mut self, tx: Transaction, test_only: bool) -> Result<Accepted, NodeError> {
+        self.accept_with(tx, test_only, None)
+    }
+
+    /// [`State::accept`], refusing a fee rate above `max_fee_rate` before any script is run
+    /// (`sendrawtransaction`'s `maxfeerate`).
+    pub fn accept_with(
+        &mut self,
+        tx: Transaction,
+        test_only: bool,
+        max_fee_rate: Option<FeeRate>,
+    ) -> Result<Accepted, NodeError> {
         let txid = tx.compute_txid();
         if tx.input.is_empty() {
             return Err(NodeError::rejected("bad-txns-vin-empty"));
@@ -153,6 +164,11 @@ impl State {
                 fee.to_sat(),
                 min_fee.to_sat()
             )));
+        }
+        if let Some(max) = max_fee_rate.filter(|m| *m > FeeRate::ZERO) {
+            if fee.to_sat() * 250 / vsize.max(1) > max.to_sat_per_kwu() {
+                return Err(NodeError::MaxFeeExceeded);
+            }
         }
         let ancestors = self.mempool.ancestors_of(&tx);
         if ancestors.len() + 1 > ANCESTOR_LIMIT {

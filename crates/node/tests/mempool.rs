@@ -312,3 +312,15 @@ fn restart_keeps_chain_utxos_and_mempool() {
     assert_eq!(node.mempool_txids(), mempool);
     assert_eq!(node.now(), 1_900_000_000);
 }
+
+#[test]
+fn maxfeerate_is_enforced_before_scripts_run() {
+    let node = funded_node(0);
+    let coin = coinbase_coin(&node, 1);
+    let v = coin.1.value.to_sat();
+    let tx = spend(&[coin], vec![out(v - 5_000, miner_spk())], &miner_key());
+    let cap = FeeRate::from_sat_per_vb(10).unwrap();
+    assert!(matches!(node.submit(tx.clone(), Some(cap)), Err(NodeError::MaxFeeExceeded)));
+    assert!(node.mempool_txids().is_empty(), "a refused transaction changes nothing");
+    node.submit(tx, Some(FeeRate::from_sat_per_vb(100).unwrap())).unwrap();
+}
