@@ -136,14 +136,31 @@ pub fn check_standard_input(tx: &Transaction, index: usize, spent: &TxOut) -> Re
     if !input.script_sig.is_push_only() {
         return Err("scriptsig-not-pushonly".into());
     }
+    // Data elements that may be signatures: scriptSig pushes and witness items, minus the
+    // redeem script (P2SH) and the witness script (P2WSH), which are scripts, not data.
     let mut elements: Vec<&[u8]> = Vec::new();
     for ins in input.script_sig.instructions() {
         if let Ok(Instruction::PushBytes(b)) = ins {
             elements.push(b.as_bytes());
         }
     }
+    if spk.is_p2sh() {
+        elements.pop();
+    }
+    let redeem = last_push(&input.script_sig);
+    let program = if spk.is_witness_program() {
+        Some(spk.as_script())
+    } else if spk.is_p2sh() {
+        redeem.map(Script::from_bytes).filter(|r| r.is_witness_program())
+    } else {
+        None
+    };
     let witness: Vec<&[u8]> = input.witness.iter().collect();
-    elements.extend(witness.iter().copied());
+    let witness_data = match witness.split_last() {
+        Some((_, data)) if program.is_some_and(|p| p.is_p2wsh()) => data,
+        _ => &witness[..],
+    };
+    elements.extend(witness_data.iter().copied());
     for e in &elements {
         if e.first() == Some(&0x30) && (9..=73).contains(&e.len()) {
             if !sig::is_strict_der(e) {
@@ -162,14 +179,6 @@ pub fn check_standard_input(tx: &Transaction, index: usize, spent: &TxOut) -> Re
             }
         }
     }
-    let redeem = last_push(&input.script_sig);
-    let program = if spk.is_witness_program() {
-        Some(spk.as_script())
-    } else if spk.is_p2sh() {
-        redeem.map(Script::from_bytes).filter(|r| r.is_witness_program())
-    } else {
-        None
-    };
     match program {
         Some(p) if p.is_p2wpkh() && (witness.len() != 2 || witness[1].len() != 33) => {
             return Err(

@@ -124,20 +124,21 @@ impl MerchantChannel {
         let expiry = params.script().expiry();
         let raw = expiry.to_consensus_u32();
         let is_height = expiry.is_block_height();
-        let to_secs = |secs: u32| {
+        // Seconds in the expiry's unit: blocks for a height expiry.
+        let in_expiry_units = |secs: u32| {
             if is_height {
                 secs.div_ceil(crate::policy::SECONDS_PER_BLOCK)
             } else {
                 secs
             }
         };
-        if !now.is_before(expiry, to_secs(policy.min_channel_life_secs)) {
+        if !now.is_before(expiry, in_expiry_units(policy.min_channel_life_secs)) {
             return Err(Error::InvalidExpiry {
                 expiry: raw,
                 reason: "too soon: less than the merchant's minimum channel life remains",
             });
         }
-        let max_life = to_secs(policy.max_channel_life_secs);
+        let max_life = in_expiry_units(policy.max_channel_life_secs);
         let too_far = if is_height {
             u64::from(raw) > u64::from(now.height) + u64::from(max_life)
         } else {
