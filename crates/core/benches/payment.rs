@@ -45,7 +45,7 @@ fn fixture() -> Fixture {
     let ck = customer_key();
     let policy = Policy::default();
     let now = Now { time: NOW, height: 800_000, median_time_past: 0 };
-    let mut merchant = MerchantChannel::open(params.clone(), policy.clone(), &now).unwrap();
+    let mut merchant = MerchantChannel::open(params.clone(), policy.clone(), &now, 0).unwrap();
     merchant.handle_funding_confirmations(1);
     while merchant.poll_effect().is_some() {}
     let kp = keypair(&ck);

@@ -215,6 +215,9 @@ pub struct Welcome {
     /// The merchant's limits.
     #[prost(message, optional, tag = "3")]
     pub policy: Option<PolicyLimits>,
+    /// Which of the merchant's derived keys `merchant_pubkey` is; echoed in [`Open`].
+    #[prost(uint32, tag = "4")]
+    pub key_index: u32,
 }
 
 /// A channel proposal: the funding transaction (not yet broadcast) and the script's terms.
@@ -235,6 +238,9 @@ pub struct Open {
     /// Where the customer's change goes in every payment.
     #[prost(bytes = "vec", tag = "5")]
     pub change_script: Vec<u8>,
+    /// The `key_index` from [`Welcome`].
+    #[prost(uint32, tag = "6")]
+    pub key_index: u32,
 }
 
 /// The merchant accepted a channel.

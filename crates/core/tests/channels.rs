@@ -57,6 +57,7 @@ impl Harness {
             change_script: p2wpkh(&customer_key()),
             dust_relay_fee: policy.dust_relay_fee,
             cutoff_distance: policy.cutoff_distance(false),
+            key_index: 0,
         };
         let customer = CustomerChannel::new(terms, customer_key()).unwrap();
         Harness {
@@ -136,7 +137,7 @@ impl Harness {
         let result = match msg {
             Message::Open(open) => {
                 match params_from_open(&open, &self.merchant_pubkey, &self.policy)
-                    .and_then(|(p, _)| MerchantChannel::open(p, self.policy.clone(), &now))
+                    .and_then(|(p, _)| MerchantChannel::open(p, self.policy.clone(), &now, 0))
                 {
                     Ok(m) => {
                         self.merchant = Some(m);
@@ -611,7 +612,7 @@ fn two1_payments_through_the_merchant_machine() {
     let policy = Policy::default();
     let (params, funding) = params_with(OutputKind::P2sh, Amount::from_sat(300_000), EXPIRY);
     let now = Now { time: NOW, height: 800_000, median_time_past: NOW as u32 };
-    let mut m = MerchantChannel::open(params.clone(), policy, &now).unwrap();
+    let mut m = MerchantChannel::open(params.clone(), policy, &now, 0).unwrap();
     m.handle_funding_confirmations(1);
     let p1 = build_payment(&params, Amount::from_sat(3_000), TWO1_FEE, &customer_key()).unwrap();
     assert_eq!(m.handle_two1_payment(&now, &p1).unwrap(), Amount::from_sat(3_000));

@@ -25,7 +25,7 @@ fn now() -> Now {
 
 fn open_merchant() -> MerchantChannel {
     let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(CAPACITY), EXPIRY);
-    let mut m = MerchantChannel::open(params, Policy::default(), &now()).unwrap();
+    let mut m = MerchantChannel::open(params, Policy::default(), &now(), 0).unwrap();
     m.handle_funding_confirmations(1);
     drain_merchant(&mut m);
     m
@@ -92,6 +92,7 @@ proptest! {
             change_script: p2wpkh(&customer_key()),
             dust_relay_fee: policy.dust_relay_fee,
             cutoff_distance: policy.cutoff_distance(false),
+            key_index: 0,
         };
         let mut c = CustomerChannel::new(terms, customer_key()).unwrap();
         c.authorise(Amount::from_sat(1));
@@ -178,6 +179,7 @@ fn sample_messages(total: u64, sig: Vec<u8>, vout: u32, text: String) -> Vec<Mes
             version: 1,
             merchant_pubkey: sig.clone(),
             policy: Some((&Policy::default()).into()),
+            key_index: vout,
         }),
         Message::Open(msg::Open {
             funding_tx: sig.clone(),
@@ -185,6 +187,7 @@ fn sample_messages(total: u64, sig: Vec<u8>, vout: u32, text: String) -> Vec<Mes
             merchant_pubkey: vec![2; 33],
             expiry: vout,
             change_script: sig.clone(),
+            key_index: vout,
         }),
         Message::Opened(msg::Opened { channel: ch.clone(), confirmations_required: vout }),
         Message::Pay(msg::Pay { channel: ch.clone(), total_sat: total, signature: sig.clone() }),

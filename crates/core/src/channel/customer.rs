@@ -42,6 +42,8 @@ pub struct CustomerTerms {
     /// Settle margin plus payment cutoff from the merchant's policy, in the expiry's unit:
     /// the customer stops paying when the merchant would stop accepting.
     pub cutoff_distance: u32,
+    /// The merchant's `key_index` from its `Welcome`, echoed in `Open`.
+    pub key_index: u32,
 }
 
 /// Everything the customer stores about a channel. The channel's secret key is not part of it:
@@ -187,6 +189,7 @@ impl CustomerChannel {
             merchant_pubkey: terms.script.merchant().serialize().to_vec(),
             expiry: terms.script.expiry().to_consensus_u32(),
             change_script: terms.change_script.to_bytes(),
+            key_index: terms.key_index,
         };
         if self.state.authorised == Amount::ZERO {
             self.state.authorised = funding.value;

@@ -75,12 +75,15 @@ pub struct MerchantState {
     pub charged: Amount,
     /// The settlement broadcast, if any.
     pub settlement_txid: Option<Txid>,
+    /// Which of the merchant's derived keys is this channel's.
+    pub key_index: u32,
 }
 
 impl MerchantState {
     /// The state of a channel just opened.
     pub fn new(params: ChannelParams) -> Self {
         MerchantState {
+            key_index: 0,
             params,
             phase: Phase::AwaitingFunding,
             accepted: Amount::ZERO,
@@ -110,7 +113,12 @@ impl MerchantChannel {
     /// [`Error::InvalidPolicy`] for an invalid policy; [`Error::FundingTooSmall`] /
     /// [`Error::AmountOutOfRange`] for a deposit outside the policy; [`Error::InvalidExpiry`]
     /// for an expiry too near or too far.
-    pub fn open(params: ChannelParams, policy: Policy, now: &Now) -> Result<Self, Error> {
+    pub fn open(
+        params: ChannelParams,
+        policy: Policy,
+        now: &Now,
+        key_index: u32,
+    ) -> Result<Self, Error> {
         policy.validate()?;
         if params.capacity() < policy.min_deposit {
             return Err(Error::FundingTooSmall {
@@ -151,6 +159,7 @@ impl MerchantChannel {
             });
         }
         let mut state = MerchantState::new(params);
+        state.key_index = key_index;
         if policy.zero_conf {
             state.phase = Phase::Open;
         }

@@ -47,6 +47,8 @@ struct MerchantRecord {
     charged: u64,
     #[prost(bytes = "vec", optional, tag = "7")]
     settlement_txid: Option<Vec<u8>>,
+    #[prost(uint32, tag = "8")]
+    key_index: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -77,6 +79,8 @@ struct CustomerRecord {
     acked: u64,
     #[prost(bytes = "vec", optional, tag = "13")]
     closing_txid: Option<Vec<u8>>,
+    #[prost(uint32, tag = "14")]
+    key_index: u32,
 }
 
 fn kind_to_u32(k: OutputKind) -> u32 {
@@ -146,6 +150,7 @@ impl MerchantState {
             two1_tx: self.two1_tx.as_ref().map(serialize),
             charged: self.charged.to_sat(),
             settlement_txid: self.settlement_txid.map(|t| t.to_byte_array().to_vec()),
+            key_index: self.key_index,
         }
         .encode_to_vec()
     }
@@ -168,6 +173,7 @@ impl MerchantState {
                 .transpose()?,
             charged: Amount::from_sat(r.charged),
             settlement_txid: r.settlement_txid.as_deref().map(txid_from).transpose()?,
+            key_index: r.key_index,
         })
     }
 }
@@ -189,6 +195,7 @@ impl CustomerState {
             signature: self.signature.clone(),
             acked: self.acked.to_sat(),
             closing_txid: self.closing_txid.map(|t| t.to_byte_array().to_vec()),
+            key_index: self.terms.key_index,
         }
         .encode_to_vec()
     }
@@ -206,6 +213,7 @@ impl CustomerState {
                 change_script: ScriptBuf::from_bytes(r.change_script),
                 dust_relay_fee: FeeRate::from_sat_per_kwu(r.dust_relay_fee_sat_kwu),
                 cutoff_distance: r.cutoff_distance,
+                key_index: r.key_index,
             },
             params: r.params.map(ParamsRecord::into_params).transpose()?,
             funding_tx: r

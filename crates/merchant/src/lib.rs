@@ -1,0 +1,66 @@
+//! # paychan-merchant
+//!
+//! The merchant side of paychan (DESIGN §4, §7): [`ChannelServer`] drives one
+//! [`MerchantChannel`](paychan_core::channel::merchant::MerchantChannel) per channel, writes
+//! every state change to the [`ChannelStore`](paychan_store::ChannelStore) before releasing the
+//! acknowledgement the core holds back, broadcasts and settles through a
+//! [`ChainSource`](paychan_chain::ChainSource), and issues a fresh key per channel
+//! ([`KeyChain`]). [`tcp::serve`] speaks the protobuf protocol on a TCP listener.
+
+#![deny(missing_docs)]
+
+mod keys;
+mod server;
+pub mod tcp;
+
+pub use keys::KeyChain;
+pub use server::{ChannelServer, Clock, ServerConfig};
+
+/// Errors of the merchant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MerchantError {
+    /// A channel or payment was refused; the wire code and text go back to the peer.
+    #[error(transparent)]
+    Core(#[from] paychan_core::Error),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] paychan_store::StoreError),
+    /// The chain source failed.
+    #[error("chain: {0}")]
+    Chain(#[from] paychan_chain::ChainError),
+    /// Key derivation failed.
+    #[error("keys: {0}")]
+    Keys(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl MerchantError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        MerchantError::Io { path: path.to_path_buf(), source }
+    }
+
+    /// The error as the protocol's `ErrorMsg` (internal failures say only that the merchant
+    /// failed, never their details).
+    pub fn to_wire(
+        &self,
+        channel: Option<paychan_core::bitcoin::OutPoint>,
+    ) -> paychan_core::msg::ErrorMsg {
+        match self {
+            MerchantError::Core(e) => paychan_core::msg::ErrorMsg::from_error(e, channel),
+            _ => paychan_core::msg::ErrorMsg {
+                code: 1,
+                message: "merchant failure: try again later".into(),
+                channel: channel.map(Into::into),
+            },
+        }
+    }
+}

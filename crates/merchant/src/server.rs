@@ -1,0 +1,359 @@
+//! The channel server: the driver between the core's merchant state machines, the store and
+//! the chain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use paychan_chain::ChainSource;
+use paychan_core::bitcoin::secp256k1::PublicKey;
+use paychan_core::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction};
+use paychan_core::channel::merchant::{params_from_open, MerchantChannel, MerchantState};
+use paychan_core::channel::{Effect, Event, Phase};
+use paychan_core::msg::{self, Closed, Message, Opened, PaymentAck, Resumed, Welcome};
+use paychan_core::policy::Policy;
+use paychan_core::{Error, Now};
+use paychan_store::{ChannelStore, NewChannel, PaymentUpdate, Role, StateUpdate};
+use tracing::{info, warn};
+
+use crate::{KeyChain, MerchantError};
+
+/// Where "now" comes from (the core reads no clock): wall time and the chain tip.
+pub type Clock = Arc<dyn Fn() -> Now + Send + Sync>;
+
+/// The server's settings.
+pub struct ServerConfig {
+    /// The channel policy.
+    pub policy: Policy,
+    /// Where settlements pay the merchant.
+    pub payout: ScriptBuf,
+    /// Confirmation target for settlement fee estimates.
+    pub settle_target_blocks: u32,
+}
+
+struct Slot {
+    channel: MerchantChannel,
+    /// The row's version in the store (0 before it is created).
+    version: u64,
+    stored_total: Amount,
+}
+
+/// Drives every channel of one merchant.
+pub struct ChannelServer {
+    config: ServerConfig,
+    keys: KeyChain,
+    store: Arc<dyn ChannelStore>,
+    chain: Arc<dyn ChainSource>,
+    clock: Clock,
+    channels: Mutex<HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+impl std::fmt::Debug for ChannelServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelServer").finish_non_exhaustive()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, paychan_chain::ChainError> + Send + 'static,
+) -> Result<T, MerchantError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| MerchantError::Keys("chain task failed".into()))?
+        .map_err(MerchantError::Chain)
+}
+
+impl ChannelServer {
+    /// A server; call [`ChannelServer::load`] to bring back stored channels.
+    ///
+    /// # Errors
+    /// [`MerchantError::Core`] for an invalid policy.
+    pub fn new(
+        config: ServerConfig,
+        keys: KeyChain,
+        store: Arc<dyn ChannelStore>,
+        chain: Arc<dyn ChainSource>,
+        clock: Clock,
+    ) -> Result<Self, MerchantError> {
+        config.policy.validate()?;
+        Ok(ChannelServer {
+            config,
+            keys,
+            store,
+            chain,
+            clock,
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Loads every stored live channel (after a restart).
+    ///
+    /// # Errors
+    /// [`MerchantError::Store`]; [`MerchantError::Core`] for an undecodable row.
+    pub async fn load(&self) -> Result<usize, MerchantError> {
+        let rows = self
+            .store
+            .list(paychan_store::Query { role: Some(Role::Merchant), ..Default::default() })
+            .await?;
+        let mut n = 0;
+        for row in rows.into_iter().filter(|r| !r.phase.is_final()) {
+            let state = MerchantState::decode(&row.state)?;
+            let channel = MerchantChannel::restore(state, self.config.policy.clone());
+            let slot = Slot { channel, version: row.version, stored_total: row.total };
+            self.slots().insert(row.id, Arc::new(tokio::sync::Mutex::new(slot)));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slot(&self, id: &OutPoint) -> Result<Arc<tokio::sync::Mutex<Slot>>, MerchantError> {
+        self.slots().get(id).cloned().ok_or(MerchantError::Core(Error::UnknownChannel(*id)))
+    }
+
+    /// Answers a `Hello`: the version, a fresh key, the policy.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedVersion`]; key errors.
+    pub fn hello(&self, hello: &msg::Hello) -> Result<Welcome, MerchantError> {
+        let version = msg::negotiate(hello)?;
+        let (key_index, key) = self.keys.issue()?;
+        Ok(Welcome {
+            version,
+            merchant_pubkey: key.serialize().to_vec(),
+            policy: Some((&self.config.policy).into()),
+            key_index,
+        })
+    }
+
+    /// Accepts a channel: checks it against the policy, stores it, broadcasts its funding (the
+    /// node's acceptance proves the deposit is real), and answers `Opened`.
+    ///
+    /// # Errors
+    /// The policy or decoding error; [`MerchantError::Chain`] when the node refuses the funding.
+    pub async fn open(&self, open: &msg::Open) -> Result<Opened, MerchantError> {
+        let key = self.keys.secret(open.key_index)?;
+        let pubkey = PublicKey::from_secret_key(paychan_core::sig::secp(), &key);
+        let (params, funding_tx) = params_from_open(open, &pubkey, &self.config.policy)?;
+        let id = params.id();
+        if self.slots().contains_key(&id) {
+            return Err(Error::Malformed {
+                what: "open",
+                reason: "a channel on this deposit exists already".into(),
+            }
+            .into());
+        }
+        let now = (self.clock)();
+        let channel =
+            MerchantChannel::open(params, self.config.policy.clone(), &now, open.key_index)?;
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+            channel,
+            version: 0,
+            stored_total: Amount::ZERO,
+        }));
+        let mut guard = slot.lock().await;
+        let chain = self.chain.clone();
+        let tx = funding_tx.clone();
+        blocking(move || chain.broadcast(&tx)).await?;
+        let out = self.drain(&mut guard).await?;
+        drop(guard);
+        self.slots().insert(id, slot);
+        info!(channel = %id, "channel opened");
+        out.into_iter()
+            .find_map(|m| if let Message::Opened(o) = m { Some(o) } else { None })
+            .ok_or_else(|| MerchantError::Keys("no Opened message".into()))
+    }
+
+    /// A payment: validated by the core, stored, then acknowledged.
+    ///
+    /// # Errors
+    /// The payment rule broken (the channel is unchanged), or a store failure.
+    pub async fn pay(&self, pay: &msg::Pay) -> Result<PaymentAck, MerchantError> {
+        let channel = pay
+            .channel
+            .as_ref()
+            .ok_or(Error::Decode("payment without a channel".into()))?
+            .outpoint()?;
+        let slot = self.slot(&channel)?;
+        let mut s = slot.lock().await;
+        let now = (self.clock)();
+        s.channel.handle_payment(&now, channel, Amount::from_sat(pay.total_sat), &pay.signature)?;
+        let out = self.drain(&mut s).await?;
+        out.into_iter()
+            .rev()
+            .find_map(|m| if let Message::PaymentAck(a) = m { Some(a) } else { None })
+            .ok_or_else(|| MerchantError::Keys("no acknowledgement".into()))
+    }
+
+    /// A reconnecting customer asks for the latest stored total.
+    ///
+    /// # Errors
+    /// [`Error::UnknownChannel`].
+    pub async fn resume(&self, resume: &msg::Resume) -> Result<Resumed, MerchantError> {
+        let channel = resume
+            .channel
+            .as_ref()
+            .ok_or(Error::Decode("resume without a channel".into()))?
+            .outpoint()?;
+        let slot = self.slot(&channel)?;
+        let s = slot.lock().await;
+        Ok(Resumed { channel: Some(channel.into()), total_sat: s.stored_total.to_sat() })
+    }
+
+    /// The customer asks to close: checks its signature, settles, answers with the txid.
+    ///
+    /// # Errors
+    /// Signature or state errors; chain errors.
+    pub async fn close(&self, close: &msg::Close) -> Result<Closed, MerchantError> {
+        let channel = close
+            .channel
+            .as_ref()
+            .ok_or(Error::Decode("close without a channel".into()))?
+            .outpoint()?;
+        let slot = self.slot(&channel)?;
+        let mut s = slot.lock().await;
+        s.channel.handle_close(&close.signature)?;
+        self.settle_locked(&mut s).await
+    }
+
+    async fn settle_locked(&self, s: &mut Slot) -> Result<Closed, MerchantError> {
+        let chain = self.chain.clone();
+        let target = self.config.settle_target_blocks;
+        let fee_rate = blocking(move || chain.estimate_fee(target)).await?;
+        let key = self.keys.secret(s.channel.state().key_index)?;
+        s.channel.settle(&key, self.config.payout.clone(), fee_rate, &[])?;
+        let out = self.drain(s).await?;
+        out.into_iter()
+            .find_map(|m| if let Message::Closed(c) = m { Some(c) } else { None })
+            .ok_or_else(|| MerchantError::Keys("no Closed message".into()))
+    }
+
+    /// Checks the chain for every channel: funding confirmations, expiry deadlines (settling
+    /// when due). Call it when a block arrives, or periodically.
+    ///
+    /// # Errors
+    /// Chain or store failures.
+    pub async fn tick(&self) -> Result<(), MerchantError> {
+        let slots: Vec<(OutPoint, Arc<tokio::sync::Mutex<Slot>>)> =
+            self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (id, slot) in slots {
+            let mut s = slot.lock().await;
+            if s.channel.phase().is_final() {
+                continue;
+            }
+            let chain = self.chain.clone();
+            let txid = id.txid;
+            let status = blocking(move || chain.tx_status(&txid)).await?;
+            let confirmations = match status {
+                paychan_chain::TxStatus::Confirmed { confirmations, .. } => confirmations,
+                _ => 0,
+            };
+            s.channel.handle_funding_confirmations(confirmations);
+            let now = (self.clock)();
+            s.channel.handle_tick(&now);
+            let due = self.drain_events(&mut s).await?;
+            if due && s.channel.accepted() > Amount::ZERO && s.channel.phase() != Phase::Settling {
+                if let Err(e) = self.settle_locked(&mut s).await {
+                    warn!(channel = %id, error = %e, "settlement failed; will retry");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn drain_events(&self, s: &mut Slot) -> Result<bool, MerchantError> {
+        let mut due = false;
+        let out = self
+            .drain_with(s, &mut |e| {
+                if matches!(e, Event::SettleDue { .. }) {
+                    due = true;
+                }
+            })
+            .await?;
+        drop(out);
+        Ok(due)
+    }
+
+    async fn drain(&self, s: &mut Slot) -> Result<Vec<Message>, MerchantError> {
+        self.drain_with(s, &mut |_| {}).await
+    }
+
+    /// Executes the channel's effects in order: each persist is written (and completed) before
+    /// anything after it runs, so messages and broadcasts never precede their state.
+    async fn drain_with(
+        &self,
+        s: &mut Slot,
+        on_event: &mut (dyn FnMut(&Event) + Send),
+    ) -> Result<Vec<Message>, MerchantError> {
+        let mut out = Vec::new();
+        while let Some(effect) = s.channel.poll_effect() {
+            match effect {
+                Effect::Persist { id, state } => {
+                    self.write(s, &state).await?;
+                    s.channel.persisted(id)?;
+                }
+                Effect::Send(m) => out.push(m),
+                Effect::Broadcast(tx) => self.broadcast(tx).await,
+                Effect::Watch(_) => {}
+                Effect::Event(e) => {
+                    tracing::debug!(?e, "channel event");
+                    on_event(&e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn broadcast(&self, tx: Transaction) {
+        let chain = self.chain.clone();
+        let txid = tx.compute_txid();
+        if let Err(e) = blocking(move || chain.broadcast(&tx)).await {
+            warn!(%txid, error = %e, "broadcast failed; will retry");
+        }
+    }
+
+    async fn write(&self, s: &mut Slot, state: &MerchantState) -> Result<(), MerchantError> {
+        let id = state.params.id();
+        let bytes = state.encode();
+        if s.version == 0 {
+            let new = NewChannel {
+                id,
+                role: Role::Merchant,
+                phase: state.phase,
+                capacity: state.params.capacity(),
+                expiry: state.params.script().expiry().to_consensus_u32(),
+                customer_key: state.params.script().customer().to_string(),
+                state: bytes,
+            };
+            s.version = self.store.create(new).await?;
+        } else if state.accepted > s.stored_total {
+            s.version = self
+                .store
+                .record_payment(PaymentUpdate {
+                    id,
+                    role: Role::Merchant,
+                    total: state.accepted,
+                    signature: state.signature.clone(),
+                    state: bytes,
+                    expected_version: s.version,
+                })
+                .await?;
+            s.stored_total = state.accepted;
+        } else {
+            s.version = self
+                .store
+                .update_state(StateUpdate {
+                    id,
+                    role: Role::Merchant,
+                    phase: state.phase,
+                    closing_txid: state.settlement_txid,
+                    state: bytes,
+                    expected_version: s.version,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}

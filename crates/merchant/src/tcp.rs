@@ -1,0 +1,96 @@
+//! The TCP listener: length-prefixed protobuf frames (DESIGN §7). A connection starts with
+//! `Hello`; every request gets its answer (or an `ErrorMsg`) in order; an undecodable frame
+//! gets an error and closes that connection only.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use paychan_core::msg::{self, ErrorMsg, FrameDecoder, Message, MAX_FRAME_LEN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info};
+
+use crate::{ChannelServer, MerchantError};
+
+/// Serves `server` on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve(
+    server: Arc<ChannelServer>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    info!(addr = ?listener.local_addr().ok(), "channel server listening");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let (stream, peer) = accepted?;
+                let _ = stream.set_nodelay(true);
+                let server = server.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(server, stream).await {
+                        debug!(%peer, error = %e, "connection closed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn connection(server: Arc<ChannelServer>, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut greeted = false;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        decoder.push(&buf[..n]);
+        let mut replies = Vec::new();
+        loop {
+            let message = match decoder.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    // The stream can no longer be framed: say why, then hang up.
+                    replies
+                        .extend(msg::encode_frame(&Message::Error(ErrorMsg::from_error(&e, None))));
+                    stream.write_all(&replies).await?;
+                    return Ok(());
+                }
+            };
+            let reply = match (&message, greeted) {
+                (Message::Hello(h), _) => server.hello(h).map(|w| {
+                    greeted = true;
+                    Message::Welcome(w)
+                }),
+                (_, false) => Err(MerchantError::Core(paychan_core::Error::UnexpectedMessage(
+                    "the first message must be Hello",
+                ))),
+                (Message::Open(o), true) => server.open(o).await.map(Message::Opened),
+                (Message::Pay(p), true) => server.pay(p).await.map(Message::PaymentAck),
+                (Message::Resume(r), true) => server.resume(r).await.map(Message::Resumed),
+                (Message::Close(c), true) => server.close(c).await.map(Message::Closed),
+                (_, true) => Err(MerchantError::Core(paychan_core::Error::UnexpectedMessage(
+                    "not a request",
+                ))),
+            };
+            let channel = match &message {
+                Message::Pay(p) => p.channel.as_ref().and_then(|c| c.outpoint().ok()),
+                Message::Close(c) => c.channel.as_ref().and_then(|c| c.outpoint().ok()),
+                Message::Resume(r) => r.channel.as_ref().and_then(|c| c.outpoint().ok()),
+                _ => None,
+            };
+            let reply = reply.unwrap_or_else(|e| Message::Error(e.to_wire(channel)));
+            replies.extend(msg::encode_frame(&reply));
+        }
+        // Pipelined requests: all their answers leave in one write, in order.
+        if !replies.is_empty() {
+            stream.write_all(&replies).await?;
+        }
+    }
+}
