@@ -9,11 +9,10 @@
 
 #![deny(missing_docs)]
 
-mod keys;
 mod server;
 pub mod tcp;
 
-pub use keys::KeyChain;
+pub use paychan_wallet::KeyChain;
 pub use server::{ChannelServer, Clock, ServerConfig};
 
 /// Errors of the merchant.
@@ -32,22 +31,12 @@ pub enum MerchantError {
     /// Key derivation failed.
     #[error("keys: {0}")]
     Keys(String),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The wallet or key chain failed.
+    #[error(transparent)]
+    Wallet(#[from] paychan_wallet::WalletError),
 }
 
 impl MerchantError {
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        MerchantError::Io { path: path.to_path_buf(), source }
-    }
-
     /// The error as the protocol's `ErrorMsg` (internal failures say only that the merchant
     /// failed, never their details).
     pub fn to_wire(

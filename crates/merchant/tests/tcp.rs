@@ -95,7 +95,7 @@ async fn open_pay_pipelined_and_close_over_tcp() {
         payout: p2wpkh(&key(0x55)),
         settle_target_blocks: 6,
     };
-    let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest).unwrap();
+    let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
     let server = Arc::new(
         ChannelServer::new(config(), keys, store.clone(), chain.clone(), clock.clone()).unwrap(),
     );
@@ -185,7 +185,7 @@ async fn open_pay_pipelined_and_close_over_tcp() {
     assert_eq!(row.total, Amount::from_sat(10_000), "every acknowledged payment is stored");
 
     // A restarted server knows the channel from the store.
-    let keys2 = KeyChain::open(dir.path(), &[7; 32], Network::Regtest).unwrap();
+    let keys2 = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
     let again =
         ChannelServer::new(config(), keys2, store.clone(), chain.clone(), clock.clone()).unwrap();
     assert_eq!(again.load().await.unwrap(), 1);

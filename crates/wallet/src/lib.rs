@@ -15,6 +15,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod keys;
+
+pub use keys::KeyChain;
+
 use bdk_wallet::chain::BlockId;
 use bdk_wallet::rusqlite::Connection;
 use bdk_wallet::{Balance, KeychainKind, PersistedWallet, SignOptions};
@@ -60,7 +64,7 @@ pub enum WalletError {
     },
 }
 
-fn io(path: &Path, source: std::io::Error) -> WalletError {
+pub(crate) fn io(path: &Path, source: std::io::Error) -> WalletError {
     WalletError::Io { path: path.to_path_buf(), source }
 }
 
@@ -332,6 +336,15 @@ impl Wallet {
     ) -> Result<Txid, WalletError> {
         let (tx, _) = self.build_payment(address.script_pubkey(), amount, fee_rate)?;
         Ok(chain.broadcast(&tx)?)
+    }
+
+    /// The key chain for channel keys of `account` ([`KeyChain::MERCHANT`] or
+    /// [`KeyChain::CUSTOMER`]), derived from this wallet's seed.
+    ///
+    /// # Errors
+    /// [`WalletError::Io`] when its counter cannot be read.
+    pub fn key_chain(&self, account: u32) -> Result<KeyChain, WalletError> {
+        KeyChain::from_master(&self.dir, self.xprv, account)
     }
 
     /// Whether `script_pubkey` belongs to this wallet.

@@ -105,3 +105,34 @@ fn sync_fund_a_channel_and_follow_a_reorg() {
     ));
     assert!(node.utxo(&OutPoint { txid: sent, vout: 0 }, true).is_some());
 }
+
+#[test]
+fn channel_keys_are_never_issued_twice() {
+    use paychan_wallet::KeyChain;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wallet::create(dir.path(), Network::Regtest, Some(WORDS)).unwrap();
+    let merchant = w.key_chain(KeyChain::MERCHANT).unwrap();
+    let (i0, k0) = merchant.issue().unwrap();
+    let (i1, k1) = merchant.issue().unwrap();
+    assert_eq!((i0, i1), (0, 1));
+    assert_ne!(k0, k1);
+    // The customer account is a separate chain.
+    let customer = w.key_chain(KeyChain::CUSTOMER).unwrap();
+    let (c0, ck0) = customer.issue().unwrap();
+    assert_eq!(c0, 0);
+    assert_ne!(ck0, k0);
+    drop(merchant);
+    // After a restart the counter continues; derivation is deterministic.
+    let again = w.key_chain(KeyChain::MERCHANT).unwrap();
+    let (i2, k2) = again.issue().unwrap();
+    assert_eq!(i2, 2);
+    assert!(k2 != k0 && k2 != k1);
+    let s1 = again.secret(1).unwrap();
+    assert_eq!(
+        paychan_core::bitcoin::secp256k1::PublicKey::from_secret_key(
+            paychan_core::sig::secp(),
+            &s1
+        ),
+        k1
+    );
+}
