@@ -58,6 +58,8 @@ impl Harness {
             dust_relay_fee: policy.dust_relay_fee,
             cutoff_distance: policy.cutoff_distance(false),
             key_index: 0,
+            customer_key_index: 0,
+            peer: String::new(),
         };
         let customer = CustomerChannel::new(terms, customer_key()).unwrap();
         Harness {

@@ -93,6 +93,8 @@ proptest! {
             dust_relay_fee: policy.dust_relay_fee,
             cutoff_distance: policy.cutoff_distance(false),
             key_index: 0,
+            customer_key_index: 0,
+            peer: String::new(),
         };
         let mut c = CustomerChannel::new(terms, customer_key()).unwrap();
         c.authorise(Amount::from_sat(1));

@@ -127,6 +127,8 @@ async fn open_pay_pipelined_and_close_over_tcp() {
         dust_relay_fee: policy.dust_relay_fee,
         cutoff_distance: policy.cutoff_distance(false),
         key_index: w.key_index,
+        customer_key_index: 0,
+        peer: addr.to_string(),
     };
     let mut customer = CustomerChannel::new(terms, customer_key()).unwrap();
     let (block, _) = node.block(&node.block_hash(1).unwrap()).unwrap();

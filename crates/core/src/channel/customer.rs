@@ -44,6 +44,10 @@ pub struct CustomerTerms {
     pub cutoff_distance: u32,
     /// The merchant's `key_index` from its `Welcome`, echoed in `Open`.
     pub key_index: u32,
+    /// Which of the customer's derived keys is this channel's (to derive it again).
+    pub customer_key_index: u32,
+    /// Where the merchant is (opaque to the core: the driver's address for it).
+    pub peer: String,
 }
 
 /// Everything the customer stores about a channel. The channel's secret key is not part of it:

@@ -81,6 +81,10 @@ struct CustomerRecord {
     closing_txid: Option<Vec<u8>>,
     #[prost(uint32, tag = "14")]
     key_index: u32,
+    #[prost(uint32, tag = "15")]
+    customer_key_index: u32,
+    #[prost(string, tag = "16")]
+    peer: String,
 }
 
 fn kind_to_u32(k: OutputKind) -> u32 {
@@ -196,6 +200,8 @@ impl CustomerState {
             acked: self.acked.to_sat(),
             closing_txid: self.closing_txid.map(|t| t.to_byte_array().to_vec()),
             key_index: self.terms.key_index,
+            customer_key_index: self.terms.customer_key_index,
+            peer: self.terms.peer.clone(),
         }
         .encode_to_vec()
     }
@@ -214,6 +220,8 @@ impl CustomerState {
                 dust_relay_fee: FeeRate::from_sat_per_kwu(r.dust_relay_fee_sat_kwu),
                 cutoff_distance: r.cutoff_distance,
                 key_index: r.key_index,
+                customer_key_index: r.customer_key_index,
+                peer: r.peer,
             },
             params: r.params.map(ParamsRecord::into_params).transpose()?,
             funding_tx: r

@@ -1,0 +1,560 @@
+//! # paychan-customer
+//!
+//! The paying side (DESIGN §2, §4): opens channels with merchants over the TCP protocol, pays
+//! (one at a time or pipelined), resumes after a dropped connection or a crash, closes, and
+//! refunds after the expiry. It keeps the customer's rules: a channel is stored before its
+//! funding is sent, a payment is stored as spent before it is sent, and nothing is signed
+//! above the caller's authorisation.
+
+#![deny(missing_docs)]
+
+mod conn;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use paychan_chain::ChainSource;
+use paychan_core::bitcoin::absolute::LockTime;
+use paychan_core::bitcoin::secp256k1::PublicKey;
+use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, Txid};
+use paychan_core::channel::customer::{CustomerChannel, CustomerState, CustomerTerms};
+use paychan_core::channel::{Effect, Event, Phase};
+use paychan_core::msg::Message;
+use paychan_core::script::{ChannelScript, OutputKind};
+use paychan_core::Now;
+use paychan_store::{ChannelStore, NewChannel, PaymentUpdate, Role, StateUpdate};
+use paychan_wallet::{KeyChain, Wallet};
+use tracing::{info, warn};
+
+pub use conn::Connection;
+
+/// Errors of the customer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CustomerError {
+    /// The core refused (a cap, the cutoff, a transition).
+    #[error(transparent)]
+    Core(#[from] paychan_core::Error),
+    /// The merchant refused, with its code and reason.
+    #[error("the merchant refused: {message} (code {code})")]
+    Rejected {
+        /// The wire code.
+        code: u32,
+        /// The merchant's text.
+        message: String,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] paychan_store::StoreError),
+    /// The chain source failed.
+    #[error("chain: {0}")]
+    Chain(#[from] paychan_chain::ChainError),
+    /// The wallet failed.
+    #[error(transparent)]
+    Wallet(#[from] paychan_wallet::WalletError),
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Io(String),
+    /// The merchant broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+    /// No such channel.
+    #[error("unknown channel {0}")]
+    UnknownChannel(OutPoint),
+}
+
+/// Where "now" comes from.
+pub type Clock = Arc<dyn Fn() -> Now + Send + Sync>;
+
+/// A channel as the customer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStatus {
+    /// The channel.
+    pub id: OutPoint,
+    /// The merchant's address.
+    pub peer: String,
+    /// The phase.
+    pub phase: Phase,
+    /// The deposit.
+    pub capacity: Amount,
+    /// Signed (spent) so far.
+    pub signed: Amount,
+    /// Acknowledged by the merchant.
+    pub acked: Amount,
+    /// The expiry.
+    pub expiry: u32,
+    /// The settlement or refund, once known.
+    pub closing_txid: Option<Txid>,
+}
+
+struct Entry {
+    channel: CustomerChannel,
+    version: u64,
+    stored_total: Amount,
+    conn: Option<Connection>,
+}
+
+/// The customer's channel manager.
+pub struct Customer {
+    store: Arc<dyn ChannelStore>,
+    chain: Arc<dyn ChainSource>,
+    wallet: Arc<std::sync::Mutex<Wallet>>,
+    keys: KeyChain,
+    clock: Clock,
+    fee_target_blocks: u32,
+    channels: std::sync::Mutex<HashMap<OutPoint, Arc<tokio::sync::Mutex<Entry>>>>,
+}
+
+impl std::fmt::Debug for Customer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Customer").finish_non_exhaustive()
+    }
+}
+
+async fn blocking<T: Send + 'static, E: Into<CustomerError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, CustomerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| CustomerError::Io("a blocking task failed".into()))?
+        .map_err(Into::into)
+}
+
+impl Customer {
+    /// A customer paying from `wallet`, storing channels in `store`.
+    ///
+    /// # Errors
+    /// [`CustomerError::Wallet`] when the key chain cannot be opened.
+    pub fn new(
+        store: Arc<dyn ChannelStore>,
+        chain: Arc<dyn ChainSource>,
+        wallet: Arc<std::sync::Mutex<Wallet>>,
+        clock: Clock,
+    ) -> Result<Self, CustomerError> {
+        let keys =
+            wallet.lock().unwrap_or_else(|p| p.into_inner()).key_chain(KeyChain::CUSTOMER)?;
+        Ok(Customer {
+            store,
+            chain,
+            wallet,
+            keys,
+            clock,
+            fee_target_blocks: 6,
+            channels: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<OutPoint, Arc<tokio::sync::Mutex<Entry>>>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entry(&self, id: &OutPoint) -> Result<Arc<tokio::sync::Mutex<Entry>>, CustomerError> {
+        self.map().get(id).cloned().ok_or(CustomerError::UnknownChannel(*id))
+    }
+
+    /// Loads every stored channel (after a restart). Returns how many are live.
+    ///
+    /// # Errors
+    /// Store or decoding errors.
+    pub async fn load(&self) -> Result<usize, CustomerError> {
+        let rows = self
+            .store
+            .list(paychan_store::Query { role: Some(Role::Customer), ..Default::default() })
+            .await?;
+        let mut live = 0;
+        for row in rows {
+            let state = CustomerState::decode(&row.state)?;
+            let key = self.keys.secret(state.terms.customer_key_index)?;
+            let channel = CustomerChannel::restore(state, key)?;
+            live += usize::from(!channel.phase().is_final());
+            let e = Entry { channel, version: row.version, stored_total: row.total, conn: None };
+            self.map().insert(row.id, Arc::new(tokio::sync::Mutex::new(e)));
+        }
+        Ok(live)
+    }
+
+    /// Opens a channel of `deposit` with the merchant at `peer` (`host:port`), living
+    /// `life_secs` (the merchant's default when `None`). The funding is built by the wallet,
+    /// stored, sent to the merchant, and broadcast once the merchant accepts.
+    ///
+    /// # Errors
+    /// The merchant's refusal; wallet, store or connection errors.
+    pub async fn open(
+        &self,
+        peer: &str,
+        deposit: Amount,
+        life_secs: Option<u32>,
+    ) -> Result<OutPoint, CustomerError> {
+        let (mut conn, welcome) = Connection::connect(peer).await?;
+        let merchant = PublicKey::from_slice(&welcome.merchant_pubkey)
+            .map_err(|_| CustomerError::Protocol("the merchant's key is not a valid public key"))?;
+        let policy = welcome
+            .policy
+            .ok_or(CustomerError::Protocol("the merchant sent no policy"))?
+            .to_policy()?;
+        let now = (self.clock)();
+        let life = life_secs.unwrap_or(policy.default_expiry_secs);
+        let expiry = LockTime::from_consensus(
+            u32::try_from(now.time + u64::from(life))
+                .map_err(|_| CustomerError::Protocol("expiry out of range"))?,
+        );
+        let (key_index, customer_pub) = self.keys.issue()?;
+        let key = self.keys.secret(key_index)?;
+        let change = {
+            let mut w = self.wallet.lock().unwrap_or_else(|p| p.into_inner());
+            w.new_address()?.script_pubkey()
+        };
+        let terms = CustomerTerms {
+            script: ChannelScript::new(merchant, customer_pub, expiry)?,
+            kind: OutputKind::P2wsh,
+            change_script: change,
+            dust_relay_fee: policy.dust_relay_fee,
+            cutoff_distance: policy.cutoff_distance(false),
+            key_index: welcome.key_index,
+            customer_key_index: key_index,
+            peer: peer.to_string(),
+        };
+        let mut channel = CustomerChannel::new(terms, key)?;
+        let spk = channel.funding_script_pubkey();
+        let chain = self.chain.clone();
+        let target = self.fee_target_blocks;
+        let fee_rate: FeeRate = blocking(move || chain.estimate_fee(target)).await?;
+        let wallet = self.wallet.clone();
+        let (funding, _fee) = blocking(move || {
+            wallet.lock().unwrap_or_else(|p| p.into_inner()).build_payment(spk, deposit, fee_rate)
+        })
+        .await?;
+        let id = channel.handle_funding_built(funding)?;
+        let mut entry = Entry { channel, version: 0, stored_total: Amount::ZERO, conn: None };
+        let msgs = self.drain(&mut entry).await?;
+        conn.send(&msgs).await?;
+        match conn.recv().await? {
+            Message::Opened(_) => entry.channel.handle_opened()?,
+            Message::Error(e) => {
+                entry.channel.handle_open_refused(e.code, e.message.clone());
+                self.drain(&mut entry).await?;
+                return Err(CustomerError::Rejected { code: e.code, message: e.message });
+            }
+            _ => return Err(CustomerError::Protocol("expected Opened")),
+        }
+        self.drain(&mut entry).await?;
+        entry.conn = Some(conn);
+        self.map().insert(id, Arc::new(tokio::sync::Mutex::new(entry)));
+        info!(channel = %id, %deposit, "channel opened");
+        Ok(id)
+    }
+
+    /// Limits what a channel may ever sign (a spending cap).
+    ///
+    /// # Errors
+    /// [`CustomerError::UnknownChannel`].
+    pub async fn authorise(&self, id: OutPoint, max_total: Amount) -> Result<(), CustomerError> {
+        let e = self.entry(&id)?;
+        let mut e = e.lock().await;
+        e.channel.authorise(max_total);
+        Ok(())
+    }
+
+    /// Pays `amount` on channel `id`; returns the acknowledged total (the receipt).
+    ///
+    /// # Errors
+    /// As [`Customer::pay_many`].
+    pub async fn pay(&self, id: OutPoint, amount: Amount) -> Result<Amount, CustomerError> {
+        self.pay_many(id, &[amount]).await
+    }
+
+    /// Pays each of `amounts` in turn, pipelined: every payment is signed and stored, all are
+    /// sent in one write, and the acknowledgements are awaited in order. Returns the final
+    /// acknowledged total.
+    ///
+    /// # Errors
+    /// The core's refusal (cap, cutoff) before anything is sent; the merchant's refusal; store
+    /// or connection errors (the signed payments then count as spent until a resume settles it).
+    pub async fn pay_many(
+        &self,
+        id: OutPoint,
+        amounts: &[Amount],
+    ) -> Result<Amount, CustomerError> {
+        let e = self.entry(&id)?;
+        let mut e = e.lock().await;
+        self.ensure_connected(&mut e).await?;
+        let now = (self.clock)();
+        let mut last = e.channel.state().signed;
+        for a in amounts {
+            last = e.channel.pay(&now, *a)?;
+        }
+        let msgs = self.drain(&mut e).await?;
+        let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+        conn.send(&msgs).await?;
+        self.await_acks(&mut e, last).await
+    }
+
+    async fn await_acks(&self, e: &mut Entry, target: Amount) -> Result<Amount, CustomerError> {
+        loop {
+            if e.channel.state().acked >= target {
+                return Ok(e.channel.state().acked);
+            }
+            let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+            let m = match conn.recv().await {
+                Ok(m) => m,
+                Err(err) => {
+                    e.conn = None;
+                    return Err(err);
+                }
+            };
+            match m {
+                Message::PaymentAck(a) => e.channel.handle_ack(Amount::from_sat(a.total_sat))?,
+                Message::Resumed(r) => e.channel.handle_resumed(Amount::from_sat(r.total_sat))?,
+                Message::Error(err) => {
+                    return Err(CustomerError::Rejected { code: err.code, message: err.message })
+                }
+                _ => return Err(CustomerError::Protocol("unexpected message while paying")),
+            }
+            let msgs = self.drain(e).await?;
+            if !msgs.is_empty() {
+                let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+                conn.send(&msgs).await?;
+            }
+        }
+    }
+
+    /// (Re)connects and resumes: the merchant tells its latest total; a payment it lacks is
+    /// sent again with the same signature.
+    async fn ensure_connected(&self, e: &mut Entry) -> Result<(), CustomerError> {
+        if e.conn.is_some() {
+            return Ok(());
+        }
+        let (conn, _) = Connection::connect(&e.channel.state().terms.peer).await?;
+        e.conn = Some(conn);
+        e.channel.resume()?;
+        let msgs = self.drain(e).await?;
+        let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+        conn.send(&msgs).await?;
+        match conn.recv().await? {
+            Message::Resumed(r) => e.channel.handle_resumed(Amount::from_sat(r.total_sat))?,
+            Message::Error(err) => {
+                return Err(CustomerError::Rejected { code: err.code, message: err.message })
+            }
+            _ => return Err(CustomerError::Protocol("expected Resumed")),
+        }
+        let signed = e.channel.state().signed;
+        let msgs = self.drain(e).await?;
+        if !msgs.is_empty() {
+            let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+            conn.send(&msgs).await?;
+            self.await_acks(e, signed).await?;
+        }
+        Ok(())
+    }
+
+    /// Resumes channel `id` now (after a crash or a dropped connection); returns the
+    /// acknowledged total, which then matches the merchant's.
+    ///
+    /// # Errors
+    /// Connection or protocol errors.
+    pub async fn sync(&self, id: OutPoint) -> Result<Amount, CustomerError> {
+        let e = self.entry(&id)?;
+        let mut e = e.lock().await;
+        e.conn = None;
+        self.ensure_connected(&mut e).await?;
+        Ok(e.channel.state().acked)
+    }
+
+    /// Asks the merchant to settle now; returns the settlement's txid.
+    ///
+    /// # Errors
+    /// The merchant's refusal; connection errors.
+    pub async fn close(&self, id: OutPoint) -> Result<Txid, CustomerError> {
+        let e = self.entry(&id)?;
+        let mut e = e.lock().await;
+        self.ensure_connected(&mut e).await?;
+        e.channel.close()?;
+        let msgs = self.drain(&mut e).await?;
+        let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+        conn.send(&msgs).await?;
+        match conn.recv().await? {
+            Message::Closed(c) => {
+                let bytes: [u8; 32] = c
+                    .settlement_txid
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| CustomerError::Protocol("a settlement txid is 32 bytes"))?;
+                let txid = paychan_core::bitcoin::hashes::Hash::from_byte_array(bytes);
+                e.channel.handle_closed(txid)?;
+                self.drain(&mut e).await?;
+                Ok(txid)
+            }
+            Message::Error(err) => {
+                Err(CustomerError::Rejected { code: err.code, message: err.message })
+            }
+            _ => Err(CustomerError::Protocol("expected Closed")),
+        }
+    }
+
+    /// Every channel's status.
+    pub async fn list(&self) -> Vec<ChannelStatus> {
+        let entries: Vec<_> = self.map().values().cloned().collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let e = e.lock().await;
+            if let Some(s) = status_of(&e.channel) {
+                out.push(s);
+            }
+        }
+        out.sort_by_key(|s| (s.expiry, s.id));
+        out
+    }
+
+    /// One channel's status.
+    ///
+    /// # Errors
+    /// [`CustomerError::UnknownChannel`].
+    pub async fn status(&self, id: OutPoint) -> Result<ChannelStatus, CustomerError> {
+        let e = self.entry(&id)?;
+        let e = e.lock().await;
+        status_of(&e.channel).ok_or(CustomerError::UnknownChannel(id))
+    }
+
+    /// Periodic check: notices funding spends (settled or refunded) and broadcasts the refund
+    /// of every channel whose expiry has passed unsettled. Returns the refunds broadcast.
+    ///
+    /// # Errors
+    /// Chain, wallet or store errors.
+    pub async fn tick(&self) -> Result<Vec<Txid>, CustomerError> {
+        let entries: Vec<_> = self.map().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut refunds = Vec::new();
+        for (id, e) in entries {
+            let mut e = e.lock().await;
+            if e.channel.phase().is_final() {
+                continue;
+            }
+            let chain = self.chain.clone();
+            let from = 0;
+            let spent = blocking(move || chain.spent_by(&id, from)).await?;
+            if let Some((txid, Some(_))) = spent {
+                let chain = self.chain.clone();
+                if let Some(tx) = blocking(move || chain.transaction(&txid)).await? {
+                    e.channel.handle_funding_spent(&tx)?;
+                    self.drain(&mut e).await?;
+                    continue;
+                }
+            }
+            let now = (self.clock)();
+            e.channel.handle_tick(&now);
+            let due = self.drain_events(&mut e).await?;
+            if due {
+                let destination = {
+                    let mut w = self.wallet.lock().unwrap_or_else(|p| p.into_inner());
+                    w.new_address()?.script_pubkey()
+                };
+                let chain = self.chain.clone();
+                let target = self.fee_target_blocks;
+                let fee_rate = blocking(move || chain.estimate_fee(target)).await?;
+                let tx = e.channel.refund(destination, fee_rate)?;
+                self.drain(&mut e).await?;
+                refunds.push(tx.compute_txid());
+            }
+        }
+        Ok(refunds)
+    }
+
+    async fn drain_events(&self, e: &mut Entry) -> Result<bool, CustomerError> {
+        let mut due = false;
+        self.drain_with(e, &mut |ev| due |= matches!(ev, Event::RefundDue { .. })).await?;
+        Ok(due)
+    }
+
+    async fn drain(&self, e: &mut Entry) -> Result<Vec<Message>, CustomerError> {
+        self.drain_with(e, &mut |_| {}).await
+    }
+
+    /// Runs the channel's effects in order: each persist is written before anything after it
+    /// (a send, a broadcast) happens.
+    async fn drain_with(
+        &self,
+        e: &mut Entry,
+        on_event: &mut (dyn FnMut(&Event) + Send),
+    ) -> Result<Vec<Message>, CustomerError> {
+        let mut out = Vec::new();
+        while let Some(effect) = e.channel.poll_effect() {
+            match effect {
+                Effect::Persist { id, state } => {
+                    self.write(e, &state).await?;
+                    e.channel.persisted(id)?;
+                }
+                Effect::Send(m) => out.push(m),
+                Effect::Broadcast(tx) => {
+                    let chain = self.chain.clone();
+                    let txid = tx.compute_txid();
+                    if let Err(err) = blocking(move || chain.broadcast(&tx)).await {
+                        warn!(%txid, error = %err, "broadcast failed; the next tick retries");
+                    }
+                }
+                Effect::Watch(_) => {}
+                Effect::Event(ev) => on_event(&ev),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write(&self, e: &mut Entry, state: &CustomerState) -> Result<(), CustomerError> {
+        let Some(params) = &state.params else { return Ok(()) };
+        let id = params.id();
+        let bytes = state.encode();
+        if e.version == 0 {
+            e.version = self
+                .store
+                .create(NewChannel {
+                    id,
+                    role: Role::Customer,
+                    phase: state.phase,
+                    capacity: params.capacity(),
+                    expiry: params.script().expiry().to_consensus_u32(),
+                    customer_key: params.script().customer().to_string(),
+                    state: bytes,
+                })
+                .await?;
+        } else if state.signed > e.stored_total {
+            e.version = self
+                .store
+                .record_payment(PaymentUpdate {
+                    id,
+                    role: Role::Customer,
+                    total: state.signed,
+                    signature: state.signature.clone(),
+                    state: bytes,
+                    expected_version: e.version,
+                })
+                .await?;
+            e.stored_total = state.signed;
+        } else {
+            e.version = self
+                .store
+                .update_state(StateUpdate {
+                    id,
+                    role: Role::Customer,
+                    phase: state.phase,
+                    closing_txid: state.closing_txid,
+                    state: bytes,
+                    expected_version: e.version,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn status_of(c: &CustomerChannel) -> Option<ChannelStatus> {
+    let s = c.state();
+    let params = s.params.as_ref()?;
+    Some(ChannelStatus {
+        id: params.id(),
+        peer: s.terms.peer.clone(),
+        phase: s.phase,
+        capacity: params.capacity(),
+        signed: s.signed,
+        acked: s.acked,
+        expiry: params.script().expiry().to_consensus_u32(),
+        closing_txid: s.closing_txid,
+    })
+}

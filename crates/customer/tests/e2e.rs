@@ -1,0 +1,166 @@
+//! A customer and a merchant over loopback TCP, each with its own wallet and store, on the
+//! embedded node: open, pay (pipelined), crash and resume, close and settle, a refused open
+//! that never broadcasts, and a refund after the expiry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+
+use paychan_chain::{ChainSource, EmbeddedChain};
+use paychan_core::bitcoin::{Amount, Network};
+use paychan_core::channel::Phase;
+use paychan_core::policy::Policy;
+use paychan_core::testkit::{key, p2wpkh};
+use paychan_core::Now;
+use paychan_customer::{Customer, CustomerError};
+use paychan_merchant::{tcp, ChannelServer, ServerConfig};
+use paychan_node::Node;
+use paychan_store::{ChannelStore, Role, SqliteStore};
+use paychan_wallet::{KeyChain, Wallet};
+
+struct World {
+    node: Node,
+    chain: Arc<dyn ChainSource>,
+    server: Arc<ChannelServer>,
+    merchant_store: Arc<dyn ChannelStore>,
+    addr: String,
+    customer_store: Arc<dyn ChannelStore>,
+    wallet: Arc<Mutex<Wallet>>,
+    clock: Arc<dyn Fn() -> Now + Send + Sync>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn world() -> World {
+    let node = Node::in_memory();
+    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
+    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
+        let node = node.clone();
+        Arc::new(move || Now {
+            time: node.now(),
+            height: node.tip().0,
+            median_time_past: node.median_time_past(),
+        })
+    };
+    let (md, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mwallet = Wallet::create(md.path(), Network::Regtest, None).unwrap();
+    let keys = mwallet.key_chain(KeyChain::MERCHANT).unwrap();
+    let merchant_store: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&md.path().join("m.db")).unwrap());
+    let config = ServerConfig {
+        policy: Policy::default(),
+        payout: p2wpkh(&key(0x55)),
+        settle_target_blocks: 6,
+    };
+    let server = Arc::new(
+        ChannelServer::new(config, keys, merchant_store.clone(), chain.clone(), clock.clone())
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
+
+    let mut cwallet = Wallet::create(cd.path(), Network::Regtest, None).unwrap();
+    let a = cwallet.new_address().unwrap();
+    node.mine(101, &a.script_pubkey()).unwrap();
+    cwallet.sync(&*chain).unwrap();
+    let customer_store: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&cd.path().join("c.db")).unwrap());
+    World {
+        node,
+        chain,
+        server,
+        merchant_store,
+        addr,
+        customer_store,
+        wallet: Arc::new(Mutex::new(cwallet)),
+        clock,
+        _dirs: vec![md, cd],
+    }
+}
+
+fn customer(w: &World) -> Customer {
+    Customer::new(w.customer_store.clone(), w.chain.clone(), w.wallet.clone(), w.clock.clone())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_pay_resume_close_settle() {
+    let w = world().await;
+    let c = customer(&w);
+    let id = c.open(&w.addr, Amount::from_sat(100_000), None).await.unwrap();
+    assert!(w.node.mempool_txids().contains(&id.txid));
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+
+    // 1,000 payments of 10 sat, pipelined in batches of 100.
+    for _ in 0..10 {
+        c.pay_many(id, &[Amount::from_sat(10); 100]).await.unwrap();
+    }
+    assert_eq!(c.status(id).await.unwrap().acked, Amount::from_sat(10_000));
+    assert_eq!(
+        w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap().total,
+        Amount::from_sat(10_000)
+    );
+
+    // The customer process "crashes": a new one loads the channel from its store and goes on.
+    drop(c);
+    let c = customer(&w);
+    assert_eq!(c.load().await.unwrap(), 1);
+    let s = c.status(id).await.unwrap();
+    assert_eq!((s.signed, s.phase), (Amount::from_sat(10_000), Phase::Open));
+    assert_eq!(
+        c.sync(id).await.unwrap(),
+        Amount::from_sat(10_000),
+        "its view matches the merchant's"
+    );
+    assert_eq!(c.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(10_010));
+    // A spending cap holds before anything is signed.
+    c.authorise(id, Amount::from_sat(10_015)).await.unwrap();
+    assert!(matches!(
+        c.pay(id, Amount::from_sat(10)).await,
+        Err(CustomerError::Core(paychan_core::Error::AboveAuthorised { .. }))
+    ));
+
+    // Close: the merchant settles; mined; both sides see it.
+    let txid = c.close(id).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let (settlement, loc) = w.node.transaction(&txid).unwrap();
+    assert!(loc.is_some());
+    assert_eq!(settlement.output[0].value, Amount::from_sat(100_000 - 10_010));
+    let fee = Amount::from_sat(100_000) - settlement.output.iter().map(|o| o.value).sum::<Amount>();
+    assert_eq!(settlement.output[1].value, Amount::from_sat(10_010) - fee);
+    c.tick().await.unwrap();
+    assert_eq!(c.status(id).await.unwrap().phase, Phase::Settled);
+    // The change came back to the customer's wallet.
+    let mut wallet = w.wallet.lock().unwrap();
+    wallet.sync(&*w.chain).unwrap();
+    assert!(wallet.is_mine(&settlement.output[0].script_pubkey));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_open_never_broadcasts_and_an_expired_channel_is_refunded() {
+    let w = world().await;
+    let c = customer(&w);
+    let mempool_before = w.node.mempool_txids();
+    match c.open(&w.addr, Amount::from_sat(5_000), None).await {
+        Err(CustomerError::Rejected { code, .. }) => {
+            assert_eq!(code, 5, "deposit below the minimum")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(w.node.mempool_txids(), mempool_before, "the refused funding was never broadcast");
+
+    // A 7-hour channel, never paid: after the expiry the customer takes its deposit back.
+    let id = c.open(&w.addr, Amount::from_sat(50_000), Some(7 * 3_600)).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    assert!(c.tick().await.unwrap().is_empty(), "no refund before the expiry");
+    let expiry = c.status(id).await.unwrap().expiry;
+    w.node.set_mock_time(u64::from(expiry) + 60).unwrap();
+    w.node.mine(11, &p2wpkh(&key(0x77))).unwrap();
+    let refunds = c.tick().await.unwrap();
+    assert_eq!(refunds.len(), 1);
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    assert!(w.node.transaction(&refunds[0]).unwrap().1.is_some(), "the refund is mined");
+    c.tick().await.unwrap();
+    assert_eq!(c.status(id).await.unwrap().phase, Phase::Refunded);
+}
