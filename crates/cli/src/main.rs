@@ -17,6 +17,8 @@ pub use error::CliError;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    common: cmd::common::Common,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +29,14 @@ enum Command {
     /// Decode and verify channel transactions.
     #[command(subcommand)]
     Tx(cmd::tx::TxCommand),
+    /// The on-chain wallet.
+    #[command(subcommand)]
+    Wallet(cmd::wallet::WalletCommand),
+    /// Run the merchant: the channel server.
+    Serve(cmd::serve::ServeArgs),
+    /// The customer's channels: open, pay, status, sync, close, list.
+    #[command(subcommand)]
+    Channels(cmd::channels::ChannelsCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,8 +51,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let result = match cli.command {
-        Command::Node(c) => cmd::node::run(c),
+        Command::Node(c) => cmd::node::run(c, &cli.common),
         Command::Tx(c) => cmd::tx::run(c),
+        Command::Wallet(c) => cmd::wallet::run(c, &cli.common),
+        Command::Serve(a) => cmd::serve::run(a, &cli.common),
+        Command::Channels(c) => cmd::channels::run(c, &cli.common),
     };
     match result {
         Ok(code) => code,

@@ -178,6 +178,11 @@ impl ChannelServer {
             .outpoint()?;
         let slot = self.slot(&channel)?;
         let mut s = slot.lock().await;
+        if s.channel.phase() == Phase::AwaitingFunding {
+            // The first payment often follows the confirming block closely: look now rather
+            // than wait for the next tick.
+            self.refresh_confirmations(&mut s, channel).await?;
+        }
         let now = (self.clock)();
         s.channel.handle_payment(&now, channel, Amount::from_sat(pay.total_sat), &pay.signature)?;
         let out = self.drain(&mut s).await?;
@@ -243,14 +248,7 @@ impl ChannelServer {
             if s.channel.phase().is_final() {
                 continue;
             }
-            let chain = self.chain.clone();
-            let txid = id.txid;
-            let status = blocking(move || chain.tx_status(&txid)).await?;
-            let confirmations = match status {
-                paychan_chain::TxStatus::Confirmed { confirmations, .. } => confirmations,
-                _ => 0,
-            };
-            s.channel.handle_funding_confirmations(confirmations);
+            self.refresh_confirmations(&mut s, id).await?;
             let now = (self.clock)();
             s.channel.handle_tick(&now);
             let due = self.drain_events(&mut s).await?;
@@ -260,6 +258,18 @@ impl ChannelServer {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn refresh_confirmations(&self, s: &mut Slot, id: OutPoint) -> Result<(), MerchantError> {
+        let chain = self.chain.clone();
+        let status = blocking(move || chain.tx_status(&id.txid)).await?;
+        let confirmations = match status {
+            paychan_chain::TxStatus::Confirmed { confirmations, .. } => confirmations,
+            _ => 0,
+        };
+        s.channel.handle_funding_confirmations(confirmations);
+        self.drain(s).await?;
         Ok(())
     }
 

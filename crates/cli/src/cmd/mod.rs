@@ -1,4 +1,8 @@
 //! The subcommands.
 
+pub mod channels;
+pub mod common;
 pub mod node;
+pub mod serve;
 pub mod tx;
+pub mod wallet;

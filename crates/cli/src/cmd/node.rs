@@ -15,6 +15,7 @@ use paychan_node::rpc::{cookie_path, Auth, RpcServer};
 use paychan_node::Node;
 use serde_json::{json, Value};
 
+use super::common::Common;
 use crate::CliError;
 
 /// `paychan node …`
@@ -28,44 +29,27 @@ pub enum NodeCommand {
     Time(TimeArgs),
 }
 
-/// Where a running node is and how to log in.
+/// Where a running node's cookie is (with the global --rpc-url / --rpc-user options).
 #[derive(Debug, Args)]
 pub struct Connect {
-    /// The node's RPC URL.
-    #[arg(long, default_value = "http://127.0.0.1:18443")]
-    rpc_url: String,
     /// The node's data directory (its `.cookie` is used unless --rpc-user is given).
     #[arg(long)]
     datadir: Option<PathBuf>,
-    /// RPC user name.
-    #[arg(long, requires = "rpc_password")]
-    rpc_user: Option<String>,
-    /// RPC password.
-    #[arg(long)]
-    rpc_password: Option<String>,
 }
 
 /// Arguments of `paychan node start`.
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    /// Data directory (default: $PAYCHAN_HOME/node, or ~/.paychan/node).
+    /// Data directory (default: <home>/node). The global --rpc-user/--rpc-password, when
+    /// given, are allowed besides the cookie.
     #[arg(long)]
     datadir: Option<PathBuf>,
     /// Address the RPC server listens on (loopback by default; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:18443")]
     rpc_bind: SocketAddr,
-    /// Also allow this RPC user (with --rpc-password), besides the cookie.
-    #[arg(long, requires = "rpc_password")]
-    rpc_user: Option<String>,
-    /// Password for --rpc-user.
-    #[arg(long)]
-    rpc_password: Option<String>,
     /// Mine a block every SECS seconds (0: only on request).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     block_interval: u64,
-    /// Print the startup line as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Arguments of `paychan node mine`.
@@ -110,15 +94,6 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))
 }
 
-/// The default data directory: `$PAYCHAN_HOME/node` or `~/.paychan/node`.
-pub fn default_datadir() -> PathBuf {
-    let home = std::env::var_os("PAYCHAN_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".paychan")))
-        .unwrap_or_else(|| PathBuf::from(".paychan"));
-    home.join("node")
-}
-
 /// The address blocks pay when no other is given: P2WSH(OP_TRUE), spendable by anyone — fine
 /// on regtest, where coins are worthless.
 pub fn anyone_can_spend_address() -> Address {
@@ -126,11 +101,11 @@ pub fn anyone_can_spend_address() -> Address {
 }
 
 /// Runs a `paychan node` command.
-pub fn run(cmd: NodeCommand) -> Result<ExitCode, CliError> {
+pub fn run(cmd: NodeCommand, common: &Common) -> Result<ExitCode, CliError> {
     match cmd {
-        NodeCommand::Start(a) => start(a),
-        NodeCommand::Mine(a) => mine(a),
-        NodeCommand::Time(a) => time(a),
+        NodeCommand::Start(a) => start(a, common),
+        NodeCommand::Mine(a) => mine(a, common),
+        NodeCommand::Time(a) => time(a, common),
     }
 }
 
@@ -145,13 +120,13 @@ fn print(v: &Value, json: bool, text: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn start(a: StartArgs) -> Result<ExitCode, CliError> {
-    let datadir = a.datadir.unwrap_or_else(default_datadir);
+fn start(a: StartArgs, common: &Common) -> Result<ExitCode, CliError> {
+    let datadir = a.datadir.unwrap_or_else(|| common.home().join("node"));
     let node = Node::open(&datadir).map_err(|e| CliError::Failed(e.to_string()))?;
     let cookie = cookie_path(&datadir);
     let mut auth =
         Auth::default().with_new_cookie(&cookie).map_err(|e| CliError::Failed(e.to_string()))?;
-    if let (Some(u), Some(p)) = (&a.rpc_user, &a.rpc_password) {
+    if let (Some(u), Some(p)) = (&common.rpc_user, &common.rpc_password) {
         auth = auth.with_user(u, p);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -175,7 +150,7 @@ fn start(a: StartArgs) -> Result<ExitCode, CliError> {
                 "height": height,
                 "tip": tip.to_string(),
             }),
-            a.json,
+            common.json,
             &format!(
                 "paychan node: regtest at height {height}\n  RPC     {url}\n  cookie  {}\n  datadir {}",
                 cookie.display(),
@@ -226,12 +201,15 @@ fn start(a: StartArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn client(c: &Connect) -> Result<BitcoindRpc, CliError> {
-    let auth = match (&c.rpc_user, &c.rpc_password) {
+fn client(c: &Connect, common: &Common) -> Result<BitcoindRpc, CliError> {
+    let auth = match (&common.rpc_user, &common.rpc_password) {
         (Some(u), Some(p)) => RpcAuth::UserPass(u.clone(), p.clone()),
         _ => {
-            let dir = c.datadir.clone().unwrap_or_else(default_datadir);
-            let cookie = cookie_path(&dir);
+            let cookie = match (&c.datadir, &common.rpc_cookie) {
+                (Some(dir), _) => cookie_path(dir),
+                (None, Some(cookie)) => cookie.clone(),
+                (None, None) => cookie_path(&common.home().join("node")),
+            };
             if !cookie.exists() {
                 return Err(CliError::Failed(format!(
                     "no cookie at {}: is `paychan node start` running with that --datadir?",
@@ -241,11 +219,11 @@ fn client(c: &Connect) -> Result<BitcoindRpc, CliError> {
             RpcAuth::CookieFile(cookie)
         }
     };
-    BitcoindRpc::new(&c.rpc_url, auth).map_err(|e| CliError::Failed(e.to_string()))
+    BitcoindRpc::new(&common.rpc_url, auth).map_err(|e| CliError::Failed(e.to_string()))
 }
 
-fn mine(a: MineArgs) -> Result<ExitCode, CliError> {
-    let rpc = client(&a.connect)?;
+fn mine(a: MineArgs, common: &Common) -> Result<ExitCode, CliError> {
+    let rpc = client(&a.connect, common)?;
     let to = match a.to {
         Some(t) => t,
         None => anyone_can_spend_address().to_string(),
@@ -259,8 +237,8 @@ fn mine(a: MineArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn time(a: TimeArgs) -> Result<ExitCode, CliError> {
-    let rpc = client(&a.connect)?;
+fn time(a: TimeArgs, common: &Common) -> Result<ExitCode, CliError> {
+    let rpc = client(&a.connect, common)?;
     let now: u64 = rpc.call("getmocktime", &[]).map_err(|e| CliError::Failed(e.to_string()))?;
     let target = match (a.advance, a.set) {
         (Some(d), _) => now + d,

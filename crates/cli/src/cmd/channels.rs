@@ -1,0 +1,181 @@
+//! `paychan channels open|pay|status|sync|close|list`: the customer's side.
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Subcommand;
+use paychan_core::bitcoin::{Amount, Network, OutPoint};
+use paychan_customer::{ChannelStatus, Customer};
+use paychan_store::{ChannelStore, SqliteStore};
+use paychan_wallet::Wallet;
+use serde_json::{json, Value};
+
+use super::common::{parse_amount, runtime, Common};
+use super::node::parse_duration;
+use crate::CliError;
+
+/// `paychan channels …`
+#[derive(Debug, Subcommand)]
+pub enum ChannelsCommand {
+    /// Open a channel with a merchant.
+    Open {
+        /// The merchant's channel protocol address (host:port).
+        #[arg(long)]
+        merchant: String,
+        /// The deposit: 100000sat, 0.001btc or satoshis.
+        #[arg(long, value_parser = parse_amount, default_value = "100000sat")]
+        deposit: Amount,
+        /// Channel life: 1d, 12h… (default: the merchant's).
+        #[arg(long, value_parser = parse_duration)]
+        life: Option<u64>,
+        /// Wait until the funding has a confirmation.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Pay on a channel.
+    Pay {
+        /// The channel (funding txid:vout).
+        #[arg(long)]
+        channel: OutPoint,
+        /// The amount of each payment.
+        #[arg(long, value_parser = parse_amount)]
+        amount: Amount,
+        /// How many payments (sent pipelined, in batches of 100).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// One channel's status.
+    Status {
+        /// The channel.
+        #[arg(long)]
+        channel: OutPoint,
+    },
+    /// Resume a channel with its merchant: both views agree afterwards.
+    Sync {
+        /// The channel.
+        #[arg(long)]
+        channel: OutPoint,
+    },
+    /// Ask the merchant to settle now.
+    Close {
+        /// The channel.
+        #[arg(long)]
+        channel: OutPoint,
+    },
+    /// Every channel.
+    List,
+}
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+fn status_json(s: &ChannelStatus) -> Value {
+    json!({
+        "channel": s.id.to_string(),
+        "merchant": s.peer,
+        "phase": s.phase.as_str(),
+        "capacity_sat": s.capacity.to_sat(),
+        "paid_sat": s.signed.to_sat(),
+        "acked_sat": s.acked.to_sat(),
+        "expiry": s.expiry,
+        "closing_txid": s.closing_txid.map(|t| t.to_string()),
+    })
+}
+
+fn status_line(s: &ChannelStatus) -> String {
+    format!(
+        "{:<68} {:<16} {:>12} {:>12} {:>12}",
+        s.id.to_string(),
+        s.phase.as_str(),
+        s.capacity.to_sat(),
+        s.acked.to_sat(),
+        (s.capacity - s.signed.min(s.capacity)).to_sat()
+    )
+}
+
+const HEADER: &str = "CHANNEL                                                              PHASE              DEPOSIT         PAID    REMAINING";
+
+/// Runs a `paychan channels` command.
+pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> {
+    let chain = common.chain()?;
+    let mut wallet = Wallet::open(&common.wallet_dir(), Network::Regtest).map_err(fail)?;
+    wallet.sync(&*chain).map_err(fail)?;
+    let wallet = Arc::new(Mutex::new(wallet));
+    let home = common.home();
+    let clock = common.clock(chain.clone());
+    runtime()?.block_on(async move {
+        let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(&home.join("channels.db")).map_err(fail)?);
+        let customer = Customer::new(store, chain.clone(), wallet, clock).map_err(fail)?;
+        customer.load().await.map_err(fail)?;
+        match cmd {
+            ChannelsCommand::Open { merchant, deposit, life, wait } => {
+                let life = life.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
+                let id = customer.open(&merchant, deposit, life).await.map_err(fail)?;
+                if wait {
+                    let mut waited = 0u64;
+                    loop {
+                        match chain.tx_status(&id.txid).map_err(fail)? {
+                            paychan_chain::TxStatus::Confirmed { .. } => break,
+                            _ => {
+                                if waited % 10 == 0 {
+                                    tracing::info!(channel = %id, seconds = waited, "waiting for the funding to confirm");
+                                }
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                waited += 1;
+                            }
+                        }
+                    }
+                }
+                let s = customer.status(id).await.map_err(fail)?;
+                common.print(&status_json(&s), &format!("opened {id}\n{HEADER}\n{}", status_line(&s)))?;
+            }
+            ChannelsCommand::Pay { channel, amount, count } => {
+                let mut left = count;
+                let mut acked = Amount::ZERO;
+                while left > 0 {
+                    let n = left.min(100);
+                    let batch = vec![amount; n as usize];
+                    acked = customer.pay_many(channel, &batch).await.map_err(fail)?;
+                    left -= n;
+                }
+                common.print(
+                    &json!({"channel": channel.to_string(), "payments": count, "acked_sat": acked.to_sat()}),
+                    &format!("paid {count} × {} sat; the merchant has acknowledged {} sat", amount.to_sat(), acked.to_sat()),
+                )?;
+            }
+            ChannelsCommand::Status { channel } => {
+                let s = customer.status(channel).await.map_err(fail)?;
+                common.print(&status_json(&s), &format!("{HEADER}\n{}", status_line(&s)))?;
+            }
+            ChannelsCommand::Sync { channel } => {
+                let acked = customer.sync(channel).await.map_err(fail)?;
+                common.print(
+                    &json!({"channel": channel.to_string(), "acked_sat": acked.to_sat()}),
+                    &format!("in sync: {} sat acknowledged", acked.to_sat()),
+                )?;
+            }
+            ChannelsCommand::Close { channel } => {
+                let txid = customer.close(channel).await.map_err(fail)?;
+                common.print(
+                    &json!({"channel": channel.to_string(), "settlement_txid": txid.to_string()}),
+                    &format!("closed: settlement {txid}"),
+                )?;
+            }
+            ChannelsCommand::List => {
+                let _ = customer.tick().await;
+                let all = customer.list().await;
+                let v: Vec<Value> = all.iter().map(status_json).collect();
+                let mut text = HEADER.to_string();
+                for s in &all {
+                    text.push('\n');
+                    text.push_str(&status_line(s));
+                }
+                common.print(&json!(v), &text)?;
+            }
+        }
+        Ok::<_, CliError>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,144 @@
+//! `paychan serve`: the merchant daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use paychan_core::bitcoin::Network;
+use paychan_core::policy::Policy;
+use paychan_merchant::{tcp, ChannelServer, ServerConfig};
+use paychan_store::{ChannelStore, PostgresStore, SqliteStore};
+use paychan_wallet::{KeyChain, Wallet};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::common::{runtime, Common};
+use crate::CliError;
+
+/// Arguments of `paychan serve`; each may also be set in the `--config` TOML file (same names,
+/// with underscores). Flags win over the file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of these options.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address of the channel protocol's TCP listener (loopback by default).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// `sqlite` (default: <home>/merchant.db), `sqlite:PATH`, or a `postgres://` URL.
+    #[arg(long)]
+    store: Option<String>,
+    /// Accept payments before the funding confirms (two1's zeroconf).
+    #[arg(long)]
+    zero_conf: Option<bool>,
+    /// Confirmations of the funding before payments are accepted.
+    #[arg(long)]
+    min_confirmations: Option<u32>,
+    /// Seconds between chain checks (confirmations, expiry settlements).
+    #[arg(long)]
+    tick_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    listen: Option<SocketAddr>,
+    store: Option<String>,
+    zero_conf: Option<bool>,
+    min_confirmations: Option<u32>,
+    tick_secs: Option<u64>,
+}
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+/// Runs the merchant until Ctrl-C or SIGTERM.
+pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
+    let file: ServeFile = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            toml::from_str(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?
+        }
+        None => ServeFile::default(),
+    };
+    let listen =
+        a.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9735)));
+    let store_spec = a.store.or(file.store).unwrap_or_else(|| "sqlite".into());
+    let mut policy = Policy::default();
+    if let Some(z) = a.zero_conf.or(file.zero_conf) {
+        policy.zero_conf = z;
+    }
+    if let Some(n) = a.min_confirmations.or(file.min_confirmations) {
+        policy.min_confirmations = n;
+    }
+    policy.validate().map_err(fail)?;
+    let tick = Duration::from_secs(a.tick_secs.or(file.tick_secs).unwrap_or(2).max(1));
+
+    let home = common.home();
+    let chain = common.chain()?;
+    let mut wallet =
+        Wallet::open_or_create(&common.wallet_dir(), Network::Regtest).map_err(fail)?;
+    let keys = wallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
+    let payout = wallet.new_address().map_err(fail)?;
+    let clock = common.clock(chain.clone());
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let store: Arc<dyn ChannelStore> = if store_spec.starts_with("postgres://") || store_spec.starts_with("postgresql://") {
+            Arc::new(PostgresStore::connect(&store_spec).await.map_err(fail)?)
+        } else {
+            let path = match store_spec.strip_prefix("sqlite:") {
+                Some(p) => PathBuf::from(p),
+                None => home.join("merchant.db"),
+            };
+            std::fs::create_dir_all(&home).map_err(fail)?;
+            Arc::new(SqliteStore::open(&path).map_err(fail)?)
+        };
+        let config = ServerConfig { policy, payout: payout.script_pubkey(), settle_target_blocks: 6 };
+        let server = Arc::new(ChannelServer::new(config, keys, store, chain, clock).map_err(fail)?);
+        let loaded = server.load().await.map_err(fail)?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
+        let addr = listener.local_addr()?;
+        common.print(
+            &json!({"listen": addr.to_string(), "payout": payout.to_string(), "channels": loaded}),
+            &format!("paychan serve: channel protocol on {addr}, {loaded} channels loaded, settlements pay {payout}"),
+        )?;
+        let ticker = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(tick);
+                loop {
+                    t.tick().await;
+                    if let Err(e) = server.tick().await {
+                        tracing::warn!(error = %e, "chain check failed; retrying");
+                    }
+                }
+            })
+        };
+        tcp::serve(server, listener, shutdown_signal()).await?;
+        ticker.abort();
+        tracing::info!("shutting down");
+        Ok::<_, CliError>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,135 @@
+//! `paychan wallet new|address|balance|send|faucet`.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use paychan_core::bitcoin::{Address, Amount, FeeRate, Network};
+use paychan_wallet::Wallet;
+use serde_json::json;
+
+use super::common::{parse_amount, Common};
+use crate::CliError;
+
+/// `paychan wallet …`
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Create a wallet (a fresh 12-word mnemonic, or --mnemonic to restore).
+    New {
+        /// Restore from these words.
+        #[arg(long)]
+        mnemonic: Option<String>,
+    },
+    /// A fresh receiving address.
+    Address,
+    /// The balance (syncs first).
+    Balance,
+    /// Send to an address.
+    Send {
+        /// Destination address.
+        address: String,
+        /// Amount: 10sat, 0.001btc or satoshis.
+        #[arg(value_parser = parse_amount)]
+        amount: Amount,
+        /// Fee rate in sat/vB (default: the node's estimate).
+        #[arg(long)]
+        fee_rate: Option<u64>,
+    },
+    /// Regtest only: mine blocks to this wallet (101 makes the first coinbase spendable).
+    Faucet {
+        /// Blocks to mine.
+        #[arg(long, default_value_t = 101)]
+        blocks: u32,
+    },
+}
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+/// Runs a `paychan wallet` command.
+pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
+    let dir = common.wallet_dir();
+    match cmd {
+        WalletCommand::New { mnemonic } => {
+            let w = Wallet::create(&dir, Network::Regtest, mnemonic.as_deref()).map_err(fail)?;
+            common.print(
+                &json!({"wallet": w.dir().display().to_string(), "mnemonic_file": w.dir().join("mnemonic").display().to_string()}),
+                &format!(
+                    "wallet created in {}\nits 12 words are in {} (readable by you only): write them down",
+                    w.dir().display(),
+                    w.dir().join("mnemonic").display()
+                ),
+            )?;
+        }
+        WalletCommand::Address => {
+            let mut w = Wallet::open(&dir, Network::Regtest).map_err(fail)?;
+            let a = w.new_address().map_err(fail)?;
+            common.print(&json!({"address": a.to_string()}), &a.to_string())?;
+        }
+        WalletCommand::Balance => {
+            let chain = common.chain()?;
+            let mut w = Wallet::open(&dir, Network::Regtest).map_err(fail)?;
+            let r = w.sync(&*chain).map_err(fail)?;
+            let b = w.balance();
+            common.print(
+                &json!({
+                    "confirmed_sat": b.confirmed.to_sat(),
+                    "pending_sat": (b.trusted_pending + b.untrusted_pending).to_sat(),
+                    "immature_sat": b.immature.to_sat(),
+                    "height": r.height,
+                }),
+                &format!(
+                    "confirmed {} sat, pending {} sat, immature {} sat (height {})",
+                    b.confirmed.to_sat(),
+                    (b.trusted_pending + b.untrusted_pending).to_sat(),
+                    b.immature.to_sat(),
+                    r.height
+                ),
+            )?;
+        }
+        WalletCommand::Send { address, amount, fee_rate } => {
+            let chain = common.chain()?;
+            let mut w = Wallet::open(&dir, Network::Regtest).map_err(fail)?;
+            w.sync(&*chain).map_err(fail)?;
+            let address: Address = address
+                .parse::<Address<_>>()
+                .map_err(fail)?
+                .require_network(Network::Regtest)
+                .map_err(fail)?;
+            let rate = match fee_rate {
+                Some(r) => FeeRate::from_sat_per_vb(r).ok_or_else(|| fail("fee rate too high"))?,
+                None => chain.estimate_fee(6).map_err(fail)?,
+            };
+            let txid = w.send(&*chain, &address, amount, rate).map_err(fail)?;
+            common.print(&json!({"txid": txid.to_string()}), &txid.to_string())?;
+        }
+        WalletCommand::Faucet { blocks } => {
+            let chain = common.chain()?;
+            let mut w = Wallet::open(&dir, Network::Regtest).map_err(fail)?;
+            let a = w.new_address().map_err(fail)?;
+            let rpc = paychan_chain::BitcoindRpc::new(
+                &common.rpc_url,
+                match (&common.rpc_user, &common.rpc_password) {
+                    (Some(u), Some(p)) => paychan_chain::RpcAuth::UserPass(u.clone(), p.clone()),
+                    _ => paychan_chain::RpcAuth::CookieFile(
+                        common
+                            .rpc_cookie
+                            .clone()
+                            .unwrap_or_else(|| common.home().join("node").join(".cookie")),
+                    ),
+                },
+            )
+            .map_err(fail)?;
+            let _: serde_json::Value = rpc
+                .call("generatetoaddress", &[json!(blocks), json!(a.to_string())])
+                .map_err(fail)?;
+            w.sync(&*chain).map_err(fail)?;
+            let b = w.balance();
+            common.print(
+                &json!({"address": a.to_string(), "blocks": blocks, "confirmed_sat": b.confirmed.to_sat()}),
+                &format!("mined {blocks} blocks to {a}: {} sat spendable", b.confirmed.to_sat()),
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,123 @@
+//! The walkthrough as real processes on loopback: `paychan node start`, `paychan serve`, a
+//! customer wallet, `paychan channels open` (100,000 sat), 1,000 payments of 10 sat, close; the
+//! settlement is mined and pays the merchant exactly 10,000 sat less its fee, the customer the
+//! rest.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn paychan(home: &Path, url: &str, cookie: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_paychan"));
+    c.arg("--home").arg(home).args(["--rpc-url", url, "--json", "--rpc-cookie"]).arg(cookie);
+    c
+}
+
+fn run(mut c: Command) -> Value {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+fn first_line(child: &mut Child) -> Value {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+#[test]
+fn open_pay_1000_times_close_and_settle_with_real_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node_dir, merchant_home, customer_home) =
+        (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
+    let mut node = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .args(["--json", "node", "start", "--rpc-bind", "127.0.0.1:0", "--datadir"])
+        .arg(&node_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let info = first_line(&mut node);
+    let _node = Kill(node);
+    let url = info["rpc_url"].as_str().unwrap().to_string();
+    let cookie = node_dir.join(".cookie");
+
+    let mut merchant = paychan(&merchant_home, &url, &cookie)
+        .args(["serve", "--listen", "127.0.0.1:0", "--tick-secs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let serving = first_line(&mut merchant);
+    let _merchant = Kill(merchant);
+    let listen = serving["listen"].as_str().unwrap().to_string();
+    let payout = serving["payout"].as_str().unwrap().to_string();
+
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["wallet", "new"]);
+    run(c);
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["wallet", "faucet"]);
+    let f = run(c);
+    assert!(f["confirmed_sat"].as_u64().unwrap() >= 5_000_000_000);
+
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["channels", "open", "--merchant", &listen, "--deposit", "100000sat"]);
+    let opened = run(c);
+    let channel = opened["channel"].as_str().unwrap().to_string();
+    assert_eq!(opened["capacity_sat"], 100_000);
+    // Confirm the funding; the merchant checks it when the first payment arrives.
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["node", "mine", "1"]);
+    run(c);
+
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["channels", "pay", "--channel", &channel, "--amount", "10sat", "--count", "1000"]);
+    let paid = run(c);
+    assert_eq!(paid["acked_sat"], 10_000);
+
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["channels", "close", "--channel", &channel]);
+    let closed = run(c);
+    let settlement = closed["settlement_txid"].as_str().unwrap().to_string();
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["node", "mine", "1"]);
+    run(c);
+
+    let rpc =
+        paychan_chain::BitcoindRpc::new(&url, paychan_chain::RpcAuth::CookieFile(cookie.clone()))
+            .unwrap();
+    let tx: Value = rpc
+        .call("getrawtransaction", &[serde_json::json!(settlement), serde_json::json!(true)])
+        .unwrap();
+    assert_eq!(tx["confirmations"], 1, "the settlement is mined");
+    let sat = |v: &Value| (v.as_f64().unwrap() * 1e8).round() as u64;
+    let outs = tx["vout"].as_array().unwrap();
+    let to_merchant: u64 = outs
+        .iter()
+        .filter(|o| o["scriptPubKey"]["address"] == payout.as_str())
+        .map(|o| sat(&o["value"]))
+        .sum();
+    let total_out: u64 = outs.iter().map(|o| sat(&o["value"])).sum();
+    let fee = 100_000 - total_out;
+    assert_eq!(to_merchant, 10_000 - fee, "the merchant gets 10,000 sat less its fee");
+    assert_eq!(sat(&outs[0]["value"]), 90_000, "the customer gets the rest");
+
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["channels", "list"]);
+    let list = run(c);
+    assert_eq!(list[0]["phase"], "settled");
+}
