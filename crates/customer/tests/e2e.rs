@@ -27,6 +27,8 @@ struct World {
     customer_store: Arc<dyn ChannelStore>,
     wallet: Arc<Mutex<Wallet>>,
     clock: Arc<dyn Fn() -> Now + Send + Sync>,
+    /// Seconds the customer's clock runs behind the node's.
+    lag: Arc<std::sync::atomic::AtomicU64>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -74,13 +76,19 @@ async fn world() -> World {
         customer_store,
         wallet: Arc::new(Mutex::new(cwallet)),
         clock,
+        lag: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         _dirs: vec![md, cd],
     }
 }
 
 fn customer(w: &World) -> Customer {
-    Customer::new(w.customer_store.clone(), w.chain.clone(), w.wallet.clone(), w.clock.clone())
-        .unwrap()
+    let (clock, lag) = (w.clock.clone(), w.lag.clone());
+    let lagging: Arc<dyn Fn() -> Now + Send + Sync> = Arc::new(move || {
+        let mut n = clock();
+        n.time -= lag.load(std::sync::atomic::Ordering::SeqCst);
+        n
+    });
+    Customer::new(w.customer_store.clone(), w.chain.clone(), w.wallet.clone(), lagging).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,4 +171,48 @@ async fn a_refused_open_never_broadcasts_and_an_expired_channel_is_refunded() {
     assert!(w.node.transaction(&refunds[0]).unwrap().1.is_some(), "the refund is mined");
     c.tick().await.unwrap();
     assert_eq!(c.status(id).await.unwrap().phase, Phase::Refunded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_merchant_settles_before_the_expiry_and_refuses_payments_past_the_cutoff() {
+    let w = world().await;
+    let c = customer(&w);
+    let id = c.open(&w.addr, Amount::from_sat(100_000), Some(86_400)).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    c.pay(id, Amount::from_sat(4_000)).await.unwrap();
+    let expiry = u64::from(c.status(id).await.unwrap().expiry);
+    let policy = Policy::default();
+    let cutoff = expiry - u64::from(policy.settle_margin_secs + policy.payment_cutoff_secs);
+
+    // Inside the cutoff, the customer refuses by itself with a clear error...
+    w.node.set_mock_time(cutoff + 10).unwrap();
+    match c.pay(id, Amount::from_sat(10)).await {
+        Err(CustomerError::Core(paychan_core::Error::PastCutoff { .. })) => {}
+        other => panic!("expected PastCutoff, got {other:?}"),
+    }
+    // ...and a customer whose clock runs late is refused by the merchant, with its code.
+    w.lag.store(60, std::sync::atomic::Ordering::SeqCst);
+    match c.pay(id, Amount::from_sat(10)).await {
+        Err(CustomerError::Rejected { code, message }) => {
+            assert_eq!(code, paychan_core::Error::PastCutoff { cutoff: 0 }.code());
+            assert!(message.contains("cutoff"), "{message}");
+        }
+        other => panic!("expected the merchant's refusal, got {other:?}"),
+    }
+    assert_eq!(w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap().total, Amount::from_sat(4_000));
+
+    // Before the settle margin the merchant waits; at expiry − settle margin it settles alone.
+    w.server.tick().await.unwrap();
+    assert_eq!(w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap().phase, Phase::Open);
+    w.node.set_mock_time(expiry - u64::from(policy.settle_margin_secs) + 1).unwrap();
+    w.server.tick().await.unwrap();
+    let row = w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.phase, Phase::Settling);
+    let settlement = row.closing_txid.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let (tx, loc) = w.node.transaction(&settlement).unwrap();
+    assert!(loc.is_some(), "the settlement is mined");
+    assert_eq!(tx.output[0].value, Amount::from_sat(96_000));
+    c.tick().await.unwrap();
+    assert_eq!(c.status(id).await.unwrap().phase, Phase::Settled);
 }
