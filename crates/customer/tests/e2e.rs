@@ -199,7 +199,10 @@ async fn the_merchant_settles_before_the_expiry_and_refuses_payments_past_the_cu
         }
         other => panic!("expected the merchant's refusal, got {other:?}"),
     }
-    assert_eq!(w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap().total, Amount::from_sat(4_000));
+    assert_eq!(
+        w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap().total,
+        Amount::from_sat(4_000)
+    );
 
     // Before the settle margin the merchant waits; at expiry − settle margin it settles alone.
     w.server.tick().await.unwrap();

@@ -44,6 +44,9 @@ pub enum ChannelsCommand {
         /// How many payments (sent pipelined, in batches of 100).
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Print a JSON line with the acknowledged total after every batch.
+        #[arg(long)]
+        progress: bool,
     },
     /// One channel's status.
     Status {
@@ -131,7 +134,7 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
                 let s = customer.status(id).await.map_err(fail)?;
                 common.print(&status_json(&s), &format!("opened {id}\n{HEADER}\n{}", status_line(&s)))?;
             }
-            ChannelsCommand::Pay { channel, amount, count } => {
+            ChannelsCommand::Pay { channel, amount, count, progress } => {
                 let mut left = count;
                 let mut acked = Amount::ZERO;
                 while left > 0 {
@@ -139,6 +142,12 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
                     let batch = vec![amount; n as usize];
                     acked = customer.pay_many(channel, &batch).await.map_err(fail)?;
                     left -= n;
+                    if progress {
+                        use std::io::Write;
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{}", json!({"acked_sat": acked.to_sat()}))?;
+                        out.flush()?;
+                    }
                 }
                 common.print(
                     &json!({"channel": channel.to_string(), "payments": count, "acked_sat": acked.to_sat()}),

@@ -1,0 +1,201 @@
+//! Crashes with real processes: the merchant killed (SIGKILL) during a payment stream restarts
+//! and still settles at least the highest acknowledged total; the customer killed mid-stream
+//! resumes the same channel and its view matches the merchant's.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use paychan_core::bitcoin::OutPoint;
+use paychan_store::{ChannelStore, Role, SqliteStore};
+use serde_json::Value;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Env {
+    url: String,
+    cookie: PathBuf,
+}
+
+impl Env {
+    fn cmd(&self, home: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_paychan"));
+        c.arg("--home")
+            .arg(home)
+            .args(["--rpc-url", &self.url, "--json", "--rpc-cookie"])
+            .arg(&self.cookie);
+        c
+    }
+
+    fn run(&self, home: &Path, args: &[&str]) -> Value {
+        let o = self.cmd(home).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap()
+    }
+
+    fn serve(&self, home: &Path, port: u16) -> Kill {
+        let mut child = self
+            .cmd(home)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--tick-secs", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("listen"), "{line}");
+        Kill(child)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Streams payments until `stop` says so, then kills `victim` (or the payer itself when
+/// `victim` is None); returns the highest total the payer saw acknowledged.
+fn stream_and_kill(
+    env: &Env,
+    home: &Path,
+    channel: &str,
+    after: u64,
+    victim: Option<&mut Kill>,
+) -> u64 {
+    let mut payer = env
+        .cmd(home)
+        .args([
+            "channels",
+            "pay",
+            "--channel",
+            channel,
+            "--amount",
+            "1sat",
+            "--count",
+            "100000",
+            "--progress",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(payer.stdout.take().unwrap());
+    let start = Instant::now();
+    let mut highest = 0;
+    let mut killed = false;
+    let mut victim = victim;
+    for line in stdout.lines() {
+        let Ok(line) = line else { break };
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if let Some(a) = v["acked_sat"].as_u64() {
+                highest = highest.max(a);
+            }
+        }
+        if !killed && highest >= after {
+            match victim.as_mut() {
+                Some(v) => {
+                    v.0.kill().unwrap();
+                    v.0.wait().unwrap();
+                }
+                None => {
+                    payer.kill().unwrap();
+                }
+            }
+            killed = true;
+            if victim.is_none() {
+                break;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the stream is too slow");
+    }
+    let _ = payer.kill();
+    let _ = payer.wait();
+    assert!(killed, "the kill happened");
+    highest
+}
+
+#[test]
+fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node_dir, m, c) = (tmp.path().join("node"), tmp.path().join("m"), tmp.path().join("c"));
+    let mut node = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .args(["--json", "node", "start", "--rpc-bind", "127.0.0.1:0", "--datadir"])
+        .arg(&node_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(node.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _node = Kill(node);
+    let info: Value = serde_json::from_str(&line).unwrap();
+    let env =
+        Env { url: info["rpc_url"].as_str().unwrap().into(), cookie: node_dir.join(".cookie") };
+    let port = free_port();
+    let mut merchant = env.serve(&m, port);
+
+    env.run(&c, &["wallet", "new"]);
+    env.run(&c, &["wallet", "faucet"]);
+    let opened = env.run(
+        &c,
+        &[
+            "channels",
+            "open",
+            "--merchant",
+            &format!("127.0.0.1:{port}"),
+            "--deposit",
+            "1000000sat",
+        ],
+    );
+    let channel = opened["channel"].as_str().unwrap().to_string();
+    let id: OutPoint = channel.parse().unwrap();
+    env.run(&c, &["node", "mine", "1"]);
+
+    // The merchant is killed mid-stream.
+    let acked = stream_and_kill(&env, &c, &channel, 2_000, Some(&mut merchant));
+    assert!(acked >= 2_000);
+    let _merchant = env.serve(&m, port);
+    let synced = env.run(&c, &["channels", "sync", "--channel", &channel]);
+    let after = synced["acked_sat"].as_u64().unwrap();
+    assert!(
+        after >= acked,
+        "the restarted merchant has every acknowledged total ({after} ≥ {acked})"
+    );
+
+    // The customer is killed mid-stream; it resumes and agrees with the merchant.
+    stream_and_kill(&env, &c, &channel, after + 1_000, None);
+    let synced = env.run(&c, &["channels", "sync", "--channel", &channel]);
+    let customer_view = synced["acked_sat"].as_u64().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let merchant_total = rt.block_on(async {
+        let store = SqliteStore::open(&m.join("merchant.db")).unwrap();
+        store.get(id, Role::Merchant).await.unwrap().unwrap().total.to_sat()
+    });
+    assert_eq!(customer_view, merchant_total, "both sides agree after the resume");
+    let status = env.run(&c, &["channels", "status", "--channel", &channel]);
+    assert_eq!(status["paid_sat"].as_u64().unwrap(), merchant_total);
+
+    // Settle: at least the highest acknowledged total reaches the chain.
+    let closed = env.run(&c, &["channels", "close", "--channel", &channel]);
+    env.run(&c, &["node", "mine", "1"]);
+    let rpc = paychan_chain::BitcoindRpc::new(
+        &env.url,
+        paychan_chain::RpcAuth::CookieFile(env.cookie.clone()),
+    )
+    .unwrap();
+    let tx: Value = rpc
+        .call("getrawtransaction", &[closed["settlement_txid"].clone(), serde_json::json!(true)])
+        .unwrap();
+    assert_eq!(tx["confirmations"], 1);
+    let change = (tx["vout"][0]["value"].as_f64().unwrap() * 1e8).round() as u64;
+    assert_eq!(change, 1_000_000 - merchant_total, "settled at the merchant's total");
+}
