@@ -468,30 +468,45 @@ impl Customer {
         self.drain_with(e, &mut |_| {}).await
     }
 
-    /// Runs the channel's effects in order: each persist is written before anything after it
-    /// (a send, a broadcast) happens.
+    /// Runs the channel's effects in order. Consecutive persists are coalesced into one write
+    /// of the newest state (each carries the whole state), written before anything held behind
+    /// it (a send, a broadcast) happens.
     async fn drain_with(
         &self,
         e: &mut Entry,
         on_event: &mut (dyn FnMut(&Event) + Send),
     ) -> Result<Vec<Message>, CustomerError> {
         let mut out = Vec::new();
-        while let Some(effect) = e.channel.poll_effect() {
-            match effect {
-                Effect::Persist { id, state } => {
-                    self.write(e, &state).await?;
-                    e.channel.persisted(id)?;
-                }
-                Effect::Send(m) => out.push(m),
-                Effect::Broadcast(tx) => {
-                    let chain = self.chain.clone();
-                    let txid = tx.compute_txid();
-                    if let Err(err) = blocking(move || chain.broadcast(&tx)).await {
-                        warn!(%txid, error = %err, "broadcast failed; the next tick retries");
+        let mut pending: Option<(u64, Box<CustomerState>)> = None;
+        loop {
+            match e.channel.poll_effect() {
+                Some(Effect::Persist { id, state }) => pending = Some((id, state)),
+                Some(Effect::Event(ev)) => on_event(&ev),
+                Some(Effect::Watch(_)) => {}
+                Some(other) => {
+                    if let Some((id, state)) = pending.take() {
+                        self.write(e, &state).await?;
+                        e.channel.persisted(id)?;
+                    }
+                    match other {
+                        Effect::Send(m) => out.push(m),
+                        Effect::Broadcast(tx) => {
+                            let chain = self.chain.clone();
+                            let txid = tx.compute_txid();
+                            if let Err(err) = blocking(move || chain.broadcast(&tx)).await {
+                                warn!(%txid, error = %err, "broadcast failed; the next tick retries");
+                            }
+                        }
+                        _ => {}
                     }
                 }
-                Effect::Watch(_) => {}
-                Effect::Event(ev) => on_event(&ev),
+                None => match pending.take() {
+                    Some((id, state)) => {
+                        self.write(e, &state).await?;
+                        e.channel.persisted(id)?;
+                    }
+                    None => break,
+                },
             }
         }
         Ok(out)

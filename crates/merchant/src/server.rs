@@ -192,6 +192,58 @@ impl ChannelServer {
             .ok_or_else(|| MerchantError::Keys("no acknowledgement".into()))
     }
 
+    /// Several payments on one channel, as they arrived pipelined: each is validated in turn,
+    /// the accepted ones are stored in one write, then acknowledged. Returns one answer per
+    /// payment, in order (a refused payment changes nothing and does not stop the others).
+    pub async fn pay_batch(
+        &self,
+        channel: OutPoint,
+        pays: &[msg::Pay],
+    ) -> Vec<Result<PaymentAck, MerchantError>> {
+        let slot = match self.slot(&channel) {
+            Ok(s) => s,
+            Err(_) => {
+                return pays.iter().map(|_| Err(Error::UnknownChannel(channel).into())).collect()
+            }
+        };
+        let mut s = slot.lock().await;
+        if s.channel.phase() == Phase::AwaitingFunding {
+            if let Err(e) = self.refresh_confirmations(&mut s, channel).await {
+                let text = e.to_string();
+                return pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect();
+            }
+        }
+        let now = (self.clock)();
+        let mut results: Vec<Result<(), MerchantError>> = Vec::with_capacity(pays.len());
+        for p in pays {
+            let r = s
+                .channel
+                .handle_payment(&now, channel, Amount::from_sat(p.total_sat), &p.signature)
+                .map_err(MerchantError::from);
+            results.push(r);
+        }
+        let acks = match self.drain(&mut s).await {
+            Ok(out) => out,
+            Err(e) => {
+                let text = e.to_string();
+                return pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect();
+            }
+        };
+        let mut acks = acks.into_iter().filter_map(|m| match m {
+            Message::PaymentAck(a) => Some(a),
+            _ => None,
+        });
+        results
+            .into_iter()
+            .map(|r| match r {
+                Ok(()) => {
+                    acks.next().ok_or_else(|| MerchantError::Keys("no acknowledgement".into()))
+                }
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
     /// A reconnecting customer asks for the latest stored total.
     ///
     /// # Errors
@@ -290,27 +342,43 @@ impl ChannelServer {
         self.drain_with(s, &mut |_| {}).await
     }
 
-    /// Executes the channel's effects in order: each persist is written (and completed) before
-    /// anything after it runs, so messages and broadcasts never precede their state.
+    /// Executes the channel's effects in order. Consecutive persists are coalesced into one
+    /// write of the newest state (each carries the whole state, so the newest covers the
+    /// others), which is written and completed before anything held behind it runs: messages
+    /// and broadcasts never precede their state.
     async fn drain_with(
         &self,
         s: &mut Slot,
         on_event: &mut (dyn FnMut(&Event) + Send),
     ) -> Result<Vec<Message>, MerchantError> {
         let mut out = Vec::new();
-        while let Some(effect) = s.channel.poll_effect() {
-            match effect {
-                Effect::Persist { id, state } => {
-                    self.write(s, &state).await?;
-                    s.channel.persisted(id)?;
-                }
-                Effect::Send(m) => out.push(m),
-                Effect::Broadcast(tx) => self.broadcast(tx).await,
-                Effect::Watch(_) => {}
-                Effect::Event(e) => {
+        let mut pending: Option<(u64, Box<MerchantState>)> = None;
+        loop {
+            match s.channel.poll_effect() {
+                Some(Effect::Persist { id, state }) => pending = Some((id, state)),
+                Some(Effect::Event(e)) => {
                     tracing::debug!(?e, "channel event");
                     on_event(&e);
                 }
+                Some(Effect::Watch(_)) => {}
+                Some(other) => {
+                    if let Some((id, state)) = pending.take() {
+                        self.write(s, &state).await?;
+                        s.channel.persisted(id)?;
+                    }
+                    match other {
+                        Effect::Send(m) => out.push(m),
+                        Effect::Broadcast(tx) => self.broadcast(tx).await,
+                        _ => {}
+                    }
+                }
+                None => match pending.take() {
+                    Some((id, state)) => {
+                        self.write(s, &state).await?;
+                        s.channel.persisted(id)?;
+                    }
+                    None => break,
+                },
             }
         }
         Ok(out)

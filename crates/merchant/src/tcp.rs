@@ -50,20 +50,55 @@ async fn connection(server: Arc<ChannelServer>, mut stream: TcpStream) -> std::i
             return Ok(());
         }
         decoder.push(&buf[..n]);
-        let mut replies = Vec::new();
+        let mut incoming = Vec::new();
+        let mut broken = None;
         loop {
-            let message = match decoder.next_message() {
-                Ok(Some(m)) => m,
+            match decoder.next_message() {
+                Ok(Some(m)) => incoming.push(m),
                 Ok(None) => break,
                 Err(e) => {
-                    // The stream can no longer be framed: say why, then hang up.
-                    replies
-                        .extend(msg::encode_frame(&Message::Error(ErrorMsg::from_error(&e, None))));
-                    stream.write_all(&replies).await?;
-                    return Ok(());
+                    broken = Some(e);
+                    break;
                 }
-            };
-            let reply = match (&message, greeted) {
+            }
+        }
+        let mut replies = Vec::new();
+        let mut i = 0;
+        while i < incoming.len() {
+            // A run of pipelined payments on one channel is validated, stored in one write,
+            // and acknowledged together.
+            if let (true, Message::Pay(first)) = (greeted, &incoming[i]) {
+                let channel = first.channel.as_ref().and_then(|c| c.outpoint().ok());
+                let mut run = Vec::new();
+                while let Some(Message::Pay(p)) = incoming.get(i) {
+                    if p.channel.as_ref().and_then(|c| c.outpoint().ok()) != channel {
+                        break;
+                    }
+                    run.push(p.clone());
+                    i += 1;
+                }
+                let answers = match channel {
+                    Some(ch) => server.pay_batch(ch, &run).await,
+                    None => run
+                        .iter()
+                        .map(|_| {
+                            Err(MerchantError::Core(paychan_core::Error::Decode(
+                                "payment without a valid channel".into(),
+                            )))
+                        })
+                        .collect(),
+                };
+                for a in answers {
+                    let reply = a
+                        .map(Message::PaymentAck)
+                        .unwrap_or_else(|e| Message::Error(e.to_wire(channel)));
+                    replies.extend(msg::encode_frame(&reply));
+                }
+                continue;
+            }
+            let message = &incoming[i];
+            i += 1;
+            let reply = match (message, greeted) {
                 (Message::Hello(h), _) => server.hello(h).map(|w| {
                     greeted = true;
                     Message::Welcome(w)
@@ -72,21 +107,25 @@ async fn connection(server: Arc<ChannelServer>, mut stream: TcpStream) -> std::i
                     "the first message must be Hello",
                 ))),
                 (Message::Open(o), true) => server.open(o).await.map(Message::Opened),
-                (Message::Pay(p), true) => server.pay(p).await.map(Message::PaymentAck),
                 (Message::Resume(r), true) => server.resume(r).await.map(Message::Resumed),
                 (Message::Close(c), true) => server.close(c).await.map(Message::Closed),
                 (_, true) => Err(MerchantError::Core(paychan_core::Error::UnexpectedMessage(
                     "not a request",
                 ))),
             };
-            let channel = match &message {
-                Message::Pay(p) => p.channel.as_ref().and_then(|c| c.outpoint().ok()),
+            let channel = match message {
                 Message::Close(c) => c.channel.as_ref().and_then(|c| c.outpoint().ok()),
                 Message::Resume(r) => r.channel.as_ref().and_then(|c| c.outpoint().ok()),
                 _ => None,
             };
             let reply = reply.unwrap_or_else(|e| Message::Error(e.to_wire(channel)));
             replies.extend(msg::encode_frame(&reply));
+        }
+        if let Some(e) = broken {
+            // The stream can no longer be framed: answer what came before, say why, hang up.
+            replies.extend(msg::encode_frame(&Message::Error(ErrorMsg::from_error(&e, None))));
+            stream.write_all(&replies).await?;
+            return Ok(());
         }
         // Pipelined requests: all their answers leave in one write, in order.
         if !replies.is_empty() {
