@@ -1,0 +1,218 @@
+//! Every payment rule broken over TCP gets its own error code and leaves the channel as it was.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use paychan_chain::{ChainSource, EmbeddedChain};
+use paychan_core::bitcoin::absolute::LockTime;
+use paychan_core::bitcoin::hashes::Hash;
+use paychan_core::bitcoin::secp256k1::{ecdsa, Keypair, Message as SecpMessage, PublicKey};
+use paychan_core::bitcoin::{Amount, Network, OutPoint, TxOut, Txid};
+use paychan_core::channel::customer::{CustomerChannel, CustomerTerms};
+use paychan_core::channel::Effect;
+use paychan_core::msg::{self, FrameDecoder, Message, MAX_FRAME_LEN};
+use paychan_core::policy::Policy;
+use paychan_core::script::{ChannelScript, OutputKind};
+use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey, spend_p2wpkh};
+use paychan_core::tx::payment::sign_payment;
+use paychan_core::{Error, Now};
+use paychan_merchant::{tcp, ChannelServer, Clock, KeyChain, ServerConfig};
+use paychan_node::Node;
+use paychan_store::{ChannelStore, Role, SqliteStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Conn {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+}
+
+impl Conn {
+    async fn ask(&mut self, m: Message) -> Message {
+        self.stream.write_all(&msg::encode_frame(&m)).await.unwrap();
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            if let Some(m) = self.decoder.next_message().unwrap() {
+                return m;
+            }
+            let n = self.stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed");
+            self.decoder.push(&buf[..n]);
+        }
+    }
+}
+
+fn sends(c: &mut CustomerChannel) -> Vec<Message> {
+    let mut out = Vec::new();
+    while let Some(e) = c.poll_effect() {
+        match e {
+            Effect::Persist { id, .. } => c.persisted(id).unwrap(),
+            Effect::Send(m) => out.push(m),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Opens a channel funded by the coinbase at `height`.
+async fn open(conn: &mut Conn, node: &Node, height: u32) -> CustomerChannel {
+    let Message::Welcome(w) = conn
+        .ask(Message::Hello(msg::Hello {
+            min_version: 1,
+            max_version: 1,
+            user_agent: String::new(),
+        }))
+        .await
+    else {
+        panic!("no welcome")
+    };
+    let policy = w.policy.unwrap().to_policy().unwrap();
+    let terms = CustomerTerms {
+        script: ChannelScript::new(
+            PublicKey::from_slice(&w.merchant_pubkey).unwrap(),
+            pubkey(&customer_key()),
+            LockTime::from_consensus(node.now() as u32 + 86_400),
+        )
+        .unwrap(),
+        kind: OutputKind::P2wsh,
+        change_script: p2wpkh(&customer_key()),
+        dust_relay_fee: policy.dust_relay_fee,
+        cutoff_distance: policy.cutoff_distance(false),
+        key_index: w.key_index,
+        customer_key_index: 0,
+        peer: String::new(),
+    };
+    let mut c = CustomerChannel::new(terms, customer_key()).unwrap();
+    let (block, _) = node.block(&node.block_hash(height).unwrap()).unwrap();
+    let cb = &block.txdata[0];
+    let coin = (OutPoint { txid: cb.compute_txid(), vout: 0 }, cb.output[0].clone());
+    let change = coin.1.value - Amount::from_sat(101_000);
+    let funding = spend_p2wpkh(
+        &[coin],
+        vec![
+            TxOut { value: Amount::from_sat(100_000), script_pubkey: c.funding_script_pubkey() },
+            TxOut { value: change, script_pubkey: p2wpkh(&key(0x77)) },
+        ],
+        &key(0x77),
+    );
+    c.handle_funding_built(funding).unwrap();
+    let open = sends(&mut c).remove(0);
+    assert!(matches!(conn.ask(open).await, Message::Opened(_)));
+    c.handle_opened().unwrap();
+    sends(&mut c);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rule_broken_gets_its_code_and_changes_nothing() {
+    let node = Node::in_memory();
+    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
+    node.mine(102, &p2wpkh(&key(0x77))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("m.db")).unwrap());
+    let clock: Clock = {
+        let node = node.clone();
+        Arc::new(move || Now {
+            time: node.now(),
+            height: node.tip().0,
+            median_time_past: node.median_time_past(),
+        })
+    };
+    let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
+    let config = ServerConfig {
+        policy: Policy::default(),
+        payout: p2wpkh(&key(0x55)),
+        settle_target_blocks: 6,
+    };
+    let server =
+        Arc::new(ChannelServer::new(config, keys, store.clone(), chain.clone(), clock).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
+    let mut conn = Conn {
+        stream: TcpStream::connect(addr).await.unwrap(),
+        decoder: FrameDecoder::new(MAX_FRAME_LEN),
+    };
+
+    // Two channels: one confirmed, one not.
+    let mut customer = open(&mut conn, &node, 1).await;
+    node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let unconfirmed = open(&mut conn, &node, 2).await;
+    let params = customer.state().params.clone().unwrap();
+    let id = params.id();
+    let kp = Keypair::from_secret_key(paychan_core::sig::secp(), &customer_key());
+
+    // One good payment of 1,000 sat.
+    let now =
+        Now { time: node.now(), height: node.tip().0, median_time_past: node.median_time_past() };
+    customer.pay(&now, Amount::from_sat(1_000)).unwrap();
+    let pay = sends(&mut customer).remove(0);
+    assert!(matches!(conn.ask(pay).await, Message::PaymentAck(a) if a.total_sat == 1_000));
+
+    let good = |total: u64| sign_payment(&params, Amount::from_sat(total), &kp).unwrap();
+    let with_flag = |total: u64, flag: u8| {
+        let mut s = good(total);
+        let n = s.len();
+        s[n - 1] = flag;
+        s
+    };
+    let high_s = {
+        let s = good(2_000);
+        let (flag, der) = s.split_last().unwrap();
+        let mut h = paychan_core::sig::malleate_s(&ecdsa::Signature::from_der(der).unwrap())
+            .serialize_der()
+            .to_vec();
+        h.push(*flag);
+        h
+    };
+    let other_key = {
+        let other = Keypair::from_secret_key(paychan_core::sig::secp(), &key(0x99));
+        let digest = SecpMessage::from_digest([5; 32]);
+        let mut s = paychan_core::sig::secp()
+            .sign_ecdsa(&digest, &other.secret_key())
+            .serialize_der()
+            .to_vec();
+        s.push(0x83);
+        s
+    };
+    let unknown = OutPoint { txid: Txid::from_byte_array([0xee; 32]), vout: 0 };
+    let unconfirmed_id = unconfirmed.state().params.as_ref().unwrap().id();
+    let cases: Vec<(&str, OutPoint, u64, Vec<u8>, u32)> = vec![
+        ("unknown channel", unknown, 2_000, good(2_000), Error::UnknownChannel(unknown).code()),
+        ("channel not confirmed", unconfirmed_id, 2_000, good(2_000), 102),
+        ("replayed total", id, 1_000, good(1_000), 104),
+        ("lower total", id, 500, good(500), 104),
+        ("above the deposit", id, 100_001, good(100_000), 105),
+        ("dust change signed SINGLE", id, 99_900, with_flag(99_900, 0x83), 106),
+        ("not DER", id, 2_000, vec![0x30, 0x02, 0x01, 0x01, 0x83], 107),
+        ("high S", id, 2_000, high_s, 108),
+        ("SIGHASH_ALL", id, 2_000, with_flag(2_000, 0x01), 109),
+        ("NONE without dust", id, 2_000, with_flag(2_000, 0x82), 109),
+        ("0x03 without ANYONECANPAY", id, 2_000, with_flag(2_000, 0x03), 109),
+        ("another key", id, 2_000, other_key, 110),
+        ("a signature for another total", id, 3_000, good(2_000), 110),
+        ("amount near u64::MAX", id, u64::MAX, good(2_000), 105),
+    ];
+    for (name, channel, total, signature, code) in cases {
+        let before = store.get(id, Role::Merchant).await.unwrap().unwrap();
+        let reply = conn
+            .ask(Message::Pay(msg::Pay {
+                channel: Some(channel.into()),
+                total_sat: total,
+                signature,
+            }))
+            .await;
+        match reply {
+            Message::Error(e) => assert_eq!(e.code, code, "{name}: {}", e.message),
+            other => panic!("{name}: expected an error, got {other:?}"),
+        }
+        let after = store.get(id, Role::Merchant).await.unwrap().unwrap();
+        assert_eq!(after, before, "{name}: the channel is unchanged");
+    }
+    // The channel still takes a good payment.
+    customer.pay(&now, Amount::from_sat(1_000)).unwrap();
+    let pay = sends(&mut customer).remove(0);
+    assert!(matches!(conn.ask(pay).await, Message::PaymentAck(a) if a.total_sat == 2_000));
+}
