@@ -37,6 +37,9 @@ enum Command {
     /// The customer's channels: open, pay, status, sync, close, list.
     #[command(subcommand)]
     Channels(cmd::channels::ChannelsCommand),
+    /// Payments as files, on the merchant's side: verify, submit.
+    #[command(subcommand)]
+    Payment(cmd::payment::PaymentCommand),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Wallet(c) => cmd::wallet::run(c, &cli.common),
         Command::Serve(a) => cmd::serve::run(a, &cli.common),
         Command::Channels(c) => cmd::channels::run(c, &cli.common),
+        Command::Payment(c) => cmd::payment::run(c, &cli.common),
     };
     match result {
         Ok(code) => code,

@@ -121,3 +121,94 @@ fn open_pay_1000_times_close_and_settle_with_real_processes() {
     let list = run(c);
     assert_eq!(list[0]["phase"], "settled");
 }
+
+#[test]
+fn a_payment_file_is_verified_and_submitted_by_the_merchant_and_a_tampered_one_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node_dir, merchant_home, customer_home) =
+        (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
+    let mut node = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .args(["--json", "node", "start", "--rpc-bind", "127.0.0.1:0", "--datadir"])
+        .arg(&node_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let info = first_line(&mut node);
+    let _node = Kill(node);
+    let url = info["rpc_url"].as_str().unwrap().to_string();
+    let cookie = node_dir.join(".cookie");
+    let mut merchant = paychan(&merchant_home, &url, &cookie)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let serving = first_line(&mut merchant);
+    let merchant = Kill(merchant);
+    let listen = serving["listen"].as_str().unwrap().to_string();
+
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["wallet", "new"]);
+    run(c);
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["wallet", "faucet"]);
+    run(c);
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["channels", "open", "--merchant", &listen, "--deposit", "100000sat"]);
+    let channel = run(c)["channel"].as_str().unwrap().to_string();
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["node", "mine", "1"]);
+    run(c);
+    // The merchant goes offline; the customer pays by file.
+    drop(merchant);
+    let file = tmp.path().join("payment.json");
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["channels", "pay", "--channel", &channel, "--amount", "500sat", "--out"]).arg(&file);
+    assert_eq!(run(c)["total_sat"], 500);
+
+    // A tampered copy (a higher total) is refused with the reason.
+    let tampered = tmp.path().join("tampered.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    v["total_sat"] = serde_json::json!(5_000);
+    std::fs::write(&tampered, v.to_string()).unwrap();
+    let o = paychan(&merchant_home, &url, &cookie)
+        .args(["payment", "verify"])
+        .arg(&tampered)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("signature does not verify"), "{err}");
+
+    let mut c = paychan(&merchant_home, &url, &cookie);
+    c.args(["payment", "verify"]).arg(&file);
+    let verified = run(c);
+    assert_eq!(
+        (verified["valid"].as_bool(), verified["worth_sat"].as_u64()),
+        (Some(true), Some(500))
+    );
+    let mut c = paychan(&merchant_home, &url, &cookie);
+    c.args(["payment", "submit", "--settle"]).arg(&file);
+    let submitted = run(c);
+    assert_eq!(submitted["total_sat"], 500);
+    let settlement = submitted["settlement_txid"].as_str().unwrap().to_string();
+    // Submitting it again is a replay: refused.
+    let o = paychan(&merchant_home, &url, &cookie)
+        .args(["payment", "submit"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["node", "mine", "1"]);
+    run(c);
+    let rpc =
+        paychan_chain::BitcoindRpc::new(&url, paychan_chain::RpcAuth::CookieFile(cookie.clone()))
+            .unwrap();
+    let tx: Value = rpc
+        .call("getrawtransaction", &[serde_json::json!(settlement), serde_json::json!(true)])
+        .unwrap();
+    assert_eq!(tx["confirmations"], 1);
+    assert_eq!((tx["vout"][0]["value"].as_f64().unwrap() * 1e8).round() as u64, 99_500);
+}

@@ -19,7 +19,7 @@ use paychan_core::bitcoin::secp256k1::PublicKey;
 use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, Txid};
 use paychan_core::channel::customer::{CustomerChannel, CustomerState, CustomerTerms};
 use paychan_core::channel::{Effect, Event, Phase};
-use paychan_core::msg::Message;
+use paychan_core::msg::{self, Message};
 use paychan_core::script::{ChannelScript, OutputKind};
 use paychan_core::Now;
 use paychan_store::{ChannelStore, NewChannel, PaymentUpdate, Role, StateUpdate};
@@ -287,6 +287,27 @@ impl Customer {
         let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
         conn.send(&msgs).await?;
         self.await_acks(&mut e, last).await
+    }
+
+    /// Signs a payment of `amount` more and stores it as spent, without sending it: a payment
+    /// to hand over by other means (a file). The merchant redeems it with `paychan payment
+    /// submit`; a later resume re-sends the same signature if the merchant lacks it.
+    ///
+    /// # Errors
+    /// The core's refusal (cap, cutoff); store errors.
+    pub async fn sign_payment(
+        &self,
+        id: OutPoint,
+        amount: Amount,
+    ) -> Result<msg::Pay, CustomerError> {
+        let e = self.entry(&id)?;
+        let mut e = e.lock().await;
+        let now = (self.clock)();
+        e.channel.pay(&now, amount)?;
+        let msgs = self.drain(&mut e).await?;
+        msgs.into_iter()
+            .find_map(|m| if let Message::Pay(p) = m { Some(p) } else { None })
+            .ok_or(CustomerError::Protocol("no payment was signed"))
     }
 
     async fn await_acks(&self, e: &mut Entry, target: Amount) -> Result<Amount, CustomerError> {

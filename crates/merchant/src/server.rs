@@ -244,6 +244,38 @@ impl ChannelServer {
             .collect()
     }
 
+    /// Checks a payment without accepting it: what it would add to the channel.
+    ///
+    /// # Errors
+    /// The payment rule it breaks.
+    pub async fn check_payment(&self, pay: &msg::Pay) -> Result<Amount, MerchantError> {
+        let channel = pay
+            .channel
+            .as_ref()
+            .ok_or(Error::Decode("payment without a channel".into()))?
+            .outpoint()?;
+        let slot = self.slot(&channel)?;
+        let mut s = slot.lock().await;
+        if s.channel.phase() == Phase::AwaitingFunding {
+            self.refresh_confirmations(&mut s, channel).await?;
+        }
+        let mut probe = s.channel.clone();
+        let before = probe.accepted();
+        let now = (self.clock)();
+        probe.handle_payment(&now, channel, Amount::from_sat(pay.total_sat), &pay.signature)?;
+        Ok(probe.accepted() - before)
+    }
+
+    /// Settles channel `id` now, at the merchant's own initiative; returns the txid.
+    ///
+    /// # Errors
+    /// State or chain errors (nothing paid yet, channel over).
+    pub async fn settle(&self, id: OutPoint) -> Result<Closed, MerchantError> {
+        let slot = self.slot(&id)?;
+        let mut s = slot.lock().await;
+        self.settle_locked(&mut s).await
+    }
+
     /// A reconnecting customer asks for the latest stored total.
     ///
     /// # Errors

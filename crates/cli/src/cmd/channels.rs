@@ -47,6 +47,9 @@ pub enum ChannelsCommand {
         /// Print a JSON line with the acknowledged total after every batch.
         #[arg(long)]
         progress: bool,
+        /// Do not send: write the signed payment to this file, for `paychan payment submit`.
+        #[arg(long, conflicts_with_all = ["count", "progress"])]
+        out: Option<std::path::PathBuf>,
     },
     /// One channel's status.
     Status {
@@ -134,7 +137,16 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
                 let s = customer.status(id).await.map_err(fail)?;
                 common.print(&status_json(&s), &format!("opened {id}\n{HEADER}\n{}", status_line(&s)))?;
             }
-            ChannelsCommand::Pay { channel, amount, count, progress } => {
+            ChannelsCommand::Pay { channel, amount, out: Some(file), .. } => {
+                let pay = customer.sign_payment(channel, amount).await.map_err(fail)?;
+                let v = super::payment::to_json(&pay)?;
+                std::fs::write(&file, format!("{v:#}\n")).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+                common.print(
+                    &json!({"file": file.display().to_string(), "total_sat": pay.total_sat}),
+                    &format!("signed a total of {} sat into {}", pay.total_sat, file.display()),
+                )?;
+            }
+            ChannelsCommand::Pay { channel, amount, count, progress, out: None } => {
                 let mut left = count;
                 let mut acked = Amount::ZERO;
                 while left > 0 {

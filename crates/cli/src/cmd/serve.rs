@@ -127,6 +127,37 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The merchant's channel server, as `serve` and `payment` use it: wallet (keys, payout),
+/// store, chain; its stored channels loaded.
+pub async fn merchant(
+    common: &Common,
+    store_spec: &str,
+    policy: Policy,
+) -> Result<(Arc<ChannelServer>, paychan_core::bitcoin::Address, usize), CliError> {
+    let home = common.home();
+    let chain = common.chain()?;
+    let mut wallet =
+        Wallet::open_or_create(&common.wallet_dir(), Network::Regtest).map_err(fail)?;
+    let keys = wallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
+    let payout = wallet.new_address().map_err(fail)?;
+    let clock = common.clock(chain.clone());
+    let store: Arc<dyn ChannelStore> =
+        if store_spec.starts_with("postgres://") || store_spec.starts_with("postgresql://") {
+            Arc::new(PostgresStore::connect(store_spec).await.map_err(fail)?)
+        } else {
+            let path = match store_spec.strip_prefix("sqlite:") {
+                Some(p) => PathBuf::from(p),
+                None => home.join("merchant.db"),
+            };
+            std::fs::create_dir_all(&home).map_err(fail)?;
+            Arc::new(SqliteStore::open(&path).map_err(fail)?)
+        };
+    let config = ServerConfig { policy, payout: payout.script_pubkey(), settle_target_blocks: 6 };
+    let server = Arc::new(ChannelServer::new(config, keys, store, chain, clock).map_err(fail)?);
+    let loaded = server.load().await.map_err(fail)?;
+    Ok((server, payout, loaded))
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

@@ -1,0 +1,121 @@
+//! Payments as files (DESIGN §1, Cosmos paychan): `paychan channels pay --out FILE` writes a
+//! signed payment; the merchant's `paychan payment verify FILE` says what it is worth and
+//! `paychan payment submit FILE [--settle]` accepts it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use paychan_core::bitcoin::hex::{DisplayHex, FromHex};
+use paychan_core::bitcoin::OutPoint;
+use paychan_core::msg::Pay;
+use paychan_core::policy::Policy;
+use serde_json::{json, Value};
+
+use super::common::{runtime, Common};
+use crate::CliError;
+
+/// `paychan payment …` (the merchant's side).
+#[derive(Debug, Subcommand)]
+pub enum PaymentCommand {
+    /// Check a payment file against the chain and the store: what it is worth.
+    Verify {
+        /// The file.
+        file: PathBuf,
+        /// `sqlite` (default), `sqlite:PATH` or a `postgres://` URL.
+        #[arg(long, default_value = "sqlite")]
+        store: String,
+    },
+    /// Accept a payment file (stored durably); with --settle, settle the channel on chain.
+    Submit {
+        /// The file.
+        file: PathBuf,
+        /// Settle the channel right away.
+        #[arg(long)]
+        settle: bool,
+        /// `sqlite` (default), `sqlite:PATH` or a `postgres://` URL.
+        #[arg(long, default_value = "sqlite")]
+        store: String,
+    },
+}
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+/// The file's JSON for a signed payment.
+pub fn to_json(pay: &Pay) -> Result<Value, CliError> {
+    let channel = pay
+        .channel
+        .as_ref()
+        .ok_or_else(|| fail("payment without a channel"))?
+        .outpoint()
+        .map_err(fail)?;
+    Ok(json!({
+        "paychan_payment": 1,
+        "channel": channel.to_string(),
+        "total_sat": pay.total_sat,
+        "signature": pay.signature.to_lower_hex_string(),
+    }))
+}
+
+fn read(file: &Path) -> Result<Pay, CliError> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| fail(format!("{}: not JSON: {e}", file.display())))?;
+    if v["paychan_payment"] != 1 {
+        return Err(fail(format!("{}: not a paychan payment file (version 1)", file.display())));
+    }
+    let channel: OutPoint = v["channel"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| fail("the file's channel is not txid:vout"))?;
+    let total_sat =
+        v["total_sat"].as_u64().ok_or_else(|| fail("the file's total_sat is not a number"))?;
+    let signature = v["signature"]
+        .as_str()
+        .and_then(|s| Vec::<u8>::from_hex(s).ok())
+        .ok_or_else(|| fail("the file's signature is not hex"))?;
+    Ok(Pay { channel: Some(channel.into()), total_sat, signature })
+}
+
+/// Runs a `paychan payment` command.
+pub fn run(cmd: PaymentCommand, common: &Common) -> Result<ExitCode, CliError> {
+    runtime()?.block_on(async move {
+        match cmd {
+            PaymentCommand::Verify { file, store } => {
+                let pay = read(&file)?;
+                let (server, _, _) = super::serve::merchant(common, &store, Policy::default()).await?;
+                let worth = server.check_payment(&pay).await.map_err(|e| fail(format!("refused: {e}")))?;
+                common.print(
+                    &json!({"valid": true, "total_sat": pay.total_sat, "worth_sat": worth.to_sat()}),
+                    &format!("valid: a total of {} sat, worth {} sat more than accepted so far", pay.total_sat, worth.to_sat()),
+                )?;
+            }
+            PaymentCommand::Submit { file, settle, store } => {
+                let pay = read(&file)?;
+                let channel = pay.channel.as_ref().and_then(|c| c.outpoint().ok()).ok_or_else(|| fail("no channel"))?;
+                let (server, _, _) = super::serve::merchant(common, &store, Policy::default()).await?;
+                let ack = server
+                    .pay_batch(channel, std::slice::from_ref(&pay))
+                    .await
+                    .pop()
+                    .ok_or_else(|| fail("no answer"))?
+                    .map_err(|e| fail(format!("refused: {e}")))?;
+                let mut out = json!({"accepted": true, "total_sat": ack.total_sat});
+                let mut text = format!("accepted: the channel's total is now {} sat", ack.total_sat);
+                if settle {
+                    let closed = server.settle(channel).await.map_err(fail)?;
+                    let txid: [u8; 32] = closed.settlement_txid.as_slice().try_into().map_err(fail)?;
+                    let txid: paychan_core::bitcoin::Txid = paychan_core::bitcoin::hashes::Hash::from_byte_array(txid);
+                    out["settlement_txid"] = json!(txid.to_string());
+                    text.push_str(&format!("\nsettled: {txid}"));
+                }
+                common.print(&out, &text)?;
+            }
+        }
+        Ok::<_, CliError>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
