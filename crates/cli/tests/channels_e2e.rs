@@ -56,7 +56,7 @@ fn open_pay_1000_times_close_and_settle_with_real_processes() {
     let cookie = node_dir.join(".cookie");
 
     let mut merchant = paychan(&merchant_home, &url, &cookie)
-        .args(["serve", "--listen", "127.0.0.1:0", "--tick-secs", "1"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--tick-secs", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -139,7 +139,7 @@ fn a_payment_file_is_verified_and_submitted_by_the_merchant_and_a_tampered_one_r
     let url = info["rpc_url"].as_str().unwrap().to_string();
     let cookie = node_dir.join(".cookie");
     let mut merchant = paychan(&merchant_home, &url, &cookie)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -46,7 +46,15 @@ impl Env {
     fn serve(&self, home: &Path, port: u16) -> Kill {
         let mut child = self
             .cmd(home)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--tick-secs", "1"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--http",
+                "127.0.0.1:0",
+                "--tick-secs",
+                "1",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod http;
 mod server;
 pub mod tcp;
 

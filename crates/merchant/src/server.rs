@@ -266,6 +266,16 @@ impl ChannelServer {
         Ok(probe.accepted() - before)
     }
 
+    /// A channel's phase and stored total.
+    ///
+    /// # Errors
+    /// [`Error::UnknownChannel`].
+    pub async fn channel_status(&self, id: OutPoint) -> Result<(Phase, Amount), MerchantError> {
+        let slot = self.slot(&id)?;
+        let s = slot.lock().await;
+        Ok((s.channel.phase(), s.stored_total))
+    }
+
     /// Settles channel `id` now, at the merchant's own initiative; returns the txid.
     ///
     /// # Errors

@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// Address of the channel protocol's TCP listener (loopback by default).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address of the JSON HTTP API (loopback by default).
+    #[arg(long)]
+    http: Option<SocketAddr>,
     /// `sqlite` (default: <home>/merchant.db), `sqlite:PATH`, or a `postgres://` URL.
     #[arg(long)]
     store: Option<String>,
@@ -46,6 +49,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct ServeFile {
     listen: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     store: Option<String>,
     zero_conf: Option<bool>,
     min_confirmations: Option<u32>,
@@ -68,6 +72,8 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     };
     let listen =
         a.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9735)));
+    let http_listen =
+        a.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9736)));
     let store_spec = a.store.or(file.store).unwrap_or_else(|| "sqlite".into());
     let mut policy = Policy::default();
     if let Some(z) = a.zero_conf.or(file.zero_conf) {
@@ -103,10 +109,17 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         let loaded = server.load().await.map_err(fail)?;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
         let addr = listener.local_addr()?;
+        let http_listener = tokio::net::TcpListener::bind(http_listen)
+            .await
+            .map_err(|e| fail(format!("cannot listen on {http_listen}: {e}")))?;
+        let http_addr = http_listener.local_addr()?;
         common.print(
-            &json!({"listen": addr.to_string(), "payout": payout.to_string(), "channels": loaded}),
-            &format!("paychan serve: channel protocol on {addr}, {loaded} channels loaded, settlements pay {payout}"),
+            &json!({"listen": addr.to_string(), "http": http_addr.to_string(), "payout": payout.to_string(), "channels": loaded}),
+            &format!(
+                "paychan serve: channel protocol on {addr}, JSON API on http://{http_addr}, {loaded} channels loaded, settlements pay {payout}"
+            ),
         )?;
+        let http_task = tokio::spawn(paychan_merchant::http::serve(server.clone(), http_listener, shutdown_signal()));
         let ticker = {
             let server = server.clone();
             tokio::spawn(async move {
@@ -121,6 +134,7 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         };
         tcp::serve(server, listener, shutdown_signal()).await?;
         ticker.abort();
+        let _ = http_task.await;
         tracing::info!("shutting down");
         Ok::<_, CliError>(())
     })?;

@@ -1,0 +1,192 @@
+//! The channel protocol as a JSON HTTP API (DESIGN §7): the same operations as the TCP
+//! protocol, for clients that speak HTTP. Errors are JSON `{"code", "message"}` with the
+//! protocol's stable codes; payment refusals are `409 Conflict` (the channel is unchanged),
+//! an unknown channel `404`, malformed input `400`, the merchant's own failures `500` (no
+//! internals leak).
+//!
+//! | method & path | body | answer |
+//! |---|---|---|
+//! | `GET /v1/info` | — | `{version, public_key, key_index, policy}` (a fresh key) |
+//! | `POST /v1/channels` | `{funding_tx, customer_pubkey, merchant_pubkey, key_index, expiry, change_script}` (hex) | `{channel, confirmations_required}` |
+//! | `GET /v1/channels/{txid}:{vout}` | — | `{channel, phase, total_sat}` |
+//! | `POST /v1/channels/{txid}:{vout}/payments` | `{total_sat, signature}` | `{channel, total_sat}` |
+//! | `POST /v1/channels/{txid}:{vout}/close` | `{signature}` | `{channel, settlement_txid}` |
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use paychan_core::bitcoin::hex::{DisplayHex, FromHex};
+use paychan_core::bitcoin::OutPoint;
+use paychan_core::msg;
+use serde_json::{json, Value};
+
+use crate::{ChannelServer, MerchantError};
+
+/// The API's routes, for mounting in an axum app or serving alone.
+pub fn router(server: Arc<ChannelServer>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/channels", post(open))
+        .route("/v1/channels/{id}", get(status))
+        .route("/v1/channels/{id}/payments", post(pay))
+        .route("/v1/channels/{id}/close", post(close))
+        .with_state(server)
+}
+
+/// An error answer.
+struct ApiError(StatusCode, u32, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"code": self.1, "message": self.2}))).into_response()
+    }
+}
+
+impl From<MerchantError> for ApiError {
+    fn from(e: MerchantError) -> Self {
+        let wire = e.to_wire(None);
+        let status = match &e {
+            MerchantError::Core(paychan_core::Error::UnknownChannel(_)) => StatusCode::NOT_FOUND,
+            MerchantError::Core(c) if c.is_payment_rejection() => StatusCode::CONFLICT,
+            MerchantError::Core(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, wire.code, wire.message)
+    }
+}
+
+fn bad(what: &str) -> ApiError {
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        paychan_core::Error::Decode(String::new()).code(),
+        what.to_string(),
+    )
+}
+
+fn hex_field(v: &Value, name: &str) -> Result<Vec<u8>, ApiError> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .and_then(|s| Vec::<u8>::from_hex(s).ok())
+        .ok_or_else(|| bad(&format!("{name} must be a hex string")))
+}
+
+fn u64_field(v: &Value, name: &str) -> Result<u64, ApiError> {
+    v.get(name)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad(&format!("{name} must be a non-negative integer")))
+}
+
+fn channel_id(s: &str) -> Result<OutPoint, ApiError> {
+    s.parse().map_err(|_| bad("the channel must be txid:vout"))
+}
+
+async fn info(State(s): State<Arc<ChannelServer>>) -> Result<Json<Value>, ApiError> {
+    let hello = msg::Hello {
+        min_version: 1,
+        max_version: msg::PROTOCOL_VERSION,
+        user_agent: String::new(),
+    };
+    let w = s.hello(&hello)?;
+    let policy = w.policy.as_ref().map(|p| {
+        json!({
+            "min_deposit_sat": p.min_deposit_sat,
+            "max_deposit_sat": p.max_deposit_sat,
+            "min_channel_life_secs": p.min_channel_life_secs,
+            "max_channel_life_secs": p.max_channel_life_secs,
+            "settle_margin_secs": p.settle_margin_secs,
+            "payment_cutoff_secs": p.payment_cutoff_secs,
+            "min_confirmations": p.min_confirmations,
+            "zero_conf": p.zero_conf,
+            "dust_relay_fee_sat_per_kvb": p.dust_relay_fee_sat_per_kvb,
+            "close_out_sat": p.close_out_sat,
+        })
+    });
+    Ok(Json(json!({
+        "version": w.version,
+        "public_key": w.merchant_pubkey.to_lower_hex_string(),
+        "key_index": w.key_index,
+        "policy": policy,
+    })))
+}
+
+async fn open(
+    State(s): State<Arc<ChannelServer>>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(v) = body.ok_or_else(|| bad("the body must be JSON"))?;
+    let open = msg::Open {
+        funding_tx: hex_field(&v, "funding_tx")?,
+        customer_pubkey: hex_field(&v, "customer_pubkey")?,
+        merchant_pubkey: hex_field(&v, "merchant_pubkey")?,
+        expiry: u32::try_from(u64_field(&v, "expiry")?).map_err(|_| bad("expiry out of range"))?,
+        change_script: hex_field(&v, "change_script")?,
+        key_index: u32::try_from(u64_field(&v, "key_index")?)
+            .map_err(|_| bad("key_index out of range"))?,
+    };
+    let opened = s.open(&open).await?;
+    let channel = opened.channel.as_ref().and_then(|c| c.outpoint().ok()).map(|o| o.to_string());
+    Ok(Json(json!({"channel": channel, "confirmations_required": opened.confirmations_required})))
+}
+
+async fn status(
+    State(s): State<Arc<ChannelServer>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = channel_id(&id)?;
+    let (phase, total) = s.channel_status(id).await?;
+    Ok(Json(
+        json!({"channel": id.to_string(), "phase": phase.as_str(), "total_sat": total.to_sat()}),
+    ))
+}
+
+async fn pay(
+    State(s): State<Arc<ChannelServer>>,
+    Path(id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = channel_id(&id)?;
+    let Json(v) = body.ok_or_else(|| bad("the body must be JSON"))?;
+    let pay = msg::Pay {
+        channel: Some(id.into()),
+        total_sat: u64_field(&v, "total_sat")?,
+        signature: hex_field(&v, "signature")?,
+    };
+    let ack = s
+        .pay_batch(id, std::slice::from_ref(&pay))
+        .await
+        .pop()
+        .ok_or_else(|| bad("no answer"))??;
+    Ok(Json(json!({"channel": id.to_string(), "total_sat": ack.total_sat})))
+}
+
+async fn close(
+    State(s): State<Arc<ChannelServer>>,
+    Path(id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = channel_id(&id)?;
+    let Json(v) = body.ok_or_else(|| bad("the body must be JSON"))?;
+    let close = msg::Close { channel: Some(id.into()), signature: hex_field(&v, "signature")? };
+    let closed = s.close(&close).await?;
+    let txid: [u8; 32] =
+        closed.settlement_txid.as_slice().try_into().map_err(|_| bad("bad txid"))?;
+    let txid: paychan_core::bitcoin::Txid =
+        paychan_core::bitcoin::hashes::Hash::from_byte_array(txid);
+    Ok(Json(json!({"channel": id.to_string(), "settlement_txid": txid.to_string()})))
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve(
+    server: Arc<ChannelServer>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(server)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,199 @@
+//! The JSON HTTP API on a loopback socket: open, pay, status, close; and every payment rule
+//! broken gets its code, its HTTP status, and an unchanged channel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use paychan_chain::{ChainSource, EmbeddedChain};
+use paychan_core::bitcoin::absolute::LockTime;
+use paychan_core::bitcoin::hex::{DisplayHex, FromHex};
+use paychan_core::bitcoin::secp256k1::{Keypair, Message as SecpMessage, PublicKey};
+use paychan_core::bitcoin::{Amount, Network, OutPoint, TxOut};
+use paychan_core::channel::customer::{CustomerChannel, CustomerTerms};
+use paychan_core::channel::Effect;
+use paychan_core::msg::{self, Message};
+use paychan_core::policy::Policy;
+use paychan_core::script::{ChannelScript, OutputKind};
+use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey, spend_p2wpkh};
+use paychan_core::tx::payment::sign_payment;
+use paychan_core::Now;
+use paychan_merchant::{http, ChannelServer, Clock, KeyChain, ServerConfig};
+use paychan_node::Node;
+use paychan_store::{ChannelStore, Role, SqliteStore};
+use serde_json::{json, Value};
+
+fn sends(c: &mut CustomerChannel) -> Vec<Message> {
+    let mut out = Vec::new();
+    while let Some(e) = c.poll_effect() {
+        match e {
+            Effect::Persist { id, .. } => c.persisted(id).unwrap(),
+            Effect::Send(m) => out.push(m),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_api_open_pay_close_and_refusals() {
+    let node = Node::in_memory();
+    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
+    node.mine(101, &p2wpkh(&key(0x77))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("m.db")).unwrap());
+    let clock: Clock = {
+        let node = node.clone();
+        Arc::new(move || Now {
+            time: node.now(),
+            height: node.tip().0,
+            median_time_past: node.median_time_past(),
+        })
+    };
+    let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
+    let config = ServerConfig {
+        policy: Policy::default(),
+        payout: p2wpkh(&key(0x55)),
+        settle_target_blocks: 6,
+    };
+    let server =
+        Arc::new(ChannelServer::new(config, keys, store.clone(), chain.clone(), clock).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(http::serve(server.clone(), listener, std::future::pending()));
+    let client = reqwest::Client::new();
+
+    // Open.
+    let info: Value =
+        client.get(format!("{base}/v1/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["version"], 1);
+    let merchant =
+        PublicKey::from_slice(&Vec::<u8>::from_hex(info["public_key"].as_str().unwrap()).unwrap())
+            .unwrap();
+    let policy = Policy::default();
+    let terms = CustomerTerms {
+        script: ChannelScript::new(
+            merchant,
+            pubkey(&customer_key()),
+            LockTime::from_consensus(node.now() as u32 + 86_400),
+        )
+        .unwrap(),
+        kind: OutputKind::P2wsh,
+        change_script: p2wpkh(&customer_key()),
+        dust_relay_fee: policy.dust_relay_fee,
+        cutoff_distance: policy.cutoff_distance(false),
+        key_index: info["key_index"].as_u64().unwrap() as u32,
+        customer_key_index: 0,
+        peer: base.clone(),
+    };
+    let mut customer = CustomerChannel::new(terms, customer_key()).unwrap();
+    let (block, _) = node.block(&node.block_hash(1).unwrap()).unwrap();
+    let cb = &block.txdata[0];
+    let coin = (OutPoint { txid: cb.compute_txid(), vout: 0 }, cb.output[0].clone());
+    let change = coin.1.value - Amount::from_sat(101_000);
+    let funding = spend_p2wpkh(
+        &[coin],
+        vec![
+            TxOut {
+                value: Amount::from_sat(100_000),
+                script_pubkey: customer.funding_script_pubkey(),
+            },
+            TxOut { value: change, script_pubkey: p2wpkh(&key(0x77)) },
+        ],
+        &key(0x77),
+    );
+    customer.handle_funding_built(funding).unwrap();
+    let Message::Open(o) = sends(&mut customer).remove(0) else { panic!() };
+    let body = json!({
+        "funding_tx": o.funding_tx.to_lower_hex_string(),
+        "customer_pubkey": o.customer_pubkey.to_lower_hex_string(),
+        "merchant_pubkey": o.merchant_pubkey.to_lower_hex_string(),
+        "key_index": o.key_index,
+        "expiry": o.expiry,
+        "change_script": o.change_script.to_lower_hex_string(),
+    });
+    let r = client.post(format!("{base}/v1/channels")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let opened: Value = r.json().await.unwrap();
+    let id: OutPoint = opened["channel"].as_str().unwrap().parse().unwrap();
+    customer.handle_opened().unwrap();
+    sends(&mut customer);
+    node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+
+    // Pay 3,000 sat.
+    let params = customer.state().params.clone().unwrap();
+    let kp = Keypair::from_secret_key(paychan_core::sig::secp(), &customer_key());
+    let sig =
+        |t: u64| sign_payment(&params, Amount::from_sat(t), &kp).unwrap().to_lower_hex_string();
+    let pay = |total: u64, signature: String| {
+        let client = client.clone();
+        let url = format!("{base}/v1/channels/{id}/payments");
+        async move {
+            client
+                .post(url)
+                .json(&json!({"total_sat": total, "signature": signature}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = pay(3_000, sig(3_000)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["total_sat"], 3_000);
+    let st: Value =
+        client.get(format!("{base}/v1/channels/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((st["phase"].as_str(), st["total_sat"].as_u64()), (Some("open"), Some(3_000)));
+
+    // Refusals: code, status, unchanged channel.
+    let cases: Vec<(&str, u64, String, u16, u32)> = vec![
+        ("replay", 3_000, sig(3_000), 409, 104),
+        ("above the deposit", 100_001, sig(3_500), 409, 105),
+        ("not DER", 3_500, "3002010183".into(), 409, 107),
+        ("bad signature", 3_500, sig(4_000), 409, 110),
+        ("not hex", 3_500, "zz".into(), 400, 203),
+    ];
+    for (name, total, signature, status, code) in cases {
+        let before = store.get(id, Role::Merchant).await.unwrap().unwrap();
+        let r = pay(total, signature).await;
+        assert_eq!(r.status().as_u16(), status, "{name}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["code"], code, "{name}: {e}");
+        assert_eq!(
+            store.get(id, Role::Merchant).await.unwrap().unwrap(),
+            before,
+            "{name}: unchanged"
+        );
+    }
+    let r = client
+        .post(format!("{base}/v1/channels/{}:0/payments", "ab".repeat(32)))
+        .json(&json!({"total_sat": 1, "signature": sig(1)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client
+        .post(format!("{base}/v1/channels/{id}/payments"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+
+    // Close with the customer's signature; the settlement is mined.
+    let digest = SecpMessage::from_digest(msg::close_digest(id));
+    let close_sig =
+        paychan_core::sig::secp().sign_ecdsa(&digest, &customer_key()).serialize_der().to_vec();
+    let r = client
+        .post(format!("{base}/v1/channels/{id}/close"))
+        .json(&json!({"signature": close_sig.to_lower_hex_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let closed: Value = r.json().await.unwrap();
+    let txid: paychan_core::bitcoin::Txid =
+        closed["settlement_txid"].as_str().unwrap().parse().unwrap();
+    node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    assert!(node.transaction(&txid).unwrap().1.is_some());
+}
