@@ -96,7 +96,7 @@ fn status_line(s: &ChannelStatus) -> String {
         s.id.to_string(),
         s.phase.as_str(),
         s.capacity.to_sat(),
-        s.acked.to_sat(),
+        s.signed.to_sat(),
         (s.capacity - s.signed.min(s.capacity)).to_sat()
     )
 }
