@@ -224,19 +224,37 @@ impl Customer {
             wallet.lock().unwrap_or_else(|p| p.into_inner()).build_payment(spk, deposit, fee_rate)
         })
         .await?;
+        let funding_txid = funding.compute_txid();
         let id = channel.handle_funding_built(funding)?;
         let mut entry = Entry { channel, version: 0, stored_total: Amount::ZERO, conn: None };
         let msgs = self.drain(&mut entry).await?;
-        conn.send(&msgs).await?;
-        match conn.recv().await? {
-            Message::Opened(_) => entry.channel.handle_opened()?,
-            Message::Error(e) => {
-                entry.channel.handle_open_refused(e.code, e.message.clone());
-                self.drain(&mut entry).await?;
-                return Err(CustomerError::Rejected { code: e.code, message: e.message });
+        let answer = match conn.send(&msgs).await {
+            Ok(()) => conn.recv().await,
+            Err(e) => Err(e),
+        };
+        let refusal = match answer {
+            Ok(Message::Opened(_)) => None,
+            Ok(Message::Error(e)) => {
+                Some(CustomerError::Rejected { code: e.code, message: e.message })
             }
-            _ => return Err(CustomerError::Protocol("expected Opened")),
+            Ok(_) => Some(CustomerError::Protocol("expected Opened")),
+            Err(e) => Some(e),
+        };
+        if let Some(err) = refusal {
+            // Not broadcast by us; the merchant broadcasts only channels it accepts. Free the
+            // funding's coins in the wallet and mark the channel abandoned.
+            let (code, message) = match &err {
+                CustomerError::Rejected { code, message } => (*code, message.clone()),
+                other => (0, other.to_string()),
+            };
+            entry.channel.handle_open_refused(code, message);
+            self.drain(&mut entry).await?;
+            let wallet = self.wallet.clone();
+            blocking(move || wallet.lock().unwrap_or_else(|p| p.into_inner()).forget(funding_txid))
+                .await?;
+            return Err(err);
         }
+        entry.channel.handle_opened()?;
         self.drain(&mut entry).await?;
         entry.conn = Some(conn);
         self.map().insert(id, Arc::new(tokio::sync::Mutex::new(entry)));

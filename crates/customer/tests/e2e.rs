@@ -150,6 +150,7 @@ async fn a_refused_open_never_broadcasts_and_an_expired_channel_is_refunded() {
     let w = world().await;
     let c = customer(&w);
     let mempool_before = w.node.mempool_txids();
+    let balance_before = w.wallet.lock().unwrap().balance();
     match c.open(&w.addr, Amount::from_sat(5_000), None).await {
         Err(CustomerError::Rejected { code, .. }) => {
             assert_eq!(code, 5, "deposit below the minimum")
@@ -157,6 +158,7 @@ async fn a_refused_open_never_broadcasts_and_an_expired_channel_is_refunded() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(w.node.mempool_txids(), mempool_before, "the refused funding was never broadcast");
+    assert_eq!(w.wallet.lock().unwrap().balance(), balance_before, "its coins are free again");
 
     // A 7-hour channel, never paid: after the expiry the customer takes its deposit back.
     let id = c.open(&w.addr, Amount::from_sat(50_000), Some(7 * 3_600)).await.unwrap();

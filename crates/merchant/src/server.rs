@@ -156,7 +156,16 @@ impl ChannelServer {
         let mut guard = slot.lock().await;
         let chain = self.chain.clone();
         let tx = funding_tx.clone();
-        blocking(move || chain.broadcast(&tx)).await?;
+        blocking(move || chain.broadcast(&tx)).await.map_err(|e| match e {
+            // The customer's own transaction: say why the node refused it.
+            MerchantError::Chain(paychan_chain::ChainError::Rejected { reason, .. }) => {
+                MerchantError::Core(Error::Malformed {
+                    what: "funding transaction",
+                    reason: format!("refused by the node: {reason}"),
+                })
+            }
+            other => other,
+        })?;
         let out = self.drain(&mut guard).await?;
         drop(guard);
         self.slots().insert(id, slot);

@@ -323,6 +323,17 @@ impl Wallet {
         Ok((tx, fee))
     }
 
+    /// Forgets a transaction built by [`Wallet::build_payment`] that will never be broadcast
+    /// (a channel the merchant refused): its coins are free again.
+    ///
+    /// # Errors
+    /// [`WalletError::Database`].
+    pub fn forget(&mut self, txid: Txid) -> Result<(), WalletError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.inner.apply_evicted_txs([(txid, now.max(1))]);
+        self.persist()
+    }
+
     /// Pays `amount` to `address` and broadcasts it through `chain`.
     ///
     /// # Errors
