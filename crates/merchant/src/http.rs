@@ -179,7 +179,8 @@ async fn close(
     Ok(Json(json!({"channel": id.to_string(), "settlement_txid": txid.to_string()})))
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API, and the 21 REST protocol at `/payment`, on `listener` until `shutdown`
+/// completes.
 ///
 /// # Errors
 /// I/O errors of the listener.
@@ -188,5 +189,6 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(server)).with_graceful_shutdown(shutdown).await
+    let app = router(server.clone()).merge(crate::two1::router(server));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -12,9 +12,10 @@
 pub mod http;
 mod server;
 pub mod tcp;
+pub mod two1;
 
 pub use paychan_wallet::KeyChain;
-pub use server::{ChannelServer, Clock, ServerConfig};
+pub use server::{ChannelServer, Clock, ServerConfig, TWO1_KEY_INDEX};
 
 /// Errors of the merchant.
 #[derive(Debug, thiserror::Error)]

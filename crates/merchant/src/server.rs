@@ -17,6 +17,10 @@ use tracing::{info, warn};
 
 use crate::{KeyChain, MerchantError};
 
+/// The merchant key index used for every 21 (two1) channel: two1's `GET /payment` shows one
+/// key. Far above the indices handed out one by one for the paychan protocol.
+pub const TWO1_KEY_INDEX: u32 = 0x7fff_ffff;
+
 /// Where "now" comes from (the core reads no clock): wall time and the chain tip.
 pub type Clock = Arc<dyn Fn() -> Now + Send + Sync>;
 
@@ -148,6 +152,21 @@ impl ChannelServer {
         let now = (self.clock)();
         let channel =
             MerchantChannel::open(params, self.config.policy.clone(), &now, open.key_index)?;
+        let out = self.admit(id, channel, funding_tx).await?;
+        info!(channel = %id, "channel opened");
+        out.into_iter()
+            .find_map(|m| if let Message::Opened(o) = m { Some(o) } else { None })
+            .ok_or_else(|| MerchantError::Keys("no Opened message".into()))
+    }
+
+    /// Broadcasts a new channel's funding (the node's acceptance proves the deposit is real),
+    /// stores the channel, and registers it.
+    async fn admit(
+        &self,
+        id: OutPoint,
+        channel: MerchantChannel,
+        funding_tx: Transaction,
+    ) -> Result<Vec<Message>, MerchantError> {
         let slot = Arc::new(tokio::sync::Mutex::new(Slot {
             channel,
             version: 0,
@@ -155,8 +174,7 @@ impl ChannelServer {
         }));
         let mut guard = slot.lock().await;
         let chain = self.chain.clone();
-        let tx = funding_tx.clone();
-        blocking(move || chain.broadcast(&tx)).await.map_err(|e| match e {
+        blocking(move || chain.broadcast(&funding_tx)).await.map_err(|e| match e {
             // The customer's own transaction: say why the node refused it.
             MerchantError::Chain(paychan_chain::ChainError::Rejected { reason, .. }) => {
                 MerchantError::Core(Error::Malformed {
@@ -169,10 +187,7 @@ impl ChannelServer {
         let out = self.drain(&mut guard).await?;
         drop(guard);
         self.slots().insert(id, slot);
-        info!(channel = %id, "channel opened");
-        out.into_iter()
-            .find_map(|m| if let Message::Opened(o) = m { Some(o) } else { None })
-            .ok_or_else(|| MerchantError::Keys("no Opened message".into()))
+        Ok(out)
     }
 
     /// A payment: validated by the core, stored, then acknowledged.
@@ -275,6 +290,119 @@ impl ChannelServer {
         Ok(probe.accepted() - before)
     }
 
+    /// The key two1 clients see at `GET /payment` (one key for every 21 channel, as two1's
+    /// merchant has): index [`TWO1_KEY_INDEX`] of the merchant's key chain.
+    ///
+    /// # Errors
+    /// Key errors.
+    pub fn two1_key(&self) -> Result<PublicKey, MerchantError> {
+        let key = self.keys.secret(TWO1_KEY_INDEX)?;
+        Ok(PublicKey::from_secret_key(paychan_core::sig::secp(), &key))
+    }
+
+    /// Whether zero-confirmation channels are accepted.
+    pub fn zero_conf(&self) -> bool {
+        self.config.policy.zero_conf
+    }
+
+    /// Opens a 21 channel: a P2SH deposit paying `redeem_script`, whose merchant key must be
+    /// [`ChannelServer::two1_key`]. The deposit is broadcast (it must be valid).
+    ///
+    /// # Errors
+    /// The policy's refusal, a script that is not a channel script for our key, a deposit the
+    /// node refuses, or a deposit already used.
+    pub async fn two1_open(
+        &self,
+        deposit: &Transaction,
+        redeem_script: &paychan_core::bitcoin::Script,
+    ) -> Result<OutPoint, MerchantError> {
+        let script = paychan_core::script::ChannelScript::from_script(redeem_script)?;
+        if script.merchant() != self.two1_key()? {
+            return Err(Error::NotChannelScript("the merchant key is not this merchant's").into());
+        }
+        let funding = paychan_core::tx::FundingOutput::find(deposit, &script)?;
+        if funding.kind != paychan_core::script::OutputKind::P2sh {
+            return Err(Error::NotChannelScript("21 deposits pay P2SH").into());
+        }
+        let change = ScriptBuf::new_p2pkh(
+            &paychan_core::bitcoin::CompressedPublicKey(script.customer()).pubkey_hash(),
+        );
+        let params = paychan_core::tx::ChannelParams::new(
+            script,
+            funding,
+            change,
+            self.config.policy.dust_relay_fee,
+        )?;
+        let id = params.id();
+        if self.slots().contains_key(&id) {
+            return Err(Error::Malformed {
+                what: "deposit",
+                reason: "That deposit has already been used to create a channel.".into(),
+            }
+            .into());
+        }
+        let now = (self.clock)();
+        let channel =
+            MerchantChannel::open(params, self.config.policy.clone(), &now, TWO1_KEY_INDEX)?;
+        self.admit(id, channel, deposit.clone()).await?;
+        Ok(id)
+    }
+
+    /// The channel whose deposit is `txid` (21 channels are named by their deposit txid).
+    pub fn find_by_txid(&self, txid: &paychan_core::bitcoin::Txid) -> Option<OutPoint> {
+        self.slots().keys().find(|o| o.txid == *txid).copied()
+    }
+
+    /// A 21 payment: a whole half-signed transaction. Returns the increment it pays.
+    ///
+    /// # Errors
+    /// The rule it breaks (the channel is unchanged).
+    pub async fn two1_pay(&self, id: OutPoint, tx: &Transaction) -> Result<Amount, MerchantError> {
+        let slot = self.slot(&id)?;
+        let mut s = slot.lock().await;
+        if s.channel.phase() == Phase::AwaitingFunding {
+            self.refresh_confirmations(&mut s, id).await?;
+        }
+        let now = (self.clock)();
+        let increment = s.channel.handle_two1_payment(&now, tx)?;
+        self.drain(&mut s).await?;
+        Ok(increment)
+    }
+
+    /// A 21 close: `signature` is the customer's DER signature of SHA-256 of the deposit txid's
+    /// hex text. Settles and returns the settlement.
+    ///
+    /// # Errors
+    /// [`Error::SignatureNotDer`], [`Error::BadSignature`], [`Error::InvalidTransition`] when
+    /// nothing was paid.
+    pub async fn two1_close(
+        &self,
+        id: OutPoint,
+        signature: &[u8],
+    ) -> Result<Closed, MerchantError> {
+        use paychan_core::bitcoin::hashes::{sha256, Hash};
+        let slot = self.slot(&id)?;
+        let mut s = slot.lock().await;
+        let digest = sha256::Hash::hash(id.txid.to_string().as_bytes()).to_byte_array();
+        let sig = paychan_core::bitcoin::secp256k1::ecdsa::Signature::from_der(signature)
+            .map_err(|_| Error::SignatureNotDer)?;
+        let mut normal = sig;
+        normal.normalize_s();
+        paychan_core::sig::secp()
+            .verify_ecdsa(
+                &paychan_core::bitcoin::secp256k1::Message::from_digest(digest),
+                &normal,
+                &s.channel.state().params.script().customer(),
+            )
+            .map_err(|_| Error::BadSignature)?;
+        if s.channel.accepted() == Amount::ZERO {
+            return Err(
+                Error::InvalidTransition { phase: s.channel.phase(), event: "close" }.into()
+            );
+        }
+        self.settle_locked(&mut s).await
+    }
+
     /// A channel's phase and stored total.
     ///
     /// # Errors
@@ -283,6 +411,16 @@ impl ChannelServer {
         let slot = self.slot(&id)?;
         let s = slot.lock().await;
         Ok((s.channel.phase(), s.stored_total))
+    }
+
+    /// A channel's expiry (locktime value).
+    ///
+    /// # Errors
+    /// [`Error::UnknownChannel`].
+    pub async fn channel_expiry(&self, id: OutPoint) -> Result<u32, MerchantError> {
+        let slot = self.slot(&id)?;
+        let s = slot.lock().await;
+        Ok(s.channel.state().params.script().expiry().to_consensus_u32())
     }
 
     /// Settles channel `id` now, at the merchant's own initiative; returns the txid.
