@@ -221,3 +221,40 @@ async fn the_merchant_settles_before_the_expiry_and_refuses_payments_past_the_cu
     c.tick().await.unwrap();
     assert_eq!(c.status(id).await.unwrap().phase, Phase::Settled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_settlement_is_replaced_at_a_higher_fee() {
+    let w = world().await;
+    let c = customer(&w);
+    let id = c.open(&w.addr, Amount::from_sat(100_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    c.pay(id, Amount::from_sat(20_000)).await.unwrap();
+    let first = c.close(id).await.unwrap();
+    assert!(w.node.mempool_txids().contains(&first));
+    let fee_of = |txid| {
+        let (tx, _) = w.node.transaction(&txid).unwrap();
+        Amount::from_sat(100_000) - tx.output.iter().map(|o| o.value).sum::<Amount>()
+    };
+    let first_fee = fee_of(first);
+
+    // Blocks too small for it: the settlement waits.
+    w.node.set_block_max_weight(4_100);
+    w.node.mine(paychan_merchant::BUMP_AFTER_BLOCKS, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+    let row = w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap();
+    let second = row.closing_txid.unwrap();
+    assert_ne!(second, first, "replaced");
+    assert!(fee_of(second) > first_fee, "at a higher fee");
+    assert!(!w.node.mempool_txids().contains(&first), "the replacement evicted the first");
+    let (tx, _) = w.node.transaction(&second).unwrap();
+    assert_eq!(tx.output[0].value, Amount::from_sat(80_000), "the customer's change is untouched");
+
+    // Room again: mined, and both sides see the channel settled.
+    w.node.set_block_max_weight(4_000_000);
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+    let row = w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.phase, Phase::Settled);
+    c.tick().await.unwrap();
+    assert_eq!(c.status(id).await.unwrap().phase, Phase::Settled);
+}

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use paychan_chain::ChainSource;
 use paychan_core::bitcoin::secp256k1::PublicKey;
-use paychan_core::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction};
+use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction};
 use paychan_core::channel::merchant::{params_from_open, MerchantChannel, MerchantState};
 use paychan_core::channel::{Effect, Event, Phase};
 use paychan_core::msg::{self, Closed, Message, Opened, PaymentAck, Resumed, Welcome};
@@ -39,7 +39,12 @@ struct Slot {
     /// The row's version in the store (0 before it is created).
     version: u64,
     stored_total: Amount,
+    /// The last settlement broadcast: at which height, at which fee rate.
+    settlement: Option<(u32, FeeRate)>,
 }
+
+/// A settlement unconfirmed after this many blocks is replaced at a higher fee rate.
+pub const BUMP_AFTER_BLOCKS: u32 = 3;
 
 /// Drives every channel of one merchant.
 pub struct ChannelServer {
@@ -102,7 +107,8 @@ impl ChannelServer {
         for row in rows.into_iter().filter(|r| !r.phase.is_final()) {
             let state = MerchantState::decode(&row.state)?;
             let channel = MerchantChannel::restore(state, self.config.policy.clone());
-            let slot = Slot { channel, version: row.version, stored_total: row.total };
+            let slot =
+                Slot { channel, version: row.version, stored_total: row.total, settlement: None };
             self.slots().insert(row.id, Arc::new(tokio::sync::Mutex::new(slot)));
             n += 1;
         }
@@ -171,6 +177,7 @@ impl ChannelServer {
             channel,
             version: 0,
             stored_total: Amount::ZERO,
+            settlement: None,
         }));
         let mut guard = slot.lock().await;
         let chain = self.chain.clone();
@@ -468,6 +475,13 @@ impl ChannelServer {
         let chain = self.chain.clone();
         let target = self.config.settle_target_blocks;
         let fee_rate = blocking(move || chain.estimate_fee(target)).await?;
+        self.settle_at(s, fee_rate).await
+    }
+
+    async fn settle_at(&self, s: &mut Slot, fee_rate: FeeRate) -> Result<Closed, MerchantError> {
+        let chain = self.chain.clone();
+        let height = blocking(move || chain.tip()).await?.height;
+        s.settlement = Some((height, fee_rate));
         let key = self.keys.secret(s.channel.state().key_index)?;
         s.channel.settle(&key, self.config.payout.clone(), fee_rate, &[])?;
         let out = self.drain(s).await?;
@@ -498,6 +512,57 @@ impl ChannelServer {
                     warn!(channel = %id, error = %e, "settlement failed; will retry");
                 }
             }
+            if s.channel.phase() == Phase::Settling {
+                if let Err(e) = self.follow_settlement(&mut s).await {
+                    warn!(channel = %id, error = %e, "settlement follow-up failed; will retry");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A settlement out: when it confirms, the channel is settled; while it does not, it is
+    /// re-broadcast, and replaced at a higher fee rate after [`BUMP_AFTER_BLOCKS`] blocks (the
+    /// customer's `SINGLE|ANYONECANPAY` signature leaves the merchant's output and fee free).
+    async fn follow_settlement(&self, s: &mut Slot) -> Result<(), MerchantError> {
+        let Some(txid) = s.channel.state().settlement_txid else { return Ok(()) };
+        let chain = self.chain.clone();
+        let status = blocking(move || chain.tx_status(&txid)).await?;
+        if let paychan_chain::TxStatus::Confirmed { .. } = status {
+            let chain = self.chain.clone();
+            if let Some(tx) = blocking(move || chain.transaction(&txid)).await? {
+                s.channel.handle_funding_spent(&tx)?;
+                self.drain(s).await?;
+                info!(%txid, "settlement confirmed");
+            }
+            return Ok(());
+        }
+        let chain = self.chain.clone();
+        let height = blocking(move || chain.tip()).await?.height;
+        let (since, rate) = match s.settlement {
+            Some(x) => x,
+            None => {
+                // After a restart: rebuild it at today's estimate (same inputs, so a replacement
+                // or the very same transaction) and start counting again.
+                self.settle_locked(s).await?;
+                return Ok(());
+            }
+        };
+        if height >= since + BUMP_AFTER_BLOCKS {
+            let chain = self.chain.clone();
+            let target = self.config.settle_target_blocks;
+            let estimate = blocking(move || chain.estimate_fee(target)).await?;
+            // BIP 125: a higher fee rate and more absolute fee than the one replaced.
+            let bumped = FeeRate::from_sat_per_kwu(
+                (rate.to_sat_per_kwu() * 3 / 2).max(rate.to_sat_per_kwu() + 500),
+            )
+            .max(estimate);
+            info!(%txid, from = %rate, to = %bumped, "settlement unconfirmed: replacing it at a higher fee");
+            self.settle_at(s, bumped).await?;
+        } else if status == paychan_chain::TxStatus::Unknown {
+            // Dropped from the mempool: the same transaction again.
+            self.settle_at(s, rate).await?;
+            s.settlement = Some((since, rate));
         }
         Ok(())
     }
