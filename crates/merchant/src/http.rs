@@ -179,16 +179,129 @@ async fn close(
     Ok(Json(json!({"channel": id.to_string(), "settlement_txid": txid.to_string()})))
 }
 
-/// Serves the API, and the 21 REST protocol at `/payment`, on `listener` until `shutdown`
-/// completes.
+#[derive(Clone)]
+struct Admin {
+    server: Arc<ChannelServer>,
+    token: Arc<String>,
+}
+
+/// The admin API behind a bearer token, and `/metrics` (Prometheus text format):
+///
+/// | method & path | answer |
+/// |---|---|
+/// | `GET /admin/channels` | every channel: phase, paid, charged, deposit, expiry |
+/// | `GET /admin/summary` | channels by phase, total paid, revenue (paid on settled channels) |
+/// | `POST /admin/channels/{txid}:{vout}/settle` | settles now; `{settlement_txid}` |
+/// | `GET /metrics` | counters, channels by phase, payment and store latency histograms |
+pub fn admin_router(server: Arc<ChannelServer>, token: String) -> Router {
+    let state = Admin { server, token: Arc::new(token) };
+    Router::new()
+        .route("/admin/channels", get(admin_channels))
+        .route("/admin/summary", get(admin_summary))
+        .route("/admin/channels/{id}/settle", post(admin_settle))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn authorised(a: &Admin, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let want = a.token.as_bytes();
+    let ok = given.len() == want.len()
+        && given.bytes().zip(want).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            401,
+            "a valid admin bearer token is required".into(),
+        ))
+    }
+}
+
+async fn admin_channels(
+    State(a): State<Admin>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorised(&a, &headers)?;
+    let list: Vec<Value> = a
+        .server
+        .channels()
+        .await
+        .into_iter()
+        .map(|(id, phase, paid, charged, capacity, expiry)| {
+            json!({
+                "channel": id.to_string(),
+                "phase": phase.as_str(),
+                "paid_sat": paid.to_sat(),
+                "charged_sat": charged.to_sat(),
+                "capacity_sat": capacity.to_sat(),
+                "expiry": expiry,
+            })
+        })
+        .collect();
+    Ok(Json(json!(list)))
+}
+
+async fn admin_summary(
+    State(a): State<Admin>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorised(&a, &headers)?;
+    let mut by_phase = serde_json::Map::new();
+    let (mut paid, mut revenue) = (0u64, 0u64);
+    for (_, phase, total, _, _, _) in a.server.channels().await {
+        let n = by_phase.get(phase.as_str()).and_then(Value::as_u64).unwrap_or(0);
+        by_phase.insert(phase.as_str().into(), json!(n + 1));
+        paid += total.to_sat();
+        if matches!(
+            phase,
+            paychan_core::channel::Phase::Settled | paychan_core::channel::Phase::Settling
+        ) {
+            revenue += total.to_sat();
+        }
+    }
+    Ok(Json(json!({"channels": by_phase, "paid_sat": paid, "revenue_sat": revenue})))
+}
+
+async fn admin_settle(
+    State(a): State<Admin>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorised(&a, &headers)?;
+    let id = channel_id(&id)?;
+    let closed = a.server.settle(id).await?;
+    let txid: [u8; 32] =
+        closed.settlement_txid.as_slice().try_into().map_err(|_| bad("bad txid"))?;
+    let txid: paychan_core::bitcoin::Txid =
+        paychan_core::bitcoin::hashes::Hash::from_byte_array(txid);
+    Ok(Json(json!({"channel": id.to_string(), "settlement_txid": txid.to_string()})))
+}
+
+async fn metrics(State(a): State<Admin>) -> Response {
+    let body = a.server.metrics_text().await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Serves the API, the 21 REST protocol at `/payment`, and (with a token) the admin API and
+/// `/metrics`, on `listener` until `shutdown` completes.
 ///
 /// # Errors
 /// I/O errors of the listener.
 pub async fn serve(
     server: Arc<ChannelServer>,
     listener: tokio::net::TcpListener,
+    admin_token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(server.clone()).merge(crate::two1::router(server));
+    let mut app = router(server.clone()).merge(crate::two1::router(server.clone()));
+    if let Some(token) = admin_token {
+        app = app.merge(admin_router(server, token));
+    }
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod http;
+pub mod metrics;
 mod server;
 pub mod tcp;
 pub mod two1;

@@ -54,6 +54,7 @@ pub struct ChannelServer {
     chain: Arc<dyn ChainSource>,
     clock: Clock,
     channels: Mutex<HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for ChannelServer {
@@ -91,6 +92,7 @@ impl ChannelServer {
             chain,
             clock,
             channels: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::Metrics::default(),
         })
     }
 
@@ -244,15 +246,21 @@ impl ChannelServer {
                 return pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect();
             }
         }
+        let started = std::time::Instant::now();
         let now = (self.clock)();
+        let before = s.channel.accepted();
         let mut results: Vec<Result<(), MerchantError>> = Vec::with_capacity(pays.len());
         for p in pays {
             let r = s
                 .channel
                 .handle_payment(&now, channel, Amount::from_sat(p.total_sat), &p.signature)
                 .map_err(MerchantError::from);
+            let counter = if r.is_ok() { &self.metrics.payments } else { &self.metrics.rejections };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             results.push(r);
         }
+        let gained = s.channel.accepted().checked_sub(before).unwrap_or(Amount::ZERO);
+        self.metrics.revenue_sat.fetch_add(gained.to_sat(), std::sync::atomic::Ordering::Relaxed);
         let acks = match self.drain(&mut s).await {
             Ok(out) => out,
             Err(e) => {
@@ -260,6 +268,10 @@ impl ChannelServer {
                 return pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect();
             }
         };
+        let elapsed = started.elapsed();
+        for _ in 0..pays.len() {
+            self.metrics.payment_latency.observe(elapsed);
+        }
         let mut acks = acks.into_iter().filter_map(|m| match m {
             Message::PaymentAck(a) => Some(a),
             _ => None,
@@ -410,6 +422,39 @@ impl ChannelServer {
         self.settle_locked(&mut s).await
     }
 
+    /// The Prometheus text exposition of the merchant's metrics.
+    pub async fn metrics_text(&self) -> String {
+        let slots: Vec<_> = self.slots().values().cloned().collect();
+        let mut by_phase: HashMap<&'static str, usize> = HashMap::new();
+        for slot in slots {
+            let phase = slot.lock().await.channel.phase();
+            *by_phase.entry(phase.as_str()).or_default() += 1;
+        }
+        let mut phases: Vec<(&str, usize)> = by_phase.into_iter().collect();
+        phases.sort_unstable();
+        self.metrics.render(&phases)
+    }
+
+    /// Every channel: (id, phase, accepted total, charged, capacity, expiry).
+    pub async fn channels(&self) -> Vec<(OutPoint, Phase, Amount, Amount, Amount, u32)> {
+        let slots: Vec<_> = self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for (id, slot) in slots {
+            let s = slot.lock().await;
+            let st = s.channel.state();
+            out.push((
+                id,
+                st.phase,
+                st.accepted,
+                st.charged,
+                st.params.capacity(),
+                st.params.script().expiry().to_consensus_u32(),
+            ));
+        }
+        out.sort_by_key(|c| (c.5, c.0));
+        out
+    }
+
     /// A channel's phase and stored total.
     ///
     /// # Errors
@@ -482,6 +527,7 @@ impl ChannelServer {
         let chain = self.chain.clone();
         let height = blocking(move || chain.tip()).await?.height;
         s.settlement = Some((height, fee_rate));
+        self.metrics.settlements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = self.keys.secret(s.channel.state().key_index)?;
         s.channel.settle(&key, self.config.payout.clone(), fee_rate, &[])?;
         let out = self.drain(s).await?;
@@ -612,6 +658,9 @@ impl ChannelServer {
                 Some(Effect::Persist { id, state }) => pending = Some((id, state)),
                 Some(Effect::Event(e)) => {
                     tracing::debug!(?e, "channel event");
+                    if matches!(e, Event::Refunded { .. }) {
+                        self.metrics.refunds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     on_event(&e);
                 }
                 Some(Effect::Watch(_)) => {}
@@ -647,6 +696,13 @@ impl ChannelServer {
     }
 
     async fn write(&self, s: &mut Slot, state: &MerchantState) -> Result<(), MerchantError> {
+        let started = std::time::Instant::now();
+        let r = self.write_inner(s, state).await;
+        self.metrics.store_commit.observe(started.elapsed());
+        r
+    }
+
+    async fn write_inner(&self, s: &mut Slot, state: &MerchantState) -> Result<(), MerchantError> {
         let id = state.params.id();
         let bytes = state.encode();
         if s.version == 0 {

@@ -61,7 +61,12 @@ async fn json_api_open_pay_close_and_refusals() {
         Arc::new(ChannelServer::new(config, keys, store.clone(), chain.clone(), clock).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(http::serve(server.clone(), listener, std::future::pending()));
+    tokio::spawn(http::serve(
+        server.clone(),
+        listener,
+        Some("s3cret".into()),
+        std::future::pending(),
+    ));
     let client = reqwest::Client::new();
 
     // Open.
@@ -196,4 +201,40 @@ async fn json_api_open_pay_close_and_refusals() {
         closed["settlement_txid"].as_str().unwrap().parse().unwrap();
     node.mine(1, &p2wpkh(&key(0x77))).unwrap();
     assert!(node.transaction(&txid).unwrap().1.is_some());
+
+    // Admin API: refused without its token, answers with it; metrics count what happened.
+    let r = client.get(format!("{base}/admin/channels")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client.get(format!("{base}/admin/summary")).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let list: Value = client
+        .get(format!("{base}/admin/channels"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["channel"], id.to_string());
+    assert_eq!(list[0]["paid_sat"], 3_000);
+    let summary: Value = client
+        .get(format!("{base}/admin/summary"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["paid_sat"], 3_000);
+    assert_eq!(summary["revenue_sat"], 3_000);
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("paychan_payments_total 1\n"), "{metrics}");
+    assert!(metrics.contains("paychan_revenue_sat_total 3000\n"));
+    assert!(metrics.contains("paychan_payment_rejections_total 4\n"), "{metrics}");
+    assert!(metrics.contains("paychan_settlements_total 1\n"));
+    assert!(metrics.contains("paychan_payment_latency_seconds_count 5\n"), "{metrics}");
+    assert!(metrics.contains("paychan_store_commit_seconds_count"));
+    assert!(metrics.contains("paychan_channels{phase=\"settling\"} 1"), "{metrics}");
 }

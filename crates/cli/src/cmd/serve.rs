@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Seconds between chain checks (confirmations, expiry settlements).
     #[arg(long)]
     tick_secs: Option<u64>,
+    /// The admin API's bearer token (default: <home>/admin.token, created 0600 if missing).
+    #[arg(long, env = "PAYCHAN_ADMIN_TOKEN")]
+    admin_token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,29 +87,11 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     }
     policy.validate().map_err(fail)?;
     let tick = Duration::from_secs(a.tick_secs.or(file.tick_secs).unwrap_or(2).max(1));
-
+    let admin_token = a.admin_token;
     let home = common.home();
-    let chain = common.chain()?;
-    let mut wallet =
-        Wallet::open_or_create(&common.wallet_dir(), Network::Regtest).map_err(fail)?;
-    let keys = wallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
-    let payout = wallet.new_address().map_err(fail)?;
-    let clock = common.clock(chain.clone());
     let rt = runtime()?;
     rt.block_on(async move {
-        let store: Arc<dyn ChannelStore> = if store_spec.starts_with("postgres://") || store_spec.starts_with("postgresql://") {
-            Arc::new(PostgresStore::connect(&store_spec).await.map_err(fail)?)
-        } else {
-            let path = match store_spec.strip_prefix("sqlite:") {
-                Some(p) => PathBuf::from(p),
-                None => home.join("merchant.db"),
-            };
-            std::fs::create_dir_all(&home).map_err(fail)?;
-            Arc::new(SqliteStore::open(&path).map_err(fail)?)
-        };
-        let config = ServerConfig { policy, payout: payout.script_pubkey(), settle_target_blocks: 6 };
-        let server = Arc::new(ChannelServer::new(config, keys, store, chain, clock).map_err(fail)?);
-        let loaded = server.load().await.map_err(fail)?;
+        let (server, payout, loaded) = merchant(common, &store_spec, policy).await?;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
         let addr = listener.local_addr()?;
         let http_listener = tokio::net::TcpListener::bind(http_listen)
@@ -119,7 +104,17 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
                 "paychan serve: channel protocol on {addr}, JSON API on http://{http_addr}, {loaded} channels loaded, settlements pay {payout}"
             ),
         )?;
-        let http_task = tokio::spawn(paychan_merchant::http::serve(server.clone(), http_listener, shutdown_signal()));
+        let token_path = home.join("admin.token");
+        let token = match admin_token {
+            Some(t) => t,
+            None => read_or_make_token(&token_path)?,
+        };
+        let http_task = tokio::spawn(paychan_merchant::http::serve(
+            server.clone(),
+            http_listener,
+            Some(token),
+            shutdown_signal(),
+        ));
         let ticker = {
             let server = server.clone();
             tokio::spawn(async move {
@@ -139,6 +134,28 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         Ok::<_, CliError>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the admin token, or writes a fresh random one (mode 0600).
+fn read_or_make_token(path: &std::path::Path) -> Result<String, CliError> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        return Ok(t.trim().to_string());
+    }
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| fail(format!("no randomness for the admin token: {e}")))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    std::io::Write::write_all(&mut f, token.as_bytes()).map_err(fail)?;
+    Ok(token)
 }
 
 /// The merchant's channel server, as `serve` and `payment` use it: wallet (keys, payout),

@@ -1,0 +1,113 @@
+//! Prometheus metrics of the merchant (text exposition format), kept in atomics.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 12] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// A fixed-bucket histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                self.counts[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// The merchant's counters and histograms.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Payments accepted.
+    pub payments: AtomicU64,
+    /// Satoshis accepted (sum of increments).
+    pub revenue_sat: AtomicU64,
+    /// Payments refused.
+    pub rejections: AtomicU64,
+    /// Settlements broadcast (replacements included).
+    pub settlements: AtomicU64,
+    /// Channels that ended in the customer's refund.
+    pub refunds: AtomicU64,
+    /// From a payment's arrival to its acknowledgement.
+    pub payment_latency: Histogram,
+    /// Store writes.
+    pub store_commit: Histogram,
+}
+
+impl Metrics {
+    /// The text exposition, with `channels` as (phase, count).
+    pub fn render(&self, channels: &[(&str, usize)]) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        };
+        counter(&mut out, "paychan_payments_total", "Payments accepted.", &self.payments);
+        counter(
+            &mut out,
+            "paychan_revenue_sat_total",
+            "Satoshis accepted in payments.",
+            &self.revenue_sat,
+        );
+        counter(
+            &mut out,
+            "paychan_payment_rejections_total",
+            "Payments refused.",
+            &self.rejections,
+        );
+        counter(&mut out, "paychan_settlements_total", "Settlements broadcast.", &self.settlements);
+        counter(
+            &mut out,
+            "paychan_refunds_total",
+            "Channels refunded to the customer.",
+            &self.refunds,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP paychan_channels Channels by phase.\n# TYPE paychan_channels gauge"
+        );
+        for (phase, n) in channels {
+            let _ = writeln!(out, "paychan_channels{{phase=\"{phase}\"}} {n}");
+        }
+        self.payment_latency.render(
+            "paychan_payment_latency_seconds",
+            "From a payment's arrival to its acknowledgement.",
+            &mut out,
+        );
+        self.store_commit.render("paychan_store_commit_seconds", "Durable store writes.", &mut out);
+        out
+    }
+}
