@@ -3,62 +3,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
+mod common;
 
-use paychan_chain::{ChainSource, EmbeddedChain};
+use common::{sends, setup, Setup};
+
 use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::hex::{DisplayHex, FromHex};
 use paychan_core::bitcoin::secp256k1::{Keypair, Message as SecpMessage, PublicKey};
-use paychan_core::bitcoin::{Amount, Network, OutPoint, TxOut};
+use paychan_core::bitcoin::{Amount, OutPoint, TxOut};
 use paychan_core::channel::customer::{CustomerChannel, CustomerTerms};
-use paychan_core::channel::Effect;
 use paychan_core::msg::{self, Message};
 use paychan_core::policy::Policy;
 use paychan_core::script::{ChannelScript, OutputKind};
 use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey, spend_p2wpkh};
 use paychan_core::tx::payment::sign_payment;
-use paychan_core::Now;
-use paychan_merchant::{http, ChannelServer, Clock, KeyChain, ServerConfig};
-use paychan_node::Node;
-use paychan_store::{ChannelStore, Role, SqliteStore};
+use paychan_merchant::http;
+use paychan_store::Role;
 use serde_json::{json, Value};
-
-fn sends(c: &mut CustomerChannel) -> Vec<Message> {
-    let mut out = Vec::new();
-    while let Some(e) = c.poll_effect() {
-        match e {
-            Effect::Persist { id, .. } => c.persisted(id).unwrap(),
-            Effect::Send(m) => out.push(m),
-            _ => {}
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_api_open_pay_close_and_refusals() {
-    let node = Node::in_memory();
-    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    node.mine(101, &p2wpkh(&key(0x77))).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&dir.path().join("m.db")).unwrap());
-    let clock: Clock = {
-        let node = node.clone();
-        Arc::new(move || Now {
-            time: node.now(),
-            height: node.tip().0,
-            median_time_past: node.median_time_past(),
-        })
-    };
-    let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
-    let config = ServerConfig {
-        policy: Policy::default(),
-        payout: p2wpkh(&key(0x55)),
-        settle_target_blocks: 6,
-    };
-    let server =
-        Arc::new(ChannelServer::new(config, keys, store.clone(), chain.clone(), clock).unwrap());
+    let Setup { node, store, server, dir: _dir, .. } = setup(101);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(http::serve(

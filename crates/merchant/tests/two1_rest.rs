@@ -4,49 +4,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
+mod common;
 
-use paychan_chain::{ChainSource, EmbeddedChain};
+use common::{setup, Setup};
+
 use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::consensus::encode::serialize_hex;
 use paychan_core::bitcoin::hashes::{sha256, Hash};
 use paychan_core::bitcoin::hex::{DisplayHex, FromHex};
 use paychan_core::bitcoin::secp256k1::{Message as SecpMessage, PublicKey};
-use paychan_core::bitcoin::{Amount, CompressedPublicKey, Network, OutPoint, ScriptBuf, TxOut};
+use paychan_core::bitcoin::{Amount, CompressedPublicKey, OutPoint, ScriptBuf, TxOut};
 use paychan_core::policy::Policy;
 use paychan_core::script::{ChannelScript, OutputKind};
 use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey, spend_p2wpkh};
 use paychan_core::tx::two1::{build_payment, TWO1_FEE, TWO1_MIN_OUTPUT};
 use paychan_core::tx::{ChannelParams, FundingOutput};
-use paychan_core::Now;
-use paychan_merchant::{two1, ChannelServer, Clock, KeyChain, ServerConfig};
-use paychan_node::Node;
-use paychan_store::{ChannelStore, SqliteStore};
+use paychan_merchant::two1;
+
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two1_client_opens_pays_and_closes() {
-    let node = Node::in_memory();
-    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    node.mine(101, &p2wpkh(&key(0x77))).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&dir.path().join("m.db")).unwrap());
-    let clock: Clock = {
-        let node = node.clone();
-        Arc::new(move || Now {
-            time: node.now(),
-            height: node.tip().0,
-            median_time_past: node.median_time_past(),
-        })
-    };
-    let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
-    let config = ServerConfig {
-        policy: Policy::default(),
-        payout: p2wpkh(&key(0x55)),
-        settle_target_blocks: 6,
-    };
-    let server = Arc::new(ChannelServer::new(config, keys, store, chain.clone(), clock).unwrap());
+    let Setup { node, server, dir: _dir, .. } = setup(101);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/payment", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, two1::router(server)).await });

@@ -1,0 +1,81 @@
+//! A merchant on the embedded node with a SQLite store, for the merchant's tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use paychan_chain::{ChainSource, EmbeddedChain};
+use paychan_core::bitcoin::{Network, OutPoint, TxOut};
+use paychan_core::channel::customer::CustomerChannel;
+use paychan_core::channel::Effect;
+use paychan_core::msg::Message;
+use paychan_core::policy::Policy;
+use paychan_core::testkit::{key, p2wpkh};
+use paychan_core::Now;
+use paychan_merchant::{ChannelServer, Clock, KeyChain, ServerConfig};
+use paychan_node::Node;
+use paychan_store::{ChannelStore, SqliteStore};
+
+pub struct Setup {
+    pub node: Node,
+    pub chain: Arc<dyn ChainSource>,
+    pub store: Arc<dyn ChannelStore>,
+    pub clock: Clock,
+    pub server: Arc<ChannelServer>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A node with `blocks` mined to key 0x77, and a merchant paying out to key 0x55.
+pub fn setup(blocks: u32) -> Setup {
+    let node = Node::in_memory();
+    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
+    node.mine(blocks, &p2wpkh(&key(0x77))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("m.db")).unwrap());
+    let clock: Clock = {
+        let node = node.clone();
+        Arc::new(move || Now {
+            time: node.now(),
+            height: node.tip().0,
+            median_time_past: node.median_time_past(),
+        })
+    };
+    let server = Arc::new(server_on(&dir, store.clone(), chain.clone(), clock.clone()));
+    Setup { node, chain, store, clock, server, dir }
+}
+
+/// A merchant server (again) over the same directory and store: a restart.
+pub fn server_on(
+    dir: &tempfile::TempDir,
+    store: Arc<dyn ChannelStore>,
+    chain: Arc<dyn ChainSource>,
+    clock: Clock,
+) -> ChannelServer {
+    let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
+    let config = ServerConfig {
+        policy: Policy::default(),
+        payout: p2wpkh(&key(0x55)),
+        settle_target_blocks: 6,
+    };
+    ChannelServer::new(config, keys, store, chain, clock).unwrap()
+}
+
+/// The coinbase output of the block at `height`.
+pub fn coinbase_coin(node: &Node, height: u32) -> (OutPoint, TxOut) {
+    let (block, _) = node.block(&node.block_hash(height).unwrap()).unwrap();
+    let cb = &block.txdata[0];
+    (OutPoint { txid: cb.compute_txid(), vout: 0 }, cb.output[0].clone())
+}
+
+/// Runs a customer machine's effects: persists complete at once, sends are returned.
+pub fn sends(c: &mut CustomerChannel) -> Vec<Message> {
+    let mut out = Vec::new();
+    while let Some(e) = c.poll_effect() {
+        match e {
+            Effect::Persist { id, .. } => c.persisted(id).unwrap(),
+            Effect::Send(m) => out.push(m),
+            _ => {}
+        }
+    }
+    out
+}
