@@ -192,6 +192,66 @@ fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
     let status = env.run(&c, &["channels", "status", "--channel", &channel]);
     assert_eq!(status["paid_sat"].as_u64().unwrap(), merchant_total);
 
+    // A graceful stop (SIGTERM) mid-stream: the merchant finishes what it is handling and exits
+    // cleanly; nothing acknowledged is lost.
+    let mut merchant = _merchant;
+    let pid = merchant.0.id().to_string();
+    let before_term = customer_view;
+    let highest = {
+        let mut payer = env
+            .cmd(&c)
+            .args([
+                "channels",
+                "pay",
+                "--channel",
+                &channel,
+                "--amount",
+                "1sat",
+                "--count",
+                "100000",
+                "--progress",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut highest = 0;
+        let mut termed = false;
+        for line in BufReader::new(payer.stdout.take().unwrap()).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) =
+                serde_json::from_str::<Value>(&line).ok().and_then(|v| v["acked_sat"].as_u64())
+            {
+                highest = highest.max(a);
+            }
+            if !termed && highest >= before_term + 1_000 {
+                assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+                termed = true;
+            }
+        }
+        let _ = payer.wait();
+        highest
+    };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = merchant.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the merchant stops within its grace period"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a clean exit");
+    let _merchant = env.serve(&m, port);
+    let synced = env.run(&c, &["channels", "sync", "--channel", &channel]);
+    assert!(synced["acked_sat"].as_u64().unwrap() >= highest);
+    let merchant_total = rt.block_on(async {
+        let store = SqliteStore::open(&m.join("merchant.db")).unwrap();
+        store.get(id, Role::Merchant).await.unwrap().unwrap().total.to_sat()
+    });
+
     // Settle: at least the highest acknowledged total reaches the chain.
     let closed = env.run(&c, &["channels", "close", "--channel", &channel]);
     env.run(&c, &["node", "mine", "1"]);
@@ -206,4 +266,64 @@ fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
     assert_eq!(tx["confirmations"], 1);
     let change = (tx["vout"][0]["value"].as_f64().unwrap() * 1e8).round() as u64;
     assert_eq!(change, 1_000_000 - merchant_total, "settled at the merchant's total");
+}
+
+#[test]
+fn with_the_merchant_stopped_the_refund_is_mined_after_expiry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node_dir, m, c) = (tmp.path().join("node"), tmp.path().join("m"), tmp.path().join("c"));
+    let mut node = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .args(["--json", "node", "start", "--rpc-bind", "127.0.0.1:0", "--datadir"])
+        .arg(&node_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(node.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _node = Kill(node);
+    let info: Value = serde_json::from_str(&line).unwrap();
+    let env =
+        Env { url: info["rpc_url"].as_str().unwrap().into(), cookie: node_dir.join(".cookie") };
+    let port = free_port();
+    let merchant = env.serve(&m, port);
+    env.run(&c, &["wallet", "new"]);
+    env.run(&c, &["wallet", "faucet"]);
+    let opened = env.run(
+        &c,
+        &[
+            "channels",
+            "open",
+            "--merchant",
+            &format!("127.0.0.1:{port}"),
+            "--deposit",
+            "50000sat",
+            "--life",
+            "7h",
+        ],
+    );
+    let channel = opened["channel"].as_str().unwrap().to_string();
+    env.run(&c, &["node", "mine", "1"]);
+    env.run(&c, &["channels", "pay", "--channel", &channel, "--amount", "1000sat"]);
+    drop(merchant); // the merchant is gone for good and never settles
+
+    env.run(&c, &["node", "time", "--advance", "8h"]);
+    env.run(&c, &["node", "mine", "11"]); // median-time-past passes the expiry
+    let list = env.run(&c, &["channels", "list"]); // ticks: the refund is broadcast
+    assert_eq!(list[0]["phase"], "settling", "{list}");
+    env.run(&c, &["node", "mine", "1"]);
+    let list = env.run(&c, &["channels", "list"]);
+    assert_eq!(list[0]["phase"], "refunded", "{list}");
+    let refund = list[0]["closing_txid"].as_str().unwrap().to_string();
+    let rpc = paychan_chain::BitcoindRpc::new(
+        &env.url,
+        paychan_chain::RpcAuth::CookieFile(env.cookie.clone()),
+    )
+    .unwrap();
+    let tx: Value = rpc
+        .call("getrawtransaction", &[serde_json::json!(refund), serde_json::json!(true)])
+        .unwrap();
+    assert_eq!(tx["confirmations"], 1, "the refund is mined");
+    let back = (tx["vout"][0]["value"].as_f64().unwrap() * 1e8).round() as u64;
+    assert!(back > 49_000 && back < 50_000, "the whole deposit less the fee: {back}");
 }

@@ -258,3 +258,20 @@ async fn an_unconfirmed_settlement_is_replaced_at_a_higher_fee() {
     c.tick().await.unwrap();
     assert_eq!(c.status(id).await.unwrap().phase, Phase::Settled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_channel_is_settled_by_the_merchant() {
+    let w = world().await;
+    let c = customer(&w);
+    let id = c.open(&w.addr, Amount::from_sat(20_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    c.pay(id, Amount::from_sat(19_500)).await.unwrap();
+    // 500 sat left, below the 1,000 sat close-out: the merchant settles by itself.
+    let row = w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.phase, Phase::Settling);
+    let settlement = row.closing_txid.unwrap();
+    assert!(w.node.mempool_txids().contains(&settlement));
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    c.tick().await.unwrap();
+    assert_eq!(c.status(id).await.unwrap().phase, Phase::Settled);
+}

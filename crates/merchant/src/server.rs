@@ -261,13 +261,29 @@ impl ChannelServer {
         }
         let gained = s.channel.accepted().checked_sub(before).unwrap_or(Amount::ZERO);
         self.metrics.revenue_sat.fetch_add(gained.to_sat(), std::sync::atomic::Ordering::Relaxed);
-        let acks = match self.drain(&mut s).await {
+        let mut exhausted = false;
+        let drained = self
+            .drain_with(&mut s, &mut |e| {
+                exhausted |= matches!(
+                    e,
+                    Event::SettleDue { reason: paychan_core::channel::SettleReason::Exhausted, .. }
+                );
+            })
+            .await;
+        let acks = match drained {
             Ok(out) => out,
             Err(e) => {
                 let text = e.to_string();
                 return pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect();
             }
         };
+        if exhausted && s.channel.phase() == Phase::Open {
+            // Too little left to be worth keeping open: settle now (after the payments are
+            // stored; the acknowledgements below do not wait for the settlement).
+            if let Err(e) = self.settle_locked(&mut s).await {
+                warn!(%channel, error = %e, "settling an exhausted channel failed; will retry");
+            }
+        }
         let elapsed = started.elapsed();
         for _ in 0..pays.len() {
             self.metrics.payment_latency.observe(elapsed);

@@ -12,7 +12,12 @@ use tracing::{debug, info};
 
 use crate::{ChannelServer, MerchantError};
 
-/// Serves `server` on `listener` until `shutdown` completes.
+/// How long a shutdown waits for connections to finish the requests they are handling.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `server` on `listener` until `shutdown` completes. Then it stops accepting, lets
+/// every connection finish the requests it is handling (their payments stored and
+/// acknowledged), and returns once they have (or after [`SHUTDOWN_GRACE`]).
 ///
 /// # Errors
 /// I/O errors of the listener.
@@ -22,30 +27,49 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     info!(addr = ?listener.local_addr().ok(), "channel server listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => break,
             accepted = listener.accept() => {
                 let (stream, peer) = accepted?;
                 let _ = stream.set_nodelay(true);
                 let server = server.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = connection(server, stream).await {
+                let stop = stop_rx.clone();
+                connections.spawn(async move {
+                    if let Err(e) = connection(server, stream, stop).await {
                         debug!(%peer, error = %e, "connection closed");
                     }
                 });
             }
         }
     }
+    let _ = stop_tx.send(true);
+    let open = connections.len();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    info!(connections = open, finished = drained.is_ok(), "channel server stopped");
+    Ok(())
 }
 
-async fn connection(server: Arc<ChannelServer>, mut stream: TcpStream) -> std::io::Result<()> {
+async fn connection(
+    server: Arc<ChannelServer>,
+    mut stream: TcpStream,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
     let mut buf = vec![0u8; 64 * 1024];
     let mut greeted = false;
     loop {
-        let n = stream.read(&mut buf).await?;
+        // Between requests only: a request being handled always finishes.
+        let n = tokio::select! {
+            read = stream.read(&mut buf) => read?,
+            _ = stop.changed() => return Ok(()),
+        };
         if n == 0 {
             return Ok(());
         }

@@ -8,6 +8,7 @@ use common::{sends, setup, Setup};
 
 use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::hashes::Hash;
+use paychan_core::bitcoin::hex::DisplayHex;
 use paychan_core::bitcoin::secp256k1::{ecdsa, Keypair, Message as SecpMessage, PublicKey};
 use paychan_core::bitcoin::{Amount, OutPoint, TxOut, Txid};
 use paychan_core::channel::customer::{CustomerChannel, CustomerTerms};
@@ -161,8 +162,34 @@ async fn each_rule_broken_gets_its_code_and_changes_nothing() {
         ("a signature for another total", id, 3_000, good(2_000), 110),
         ("amount near u64::MAX", id, u64::MAX, good(2_000), 105),
     ];
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", http_listener.local_addr().unwrap());
+    tokio::spawn(paychan_merchant::http::serve(
+        server.clone(),
+        http_listener,
+        None,
+        std::future::pending(),
+    ));
+    let client = reqwest::Client::new();
     for (name, channel, total, signature, code) in cases {
+        // Over HTTP first: the same code, 409 (or 404 for an unknown channel), nothing changes.
         let before = store.get(id, Role::Merchant).await.unwrap().unwrap();
+        let r = client
+            .post(format!("{base}/v1/channels/{channel}/payments"))
+            .json(&serde_json::json!({"total_sat": total, "signature": signature.to_lower_hex_string()}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], code, "{name} over HTTP: {body}");
+        assert_eq!(status, if code == 101 { 404 } else { 409 }, "{name} over HTTP");
+        assert_eq!(
+            store.get(id, Role::Merchant).await.unwrap().unwrap(),
+            before,
+            "{name} over HTTP: unchanged"
+        );
+        // Then over TCP.
         let reply = conn
             .ask(Message::Pay(msg::Pay {
                 channel: Some(channel.into()),
