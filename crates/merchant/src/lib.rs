@@ -16,7 +16,9 @@ pub mod tcp;
 pub mod two1;
 
 pub use paychan_wallet::KeyChain;
-pub use server::{ChannelServer, Clock, ServerConfig, BUMP_AFTER_BLOCKS, TWO1_KEY_INDEX};
+pub use server::{
+    ChannelServer, Clock, PayoutSource, ServerConfig, BUMP_AFTER_BLOCKS, TWO1_KEY_INDEX,
+};
 
 /// Errors of the merchant.
 #[derive(Debug, thiserror::Error)]

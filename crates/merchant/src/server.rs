@@ -55,7 +55,11 @@ pub struct ChannelServer {
     clock: Clock,
     channels: Mutex<HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>>,
     metrics: crate::metrics::Metrics,
+    payout_source: Option<PayoutSource>,
 }
+
+/// Hands out a fresh payout script per settlement (the merchant's wallet).
+pub type PayoutSource = Arc<dyn Fn() -> Result<ScriptBuf, String> + Send + Sync>;
 
 impl std::fmt::Debug for ChannelServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,7 +97,15 @@ impl ChannelServer {
             clock,
             channels: Mutex::new(HashMap::new()),
             metrics: crate::metrics::Metrics::default(),
+            payout_source: None,
         })
+    }
+
+    /// Pays each settlement to a fresh script from `source` (falling back to the configured
+    /// payout if it fails), so settlements never reuse an address.
+    pub fn with_payout_source(mut self, source: PayoutSource) -> Self {
+        self.payout_source = Some(source);
+        self
     }
 
     /// Loads every stored live channel (after a restart).
@@ -545,7 +557,14 @@ impl ChannelServer {
         s.settlement = Some((height, fee_rate));
         self.metrics.settlements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = self.keys.secret(s.channel.state().key_index)?;
-        s.channel.settle(&key, self.config.payout.clone(), fee_rate, &[])?;
+        let payout = match &self.payout_source {
+            Some(source) => source().unwrap_or_else(|e| {
+                warn!(error = %e, "no fresh payout address; using the configured one");
+                self.config.payout.clone()
+            }),
+            None => self.config.payout.clone(),
+        };
+        s.channel.settle(&key, payout, fee_rate, &[])?;
         let out = self.drain(s).await?;
         out.into_iter()
             .find_map(|m| if let Message::Closed(c) = m { Some(c) } else { None })

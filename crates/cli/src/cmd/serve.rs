@@ -101,7 +101,7 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         common.print(
             &json!({"listen": addr.to_string(), "http": http_addr.to_string(), "payout": payout.to_string(), "channels": loaded}),
             &format!(
-                "paychan serve: channel protocol on {addr}, JSON API on http://{http_addr}, {loaded} channels loaded, settlements pay {payout}"
+                "paychan serve: channel protocol on {addr}, JSON API on http://{http_addr}, {loaded} channels loaded, settlements pay fresh addresses of the wallet (first {payout})"
             ),
         )?;
         let token_path = home.join("admin.token");
@@ -184,7 +184,17 @@ pub async fn merchant(
             Arc::new(SqliteStore::open(&path).map_err(fail)?)
         };
     let config = ServerConfig { policy, payout: payout.script_pubkey(), settle_target_blocks: 6 };
-    let server = Arc::new(ChannelServer::new(config, keys, store, chain, clock).map_err(fail)?);
+    // Each settlement pays a fresh address of the merchant's wallet.
+    let wallet = Arc::new(std::sync::Mutex::new(wallet));
+    let source: paychan_merchant::PayoutSource = Arc::new(move || {
+        let mut w = wallet.lock().unwrap_or_else(|p| p.into_inner());
+        w.new_address().map(|a| a.script_pubkey()).map_err(|e| e.to_string())
+    });
+    let server = Arc::new(
+        ChannelServer::new(config, keys, store, chain, clock)
+            .map_err(fail)?
+            .with_payout_source(source),
+    );
     let loaded = server.load().await.map_err(fail)?;
     Ok((server, payout, loaded))
 }
