@@ -17,6 +17,14 @@ use tracing::{info, warn};
 
 use crate::{KeyChain, MerchantError};
 
+/// The channel a message names.
+fn named(
+    channel: &Option<msg::ChannelRef>,
+    missing: &'static str,
+) -> Result<OutPoint, MerchantError> {
+    Ok(channel.as_ref().ok_or(Error::Decode(missing.into()))?.outpoint()?)
+}
+
 /// The merchant key index used for every 21 (two1) channel: two1's `GET /payment` shows one
 /// key. Far above the indices handed out one by one for the paychan protocol.
 pub const TWO1_KEY_INDEX: u32 = 0x7fff_ffff;
@@ -216,25 +224,11 @@ impl ChannelServer {
     /// # Errors
     /// The payment rule broken (the channel is unchanged), or a store failure.
     pub async fn pay(&self, pay: &msg::Pay) -> Result<PaymentAck, MerchantError> {
-        let channel = pay
-            .channel
-            .as_ref()
-            .ok_or(Error::Decode("payment without a channel".into()))?
-            .outpoint()?;
-        let slot = self.slot(&channel)?;
-        let mut s = slot.lock().await;
-        if s.channel.phase() == Phase::AwaitingFunding {
-            // The first payment often follows the confirming block closely: look now rather
-            // than wait for the next tick.
-            self.refresh_confirmations(&mut s, channel).await?;
-        }
-        let now = (self.clock)();
-        s.channel.handle_payment(&now, channel, Amount::from_sat(pay.total_sat), &pay.signature)?;
-        let out = self.drain(&mut s).await?;
-        out.into_iter()
-            .rev()
-            .find_map(|m| if let Message::PaymentAck(a) = m { Some(a) } else { None })
-            .ok_or_else(|| MerchantError::Keys("no acknowledgement".into()))
+        let channel = named(&pay.channel, "payment without a channel")?;
+        self.pay_batch(channel, std::slice::from_ref(pay))
+            .await
+            .pop()
+            .ok_or_else(|| MerchantError::Keys("no answer".into()))?
     }
 
     /// Several payments on one channel, as they arrived pipelined: each is validated in turn,
@@ -320,11 +314,7 @@ impl ChannelServer {
     /// # Errors
     /// The payment rule it breaks.
     pub async fn check_payment(&self, pay: &msg::Pay) -> Result<Amount, MerchantError> {
-        let channel = pay
-            .channel
-            .as_ref()
-            .ok_or(Error::Decode("payment without a channel".into()))?
-            .outpoint()?;
+        let channel = named(&pay.channel, "payment without a channel")?;
         let slot = self.slot(&channel)?;
         let mut s = slot.lock().await;
         if s.channel.phase() == Phase::AwaitingFunding {
@@ -518,11 +508,7 @@ impl ChannelServer {
     /// # Errors
     /// [`Error::UnknownChannel`].
     pub async fn resume(&self, resume: &msg::Resume) -> Result<Resumed, MerchantError> {
-        let channel = resume
-            .channel
-            .as_ref()
-            .ok_or(Error::Decode("resume without a channel".into()))?
-            .outpoint()?;
+        let channel = named(&resume.channel, "resume without a channel")?;
         let slot = self.slot(&channel)?;
         let s = slot.lock().await;
         Ok(Resumed { channel: Some(channel.into()), total_sat: s.stored_total.to_sat() })
@@ -533,11 +519,7 @@ impl ChannelServer {
     /// # Errors
     /// Signature or state errors; chain errors.
     pub async fn close(&self, close: &msg::Close) -> Result<Closed, MerchantError> {
-        let channel = close
-            .channel
-            .as_ref()
-            .ok_or(Error::Decode("close without a channel".into()))?
-            .outpoint()?;
+        let channel = named(&close.channel, "close without a channel")?;
         let slot = self.slot(&channel)?;
         let mut s = slot.lock().await;
         s.channel.handle_close(&close.signature)?;

@@ -72,6 +72,11 @@ fn message(e: &MerchantError) -> String {
     }
 }
 
+/// A transaction given as hex in a parameter.
+fn tx_param(hex: &str) -> Option<Transaction> {
+    Vec::<u8>::from_hex(hex).ok().and_then(|b| deserialize::<Transaction>(&b).ok())
+}
+
 fn channel_of(server: &ChannelServer, txid: &str) -> Option<OutPoint> {
     let txid: Txid = txid.parse().ok()?;
     server.find_by_txid(&txid)
@@ -93,9 +98,7 @@ async fn open(State(s): State<Arc<ChannelServer>>, RawQuery(q): RawQuery, body: 
     let Some(redeem) = p.get("redeem_script") else {
         return text(StatusCode::BAD_REQUEST, "No redeem script provided.");
     };
-    let Some(deposit) =
-        Vec::<u8>::from_hex(deposit).ok().and_then(|b| deserialize::<Transaction>(&b).ok())
-    else {
+    let Some(deposit) = tx_param(deposit) else {
         return text(StatusCode::BAD_REQUEST, "The deposit is not a hex-encoded transaction.");
     };
     let Ok(redeem) = ScriptBuf::from_hex(redeem) else {
@@ -135,9 +138,7 @@ async fn pay(
     let Some(payment) = p.get("payment_tx") else {
         return text(StatusCode::BAD_REQUEST, "No payment provided.");
     };
-    let Some(tx) =
-        Vec::<u8>::from_hex(payment).ok().and_then(|b| deserialize::<Transaction>(&b).ok())
-    else {
+    let Some(tx) = tx_param(payment) else {
         return text(StatusCode::BAD_REQUEST, "The payment is not a hex-encoded transaction.");
     };
     if let Ok((phase, _)) = s.channel_status(id).await {
