@@ -5,19 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+
+use common::{first_line, start_node, Kill};
 
 fn paychan(home: &Path, url: &str, cookie: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_paychan"));
@@ -32,28 +27,12 @@ fn run(mut c: Command) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
 
-fn first_line(child: &mut Child) -> Value {
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-}
-
 #[test]
 fn open_pay_1000_times_close_and_settle_with_real_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let (node_dir, merchant_home, customer_home) =
         (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
-    let mut node = Command::new(env!("CARGO_BIN_EXE_paychan"))
-        .args(["--json", "node", "start", "--rpc-bind", "127.0.0.1:0", "--datadir"])
-        .arg(&node_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let info = first_line(&mut node);
-    let _node = Kill(node);
-    let url = info["rpc_url"].as_str().unwrap().to_string();
-    let cookie = node_dir.join(".cookie");
+    let (_node, url, cookie) = start_node(&node_dir);
 
     let mut merchant = paychan(&merchant_home, &url, &cookie)
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--tick-secs", "1"])
@@ -127,17 +106,7 @@ fn a_payment_file_is_verified_and_submitted_by_the_merchant_and_a_tampered_one_r
     let tmp = tempfile::tempdir().unwrap();
     let (node_dir, merchant_home, customer_home) =
         (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
-    let mut node = Command::new(env!("CARGO_BIN_EXE_paychan"))
-        .args(["--json", "node", "start", "--rpc-bind", "127.0.0.1:0", "--datadir"])
-        .arg(&node_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let info = first_line(&mut node);
-    let _node = Kill(node);
-    let url = info["rpc_url"].as_str().unwrap().to_string();
-    let cookie = node_dir.join(".cookie");
+    let (_node, url, cookie) = start_node(&node_dir);
     let mut merchant = paychan(&merchant_home, &url, &cookie)
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .stdout(Stdio::piped())

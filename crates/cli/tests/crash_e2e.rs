@@ -6,20 +6,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use paychan_core::bitcoin::OutPoint;
 use paychan_store::{ChannelStore, Role, SqliteStore};
 use serde_json::Value;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+
+use common::{start_node, Kill};
 
 struct Env {
     url: String,
@@ -135,19 +131,8 @@ fn stream_and_kill(
 fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let (node_dir, m, c) = (tmp.path().join("node"), tmp.path().join("m"), tmp.path().join("c"));
-    let mut node = Command::new(env!("CARGO_BIN_EXE_paychan"))
-        .args(["--json", "node", "start", "--rpc-bind", "127.0.0.1:0", "--datadir"])
-        .arg(&node_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(node.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _node = Kill(node);
-    let info: Value = serde_json::from_str(&line).unwrap();
-    let env =
-        Env { url: info["rpc_url"].as_str().unwrap().into(), cookie: node_dir.join(".cookie") };
+    let (_node, url, cookie) = start_node(&node_dir);
+    let env = Env { url, cookie };
     let port = free_port();
     let mut merchant = env.serve(&m, port);
 
@@ -272,19 +257,8 @@ fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
 fn with_the_merchant_stopped_the_refund_is_mined_after_expiry() {
     let tmp = tempfile::tempdir().unwrap();
     let (node_dir, m, c) = (tmp.path().join("node"), tmp.path().join("m"), tmp.path().join("c"));
-    let mut node = Command::new(env!("CARGO_BIN_EXE_paychan"))
-        .args(["--json", "node", "start", "--rpc-bind", "127.0.0.1:0", "--datadir"])
-        .arg(&node_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(node.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _node = Kill(node);
-    let info: Value = serde_json::from_str(&line).unwrap();
-    let env =
-        Env { url: info["rpc_url"].as_str().unwrap().into(), cookie: node_dir.join(".cookie") };
+    let (_node, url, cookie) = start_node(&node_dir);
+    let env = Env { url, cookie };
     let port = free_port();
     let merchant = env.serve(&m, port);
     env.run(&c, &["wallet", "new"]);
