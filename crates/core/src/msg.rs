@@ -320,6 +320,22 @@ pub struct Closed {
     pub settlement_txid: Vec<u8>,
 }
 
+impl Closed {
+    /// The settlement's txid.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] when it is not 32 bytes.
+    pub fn txid(&self) -> Result<Txid, Error> {
+        let bytes: [u8; 32] = self.settlement_txid.as_slice().try_into().map_err(|_| {
+            Error::Decode(format!(
+                "settlement txid of {} bytes, not 32",
+                self.settlement_txid.len()
+            ))
+        })?;
+        Ok(Txid::from_byte_array(bytes))
+    }
+}
+
 /// A refusal.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct ErrorMsg {

@@ -413,12 +413,7 @@ impl Customer {
         conn.send(&msgs).await?;
         match conn.recv().await? {
             Message::Closed(c) => {
-                let bytes: [u8; 32] = c
-                    .settlement_txid
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| CustomerError::Protocol("a settlement txid is 32 bytes"))?;
-                let txid = paychan_core::bitcoin::hashes::Hash::from_byte_array(bytes);
+                let txid = c.txid()?;
                 e.channel.handle_closed(txid)?;
                 self.drain(&mut e).await?;
                 Ok(txid)

@@ -172,10 +172,7 @@ async fn close(
     let Json(v) = body.ok_or_else(|| bad("the body must be JSON"))?;
     let close = msg::Close { channel: Some(id.into()), signature: hex_field(&v, "signature")? };
     let closed = s.close(&close).await?;
-    let txid: [u8; 32] =
-        closed.settlement_txid.as_slice().try_into().map_err(|_| bad("bad txid"))?;
-    let txid: paychan_core::bitcoin::Txid =
-        paychan_core::bitcoin::hashes::Hash::from_byte_array(txid);
+    let txid = closed.txid().map_err(|_| bad("bad txid"))?;
     Ok(Json(json!({"channel": id.to_string(), "settlement_txid": txid.to_string()})))
 }
 
@@ -276,10 +273,7 @@ async fn admin_settle(
     authorised(&a, &headers)?;
     let id = channel_id(&id)?;
     let closed = a.server.settle(id).await?;
-    let txid: [u8; 32] =
-        closed.settlement_txid.as_slice().try_into().map_err(|_| bad("bad txid"))?;
-    let txid: paychan_core::bitcoin::Txid =
-        paychan_core::bitcoin::hashes::Hash::from_byte_array(txid);
+    let txid = closed.txid().map_err(|_| bad("bad txid"))?;
     Ok(Json(json!({"channel": id.to_string(), "settlement_txid": txid.to_string()})))
 }
 

@@ -171,16 +171,10 @@ async fn close(
         return text(StatusCode::BAD_REQUEST, "Invalid signature.");
     };
     match s.two1_close(id, &sig).await {
-        Ok(closed) => {
-            let bytes: Result<[u8; 32], _> = closed.settlement_txid.as_slice().try_into();
-            match bytes {
-                Ok(b) => {
-                    let txid: Txid = paychan_core::bitcoin::hashes::Hash::from_byte_array(b);
-                    Json(json!({"payment_txid": txid.to_string()})).into_response()
-                }
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "Merchant failure."),
-            }
-        }
+        Ok(closed) => match closed.txid() {
+            Ok(txid) => Json(json!({"payment_txid": txid.to_string()})).into_response(),
+            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "Merchant failure."),
+        },
         Err(MerchantError::Core(paychan_core::Error::InvalidTransition { .. })) => {
             text(StatusCode::BAD_REQUEST, "No payments made in channel.")
         }

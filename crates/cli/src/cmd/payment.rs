@@ -107,8 +107,7 @@ pub fn run(cmd: PaymentCommand, common: &Common) -> Result<ExitCode, CliError> {
                 let mut text = format!("accepted: the channel's total is now {} sat", ack.total_sat);
                 if settle {
                     let closed = server.settle(channel).await.map_err(fail)?;
-                    let txid: [u8; 32] = closed.settlement_txid.as_slice().try_into().map_err(fail)?;
-                    let txid: paychan_core::bitcoin::Txid = paychan_core::bitcoin::hashes::Hash::from_byte_array(txid);
+                    let txid = closed.txid().map_err(fail)?;
                     out["settlement_txid"] = json!(txid.to_string());
                     text.push_str(&format!("\nsettled: {txid}"));
                 }
