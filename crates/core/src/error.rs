@@ -151,6 +151,24 @@ pub enum Error {
     /// A whole-transaction (21 / two1) payment is not of the expected form.
     #[error("malformed 21 payment: {0}")]
     MalformedTwo1Payment(&'static str),
+    /// A paid request carried a payment already used for another request, or one older than
+    /// the replay window: each signed total pays for one request (DESIGN §2 accounting).
+    #[error("payment of total {total} was already redeemed")]
+    AlreadyRedeemed {
+        /// The payment's total.
+        total: Amount,
+    },
+    /// The channel's credit (paid minus charged) does not cover the request's price.
+    #[error("the channel's credit of {credit} does not cover the price of {price}")]
+    CreditTooLow {
+        /// The request's price.
+        price: Amount,
+        /// Paid but not yet charged, counting the payment offered.
+        credit: Amount,
+    },
+    /// A 21 payment token names no payment (unknown, or already redeemed before a restart).
+    #[error("payment not found")]
+    UnknownToken,
 
     // ---- state machines ----
     /// The customer was asked to sign more than its caller authorised.
@@ -241,6 +259,9 @@ impl Error {
             Error::WrongSighashFlag { .. } => 109,
             Error::BadSignature => 110,
             Error::MalformedTwo1Payment(_) => 111,
+            Error::AlreadyRedeemed { .. } => 112,
+            Error::CreditTooLow { .. } => 113,
+            Error::UnknownToken => 114,
             Error::UnexpectedMessage(_) => 200,
             Error::FrameTooLarge { .. } => 201,
             Error::FrameTruncated { .. } => 202,

@@ -77,6 +77,8 @@ pub struct MerchantState {
     pub settlement_txid: Option<Txid>,
     /// Which of the merchant's derived keys is this channel's.
     pub key_index: u32,
+    /// Whether the token of the latest 21 payment (`two1_tx`) has paid for a request.
+    pub two1_token_redeemed: bool,
 }
 
 impl MerchantState {
@@ -91,7 +93,55 @@ impl MerchantState {
             two1_tx: None,
             charged: Amount::ZERO,
             settlement_txid: None,
+            two1_token_redeemed: false,
         }
+    }
+}
+
+/// How many redeemed totals a channel remembers above its floor: a paid request may arrive
+/// after up to this many later ones on the same channel and still be served.
+pub const REDEEM_WINDOW: usize = 4096;
+
+/// How many 21 tokens (PUT but not yet redeemed) a channel keeps.
+pub const TOKEN_WINDOW: usize = 64;
+
+/// What a paid request was charged (DESIGN §2 accounting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redeemed {
+    /// The channel's highest accepted total after the request.
+    pub accepted: Amount,
+    /// New money the request's payment brought (zero for a payment older than the highest).
+    pub increment: Amount,
+    /// The price charged.
+    pub price: Amount,
+    /// Paid but not yet charged, after this request.
+    pub credit: Amount,
+}
+
+/// The replay guard: totals already used for a request. Every total at or below `floor` counts
+/// as used; the set holds the used ones above it, at most [`REDEEM_WINDOW`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Redemptions {
+    floor: u64,
+    used: std::collections::BTreeSet<u64>,
+}
+
+impl Redemptions {
+    fn is_used(&self, total: Amount) -> bool {
+        total.to_sat() <= self.floor || self.used.contains(&total.to_sat())
+    }
+
+    fn mark(&mut self, total: Amount) {
+        self.used.insert(total.to_sat());
+        while self.used.len() > REDEEM_WINDOW {
+            if let Some(first) = self.used.pop_first() {
+                self.floor = self.floor.max(first);
+            }
+        }
+    }
+
+    fn unmark(&mut self, total: Amount) {
+        self.used.remove(&total.to_sat());
     }
 }
 
@@ -101,6 +151,11 @@ pub struct MerchantChannel {
     state: MerchantState,
     policy: Policy,
     outbox: Outbox<MerchantState>,
+    /// Totals used for paid requests (in memory: after a restart every total up to the stored
+    /// one counts as used, so none is ever redeemable twice).
+    redemptions: Redemptions,
+    /// 21 tokens PUT and not yet redeemed, oldest first.
+    tokens: std::collections::VecDeque<Txid>,
 }
 
 impl MerchantChannel {
@@ -163,7 +218,13 @@ impl MerchantChannel {
         if policy.zero_conf {
             state.phase = Phase::Open;
         }
-        let mut ch = MerchantChannel { state, policy, outbox: Outbox::default() };
+        let mut ch = MerchantChannel {
+            state,
+            policy,
+            outbox: Outbox::default(),
+            redemptions: Redemptions::default(),
+            tokens: Default::default(),
+        };
         let id = ch.id();
         ch.outbox.persist(ch.state.clone());
         ch.outbox.now(Effect::Watch(id));
@@ -179,8 +240,16 @@ impl MerchantChannel {
     }
 
     /// Rebuilds a channel from its stored state.
+    ///
+    /// Every total up to the stored one counts as redeemed (the in-memory replay window is not
+    /// stored); the latest 21 token stays redeemable unless it was redeemed.
     pub fn restore(state: MerchantState, policy: Policy) -> Self {
-        MerchantChannel { state, policy, outbox: Outbox::default() }
+        let redemptions = Redemptions { floor: state.accepted.to_sat(), ..Default::default() };
+        let tokens = match &state.two1_tx {
+            Some(tx) if !state.two1_token_redeemed => [tx.compute_txid()].into_iter().collect(),
+            _ => Default::default(),
+        };
+        MerchantChannel { state, policy, outbox: Outbox::default(), redemptions, tokens }
     }
 
     /// The channel's id (funding outpoint).
@@ -264,6 +333,8 @@ impl MerchantChannel {
         self.state.accepted = total;
         self.state.signature = signature.to_vec();
         self.state.two1_tx = None;
+        // A plain payment buys credit, not a request: its total can never also be a request's.
+        self.redemptions.mark(total);
         self.accepted_effects(increment);
         Ok(())
     }
@@ -276,9 +347,15 @@ impl MerchantChannel {
     pub fn handle_two1_payment(&mut self, now: &Now, tx: &Transaction) -> Result<Amount, Error> {
         let payment = validate_two1_payment(&self.view(), &self.policy, now, tx)?;
         let increment = payment.amount - self.state.accepted;
+        self.redemptions.mark(payment.amount);
+        self.tokens.push_back(payment.tx.compute_txid());
+        if self.tokens.len() > TOKEN_WINDOW {
+            self.tokens.pop_front();
+        }
         self.state.accepted = payment.amount;
         self.state.signature = payment.customer_sig;
         self.state.two1_tx = Some(payment.tx);
+        self.state.two1_token_redeemed = false;
         self.accepted_effects(increment);
         Ok(increment)
     }
@@ -325,6 +402,141 @@ impl MerchantChannel {
         self.state.charged = charged;
         self.outbox.persist(self.state.clone());
         Ok(self.state.accepted - charged)
+    }
+
+    /// A paid request (DESIGN §2 accounting): the customer's signature of `total` pays for a
+    /// request costing `price`. Served when the signature is valid, `total` was never used for
+    /// another request, and `charged + price ≤ max(accepted, total)`. A total above the highest
+    /// accepted one is also accepted as a payment (with its acknowledgement held behind the
+    /// persist like any payment); an older one only needs a valid signature, so requests may
+    /// arrive out of order on several connections. On success one persist is queued: the
+    /// charge is durable before the request is served.
+    ///
+    /// # Errors
+    /// The payment rule broken (as [`MerchantChannel::handle_payment`]),
+    /// [`Error::AlreadyRedeemed`] or [`Error::CreditTooLow`]; the channel is then unchanged.
+    pub fn redeem(
+        &mut self,
+        now: &Now,
+        channel: OutPoint,
+        total: Amount,
+        signature: &[u8],
+        price: Amount,
+    ) -> Result<Redeemed, Error> {
+        if total > self.state.accepted {
+            validate_payment(&self.view(), &self.policy, now, channel, total, signature)?;
+        } else {
+            if channel != self.id() {
+                return Err(Error::WrongChannel { expected: self.id(), got: channel });
+            }
+            crate::validate::check_open(&self.view(), &self.policy, now)?;
+            if total == Amount::ZERO {
+                return Err(Error::NotIncreasing { total, accepted: self.state.accepted });
+            }
+        }
+        if self.redemptions.is_used(total) {
+            return Err(Error::AlreadyRedeemed { total });
+        }
+        if total <= self.state.accepted {
+            // An older payment, arriving after a later one: still the customer's signature?
+            crate::tx::payment::verify_payment(&self.state.params, total, signature)?;
+        }
+        let accepted = self.state.accepted.max(total);
+        let charged = self
+            .state
+            .charged
+            .checked_add(price)
+            .ok_or(Error::AmountOutOfRange("charged overflows"))?;
+        if charged > accepted {
+            return Err(Error::CreditTooLow {
+                price,
+                credit: accepted.checked_sub(self.state.charged).unwrap_or(Amount::ZERO),
+            });
+        }
+        self.redemptions.mark(total);
+        self.state.charged = charged;
+        let increment = accepted - self.state.accepted;
+        if increment > Amount::ZERO {
+            self.state.accepted = total;
+            self.state.signature = signature.to_vec();
+            self.state.two1_tx = None;
+            self.accepted_effects(increment);
+        } else {
+            self.outbox.persist(self.state.clone());
+        }
+        Ok(Redeemed { accepted, increment, price, credit: accepted - charged })
+    }
+
+    /// Reverses the charge of a request that failed after it was charged (the upstream
+    /// answered 5xx or was unreachable): `charged` goes down by `price`, and the request's
+    /// payment `total` (if any) may be used again, so the customer can retry with the same
+    /// payment. Queues a persist. Returns the credit after the reversal.
+    ///
+    /// # Errors
+    /// [`Error::AmountOutOfRange`] when less than `price` was charged.
+    pub fn refund_request(
+        &mut self,
+        total: Option<Amount>,
+        price: Amount,
+    ) -> Result<Amount, Error> {
+        let charged = self
+            .state
+            .charged
+            .checked_sub(price)
+            .ok_or(Error::AmountOutOfRange("refund above the charged amount"))?;
+        self.state.charged = charged;
+        if let Some(total) = total {
+            self.redemptions.unmark(total);
+        }
+        self.outbox.persist(self.state.clone());
+        Ok(self.state.accepted - charged)
+    }
+
+    /// Whether this channel holds the unredeemed 21 token `txid`.
+    pub fn has_token(&self, txid: &Txid) -> bool {
+        self.tokens.contains(txid)
+    }
+
+    /// Redeems a 21 payment token (two1's `Bitcoin-Payment-Channel-Token`, the txid a `PUT`
+    /// answered) for a request costing `price`: single use, charged against the channel's
+    /// credit. Queues a persist.
+    ///
+    /// # Errors
+    /// [`Error::UnknownToken`]; [`Error::ChannelNotOpen`] / [`Error::PastCutoff`];
+    /// [`Error::CreditTooLow`] (the token stays unused). The channel is then unchanged.
+    pub fn redeem_token(
+        &mut self,
+        now: &Now,
+        txid: &Txid,
+        price: Amount,
+    ) -> Result<Redeemed, Error> {
+        let Some(pos) = self.tokens.iter().position(|t| t == txid) else {
+            return Err(Error::UnknownToken);
+        };
+        crate::validate::check_open(&self.view(), &self.policy, now)?;
+        let charged = self
+            .state
+            .charged
+            .checked_add(price)
+            .ok_or(Error::AmountOutOfRange("charged overflows"))?;
+        if charged > self.state.accepted {
+            return Err(Error::CreditTooLow {
+                price,
+                credit: self.state.accepted - self.state.charged,
+            });
+        }
+        self.tokens.remove(pos);
+        if self.state.two1_tx.as_ref().is_some_and(|tx| tx.compute_txid() == *txid) {
+            self.state.two1_token_redeemed = true;
+        }
+        self.state.charged = charged;
+        self.outbox.persist(self.state.clone());
+        Ok(Redeemed {
+            accepted: self.state.accepted,
+            increment: Amount::ZERO,
+            price,
+            credit: self.state.accepted - charged,
+        })
     }
 
     /// Periodic check: reports [`Event::SettleDue`] once the expiry is within the settle

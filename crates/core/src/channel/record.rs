@@ -49,6 +49,8 @@ struct MerchantRecord {
     settlement_txid: Option<Vec<u8>>,
     #[prost(uint32, tag = "8")]
     key_index: u32,
+    #[prost(bool, tag = "9")]
+    two1_token_redeemed: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -155,6 +157,7 @@ impl MerchantState {
             charged: self.charged.to_sat(),
             settlement_txid: self.settlement_txid.map(|t| t.to_byte_array().to_vec()),
             key_index: self.key_index,
+            two1_token_redeemed: self.two1_token_redeemed,
         }
         .encode_to_vec()
     }
@@ -178,6 +181,7 @@ impl MerchantState {
             charged: Amount::from_sat(r.charged),
             settlement_txid: r.settlement_txid.as_deref().map(txid_from).transpose()?,
             key_index: r.key_index,
+            two1_token_redeemed: r.two1_token_redeemed,
         })
     }
 }
