@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use paychan_core::bitcoin::hashes::Hash;
 use paychan_core::bitcoin::{Amount, OutPoint};
 use paychan_core::channel::merchant::{MerchantChannel, MerchantState, REDEEM_WINDOW};
 use paychan_core::channel::{Effect, Phase};
@@ -208,13 +209,16 @@ fn two1_tokens_are_single_use_and_survive_a_restart() {
     );
     let r = m.redeem_token(&now(), &t1, sat(1_000)).unwrap();
     assert_eq!(r.credit, sat(2_000));
-    assert_eq!(m.redeem_token(&now(), &t1, sat(1_000)), Err(Error::UnknownToken));
+    let used = Err(Error::AlreadyRedeemed { total: sat(3_000) });
+    assert_eq!(m.redeem_token(&now(), &t1, sat(1_000)), used);
     // Restart after it was used: still used.
     let mut m = MerchantChannel::restore(
         MerchantState::decode(&m.state().encode()).unwrap(),
         Policy::default(),
     );
-    assert_eq!(m.redeem_token(&now(), &t1, sat(1_000)), Err(Error::UnknownToken));
+    assert_eq!(m.redeem_token(&now(), &t1, sat(1_000)), used);
+    let unknown = paychan_core::bitcoin::Txid::from_byte_array([7; 32]);
+    assert_eq!(m.redeem_token(&now(), &unknown, sat(1_000)), Err(Error::UnknownToken));
     // A price above the credit: refused, the token stays usable.
     let p2 = build_payment(&params, sat(4_000), TWO1_FEE, &customer_key()).unwrap();
     m.handle_two1_payment(&now(), &p2).unwrap();

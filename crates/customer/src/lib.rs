@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 mod conn;
+pub mod paying;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use paychan_wallet::{KeyChain, Wallet};
 use tracing::{info, warn};
 
 pub use conn::Connection;
+pub use paying::{Caps, PaidResponse, PayingClient, Progress};
 
 /// Errors of the customer.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,27 @@ pub enum CustomerError {
     /// No such channel.
     #[error("unknown channel {0}")]
     UnknownChannel(OutPoint),
+    /// A 402 asked more than the client's per-request cap; nothing was paid.
+    #[error("the price {price} is above the limit of {max} per request; nothing was paid")]
+    PriceTooHigh {
+        /// The price asked.
+        price: Amount,
+        /// The cap.
+        max: Amount,
+    },
+    /// Paying would take this merchant's total above the client's cap; nothing was paid.
+    #[error(
+        "paying would exceed the limit of {cap} per merchant ({spent} spent); nothing was paid"
+    )]
+    SpendingCap {
+        /// Signed to this merchant so far.
+        spent: Amount,
+        /// The cap.
+        cap: Amount,
+    },
+    /// An HTTP request failed.
+    #[error("http: {0}")]
+    Http(String),
 }
 
 /// Where "now" comes from.
@@ -383,6 +406,20 @@ impl Customer {
             conn.send(&msgs).await?;
             self.await_acks(e, signed).await?;
         }
+        Ok(())
+    }
+
+    /// The merchant acknowledged `total` by other means than the channel protocol (an HTTP
+    /// receipt).
+    ///
+    /// # Errors
+    /// [`CustomerError::UnknownChannel`]; [`paychan_core::Error::UnexpectedMessage`] for a
+    /// total never signed.
+    pub async fn acknowledge(&self, id: OutPoint, total: Amount) -> Result<(), CustomerError> {
+        let e = self.entry(&id)?;
+        let mut e = e.lock().await;
+        e.channel.handle_ack(total)?;
+        self.drain(&mut e).await?;
         Ok(())
     }
 

@@ -293,9 +293,28 @@ pub async fn serve(
     admin_token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(server, listener, admin_token, None, shutdown).await
+}
+
+/// As [`serve`], with `fallback` answering every path the merchant's own routes do not (a
+/// paywalled upstream: [`crate::paywall::reverse_proxy`] under a
+/// [`PaywallLayer`](crate::paywall::PaywallLayer)).
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve_with(
+    server: Arc<ChannelServer>,
+    listener: tokio::net::TcpListener,
+    admin_token: Option<String>,
+    fallback: Option<Router>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let mut app = router(server.clone()).merge(crate::two1::router(server.clone()));
     if let Some(token) = admin_token {
         app = app.merge(admin_router(server, token));
+    }
+    if let Some(f) = fallback {
+        app = app.fallback_service(f);
     }
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

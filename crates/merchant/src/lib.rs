@@ -11,6 +11,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod paywall;
 mod server;
 pub mod tcp;
 pub mod two1;

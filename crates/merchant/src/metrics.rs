@@ -58,6 +58,10 @@ pub struct Metrics {
     pub settlements: AtomicU64,
     /// Channels that ended in the customer's refund.
     pub refunds: AtomicU64,
+    /// Paid HTTP requests charged.
+    pub requests_charged: AtomicU64,
+    /// Charges reversed because the request failed upstream.
+    pub requests_refunded: AtomicU64,
     /// From a payment's arrival to its acknowledgement.
     pub payment_latency: Histogram,
     /// Store writes.
@@ -94,6 +98,18 @@ impl Metrics {
             "paychan_refunds_total",
             "Channels refunded to the customer.",
             &self.refunds,
+        );
+        counter(
+            &mut out,
+            "paychan_requests_charged_total",
+            "Paid HTTP requests charged.",
+            &self.requests_charged,
+        );
+        counter(
+            &mut out,
+            "paychan_requests_refunded_total",
+            "Charges reversed because the request failed upstream.",
+            &self.requests_refunded,
         );
         let _ = writeln!(
             out,

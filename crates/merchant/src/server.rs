@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use paychan_chain::ChainSource;
 use paychan_core::bitcoin::secp256k1::PublicKey;
-use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction};
-use paychan_core::channel::merchant::{params_from_open, MerchantChannel, MerchantState};
+use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
+use paychan_core::channel::merchant::{params_from_open, MerchantChannel, MerchantState, Redeemed};
 use paychan_core::channel::{Effect, Event, Phase};
 use paychan_core::msg::{self, Closed, Message, Opened, PaymentAck, Resumed, Welcome};
 use paychan_core::policy::Policy;
@@ -64,6 +64,8 @@ pub struct ChannelServer {
     channels: Mutex<HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>>,
     metrics: crate::metrics::Metrics,
     payout_source: Option<PayoutSource>,
+    /// 21 tokens (payment txids) → their channel.
+    tokens: Mutex<HashMap<Txid, OutPoint>>,
 }
 
 /// Hands out a fresh payout script per settlement (the merchant's wallet).
@@ -106,6 +108,7 @@ impl ChannelServer {
             channels: Mutex::new(HashMap::new()),
             metrics: crate::metrics::Metrics::default(),
             payout_source: None,
+            tokens: Mutex::new(HashMap::new()),
         })
     }
 
@@ -128,6 +131,9 @@ impl ChannelServer {
         let mut n = 0;
         for row in rows.into_iter().filter(|r| !r.phase.is_final()) {
             let state = MerchantState::decode(&row.state)?;
+            if let Some(tx) = &state.two1_tx {
+                self.token_index().insert(tx.compute_txid(), row.id);
+            }
             let channel = MerchantChannel::restore(state, self.config.policy.clone());
             let slot =
                 Slot { channel, version: row.version, stored_total: row.total, settlement: None };
@@ -135,6 +141,10 @@ impl ChannelServer {
             n += 1;
         }
         Ok(n)
+    }
+
+    fn token_index(&self) -> std::sync::MutexGuard<'_, HashMap<Txid, OutPoint>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>> {
@@ -309,6 +319,106 @@ impl ChannelServer {
             .collect()
     }
 
+    /// A paid request on `channel`: the customer's signature of `total` pays `price` (DESIGN §2
+    /// accounting; see [`MerchantChannel::redeem`]). When this returns, the charge (and the
+    /// payment, if it raised the total) is durable: serve the request only then.
+    ///
+    /// # Errors
+    /// The payment rule broken, [`Error::AlreadyRedeemed`], [`Error::CreditTooLow`] (the
+    /// channel is unchanged); a store failure.
+    pub async fn redeem(
+        &self,
+        channel: OutPoint,
+        total: Amount,
+        signature: &[u8],
+        price: Amount,
+    ) -> Result<Redeemed, MerchantError> {
+        let slot = self.slot(&channel)?;
+        let mut s = slot.lock().await;
+        if s.channel.phase() == Phase::AwaitingFunding {
+            self.refresh_confirmations(&mut s, channel).await?;
+        }
+        let now = (self.clock)();
+        let r = s.channel.redeem(&now, channel, total, signature, price);
+        let counter = if r.is_ok() { &self.metrics.payments } else { &self.metrics.rejections };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let r = r?;
+        self.metrics
+            .revenue_sat
+            .fetch_add(r.increment.to_sat(), std::sync::atomic::Ordering::Relaxed);
+        self.metrics.requests_charged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.drain_paid(&mut s, channel).await?;
+        Ok(r)
+    }
+
+    /// Redeems a 21 token (the txid a `PUT /payment/…` answered) for a request of `price`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownToken`] (unknown or already used), [`Error::CreditTooLow`],
+    /// [`Error::ChannelNotOpen`]; a store failure.
+    pub async fn redeem_token(
+        &self,
+        token: &Txid,
+        price: Amount,
+    ) -> Result<(OutPoint, Redeemed), MerchantError> {
+        let id = self.token_index().get(token).copied().ok_or(Error::UnknownToken)?;
+        let slot = self.slot(&id)?;
+        let mut s = slot.lock().await;
+        if !s.channel.has_token(token) {
+            // Fell out of the channel's window of tokens.
+            self.token_index().remove(token);
+            return Err(Error::UnknownToken.into());
+        }
+        let now = (self.clock)();
+        let r = s.channel.redeem_token(&now, token, price)?;
+        self.metrics.requests_charged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.drain_paid(&mut s, id).await?;
+        Ok((id, r))
+    }
+
+    /// Reverses the charge of a request that failed after it was charged; `total` (the
+    /// request's payment, if it carried one) may then be used again. Durable when it returns.
+    /// Returns the channel's credit.
+    ///
+    /// # Errors
+    /// [`Error::UnknownChannel`], [`Error::AmountOutOfRange`]; a store failure.
+    pub async fn refund_request(
+        &self,
+        channel: OutPoint,
+        total: Option<Amount>,
+        price: Amount,
+    ) -> Result<Amount, MerchantError> {
+        let slot = self.slot(&channel)?;
+        let mut s = slot.lock().await;
+        let credit = s.channel.refund_request(total, price)?;
+        self.metrics.requests_refunded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.drain(&mut s).await?;
+        Ok(credit)
+    }
+
+    /// Drains after a paid request, settling the channel if the payment exhausted it.
+    async fn drain_paid(&self, s: &mut Slot, channel: OutPoint) -> Result<(), MerchantError> {
+        let mut exhausted = false;
+        self.drain_with(s, &mut |e| {
+            exhausted |= matches!(
+                e,
+                Event::SettleDue { reason: paychan_core::channel::SettleReason::Exhausted, .. }
+            );
+        })
+        .await?;
+        if exhausted && s.channel.phase() == Phase::Open {
+            if let Err(e) = self.settle_locked(s).await {
+                warn!(%channel, error = %e, "settling an exhausted channel failed; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    /// The merchant's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.config.policy
+    }
+
     /// Checks a payment without accepting it: what it would add to the channel.
     ///
     /// # Errors
@@ -403,6 +513,7 @@ impl ChannelServer {
         let now = (self.clock)();
         let increment = s.channel.handle_two1_payment(&now, tx)?;
         self.drain(&mut s).await?;
+        self.token_index().insert(tx.compute_txid(), id);
         Ok(increment)
     }
 

@@ -19,6 +19,7 @@ use paychan_core::script::{ChannelScript, OutputKind};
 use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey, spend_p2wpkh};
 use paychan_core::tx::two1::{build_payment, TWO1_FEE, TWO1_MIN_OUTPUT};
 use paychan_core::tx::{ChannelParams, FundingOutput};
+use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::two1;
 
 use serde_json::Value;
@@ -28,7 +29,15 @@ async fn a_two1_client_opens_pays_and_closes() {
     let Setup { node, server, dir: _dir, .. } = setup(101);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/payment", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, two1::router(server)).await });
+    // A paid resource beside /payment, as two1's `@payment.required(1000)` view.
+    let paid = axum::Router::new()
+        .route("/resource", axum::routing::get(|| async { "paid content" }))
+        .layer(PaywallLayer::new(
+            server.clone(),
+            PaywallConfig::new(Pricing::new(Amount::from_sat(1_000)), "127.0.0.1:9735"),
+        ));
+    let app = two1::router(server.clone()).merge(paid);
+    tokio::spawn(async move { axum::serve(listener, app).await });
     let http = reqwest::Client::new();
 
     // GET /payment
@@ -121,8 +130,47 @@ async fn a_two1_client_opens_pays_and_closes() {
         p1.compute_txid().to_string(),
         "the token is the half-signed txid"
     );
+
+    // The 402 flow: the headers two1's client reads, then the token, single use.
+    let resource = base.replace("/payment", "/resource");
+    let r = http.get(&resource).send().await.unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(r.headers()["price"], "1000");
+    assert_eq!(r.headers()["bitcoin-payment-channel-server"], base.as_str());
+    let first_token = token["payment_txid"].as_str().unwrap().to_string();
+    let token = first_token.clone();
+    let with_token = |t: String| {
+        let http = http.clone();
+        let url = resource.clone();
+        async move {
+            let r = http.get(url).header("Bitcoin-Payment-Channel-Token", t).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(with_token(token.clone()).await, (200, "paid content".to_string()));
+    assert_eq!(
+        with_token(token.clone()).await,
+        (400, "RedeemPaymentError('Payment already redeemed.')".to_string())
+    );
+    assert_eq!(
+        with_token("ab".repeat(32)).await,
+        (400, "PaymentChannelNotFoundError('Payment not found.')".to_string())
+    );
+    assert_eq!(
+        with_token("nonsense".into()).await,
+        (400, "PaymentChannelNotFoundError('Payment not found.')".to_string())
+    );
+    let id = server.find_by_txid(&deposit_txid.parse().unwrap()).unwrap();
+    let charged = |server: std::sync::Arc<paychan_merchant::ChannelServer>| async move {
+        server.channels().await.into_iter().find(|c| c.0 == id).unwrap().3
+    };
+    assert_eq!(charged(server.clone()).await, Amount::from_sat(1_000), "charged once");
+
     let r = put(serialize_hex(&payment(4_000))).await;
     assert_eq!(r.status(), 200);
+    let token2 = r.json::<Value>().await.unwrap()["payment_txid"].as_str().unwrap().to_string();
+    assert_eq!(with_token(token2).await, (200, "paid content".to_string()));
+    assert_eq!(charged(server.clone()).await, Amount::from_sat(2_000));
     // A replay is refused with two1's words; an unknown channel is a 404.
     let r = put(serialize_hex(&p1)).await;
     assert_eq!(
@@ -189,11 +237,7 @@ async fn a_two1_client_opens_pays_and_closes() {
     let closed: Value = r.json().await.unwrap();
     let settled: paychan_core::bitcoin::Txid =
         closed["payment_txid"].as_str().unwrap().parse().unwrap();
-    assert_ne!(
-        settled.to_string(),
-        token["payment_txid"].as_str().unwrap(),
-        "the settled txid differs from the token"
-    );
+    assert_ne!(settled.to_string(), first_token, "the settled txid differs from the token");
     node.mine(1, &p2wpkh(&key(0x77))).unwrap();
     let (tx, loc) = node.transaction(&settled).unwrap();
     assert!(loc.is_some(), "the settlement is mined");

@@ -154,8 +154,8 @@ pub struct MerchantChannel {
     /// Totals used for paid requests (in memory: after a restart every total up to the stored
     /// one counts as used, so none is ever redeemable twice).
     redemptions: Redemptions,
-    /// 21 tokens PUT and not yet redeemed, oldest first.
-    tokens: std::collections::VecDeque<Txid>,
+    /// 21 tokens PUT, oldest first, with whether each was redeemed.
+    tokens: std::collections::VecDeque<(Txid, bool)>,
 }
 
 impl MerchantChannel {
@@ -246,8 +246,8 @@ impl MerchantChannel {
     pub fn restore(state: MerchantState, policy: Policy) -> Self {
         let redemptions = Redemptions { floor: state.accepted.to_sat(), ..Default::default() };
         let tokens = match &state.two1_tx {
-            Some(tx) if !state.two1_token_redeemed => [tx.compute_txid()].into_iter().collect(),
-            _ => Default::default(),
+            Some(tx) => [(tx.compute_txid(), state.two1_token_redeemed)].into_iter().collect(),
+            None => Default::default(),
         };
         MerchantChannel { state, policy, outbox: Outbox::default(), redemptions, tokens }
     }
@@ -348,7 +348,7 @@ impl MerchantChannel {
         let payment = validate_two1_payment(&self.view(), &self.policy, now, tx)?;
         let increment = payment.amount - self.state.accepted;
         self.redemptions.mark(payment.amount);
-        self.tokens.push_back(payment.tx.compute_txid());
+        self.tokens.push_back((payment.tx.compute_txid(), false));
         if self.tokens.len() > TOKEN_WINDOW {
             self.tokens.pop_front();
         }
@@ -492,9 +492,9 @@ impl MerchantChannel {
         Ok(self.state.accepted - charged)
     }
 
-    /// Whether this channel holds the unredeemed 21 token `txid`.
+    /// Whether this channel issued the 21 token `txid` (redeemed or not).
     pub fn has_token(&self, txid: &Txid) -> bool {
-        self.tokens.contains(txid)
+        self.tokens.iter().any(|(t, _)| t == txid)
     }
 
     /// Redeems a 21 payment token (two1's `Bitcoin-Payment-Channel-Token`, the txid a `PUT`
@@ -502,7 +502,8 @@ impl MerchantChannel {
     /// credit. Queues a persist.
     ///
     /// # Errors
-    /// [`Error::UnknownToken`]; [`Error::ChannelNotOpen`] / [`Error::PastCutoff`];
+    /// [`Error::UnknownToken`]; [`Error::AlreadyRedeemed`]; [`Error::ChannelNotOpen`] /
+    /// [`Error::PastCutoff`];
     /// [`Error::CreditTooLow`] (the token stays unused). The channel is then unchanged.
     pub fn redeem_token(
         &mut self,
@@ -510,9 +511,12 @@ impl MerchantChannel {
         txid: &Txid,
         price: Amount,
     ) -> Result<Redeemed, Error> {
-        let Some(pos) = self.tokens.iter().position(|t| t == txid) else {
+        let Some(pos) = self.tokens.iter().position(|(t, _)| t == txid) else {
             return Err(Error::UnknownToken);
         };
+        if self.tokens[pos].1 {
+            return Err(Error::AlreadyRedeemed { total: self.state.accepted });
+        }
         crate::validate::check_open(&self.view(), &self.policy, now)?;
         let charged = self
             .state
@@ -525,7 +529,7 @@ impl MerchantChannel {
                 credit: self.state.accepted - self.state.charged,
             });
         }
-        self.tokens.remove(pos);
+        self.tokens[pos].1 = true;
         if self.state.two1_tx.as_ref().is_some_and(|tx| tx.compute_txid() == *txid) {
             self.state.two1_token_redeemed = true;
         }

@@ -1,0 +1,344 @@
+//! The HTTP 402 paywall end to end on loopback: an axum app behind the Layer and a reverse
+//! proxy in front of an upstream, paid by the paying client over real channels on the embedded
+//! node (with a merchant that waits for one confirmation, and a miner that confirms).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use paychan_chain::{ChainSource, EmbeddedChain};
+use paychan_core::bitcoin::{Amount, Network, OutPoint};
+use paychan_core::paywall::{
+    decode_header, encode_header, ChannelPayment, PaymentRequired, PaymentResponse,
+    PaymentSignature, SCHEME,
+};
+use paychan_core::policy::Policy;
+use paychan_core::testkit::{key, p2wpkh};
+use paychan_core::Now;
+use paychan_customer::{Caps, Customer, CustomerError, PayingClient};
+use paychan_merchant::paywall::{reverse_proxy, PaywallConfig, PaywallLayer, Pricing};
+use paychan_merchant::{http, tcp, ChannelServer, ServerConfig};
+use paychan_node::Node;
+use paychan_store::{ChannelStore, SqliteStore};
+use paychan_wallet::{KeyChain, Wallet};
+
+struct World {
+    node: Node,
+    server: Arc<ChannelServer>,
+    peer: String,
+    customer: Arc<Customer>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn world() -> World {
+    let node = Node::in_memory();
+    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
+    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
+        let node = node.clone();
+        Arc::new(move || Now {
+            time: node.now(),
+            height: node.tip().0,
+            median_time_past: node.median_time_past(),
+        })
+    };
+    let (md, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mwallet = Wallet::create(md.path(), Network::Regtest, None).unwrap();
+    let keys = mwallet.key_chain(KeyChain::MERCHANT).unwrap();
+    let store: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&md.path().join("m.db")).unwrap());
+    let config = ServerConfig {
+        policy: Policy::default(),
+        payout: p2wpkh(&key(0x55)),
+        settle_target_blocks: 6,
+    };
+    let server =
+        Arc::new(ChannelServer::new(config, keys, store, chain.clone(), clock.clone()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = listener.local_addr().unwrap().to_string();
+    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
+
+    let mut cwallet = Wallet::create(cd.path(), Network::Regtest, None).unwrap();
+    node.mine(101, &cwallet.new_address().unwrap().script_pubkey()).unwrap();
+    cwallet.sync(&*chain).unwrap();
+    let cstore: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&cd.path().join("c.db")).unwrap());
+    let customer =
+        Arc::new(Customer::new(cstore, chain, Arc::new(Mutex::new(cwallet)), clock).unwrap());
+    // The miner: confirms whatever waits in the mempool, as a chain would.
+    let miner = node.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if !miner.mempool_txids().is_empty() {
+                let _ = miner.mine(1, &p2wpkh(&key(0x77)));
+            }
+        }
+    });
+    World { node, server, peer, customer, _dirs: vec![md, cd] }
+}
+
+/// An app with a paid `/hello` (10 sat), a paid `/fail` that answers 500, and a free `/free`,
+/// served on loopback; returns its base URL.
+async fn paid_app(w: &World) -> String {
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello, paid world" }))
+        .route("/fail", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "upstream broke") }))
+        .route("/free", get(|| async { "free" }))
+        .layer(PaywallLayer::new(
+            w.server.clone(),
+            PaywallConfig::new(Pricing::new(Amount::from_sat(10)).free("/free"), w.peer.clone()),
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+async fn charged(server: &ChannelServer, id: OutPoint) -> (Amount, Amount) {
+    let c = server.channels().await.into_iter().find(|c| c.0 == id).unwrap();
+    (c.2, c.3)
+}
+
+fn client(w: &World) -> PayingClient {
+    let caps = Caps { confirm_timeout: Duration::from_secs(60), ..Caps::default() };
+    PayingClient::new(w.customer.clone(), caps)
+}
+
+fn signature_header(id: OutPoint, total: u64, sig: &[u8]) -> String {
+    encode_header(&PaymentSignature {
+        x402_version: 2,
+        accepted: None,
+        payload: ChannelPayment::new(id, Amount::from_sat(total), sig),
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_gets_402_paid_gets_200_a_replay_is_refused() {
+    let w = world().await;
+    let base = paid_app(&w).await;
+    let plain = reqwest::Client::new();
+
+    // Unpaid: 402, in the x402 v2 shape and with the 21 headers.
+    let r = plain.get(format!("{base}/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(r.headers()["price"], "10");
+    assert!(r.headers()["bitcoin-payment-channel-server"].to_str().unwrap().ends_with("/payment"));
+    let required: PaymentRequired =
+        decode_header(r.headers()["payment-required"].as_bytes()).unwrap();
+    assert_eq!(required.x402_version, 2);
+    let req = &required.accepts[0];
+    assert_eq!((req.scheme.as_str(), req.amount.as_str()), (SCHEME, "10"));
+    assert_eq!(req.extra.peer, w.peer);
+    assert_eq!(req.extra.policy.min_confirmations, 1);
+    assert_eq!(req.network, "bip122:0f9188f13cb7b2c71f2a335e3a4fc328");
+    // Free paths are free.
+    let r = plain.get(format!("{base}/free")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "free".to_string()));
+
+    // Paid: the client opens a channel, waits for its confirmation, pays, gets the body.
+    let c = client(&w);
+    let r = c.get(&format!("{base}/hello")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hello, paid world");
+    assert_eq!(r.paid, Amount::from_sat(10));
+    let receipt = r.receipt.clone().unwrap();
+    assert!(receipt.success);
+    assert_eq!((receipt.charged, receipt.total, receipt.credit), (10, 10, 0));
+    let id = r.channel.unwrap();
+    assert_eq!(charged(&w.server, id).await, (Amount::from_sat(10), Amount::from_sat(10)));
+    assert_eq!(w.customer.status(id).await.unwrap().acked, Amount::from_sat(10));
+    // A second request reuses the channel.
+    let r = c.get(&format!("{base}/hello")).await.unwrap();
+    assert_eq!((r.status, r.channel), (200, Some(id)));
+
+    // A payment header used twice: served once, then refused with its code; nothing changes.
+    let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+    let header = signature_header(id, pay.total_sat, &pay.signature);
+    let send = || plain.get(format!("{base}/hello")).header("PAYMENT-SIGNATURE", &header).send();
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let receipt: PaymentResponse =
+        decode_header(r.headers()["payment-response"].as_bytes()).unwrap();
+    assert_eq!(receipt.total, 30);
+    let before = charged(&w.server, id).await;
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 402);
+    let refusal: PaymentRequired =
+        decode_header(r.headers()["payment-required"].as_bytes()).unwrap();
+    assert_eq!(refusal.code, Some(112), "{refusal:?}");
+    assert_eq!(charged(&w.server, id).await, before, "a replay changes nothing");
+
+    // Garbage in the header: 400, nothing changes.
+    let r =
+        plain.get(format!("{base}/hello")).header("PAYMENT-SIGNATURE", "%%%").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    // A tampered total: the signature does not verify.
+    let forged = signature_header(id, pay.total_sat + 1_000, &pay.signature);
+    let r = plain
+        .get(format!("{base}/hello"))
+        .header("PAYMENT-SIGNATURE", forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    let refusal: PaymentRequired =
+        decode_header(r.headers()["payment-required"].as_bytes()).unwrap();
+    assert_eq!(refusal.code, Some(110));
+    assert_eq!(charged(&w.server, id).await, before);
+    drop(w.node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_requests_on_one_channel_are_each_charged_once() {
+    let w = world().await;
+    let base = paid_app(&w).await;
+    let c = Arc::new(client(&w));
+    let first = c.get(&format!("{base}/hello")).await.unwrap();
+    let id = first.channel.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let c = c.clone();
+        let url = format!("{base}/hello");
+        tasks.push(tokio::spawn(async move { c.get(&url).await }));
+    }
+    let mut served = 0;
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hello, paid world"[..]));
+        assert_eq!(r.channel, Some(id));
+        served += 1;
+    }
+    assert_eq!(served, 64);
+    // 65 requests, 10 sat each: paid 650, charged 650, nothing twice, nothing lost.
+    assert_eq!(charged(&w.server, id).await, (Amount::from_sat(650), Amount::from_sat(650)));
+    let s = w.customer.status(id).await.unwrap();
+    assert_eq!((s.signed, s.acked), (Amount::from_sat(650), Amount::from_sat(650)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_is_not_charged_and_its_credit_pays_the_next() {
+    let w = world().await;
+    let base = paid_app(&w).await;
+    let c = client(&w);
+    let id = c.get(&format!("{base}/hello")).await.unwrap().channel.unwrap();
+    let before = charged(&w.server, id).await;
+    let r = c.get(&format!("{base}/fail")).await.unwrap();
+    assert_eq!(r.status, 500);
+    let receipt = r.receipt.unwrap();
+    assert!(!receipt.success);
+    assert_eq!((receipt.charged, receipt.credit), (0, 10));
+    let after = charged(&w.server, id).await;
+    assert_eq!(after.1, before.1, "an upstream 500 leaves `charged` unchanged");
+    assert_eq!(after.0, before.0 + Amount::from_sat(10), "the payment itself was accepted");
+    // The next request uses that credit: 1 sat of new money for a 10 sat request.
+    let r = c.get(&format!("{base}/hello")).await.unwrap();
+    assert_eq!((r.status, r.paid), (200, Amount::ONE_SAT));
+    assert_eq!(charged(&w.server, id).await, (Amount::from_sat(21), Amount::from_sat(20)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spending_caps_hold_before_anything_is_paid() {
+    let w = world().await;
+    let base = paid_app(&w).await;
+    let caps = Caps { max_price: Amount::from_sat(5), ..Caps::default() };
+    let c = PayingClient::new(w.customer.clone(), caps);
+    let e = c.get(&format!("{base}/hello")).await.unwrap_err();
+    assert!(matches!(e, CustomerError::PriceTooHigh { .. }), "{e}");
+    assert!(w.customer.list().await.is_empty(), "no channel opened, nothing signed");
+    // A per-merchant cap below the merchant's smallest deposit: refused before opening.
+    let caps = Caps { max_per_merchant: Amount::from_sat(5_000), ..Caps::default() };
+    let c = PayingClient::new(w.customer.clone(), caps);
+    let e = c.get(&format!("{base}/hello")).await.unwrap_err();
+    assert!(matches!(e, CustomerError::SpendingCap { .. }), "{e}");
+    assert!(w.customer.list().await.is_empty());
+    // A cap that allows one channel of 10,000 sat: payments stop at the cap.
+    let caps = Caps {
+        max_per_merchant: Amount::from_sat(10_020),
+        deposit: Some(Amount::from_sat(50_000)),
+        confirm_timeout: Duration::from_secs(60),
+        ..Caps::default()
+    };
+    let c = PayingClient::new(w.customer.clone(), caps);
+    let r = c.get(&format!("{base}/hello")).await.unwrap();
+    let id = r.channel.unwrap();
+    assert_eq!(w.customer.status(id).await.unwrap().capacity, Amount::from_sat(10_020));
+    c.get(&format!("{base}/hello")).await.unwrap();
+    let spent = w.customer.status(id).await.unwrap().signed;
+    assert_eq!(spent, Amount::from_sat(20));
+    // 10,020 - 20 left: 1,000 more requests fit, so the cap is checked, not hit; lower the cap
+    // through a new client that sees the spent total.
+    let caps = Caps { max_per_merchant: Amount::from_sat(25), ..caps };
+    let c = PayingClient::new(w.customer.clone(), caps);
+    let e = c.get(&format!("{base}/hello")).await.unwrap_err();
+    assert!(matches!(e, CustomerError::SpendingCap { .. }), "{e}");
+    assert_eq!(w.customer.status(id).await.unwrap().signed, spent, "nothing signed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reverse_proxy_charges_for_an_upstream_and_refunds_its_failures() {
+    let w = world().await;
+    // The upstream: any API on loopback.
+    let upstream =
+        Router::new()
+            .route(
+                "/api/echo",
+                get(|q: axum::extract::RawQuery| async move {
+                    format!("echo {}", q.0.unwrap_or_default())
+                }),
+            )
+            .route("/api/boom", get(|| async { (StatusCode::BAD_GATEWAY, "boom") }))
+            .route("/health", get(|| async { "ok" }));
+    let ul = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}", ul.local_addr().unwrap());
+    let (stop_upstream, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(ul, upstream)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let pricing =
+        Pricing::new(Amount::from_sat(10)).route("/api/*", Amount::from_sat(25)).free("/health");
+    let proxy = reverse_proxy(upstream_url, Duration::from_secs(5))
+        .layer(PaywallLayer::new(w.server.clone(), PaywallConfig::new(pricing, w.peer.clone())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(http::serve_with(
+        w.server.clone(),
+        listener,
+        None,
+        Some(proxy),
+        std::future::pending(),
+    ));
+
+    let plain = reqwest::Client::new();
+    let r = plain.get(format!("{base}/api/echo?x=1")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["price"].to_str().unwrap()), (402, "25"));
+    let r = plain.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok");
+    // The merchant's own API is still there beside the proxy.
+    let r = plain.get(format!("{base}/v1/info")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let c = client(&w);
+    let r = c.get(&format!("{base}/api/echo?x=1")).await.unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"echo x=1"[..]));
+    let id = r.channel.unwrap();
+    assert_eq!(charged(&w.server, id).await.1, Amount::from_sat(25));
+    // The upstream's 5xx: passed through, not charged.
+    let r = c.get(&format!("{base}/api/boom")).await.unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (502, &b"boom"[..]));
+    assert_eq!(charged(&w.server, id).await.1, Amount::from_sat(25));
+    // The upstream gone: 502, not charged.
+    stop_upstream.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = c.get(&format!("{base}/api/echo")).await.unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(charged(&w.server, id).await.1, Amount::from_sat(25));
+}

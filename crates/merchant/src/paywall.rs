@@ -1,0 +1,590 @@
+//! The HTTP 402 paywall (DESIGN §7): a tower [`Layer`] for axum apps that charges per request,
+//! and a reverse proxy ([`reverse_proxy`]) that puts it in front of any upstream API.
+//!
+//! * A request to a priced route without payment gets `402 Payment Required` with the price
+//!   and how to pay: the x402 v2 `PAYMENT-REQUIRED` header (our [`SCHEME`] names the channel
+//!   server, the merchant's limits and the price), the 21 headers `Price` and
+//!   `Bitcoin-Payment-Channel-Server`, and the same JSON as the body for people with curl.
+//! * A request carrying a channel payment in `PAYMENT-SIGNATURE` is charged with the rule
+//!   `charged + price ≤ signed_max`, each signed total once
+//!   ([`ChannelServer::redeem`]); the charge is durable before the inner service runs. The
+//!   answer carries the receipt in `PAYMENT-RESPONSE`.
+//! * A request carrying a 21 token (`Bitcoin-Payment-Channel-Token`) is charged the same way,
+//!   single use ([`ChannelServer::redeem_token`]), with two1's error texts.
+//! * When the inner service answers 5xx (an upstream failure or an unreachable upstream), the
+//!   charge is reversed before the answer goes out: a customer never pays for a failed
+//!   request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use paychan_core::bitcoin::{Amount, Network, OutPoint, Txid};
+use paychan_core::paywall::{
+    caip2, decode_header, encode_header, Limits, PaychanExtra, PaymentRequired, PaymentResponse,
+    PaymentSignature, Requirement, Resource, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
+    SCHEME, X402_VERSION,
+};
+use paychan_core::Error;
+use serde_json::json;
+use tower::{Layer, Service, ServiceExt};
+use tracing::{debug, warn};
+
+use crate::{ChannelServer, MerchantError};
+
+/// The 21 token header.
+pub const TOKEN_HEADER: &str = "bitcoin-payment-channel-token";
+
+/// A price rule's path pattern: `/exact`, `/prefix/*`, or `*` for every path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern(String);
+
+impl Pattern {
+    /// A pattern from its text.
+    pub fn new(p: impl Into<String>) -> Self {
+        Pattern(p.into())
+    }
+
+    /// Whether `path` matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => path == self.0,
+        }
+    }
+}
+
+/// A price computed from the request (dynamic pricing); `None` leaves it to the static rules.
+pub type PriceFn =
+    Arc<dyn Fn(&Method, &axum::http::Uri, &HeaderMap) -> Option<Amount> + Send + Sync>;
+
+/// What each request costs.
+#[derive(Clone, Default)]
+pub struct Pricing {
+    default: Option<Amount>,
+    routes: Vec<(Pattern, Amount)>,
+    free: Vec<Pattern>,
+    dynamic: Option<PriceFn>,
+}
+
+impl std::fmt::Debug for Pricing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pricing")
+            .field("default", &self.default)
+            .field("routes", &self.routes)
+            .field("free", &self.free)
+            .field("dynamic", &self.dynamic.is_some())
+            .finish()
+    }
+}
+
+impl Pricing {
+    /// Every path costs `price` unless a rule says otherwise.
+    pub fn new(price: Amount) -> Self {
+        Pricing { default: Some(price), ..Default::default() }
+    }
+
+    /// Only the routes given cost anything.
+    pub fn routes_only() -> Self {
+        Pricing::default()
+    }
+
+    /// Paths matching `pattern` cost `price` (the first matching rule wins).
+    pub fn route(mut self, pattern: &str, price: Amount) -> Self {
+        self.routes.push((Pattern::new(pattern), price));
+        self
+    }
+
+    /// Paths matching `pattern` are free.
+    pub fn free(mut self, pattern: &str) -> Self {
+        self.free.push(Pattern::new(pattern));
+        self
+    }
+
+    /// A price computed from each request; when it answers `None` the static rules apply.
+    pub fn dynamic(mut self, f: PriceFn) -> Self {
+        self.dynamic = Some(f);
+        self
+    }
+
+    /// The price of a request; `None` or zero means free.
+    pub fn price_of(
+        &self,
+        method: &Method,
+        uri: &axum::http::Uri,
+        headers: &HeaderMap,
+    ) -> Option<Amount> {
+        let path = uri.path();
+        if self.free.iter().any(|p| p.matches(path)) {
+            return None;
+        }
+        if let Some(p) = self.dynamic.as_ref().and_then(|f| f(method, uri, headers)) {
+            return Some(p);
+        }
+        self.routes.iter().find(|(p, _)| p.matches(path)).map(|(_, a)| *a).or(self.default)
+    }
+}
+
+/// The paywall's settings.
+#[derive(Debug, Clone)]
+pub struct PaywallConfig {
+    /// The prices.
+    pub pricing: Pricing,
+    /// Where customers open channels (the TCP channel server), `host:port`. A host of
+    /// `0.0.0.0` or `[::]` is replaced by the host the request was sent to.
+    pub channel_peer: String,
+    /// Path (on the request's host) or absolute URL of the 21 REST endpoint, named in
+    /// `Bitcoin-Payment-Channel-Server`; `None` when it is not served.
+    pub two1_endpoint: Option<String>,
+    /// The chain the channels are on.
+    pub network: Network,
+    /// The `description` of the 402's resource.
+    pub description: String,
+}
+
+impl PaywallConfig {
+    /// Settings with `pricing`, channels opened at `channel_peer`, the 21 endpoint at
+    /// `/payment`, on regtest.
+    pub fn new(pricing: Pricing, channel_peer: impl Into<String>) -> Self {
+        PaywallConfig {
+            pricing,
+            channel_peer: channel_peer.into(),
+            two1_endpoint: Some("/payment".into()),
+            network: Network::Regtest,
+            description: String::new(),
+        }
+    }
+}
+
+struct Paywall {
+    server: Arc<ChannelServer>,
+    config: PaywallConfig,
+    network: String,
+    limits: Limits,
+}
+
+/// The paywall as a tower [`Layer`]: `Router::new().route(…).layer(PaywallLayer::new(…))`.
+#[derive(Clone)]
+pub struct PaywallLayer {
+    paywall: Arc<Paywall>,
+}
+
+impl std::fmt::Debug for PaywallLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaywallLayer").field("config", &self.paywall.config).finish()
+    }
+}
+
+impl PaywallLayer {
+    /// A paywall charging through `server`.
+    pub fn new(server: Arc<ChannelServer>, config: PaywallConfig) -> Self {
+        let limits = Limits::from(server.policy());
+        let network = caip2(config.network);
+        PaywallLayer { paywall: Arc::new(Paywall { server, config, network, limits }) }
+    }
+}
+
+impl<S> Layer<S> for PaywallLayer {
+    type Service = PaywallService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PaywallService { paywall: self.paywall.clone(), inner }
+    }
+}
+
+/// The service [`PaywallLayer`] wraps around an inner service.
+#[derive(Clone)]
+pub struct PaywallService<S> {
+    paywall: Arc<Paywall>,
+    inner: S,
+}
+
+impl<S> std::fmt::Debug for PaywallService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaywallService").finish_non_exhaustive()
+    }
+}
+
+impl<S> Service<Request<Body>> for PaywallService<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner service is readied per request (on a clone) in `call`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let paywall = self.paywall.clone();
+        Box::pin(async move { Ok(paywall.handle(req, inner).await) })
+    }
+}
+
+/// How a request paid.
+enum Paid {
+    Payment { channel: OutPoint, total: Amount },
+    Token { channel: OutPoint },
+}
+
+impl Paywall {
+    async fn handle<S>(&self, req: Request<Body>, inner: S) -> Response
+    where
+        S: Service<Request<Body>, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let price = self.config.pricing.price_of(req.method(), req.uri(), req.headers());
+        let price = match price {
+            Some(p) if p > Amount::ZERO => p,
+            _ => return call(inner, req).await,
+        };
+        let headers = req.headers();
+        let (paid, redeemed) = if let Some(h) = headers.get(PAYMENT_SIGNATURE) {
+            let payment = match decode_header::<PaymentSignature>(h.as_bytes())
+                .and_then(|p| p.payload.decode())
+            {
+                Ok(p) => p,
+                Err(e) => return self.refused(&req, price, StatusCode::BAD_REQUEST, &e.into()),
+            };
+            let (channel, total, signature) = payment;
+            match self.server.redeem(channel, total, &signature, price).await {
+                Ok(r) => (Paid::Payment { channel, total }, r),
+                Err(e) => return self.refused(&req, price, StatusCode::PAYMENT_REQUIRED, &e),
+            }
+        } else if let Some(h) = headers.get(TOKEN_HEADER) {
+            let Some(token) = h.to_str().ok().and_then(|t| t.trim().parse::<Txid>().ok()) else {
+                return two1_error("PaymentChannelNotFoundError('Payment not found.')");
+            };
+            match self.server.redeem_token(&token, price).await {
+                Ok((channel, r)) => (Paid::Token { channel }, r),
+                Err(MerchantError::Core(Error::UnknownToken)) => {
+                    return two1_error("PaymentChannelNotFoundError('Payment not found.')")
+                }
+                Err(MerchantError::Core(Error::AlreadyRedeemed { .. })) => {
+                    return two1_error("RedeemPaymentError('Payment already redeemed.')")
+                }
+                Err(MerchantError::Core(Error::ChannelNotOpen { phase })) => {
+                    return two1_error(if phase.is_final() {
+                        "Payment channel closed."
+                    } else {
+                        "Payment channel not ready."
+                    })
+                }
+                Err(e @ MerchantError::Core(_)) => {
+                    return self.refused(&req, price, StatusCode::PAYMENT_REQUIRED, &e)
+                }
+                Err(e) => return unavailable(&e),
+            }
+        } else {
+            return self.payment_required(&req, price, None, StatusCode::PAYMENT_REQUIRED);
+        };
+        let (channel, total) = match paid {
+            Paid::Payment { channel, total } => (channel, Some(total)),
+            Paid::Token { channel } => (channel, None),
+        };
+        let mut req = req;
+        req.headers_mut().remove(PAYMENT_SIGNATURE);
+        req.headers_mut().remove(TOKEN_HEADER);
+        let mut resp = call(inner, req).await;
+        let mut receipt = PaymentResponse {
+            success: true,
+            scheme: SCHEME.into(),
+            network: self.network.clone(),
+            channel: channel.to_string(),
+            total: redeemed.accepted.to_sat(),
+            charged: price.to_sat(),
+            credit: redeemed.credit.to_sat(),
+            error: None,
+        };
+        if resp.status().is_server_error() {
+            // A failed request is not paid for: reverse the charge before answering.
+            match self.server.refund_request(channel, total, price).await {
+                Ok(credit) => {
+                    debug!(%channel, status = %resp.status(), "request failed upstream; charge reversed");
+                    receipt.success = false;
+                    receipt.charged = 0;
+                    receipt.credit = credit.to_sat();
+                    receipt.error =
+                        Some(format!("the request failed ({}): not charged", resp.status()));
+                }
+                Err(e) => {
+                    warn!(%channel, error = %e, "reversing the charge of a failed request failed");
+                }
+            }
+        }
+        if let Some(v) = header_value(&receipt) {
+            resp.headers_mut().insert(HeaderName::from_static(PAYMENT_RESPONSE), v);
+        }
+        resp
+    }
+
+    /// A payment that was refused: a new 402 saying why (or 400 for an unreadable header, or
+    /// 503 for the merchant's own failure).
+    fn refused(
+        &self,
+        req: &Request<Body>,
+        price: Amount,
+        status: StatusCode,
+        e: &MerchantError,
+    ) -> Response {
+        match e {
+            MerchantError::Core(core) => {
+                self.payment_required(req, price, Some((core.to_string(), core.code())), status)
+            }
+            other => unavailable(other),
+        }
+    }
+
+    fn requirement(&self, req: &Request<Body>, price: Amount) -> Requirement {
+        let host = request_host(req);
+        let peer = replace_wildcard_host(&self.config.channel_peer, host.as_deref());
+        let two1 = self.config.two1_endpoint.as_ref().map(|e| {
+            if e.starts_with("http://") || e.starts_with("https://") {
+                e.clone()
+            } else {
+                format!("http://{}{e}", host.as_deref().unwrap_or("127.0.0.1"))
+            }
+        });
+        Requirement {
+            scheme: SCHEME.into(),
+            network: self.network.clone(),
+            amount: price.to_sat().to_string(),
+            asset: "sat".into(),
+            pay_to: peer.clone(),
+            max_timeout_seconds: 60,
+            extra: PaychanExtra { peer, two1_server: two1, policy: self.limits },
+        }
+    }
+
+    fn payment_required(
+        &self,
+        req: &Request<Body>,
+        price: Amount,
+        error: Option<(String, u32)>,
+        status: StatusCode,
+    ) -> Response {
+        let requirement = self.requirement(req, price);
+        let (error, code) = match error {
+            Some((e, c)) => (e, Some(c)),
+            None => ("payment required".to_string(), None),
+        };
+        let body = PaymentRequired {
+            x402_version: X402_VERSION,
+            error: Some(error),
+            code,
+            resource: Resource {
+                url: req.uri().to_string(),
+                description: self.config.description.clone(),
+                mime_type: String::new(),
+            },
+            accepts: vec![requirement.clone()],
+        };
+        let mut resp = (status, axum::Json(&body)).into_response();
+        let h = resp.headers_mut();
+        if let Some(v) = header_value(&body) {
+            h.insert(HeaderName::from_static(PAYMENT_REQUIRED), v);
+        }
+        h.insert(HeaderName::from_static("price"), HeaderValue::from(price.to_sat()));
+        if let Some(v) = requirement.extra.two1_server.and_then(|u| HeaderValue::from_str(&u).ok())
+        {
+            h.insert(HeaderName::from_static("bitcoin-payment-channel-server"), v);
+        }
+        resp
+    }
+}
+
+async fn call<S>(inner: S, req: Request<Body>) -> Response
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
+    match inner.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// A paywall header's value (base64 is always a valid header value).
+fn header_value<T: serde::Serialize>(v: &T) -> Option<HeaderValue> {
+    encode_header(v).ok().and_then(|s| HeaderValue::from_str(&s).ok())
+}
+
+fn two1_error(text: &'static str) -> Response {
+    (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], text)
+        .into_response()
+}
+
+fn unavailable(e: &MerchantError) -> Response {
+    warn!(error = %e, "paid request failed on the merchant's side");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"error": "merchant failure: try again later"})),
+    )
+        .into_response()
+}
+
+/// The `host[:port]` the request was sent to.
+fn request_host(req: &Request<Body>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+}
+
+/// `0.0.0.0:9735` seen through `example.org:8080` is `example.org:9735`.
+fn replace_wildcard_host(peer: &str, request_host: Option<&str>) -> String {
+    let Some((host, port)) = peer.rsplit_once(':') else { return peer.to_string() };
+    if host != "0.0.0.0" && host != "[::]" {
+        return peer.to_string();
+    }
+    let Some(rh) = request_host else { return peer.to_string() };
+    let name = if rh.starts_with('[') {
+        rh.split_once(']').map_or(rh.to_string(), |(h, _)| format!("{h}]"))
+    } else {
+        rh.rsplit_once(':').map_or(rh, |(h, _)| h).to_string()
+    };
+    format!("{name}:{port}")
+}
+
+/// Hop-by-hop headers a proxy does not forward (RFC 9110 §7.6.1), and the paywall's own.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// The largest request body the reverse proxy forwards.
+pub const MAX_PROXY_BODY: usize = 16 * 1024 * 1024;
+
+/// A service forwarding every request to `upstream` (`http://host:port`, optionally with a
+/// base path). Put [`PaywallLayer`] on it to charge for the upstream's API. An unreachable
+/// upstream is a `502`, a slow one (over `timeout`) a `504`; both reverse the charge.
+pub fn reverse_proxy(upstream: String, timeout: std::time::Duration) -> axum::Router {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default();
+    let base = upstream.trim_end_matches('/').to_string();
+    axum::Router::new().fallback(move |req: Request<Body>| {
+        let client = client.clone();
+        let base = base.clone();
+        async move { forward(&client, &base, req).await }
+    })
+}
+
+async fn forward(client: &reqwest::Client, base: &str, req: Request<Body>) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_PROXY_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "request body above 16 MiB").into_response()
+        }
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{base}{path}");
+    let Ok(method) = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) else {
+        return (StatusCode::METHOD_NOT_ALLOWED, "unsupported method").into_response();
+    };
+    let mut out = client.request(method, &url).body(body);
+    for (name, value) in &parts.headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            out = out.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let resp = match out.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return (StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time")
+                .into_response()
+        }
+        Err(e) => {
+            warn!(upstream = %base, error = %e, "upstream unreachable");
+            return (StatusCode::BAD_GATEWAY, "the upstream is unreachable").into_response();
+        }
+    };
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for (name, value) in resp.headers() {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    match resp.bytes().await {
+        Ok(bytes) => {
+            let mut r = (status, bytes).into_response();
+            r.headers_mut().extend(headers);
+            r
+        }
+        Err(_) => (StatusCode::BAD_GATEWAY, "the upstream's answer broke off").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_and_prices() {
+        let p = Pricing::new(Amount::from_sat(10))
+            .route("/api/*", Amount::from_sat(25))
+            .route("/cheap", Amount::from_sat(1))
+            .free("/health");
+        let price = |path: &str| {
+            let uri: axum::http::Uri = path.parse().unwrap_or_default();
+            p.price_of(&Method::GET, &uri, &HeaderMap::new())
+        };
+        assert_eq!(price("/api/x?y=1"), Some(Amount::from_sat(25)));
+        assert_eq!(price("/cheap"), Some(Amount::from_sat(1)));
+        assert_eq!(price("/cheap/er"), Some(Amount::from_sat(10)));
+        assert_eq!(price("/health"), None);
+        let dynamic = p.dynamic(Arc::new(|m: &Method, _: &axum::http::Uri, _: &HeaderMap| {
+            (m == Method::POST).then_some(Amount::from_sat(99))
+        }));
+        let uri: axum::http::Uri = "/api/x".parse().unwrap_or_default();
+        assert_eq!(
+            dynamic.price_of(&Method::POST, &uri, &HeaderMap::new()),
+            Some(Amount::from_sat(99))
+        );
+        assert_eq!(
+            dynamic.price_of(&Method::GET, &uri, &HeaderMap::new()),
+            Some(Amount::from_sat(25))
+        );
+    }
+
+    #[test]
+    fn wildcard_hosts_take_the_request_host() {
+        assert_eq!(
+            replace_wildcard_host("0.0.0.0:9735", Some("shop.example:8080")),
+            "shop.example:9735"
+        );
+        assert_eq!(replace_wildcard_host("[::]:9735", Some("[::1]:80")), "[::1]:9735");
+        assert_eq!(replace_wildcard_host("10.0.0.1:9735", Some("x:1")), "10.0.0.1:9735");
+        assert_eq!(replace_wildcard_host("0.0.0.0:9735", None), "0.0.0.0:9735");
+    }
+}
