@@ -23,6 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Everything in one go: node, wallets, merchant, 10,000 paid requests, settlement.
+    Demo(cmd::demo::DemoArgs),
     /// Run and drive the embedded regtest node.
     #[command(subcommand)]
     Node(cmd::node::NodeCommand),
@@ -40,13 +42,20 @@ enum Command {
     /// Payments as files, on the merchant's side: verify, submit.
     #[command(subcommand)]
     Payment(cmd::payment::PaymentCommand),
+    /// Fetch a URL, paying its 402 from your channels (prints the body, like curl).
+    Buy(cmd::buy::BuyArgs),
+    /// A local HTTP proxy that pays 402s: `curl -x http://127.0.0.1:8402 http://merchant/…`.
+    Proxy(cmd::buy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr (stdout is for results); RUST_LOG picks the level, "info" by default.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // The demo and `buy` talk to people on stderr themselves; only problems are logged.
+        let quiet = matches!(cli.command, Command::Demo(_) | Command::Buy(_));
+        tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -54,12 +63,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a, &cli.common),
         Command::Node(c) => cmd::node::run(c, &cli.common),
         Command::Tx(c) => cmd::tx::run(c),
         Command::Wallet(c) => cmd::wallet::run(c, &cli.common),
         Command::Serve(a) => cmd::serve::run(a, &cli.common),
         Command::Channels(c) => cmd::channels::run(c, &cli.common),
         Command::Payment(c) => cmd::payment::run(c, &cli.common),
+        Command::Buy(a) => cmd::buy::buy(a, &cli.common),
+        Command::Proxy(a) => cmd::buy::proxy(a, &cli.common),
     };
     match result {
         Ok(code) => code,

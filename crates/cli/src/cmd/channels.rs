@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Subcommand;
+use paychan_chain::ChainSource;
 use paychan_core::bitcoin::{Amount, Network, OutPoint};
 use paychan_customer::{ChannelStatus, Customer};
 use paychan_store::{ChannelStore, SqliteStore};
@@ -103,18 +104,33 @@ fn status_line(s: &ChannelStatus) -> String {
 
 const HEADER: &str = "CHANNEL                                                              PHASE              DEPOSIT         PAID    REMAINING";
 
-/// Runs a `paychan channels` command.
-pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> {
+/// The customer of `<home>`: its wallet synced with the node, its channels
+/// (`<home>/channels.db`) loaded. Returns it with the chain client.
+pub async fn customer(common: &Common) -> Result<(Customer, Arc<dyn ChainSource>), CliError> {
     let chain = common.chain()?;
-    let mut wallet = Wallet::open(&common.wallet_dir(), Network::Regtest).map_err(fail)?;
-    wallet.sync(&*chain).map_err(fail)?;
+    let dir = common.wallet_dir();
+    let c = chain.clone();
+    let wallet = tokio::task::spawn_blocking(move || {
+        let mut wallet = Wallet::open(&dir, Network::Regtest).map_err(fail)?;
+        wallet.sync(&*c).map_err(fail)?;
+        Ok::<_, CliError>(wallet)
+    })
+    .await
+    .map_err(fail)??;
     let wallet = Arc::new(Mutex::new(wallet));
     let home = common.home();
     let clock = common.clock(chain.clone());
+    let store: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&home.join("channels.db")).map_err(fail)?);
+    let customer = Customer::new(store, chain.clone(), wallet, clock).map_err(fail)?;
+    customer.load().await.map_err(fail)?;
+    Ok((customer, chain))
+}
+
+/// Runs a `paychan channels` command.
+pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> {
     runtime()?.block_on(async move {
-        let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(&home.join("channels.db")).map_err(fail)?);
-        let customer = Customer::new(store, chain.clone(), wallet, clock).map_err(fail)?;
-        customer.load().await.map_err(fail)?;
+        let (customer, chain) = customer(common).await?;
         match cmd {
             ChannelsCommand::Open { merchant, deposit, life, wait } => {
                 let life = life.map(|l| u32::try_from(l).unwrap_or(u32::MAX));

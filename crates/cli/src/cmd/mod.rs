@@ -1,7 +1,9 @@
 //! The subcommands.
 
+pub mod buy;
 pub mod channels;
 pub mod common;
+pub mod demo;
 pub mod node;
 pub mod payment;
 pub mod serve;

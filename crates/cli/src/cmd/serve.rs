@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use paychan_core::bitcoin::Amount;
 use paychan_core::bitcoin::Network;
 use paychan_core::policy::Policy;
+use paychan_merchant::paywall::{reverse_proxy, PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::{tcp, ChannelServer, ServerConfig};
 use paychan_store::{ChannelStore, PostgresStore, SqliteStore};
 use paychan_wallet::{KeyChain, Wallet};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::common::{runtime, Common};
+use super::common::{parse_amount, runtime, Common};
 use crate::CliError;
 
 /// Arguments of `paychan serve`; each may also be set in the `--config` TOML file (same names,
@@ -46,6 +48,34 @@ pub struct ServeArgs {
     /// The admin API's bearer token (default: <home>/admin.token, created 0600 if missing).
     #[arg(long, env = "PAYCHAN_ADMIN_TOKEN")]
     admin_token: Option<String>,
+    /// Protect this API (`http://host:port`): every path the merchant's own API does not use is
+    /// forwarded to it, paid per request, on the HTTP listener.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// The price of a request to the upstream (with --upstream; default 10sat).
+    #[arg(long, value_parser = parse_amount)]
+    price: Option<Amount>,
+    /// A price for some paths: `/api/*=25sat` (`*` at the end matches any rest); repeatable,
+    /// the first match wins.
+    #[arg(long = "route", value_parser = parse_route)]
+    routes: Vec<(String, Amount)>,
+    /// A free path (`/health`, `/public/*`); repeatable.
+    #[arg(long = "free")]
+    free: Vec<String>,
+    /// Seconds to wait for the upstream's answer (then 504, not charged).
+    #[arg(long)]
+    upstream_timeout_secs: Option<u64>,
+}
+
+/// `PATTERN=AMOUNT`.
+fn parse_route(s: &str) -> Result<(String, Amount), String> {
+    let (pattern, price) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?} is not PATTERN=PRICE, like /api/*=25sat"))?;
+    if !pattern.starts_with('/') && pattern != "*" {
+        return Err(format!("{pattern:?}: a route pattern starts with /"));
+    }
+    Ok((pattern.to_string(), parse_amount(price)?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +87,13 @@ struct ServeFile {
     zero_conf: Option<bool>,
     min_confirmations: Option<u32>,
     tick_secs: Option<u64>,
+    upstream: Option<String>,
+    price: Option<String>,
+    #[serde(default)]
+    routes: Vec<String>,
+    #[serde(default)]
+    free: Vec<String>,
+    upstream_timeout_secs: Option<u64>,
 }
 
 fn fail(e: impl std::fmt::Display) -> CliError {
@@ -88,6 +125,25 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     policy.validate().map_err(fail)?;
     let tick = Duration::from_secs(a.tick_secs.or(file.tick_secs).unwrap_or(2).max(1));
     let admin_token = a.admin_token;
+    let upstream = a.upstream.or(file.upstream);
+    let price = match (a.price, file.price) {
+        (Some(p), _) => p,
+        (None, Some(p)) => parse_amount(&p).map_err(fail)?,
+        (None, None) => Amount::from_sat(10),
+    };
+    let mut routes = a.routes;
+    for r in &file.routes {
+        routes.push(parse_route(r).map_err(fail)?);
+    }
+    let mut pricing = Pricing::new(price);
+    for (pattern, p) in &routes {
+        pricing = pricing.route(pattern, *p);
+    }
+    for f in a.free.iter().chain(&file.free) {
+        pricing = pricing.free(f);
+    }
+    let upstream_timeout =
+        Duration::from_secs(a.upstream_timeout_secs.or(file.upstream_timeout_secs).unwrap_or(30));
     let home = common.home();
     let rt = runtime()?;
     rt.block_on(async move {
@@ -109,10 +165,18 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             Some(t) => t,
             None => read_or_make_token(&token_path)?,
         };
-        let http_task = tokio::spawn(paychan_merchant::http::serve(
+        let fallback = upstream.as_ref().map(|u| {
+            let config = PaywallConfig::new(pricing.clone(), addr.to_string());
+            reverse_proxy(u.clone(), upstream_timeout).layer(PaywallLayer::new(server.clone(), config))
+        });
+        if let Some(u) = &upstream {
+            tracing::info!(upstream = %u, ?pricing, "paywall: forwarding paid requests to the upstream");
+        }
+        let http_task = tokio::spawn(paychan_merchant::http::serve_with(
             server.clone(),
             http_listener,
             Some(token),
+            fallback,
             shutdown_signal(),
         ));
         let ticker = {
@@ -199,7 +263,8 @@ pub async fn merchant(
     Ok((server, payout, loaded))
 }
 
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -1,0 +1,263 @@
+//! `paychan buy URL` (a paying curl) and `paychan proxy` (a local HTTP proxy that pays): both
+//! pay a merchant's 402 from the customer's channels, within spending caps.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use clap::Args;
+use paychan_core::bitcoin::Amount;
+use paychan_customer::{Caps, CustomerError, PayingClient, Progress};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::json;
+
+use super::common::{parse_amount, runtime, Common};
+use crate::CliError;
+
+/// Spending caps, shared by `buy` and `proxy`.
+#[derive(Debug, Clone, Args)]
+pub struct CapArgs {
+    /// The most one request may cost; a dearer one is refused without paying.
+    #[arg(long, value_parser = parse_amount, default_value = "1000sat")]
+    max_price: Amount,
+    /// The most all channels with one merchant may carry.
+    #[arg(long, value_parser = parse_amount, default_value = "1000000sat")]
+    max_per_merchant: Amount,
+    /// The deposit of a channel opened to pay (default: the merchant's suggestion).
+    #[arg(long, value_parser = parse_amount)]
+    deposit: Option<Amount>,
+    /// How long to wait for a new channel's funding to confirm, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    confirm_timeout_secs: u64,
+}
+
+impl CapArgs {
+    fn caps(&self) -> Caps {
+        Caps {
+            max_price: self.max_price,
+            max_per_merchant: self.max_per_merchant,
+            deposit: self.deposit,
+            confirm_timeout: Duration::from_secs(self.confirm_timeout_secs),
+        }
+    }
+}
+
+/// Arguments of `paychan buy`.
+#[derive(Debug, Args)]
+pub struct BuyArgs {
+    /// The URL.
+    url: String,
+    /// The method (GET, or POST with --data).
+    #[arg(short = 'X', long = "request")]
+    method: Option<String>,
+    /// The request body.
+    #[arg(short = 'd', long = "data")]
+    data: Option<String>,
+    /// A header, `Name: value`; repeatable.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    #[command(flatten)]
+    caps: CapArgs,
+}
+
+/// Arguments of `paychan proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Where the proxy listens (keep it on loopback: whoever reaches it spends your channels).
+    #[arg(long, default_value = "127.0.0.1:8402")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    caps: CapArgs,
+}
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+/// Progress on stderr: opening a channel, waiting for its confirmation.
+fn progress() -> paychan_customer::paying::ProgressFn {
+    Arc::new(|p: &Progress| {
+        let mut err = std::io::stderr().lock();
+        let _ = match p {
+            Progress::Opening { peer, deposit } => {
+                writeln!(err, "paychan: opening a channel of {} sat with {peer}…", deposit.to_sat())
+            }
+            Progress::Opened { channel } => writeln!(err, "paychan: channel {channel} opened"),
+            Progress::WaitingForConfirmation { waited_secs, .. } if waited_secs % 10 == 0 => {
+                writeln!(err, "paychan: waiting for the funding to confirm ({waited_secs} s)…")
+            }
+            Progress::WaitingForConfirmation { .. } => Ok(()),
+        };
+    })
+}
+
+async fn paying_client(common: &Common, caps: &CapArgs) -> Result<PayingClient, CliError> {
+    let (customer, _) = super::channels::customer(common).await?;
+    Ok(PayingClient::new(Arc::new(customer), caps.caps()).with_progress(progress()))
+}
+
+/// Runs `paychan buy`.
+pub fn buy(a: BuyArgs, common: &Common) -> Result<ExitCode, CliError> {
+    let method = match (&a.method, &a.data) {
+        (Some(m), _) => reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| fail(format!("{m:?} is not an HTTP method")))?,
+        (None, Some(_)) => reqwest::Method::POST,
+        (None, None) => reqwest::Method::GET,
+    };
+    let mut headers = HeaderMap::new();
+    for h in &a.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| fail(format!("{h:?} is not a header `Name: value`")))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| fail(format!("{name:?} is not a header name")))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| fail(format!("{value:?} is not a header value")))?;
+        headers.append(name, value);
+    }
+    if a.data.is_some() && !headers.contains_key("content-type") {
+        headers
+            .insert("content-type", HeaderValue::from_static("application/x-www-form-urlencoded"));
+    }
+    let body = a.data.clone().unwrap_or_default().into_bytes();
+    let r = runtime()?.block_on(async {
+        let client = paying_client(common, &a.caps).await?;
+        client.request(method, &a.url, &headers, body).await.map_err(fail)
+    })?;
+    if common.json {
+        common.print(
+            &json!({
+                "status": r.status,
+                "price_sat": r.price.to_sat(),
+                "paid_sat": r.paid.to_sat(),
+                "channel": r.channel.map(|c| c.to_string()),
+                "receipt": r.receipt,
+                "body": String::from_utf8_lossy(&r.body),
+            }),
+            "",
+        )?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&r.body)?;
+        out.flush()?;
+        if r.price > Amount::ZERO {
+            tracing::info!(
+                price = r.price.to_sat(),
+                paid = r.paid.to_sat(),
+                status = r.status,
+                "paid request"
+            );
+        }
+    }
+    if r.status >= 400 {
+        let _ = writeln!(std::io::stderr().lock(), "error: the server answered HTTP {}", r.status);
+        return Ok(ExitCode::from(22));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Headers a proxy does not pass on.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// Runs `paychan proxy` until Ctrl-C or SIGTERM.
+pub fn proxy(a: ProxyArgs, common: &Common) -> Result<ExitCode, CliError> {
+    runtime()?.block_on(async {
+        let client = Arc::new(paying_client(common, &a.caps).await?);
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .map_err(|e| fail(format!("cannot listen on {}: {e}", a.listen)))?;
+        let addr = listener.local_addr()?;
+        common.print(
+            &json!({"listen": addr.to_string()}),
+            &format!("paychan proxy on http://{addr}: `curl -x http://{addr} http://merchant/…` pays 402s from your channels"),
+        )?;
+        let app = axum::Router::new().fallback(move |req: Request<Body>| {
+            let client = client.clone();
+            async move { forward(&client, req).await }
+        });
+        axum::serve(listener, app).with_graceful_shutdown(super::serve::shutdown_signal()).await?;
+        Ok::<_, CliError>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn forward(client: &PayingClient, req: Request<Body>) -> Response {
+    if req.method() == axum::http::Method::CONNECT {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            "paychan proxy cannot pay inside HTTPS (CONNECT): use an http:// URL, or `paychan buy`\n",
+        )
+            .into_response();
+    }
+    let (parts, body) = req.into_parts();
+    if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "paychan proxy is an HTTP proxy: curl -x http://127.0.0.1:8402 http://merchant/path\n",
+        )
+            .into_response();
+    }
+    let body = match axum::body::to_bytes(body, paychan_merchant::paywall::MAX_PROXY_BODY).await {
+        Ok(b) => b.to_vec(),
+        Err(_) => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "request body above 16 MiB\n").into_response()
+        }
+    };
+    let Ok(method) = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) else {
+        return (StatusCode::METHOD_NOT_ALLOWED, "unsupported method\n").into_response();
+    };
+    let mut headers = HeaderMap::new();
+    for (name, value) in &parts.headers {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    let url = parts.uri.to_string();
+    match client.request(method, &url, &headers, body).await {
+        Ok(r) => {
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut resp = (status, r.body).into_response();
+            for (name, value) in &r.headers {
+                if HOP_BY_HOP.contains(&name.as_str()) {
+                    continue;
+                }
+                if let (Ok(n), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(name.as_str().as_bytes()),
+                    axum::http::HeaderValue::from_bytes(value.as_bytes()),
+                ) {
+                    resp.headers_mut().append(n, v);
+                }
+            }
+            resp.headers_mut()
+                .insert("x-paychan-paid-sat", axum::http::HeaderValue::from(r.paid.to_sat()));
+            resp
+        }
+        Err(e @ (CustomerError::PriceTooHigh { .. } | CustomerError::SpendingCap { .. })) => {
+            (StatusCode::PAYMENT_REQUIRED, format!("paychan proxy: {e}\n")).into_response()
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("paychan proxy: {e}\n")).into_response(),
+    }
+}

@@ -1,0 +1,177 @@
+//! The paywall as real processes on loopback: `paychan serve --upstream` protects a plain HTTP
+//! upstream, `paychan buy` pays for one request (and refuses a price above `--max-price`
+//! without paying), and curl pays through `paychan proxy` (`curl -x`). `paychan demo` runs to
+//! completion and its summary matches the settlement it found on chain.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+mod common;
+
+use common::{first_line, start_node, Kill};
+
+fn paychan(home: &Path, url: &str, cookie: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_paychan"));
+    c.arg("--home").arg(home).args(["--rpc-url", url, "--json", "--rpc-cookie"]).arg(cookie);
+    c
+}
+
+fn run(mut c: Command) -> Value {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// A plain HTTP/1.1 upstream on loopback answering `upstream says hi to <path>`; returns its
+/// URL. The thread ends with the test process.
+fn upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(1_000) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let text = format!("upstream says hi to {path}\n");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn buy_and_curl_through_the_proxy_pay_a_reverse_proxied_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node_dir, merchant_home, customer_home) =
+        (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
+    let (_node, url, cookie) = start_node(&node_dir);
+    let upstream = upstream();
+
+    let mut merchant = paychan(&merchant_home, &url, &cookie)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--tick-secs", "1"])
+        .args(["--zero-conf", "true", "--upstream", &upstream, "--price", "10sat"])
+        .args(["--route", "/api/*=25sat", "--free", "/health"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let serving = first_line(&mut merchant);
+    let _merchant = Kill(merchant);
+    let shop = format!("http://{}", serving["http"].as_str().unwrap());
+
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["wallet", "new"]);
+    run(c);
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["wallet", "faucet"]);
+    run(c);
+
+    // A price above --max-price: refused, nothing paid, no channel.
+    let o = paychan(&customer_home, &url, &cookie)
+        .args(["buy", "--max-price", "20sat", &format!("{shop}/api/report")])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("above the limit") && err.contains("nothing was paid"), "{err}");
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["channels", "list"]);
+    assert_eq!(run(c), serde_json::json!([]));
+
+    // `paychan buy`: opens a channel, pays 25 sat, prints the upstream's body.
+    let o = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .arg("--home")
+        .arg(&customer_home)
+        .args(["--rpc-url", &url, "--rpc-cookie"])
+        .arg(&cookie)
+        .args(["buy", "--max-price", "50sat", &format!("{shop}/api/report?q=1")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "upstream says hi to /api/report?q=1\n");
+
+    // curl through `paychan proxy`: paid automatically.
+    let mut proxy = paychan(&customer_home, &url, &cookie)
+        .args(["proxy", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listening = first_line(&mut proxy);
+    let _proxy = Kill(proxy);
+    let proxy_url = format!("http://{}", listening["listen"].as_str().unwrap());
+    let curl = |path: &str| {
+        let o = Command::new("curl")
+            .args(["-s", "--max-time", "30", "-D", "-", "-x", &proxy_url, &format!("{shop}{path}")])
+            .output()
+            .expect("curl runs");
+        assert!(o.status.success(), "curl failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let out = curl("/api/weather");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("x-paychan-paid-sat: 25"), "{out}");
+    assert!(out.ends_with("upstream says hi to /api/weather\n"), "{out}");
+    let out = curl("/other");
+    assert!(out.to_ascii_lowercase().contains("x-paychan-paid-sat: 10"), "{out}");
+    let out = curl("/health");
+    assert!(out.to_ascii_lowercase().contains("x-paychan-paid-sat: 0"), "{out}");
+    assert!(out.ends_with("upstream says hi to /health\n"), "{out}");
+    drop(_proxy);
+
+    // One channel carried all three payments: 25 + 25 + 10.
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["channels", "list"]);
+    let list = run(c);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["paid_sat"], 60);
+}
+
+#[test]
+fn the_demo_runs_and_its_summary_matches_the_chain() {
+    let o = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .args(["--json", "demo"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["requests"], 10_000);
+    assert_eq!(s["chain_matches_books"], true, "{s}");
+    let paid = s["paid_sat"].as_u64().unwrap();
+    assert_eq!(paid, 10_000 * s["price_sat"].as_u64().unwrap());
+    assert_eq!(s["charged_sat"].as_u64().unwrap(), paid);
+    assert_eq!(s["merchant_received_sat"].as_u64().unwrap() + s["fee_sat"].as_u64().unwrap(), paid);
+    assert_eq!(
+        s["customer_change_sat"].as_u64().unwrap(),
+        s["deposit_sat"].as_u64().unwrap() - paid
+    );
+    assert!(s["settlement_height"].as_u64().unwrap() > 101);
+    assert_eq!(s["settlement_txid"].as_str().unwrap().len(), 64);
+}
