@@ -42,6 +42,9 @@ enum Command {
     /// Payments as files, on the merchant's side: verify, submit.
     #[command(subcommand)]
     Payment(cmd::payment::PaymentCommand),
+    /// Speed beside its physical bound, measured in one run.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// Fetch a URL, paying its 402 from your channels (prints the body, like curl).
     Buy(cmd::buy::BuyArgs),
     /// A local HTTP proxy that pays 402s: `curl -x http://127.0.0.1:8402 http://merchant/…`.
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
     // Logs go to stderr (stdout is for results); RUST_LOG picks the level, "info" by default.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // The demo and `buy` talk to people on stderr themselves; only problems are logged.
-        let quiet = matches!(cli.command, Command::Demo(_) | Command::Buy(_));
+        let quiet = matches!(cli.command, Command::Demo(_) | Command::Buy(_) | Command::Bench(_));
         tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a, &cli.common),
         Command::Channels(c) => cmd::channels::run(c, &cli.common),
         Command::Payment(c) => cmd::payment::run(c, &cli.common),
+        Command::Bench(c) => cmd::bench::run(c, &cli.common),
         Command::Buy(a) => cmd::buy::buy(a, &cli.common),
         Command::Proxy(a) => cmd::buy::proxy(a, &cli.common),
     };

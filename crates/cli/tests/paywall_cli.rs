@@ -175,3 +175,21 @@ fn the_demo_runs_and_its_summary_matches_the_chain() {
     assert!(s["settlement_height"].as_u64().unwrap() > 101);
     assert_eq!(s["settlement_txid"].as_str().unwrap().len(), 64);
 }
+
+#[test]
+fn bench_http_reports_paid_beside_unpaid_and_the_bounds() {
+    let o = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .args(["--json", "bench", "http", "--connections", "4", "--requests", "25"])
+        .args(["--seconds", "0.3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["paid_requests"], 100, "{r}");
+    for k in ["raw_verify_per_s", "validate_bound_per_s", "unpaid_per_s", "paid_per_s"] {
+        assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
+    }
+    let ratio = r["ratio"].as_f64().unwrap();
+    let expected = r["paid_per_s"].as_f64().unwrap() / r["bound_per_s"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 0.01, "{r}");
+}

@@ -1,5 +1,6 @@
 //! The subcommands.
 
+pub mod bench;
 pub mod buy;
 pub mod channels;
 pub mod common;
