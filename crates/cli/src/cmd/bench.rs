@@ -129,7 +129,11 @@ fn bounds(secs: f64) -> Result<(f64, f64), CliError> {
     });
     let validate = on_all_cores(secs, |i| {
         let t = i % 256;
-        let _ = std::hint::black_box(verify_payment(&params, Amount::from_sat(t + 1), &sigs[t as usize]));
+        let _ = std::hint::black_box(verify_payment(
+            &params,
+            Amount::from_sat(t + 1),
+            &sigs[t as usize],
+        ));
     });
     Ok((raw, validate))
 }
@@ -154,7 +158,11 @@ pub fn peak_rss_mib() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
-async fn bench_http(connections: u32, requests: u32, secs: f64) -> Result<serde_json::Value, CliError> {
+async fn bench_http(
+    connections: u32,
+    requests: u32,
+    secs: f64,
+) -> Result<serde_json::Value, CliError> {
     let dir = std::env::temp_dir().join(format!("paychan-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -170,7 +178,8 @@ async fn bench_http_in(
     secs: f64,
 ) -> Result<serde_json::Value, CliError> {
     say("measuring the bounds (raw verify, validate-only) on all cores…");
-    let (raw, validate) = tokio::task::spawn_blocking(move || bounds(secs)).await.map_err(fail)??;
+    let (raw, validate) =
+        tokio::task::spawn_blocking(move || bounds(secs)).await.map_err(fail)??;
 
     // A merchant (zero-conf, so the bench needs no blocks) with one paid and one free path to
     // the same handler, both through the Layer.
@@ -178,28 +187,44 @@ async fn bench_http_in(
     let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
     let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
         let node = node.clone();
-        Arc::new(move || Now { time: node.now(), height: node.tip().0, median_time_past: node.median_time_past() })
+        Arc::new(move || Now {
+            time: node.now(),
+            height: node.tip().0,
+            median_time_past: node.median_time_past(),
+        })
     };
     let mwallet = Wallet::create(&dir.join("merchant"), Network::Regtest, None).map_err(fail)?;
-    let mut cwallet = Wallet::create(&dir.join("customer"), Network::Regtest, None).map_err(fail)?;
+    let mut cwallet =
+        Wallet::create(&dir.join("customer"), Network::Regtest, None).map_err(fail)?;
     let keys = mwallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
     let policy = Policy { zero_conf: true, ..Policy::default() };
-    let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(&dir.join("merchant.db")).map_err(fail)?);
+    let store: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&dir.join("merchant.db")).map_err(fail)?);
     let payout = paychan_core::bitcoin::ScriptBuf::new_op_return([]);
     let config = ServerConfig { policy, payout, settle_target_blocks: 6 };
-    let server = Arc::new(ChannelServer::new(config, keys, store, chain.clone(), clock.clone()).map_err(fail)?);
+    let server = Arc::new(
+        ChannelServer::new(config, keys, store, chain.clone(), clock.clone()).map_err(fail)?,
+    );
     let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let peer = tcp_listener.local_addr()?.to_string();
     tokio::spawn(tcp::serve(server.clone(), tcp_listener, std::future::pending()));
     let price = Amount::from_sat(1);
     let handler = || async { "a result worth one satoshi\n" };
-    let app = axum::Router::new()
-        .route("/paid", get(handler))
-        .route("/free", get(handler))
-        .layer(PaywallLayer::new(server.clone(), PaywallConfig::new(Pricing::new(price).free("/free"), peer.clone())));
+    let app = axum::Router::new().route("/paid", get(handler)).route("/free", get(handler)).layer(
+        PaywallLayer::new(
+            server.clone(),
+            PaywallConfig::new(Pricing::new(price).free("/free"), peer.clone()),
+        ),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(http::serve_with(server.clone(), listener, None, Some(app), std::future::pending()));
+    tokio::spawn(http::serve_with(
+        server.clone(),
+        listener,
+        None,
+        Some(app),
+        std::future::pending(),
+    ));
 
     // One client per connection, so each connection is its own TCP stream.
     let clients: Vec<reqwest::Client> = (0..connections)
@@ -212,7 +237,8 @@ async fn bench_http_in(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in &clients {
-        let (c, stop, count, url) = (c.clone(), stop.clone(), count.clone(), format!("{base}/free"));
+        let (c, stop, count, url) =
+            (c.clone(), stop.clone(), count.clone(), format!("{base}/free"));
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if matches!(c.get(&url).send().await, Ok(r) if r.status() == 200) {
@@ -231,12 +257,20 @@ async fn bench_http_in(
     // Channels: one per connection, opened by a real customer over TCP; the payments are
     // signed (and stored by the customer) before the timed run, so the run measures the
     // merchant, not the load generator's signing.
-    say(&format!("opening {connections} channels and pre-signing {} payments…", u64::from(connections) * u64::from(requests)));
+    say(&format!(
+        "opening {connections} channels and pre-signing {} payments…",
+        u64::from(connections) * u64::from(requests)
+    ));
     node.mine(101, &cwallet.new_address().map_err(fail)?.script_pubkey()).map_err(fail)?;
     cwallet.sync(&*chain).map_err(fail)?;
-    let cstore: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(&dir.join("customer.db")).map_err(fail)?);
-    let customer = Arc::new(Customer::new(cstore, chain.clone(), Arc::new(Mutex::new(cwallet)), clock).map_err(fail)?);
-    let deposit = Amount::from_sat((u64::from(requests) * price.to_sat() + 20_000).max(Policy::default().min_deposit.to_sat()));
+    let cstore: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&dir.join("customer.db")).map_err(fail)?);
+    let customer = Arc::new(
+        Customer::new(cstore, chain.clone(), Arc::new(Mutex::new(cwallet)), clock).map_err(fail)?,
+    );
+    let deposit = Amount::from_sat(
+        (u64::from(requests) * price.to_sat() + 20_000).max(Policy::default().min_deposit.to_sat()),
+    );
     let mut channels: Vec<OutPoint> = Vec::new();
     for i in 0..connections {
         channels.push(customer.open(&peer, deposit, None).await.map_err(fail)?);
@@ -277,7 +311,12 @@ async fn bench_http_in(
             let mut latencies = Vec::with_capacity(headers.len());
             for h in headers {
                 let t = Instant::now();
-                let r = c.get(&url).header("payment-signature", h).send().await.map_err(|e| e.to_string())?;
+                let r = c
+                    .get(&url)
+                    .header("payment-signature", h)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let status = r.status();
                 let _ = r.bytes().await;
                 if status != 200 {
