@@ -213,8 +213,9 @@ impl PayingClient {
                         });
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                    // Our credit was spent by a concurrent request: pay the whole price.
-                    Some(113) if !tried_fresh => {
+                    // Our credit was spent by a concurrent request, or the merchant counts
+                    // this total as used (it restarted while it was in flight): pay anew.
+                    Some(112 | 113) if !tried_fresh => {
                         tried_fresh = true;
                         self.books.lock().await.entry(peer.clone()).or_default().credit =
                             Amount::ZERO;

@@ -341,6 +341,17 @@ async fn bench_http_in(
         return Err(fail(format!("charged {charged}, expected {expected}")));
     }
     let bound = validate.min(unpaid);
+    // The merchant's own view: how long its durable writes took.
+    let metrics = server.metrics_text().await;
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    let commit_ms = metric("paychan_store_commit_seconds_sum ")
+        / metric("paychan_store_commit_seconds_count ").max(1.0)
+        * 1000.0;
     Ok(json!({
         "bench": "http",
         "connections": connections,
@@ -358,6 +369,7 @@ async fn bench_http_in(
             "p99": percentile(&latencies, 0.99),
             "p99_9": percentile(&latencies, 0.999),
         },
+        "store_write_ms_avg": (commit_ms * 1000.0).round() / 1000.0,
         "peak_rss_mib": peak_rss_mib(),
     }))
 }
