@@ -29,6 +29,7 @@ use paychan_wallet::{KeyChain, Wallet};
 struct World {
     node: Node,
     server: Arc<ChannelServer>,
+    store: Arc<dyn ChannelStore>,
     peer: String,
     customer: Arc<Customer>,
     _dirs: Vec<tempfile::TempDir>,
@@ -55,8 +56,9 @@ async fn world() -> World {
         payout: p2wpkh(&key(0x55)),
         settle_target_blocks: 6,
     };
-    let server =
-        Arc::new(ChannelServer::new(config, keys, store, chain.clone(), clock.clone()).unwrap());
+    let server = Arc::new(
+        ChannelServer::new(config, keys, store.clone(), chain.clone(), clock.clone()).unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let peer = listener.local_addr().unwrap().to_string();
     tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
@@ -78,7 +80,7 @@ async fn world() -> World {
             }
         }
     });
-    World { node, server, peer, customer, _dirs: vec![md, cd] }
+    World { node, server, store, peer, customer, _dirs: vec![md, cd] }
 }
 
 /// An app with a paid `/hello` (10 sat), a paid `/fail` that answers 500, and a free `/free`,
@@ -341,4 +343,40 @@ async fn the_reverse_proxy_charges_for_an_upstream_and_refunds_its_failures() {
     let r = c.get(&format!("{base}/api/echo")).await.unwrap();
     assert_eq!(r.status, 502);
     assert_eq!(charged(&w.server, id).await.1, Amount::from_sat(25));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charge_is_durable_before_the_handler_runs() {
+    use paychan_core::channel::merchant::MerchantState;
+    let w = world().await;
+    // The handler reads the merchant's store: the charge for this very request must be there.
+    let store = w.store.clone();
+    let app = Router::new()
+        .route(
+            "/audit",
+            get(move || {
+                let store = store.clone();
+                async move {
+                    let rows = store.list(paychan_store::Query::default()).await.unwrap();
+                    let charged: u64 = rows
+                        .iter()
+                        .map(|r| MerchantState::decode(&r.state).unwrap().charged.to_sat())
+                        .sum();
+                    format!("{charged}")
+                }
+            }),
+        )
+        .layer(PaywallLayer::new(
+            w.server.clone(),
+            PaywallConfig::new(Pricing::new(Amount::from_sat(7)), w.peer.clone()),
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let c = client(&w);
+    for n in 1..=3u64 {
+        let r = c.get(&format!("{base}/audit")).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(String::from_utf8(r.body).unwrap(), format!("{}", 7 * n), "request {n}");
+    }
 }
