@@ -48,13 +48,38 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// Payments/s over loopback TCP with real stores, beside the sign + validate bound.
+    Pay {
+        /// Channels, each paying from its own task.
+        #[arg(long, default_value_t = 100)]
+        channels: u32,
+        /// Payments per channel.
+        #[arg(long, default_value_t = 1_000)]
+        payments: u32,
+        /// Payments in flight per channel (pipelined, acknowledged together).
+        #[arg(long, default_value_t = 32)]
+        window: u32,
+        /// `sqlite` (files, synchronous=FULL), `memory` (SQLite on /dev/shm), `postgres`
+        /// (PAYCHAN_TEST_POSTGRES_URL) or a postgres:// URL.
+        #[arg(long, default_value = "sqlite")]
+        store: super::bench_pay::StoreKind,
+        /// Seconds of the bound measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
+    /// Mempool acceptance and block assembly beside raw script verifications/s.
+    Node {
+        /// One-input transactions to accept and mine.
+        #[arg(long, default_value_t = 2_000)]
+        transactions: usize,
+    },
 }
 
 fn fail(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
 }
 
-fn say(line: &str) {
+pub fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
@@ -62,6 +87,50 @@ fn say(line: &str) {
 /// Runs `paychan bench`.
 pub fn run(cmd: BenchCommand, common: &Common) -> Result<ExitCode, CliError> {
     match cmd {
+        BenchCommand::Pay { channels, payments, window, store, seconds } => {
+            if channels == 0 || payments == 0 || window == 0 || seconds <= 0.0 {
+                return Err(fail(
+                    "--channels, --payments, --window and --seconds must be above zero",
+                ));
+            }
+            let r = runtime()?.block_on(super::bench_pay::bench_pay(
+                channels, payments, window, store, seconds,
+            ))?;
+            let text = format!(
+                "paychan bench pay ({} store, {channels} channels, window {window}, {} cores)\n  bound: sign + validate   {:>9.0} payments/s\n  payments                 {:>9.0} /s  = {:.0}% of the bound\n  latency per window       p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms\n  peak RSS                 {} MiB",
+                r["store"].as_str().unwrap_or(""),
+                r["cores"],
+                r["bound_per_s"].as_f64().unwrap_or(0.0),
+                r["payments_per_s"].as_f64().unwrap_or(0.0),
+                r["ratio"].as_f64().unwrap_or(0.0) * 100.0,
+                r["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                r["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                r["latency_ms"]["p99_9"].as_f64().unwrap_or(0.0),
+                r["peak_rss_mib"],
+            );
+            common.print(&r, &text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Node { transactions } => {
+            if transactions == 0 {
+                return Err(fail("--transactions must be above zero"));
+            }
+            say(&format!("accepting and mining {transactions} transactions…"));
+            let r = super::bench_node::bench_node(transactions)?;
+            let text = format!(
+                "paychan bench node ({transactions} one-input P2WPKH transactions)\n  raw libbitcoinconsensus verify  {:>9.0} /s (bound)\n  mempool acceptance              {:>9.0} tx/s = {:.2}× the bound (p99 {:.0} µs)\n  assemble + connect the block    {:>9.1} ms (scripts cached from the mempool)\n  connect it verifying every input{:>9.1} ms = {:.2}× the bound\n  peak RSS                        {} MiB",
+                r["raw_verify_per_s"].as_f64().unwrap_or(0.0),
+                r["mempool_accept_per_s"].as_f64().unwrap_or(0.0),
+                r["mempool_ratio"].as_f64().unwrap_or(0.0),
+                r["accept_latency_us"]["p99"].as_f64().unwrap_or(0.0),
+                r["assemble_and_connect_ms"].as_f64().unwrap_or(0.0),
+                r["connect_verifying_ms"].as_f64().unwrap_or(0.0),
+                r["connect_verifying_ratio"].as_f64().unwrap_or(0.0),
+                r["peak_rss_mib"],
+            );
+            common.print(&r, &text)?;
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Http { connections, requests, seconds } => {
             if connections == 0 || requests == 0 || seconds <= 0.0 {
                 return Err(fail("--connections, --requests and --seconds must be above zero"));
@@ -88,7 +157,7 @@ pub fn run(cmd: BenchCommand, common: &Common) -> Result<ExitCode, CliError> {
 }
 
 /// Runs `f` on every core for `secs`; returns the operations per second of all together.
-fn on_all_cores(secs: f64, f: impl Fn(u64) + Sync) -> f64 {
+pub fn on_all_cores(secs: f64, f: impl Fn(u64) + Sync) -> f64 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let stop = AtomicBool::new(false);
     let done = AtomicU64::new(0);
@@ -138,7 +207,7 @@ fn bounds(secs: f64) -> Result<(f64, f64), CliError> {
     Ok((raw, validate))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

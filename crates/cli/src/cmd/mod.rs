@@ -1,6 +1,8 @@
 //! The subcommands.
 
 pub mod bench;
+pub mod bench_node;
+pub mod bench_pay;
 pub mod buy;
 pub mod channels;
 pub mod common;

@@ -1,0 +1,229 @@
+//! `paychan bench pay`: a real merchant and a real customer over loopback TCP with real
+//! stores on both sides, N channels each paying M payments with W in flight, beside the bound
+//! measured first in the same process: the payments/s all cores reach doing nothing but the
+//! customer's sign and the merchant's validate.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use paychan_chain::{ChainSource, EmbeddedChain};
+use paychan_core::bitcoin::{Amount, Network, OutPoint, ScriptBuf};
+use paychan_core::policy::Policy;
+use paychan_core::script::OutputKind;
+use paychan_core::testkit::{customer_keypair, params_with, EXPIRY};
+use paychan_core::tx::payment::{sign_payment, verify_payment};
+use paychan_core::Now;
+use paychan_customer::Customer;
+use paychan_merchant::{tcp, ChannelServer, ServerConfig};
+use paychan_node::Node;
+use paychan_store::{ChannelStore, PostgresStore, Role, SqliteStore};
+use paychan_wallet::{KeyChain, Wallet};
+use serde_json::{json, Value};
+
+use super::bench::{on_all_cores, peak_rss_mib, percentile, say};
+use crate::CliError;
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+/// Where the bench keeps channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// SQLite files (WAL, `synchronous=FULL`) in a temporary directory.
+    Sqlite,
+    /// SQLite files on tmpfs (`/dev/shm`): every cost but the disk flush.
+    Memory,
+    /// PostgreSQL at this URL (both sides in the same database, by role).
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sqlite" => Ok(StoreKind::Sqlite),
+            "memory" => Ok(StoreKind::Memory),
+            p if p.starts_with("postgres://") || p.starts_with("postgresql://") => {
+                Ok(StoreKind::Postgres(p.to_string()))
+            }
+            "postgres" => std::env::var("PAYCHAN_TEST_POSTGRES_URL")
+                .map(StoreKind::Postgres)
+                .map_err(|_| {
+                    "--store postgres needs PAYCHAN_TEST_POSTGRES_URL, or give the postgres:// URL"
+                        .to_string()
+                }),
+            other => Err(format!(
+                "{other:?}: the store is sqlite, memory, postgres or a postgres:// URL"
+            )),
+        }
+    }
+}
+
+/// The bound: customer sign + merchant validate of one payment, on all cores, per second.
+fn sign_validate_bound(secs: f64) -> f64 {
+    let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(1_000_000), EXPIRY);
+    let kp = customer_keypair();
+    on_all_cores(secs, |i| {
+        let total = Amount::from_sat(i % 100_000 + 1);
+        if let Ok(sig) = sign_payment(&params, total, &kp) {
+            let _ = std::hint::black_box(verify_payment(&params, total, &sig));
+        }
+    })
+}
+
+async fn store(
+    kind: &StoreKind,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<Arc<dyn ChannelStore>, CliError> {
+    Ok(match kind {
+        StoreKind::Sqlite | StoreKind::Memory => {
+            Arc::new(SqliteStore::open(&dir.join(format!("{name}.db"))).map_err(fail)?)
+        }
+        StoreKind::Postgres(url) => Arc::new(PostgresStore::connect(url).await.map_err(fail)?),
+    })
+}
+
+/// Runs the pay bench.
+pub async fn bench_pay(
+    channels: u32,
+    payments: u32,
+    window: u32,
+    kind: StoreKind,
+    secs: f64,
+) -> Result<Value, CliError> {
+    let base = match kind {
+        StoreKind::Memory => std::path::PathBuf::from("/dev/shm"),
+        _ => std::env::temp_dir(),
+    };
+    let dir = base.join(format!("paychan-bench-pay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    let r = run(&dir, channels, payments, window, &kind, secs).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+async fn run(
+    dir: &std::path::Path,
+    channels: u32,
+    payments: u32,
+    window: u32,
+    kind: &StoreKind,
+    secs: f64,
+) -> Result<Value, CliError> {
+    say("measuring the bound (customer sign + merchant validate) on all cores…");
+    let bound =
+        tokio::task::spawn_blocking(move || sign_validate_bound(secs)).await.map_err(fail)?;
+
+    let node = Node::in_memory();
+    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
+    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
+        let node = node.clone();
+        Arc::new(move || Now {
+            time: node.now(),
+            height: node.tip().0,
+            median_time_past: node.median_time_past(),
+        })
+    };
+    let mwallet = Wallet::create(&dir.join("merchant"), Network::Regtest, None).map_err(fail)?;
+    let mut cwallet =
+        Wallet::create(&dir.join("customer"), Network::Regtest, None).map_err(fail)?;
+    let keys = mwallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
+    let policy = Policy::default();
+    let mstore = store(kind, dir, "merchant").await?;
+    let config = ServerConfig {
+        policy: policy.clone(),
+        payout: ScriptBuf::new_op_return([]),
+        settle_target_blocks: 6,
+    };
+    let server = Arc::new(
+        ChannelServer::new(config, keys, mstore.clone(), chain.clone(), clock.clone())
+            .map_err(fail)?,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let peer = listener.local_addr()?.to_string();
+    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
+
+    node.mine(101, &cwallet.new_address().map_err(fail)?.script_pubkey()).map_err(fail)?;
+    cwallet.sync(&*chain).map_err(fail)?;
+    let cstore = store(kind, dir, "customer").await?;
+    let customer = Arc::new(
+        Customer::new(cstore, chain.clone(), Arc::new(Mutex::new(cwallet)), clock).map_err(fail)?,
+    );
+    say(&format!("opening {channels} channels…"));
+    let deposit = Amount::from_sat(
+        (u64::from(payments) + policy.close_out.to_sat() + 1_000).max(policy.min_deposit.to_sat()),
+    );
+    let mut ids: Vec<OutPoint> = Vec::with_capacity(channels as usize);
+    for i in 0..channels {
+        ids.push(customer.open(&peer, deposit, None).await.map_err(fail)?);
+        if i % 10 == 9 {
+            node.mine(1, &ScriptBuf::new_op_return([])).map_err(fail)?;
+        }
+    }
+    node.mine(1, &ScriptBuf::new_op_return([])).map_err(fail)?;
+    server.tick().await.map_err(fail)?;
+
+    say(&format!(
+        "paying: {channels} channels × {payments} payments of 1 sat, {window} in flight per channel…"
+    ));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for id in &ids {
+        let (customer, id) = (customer.clone(), *id);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity((payments / window.max(1)) as usize + 1);
+            let mut left = payments;
+            while left > 0 {
+                let n = left.min(window);
+                let t = Instant::now();
+                customer
+                    .pay_many(id, &vec![Amount::ONE_SAT; n as usize])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                latencies.push(t.elapsed());
+                left -= n;
+            }
+            Ok::<_, String>(latencies)
+        }));
+    }
+    let mut latencies: Vec<Duration> = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.map_err(fail)?.map_err(fail)?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let total = u64::from(channels) * u64::from(payments);
+    let per_s = total as f64 / elapsed;
+    // Nothing acknowledged is missing from the merchant's store.
+    for id in &ids {
+        let row = mstore
+            .get(*id, Role::Merchant)
+            .await
+            .map_err(fail)?
+            .ok_or_else(|| fail("a channel vanished"))?;
+        if row.total != Amount::from_sat(u64::from(payments)) {
+            return Err(fail(format!("channel {id}: stored {} not {payments} sat", row.total)));
+        }
+    }
+    Ok(json!({
+        "bench": "pay",
+        "store": match kind { StoreKind::Sqlite => "sqlite", StoreKind::Memory => "memory", StoreKind::Postgres(_) => "postgres" },
+        "channels": channels,
+        "payments": total,
+        "window": window,
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "bound_per_s": bound.round(),
+        "payments_per_s": per_s.round(),
+        "ratio": (per_s / bound * 1000.0).round() / 1000.0,
+        // One figure per `window` payments: the time to have all of them acknowledged.
+        "latency_ms": {
+            "p50": percentile(&latencies, 0.5),
+            "p99": percentile(&latencies, 0.99),
+            "p99_9": percentile(&latencies, 0.999),
+        },
+        "peak_rss_mib": peak_rss_mib(),
+    }))
+}
