@@ -193,3 +193,31 @@ fn bench_http_reports_paid_beside_unpaid_and_the_bounds() {
     let expected = r["paid_per_s"].as_f64().unwrap() / r["bound_per_s"].as_f64().unwrap();
     assert!((ratio - expected).abs() < 0.01, "{r}");
 }
+
+fn bench(args: &[&str]) -> Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .args(["--json", "bench"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn bench_pay_node_and_memory_report_each_figure_beside_its_bound() {
+    let r =
+        bench(&["pay", "--channels", "3", "--payments", "40", "--window", "8", "--seconds", "0.2"]);
+    assert_eq!(r["payments"], 120, "{r}");
+    assert!(
+        r["bound_per_s"].as_f64().unwrap() > 0.0 && r["payments_per_s"].as_f64().unwrap() > 0.0
+    );
+    let r =
+        bench(&["pay", "--channels", "1", "--payments", "20", "--window", "1", "--seconds", "0.2"]);
+    assert!(r["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{r}");
+    let r = bench(&["node", "--transactions", "200"]);
+    assert!(r["mempool_ratio"].as_f64().unwrap() > 0.0, "{r}");
+    let r = bench(&["memory", "--channels", "500"]);
+    assert_eq!(r["loaded"], 500, "{r}");
+    assert!(r["merchant_peak_rss_mib"].as_u64().unwrap() > 0, "{r}");
+}

@@ -330,6 +330,68 @@ impl Customer {
         self.await_acks(&mut e, last).await
     }
 
+    /// Pays `count` payments of `amount` on channel `id` with up to `window` unacknowledged
+    /// at any time (a sliding window): while the merchant checks one half-window, the next is
+    /// signed, stored and sent, so both sides work at once. Returns the final acknowledged
+    /// total.
+    ///
+    /// # Errors
+    /// As [`Customer::pay_many`].
+    pub async fn pay_window(
+        &self,
+        id: OutPoint,
+        amount: Amount,
+        count: u64,
+        window: u32,
+    ) -> Result<Amount, CustomerError> {
+        let e = self.entry(&id)?;
+        let mut e = e.lock().await;
+        self.ensure_connected(&mut e).await?;
+        let window = u64::from(window.max(1));
+        let chunk = (window / 2).max(1);
+        // Totals sent and not yet acknowledged, oldest first.
+        let mut in_flight: std::collections::VecDeque<Amount> = std::collections::VecDeque::new();
+        let mut left = count;
+        loop {
+            // Refill a whole chunk at a time: each chunk costs one durable write.
+            while left > 0 && in_flight.len() as u64 + chunk.min(left) <= window {
+                let n = chunk.min(left);
+                let now = (self.clock)();
+                for _ in 0..n {
+                    in_flight.push_back(e.channel.pay(&now, amount)?);
+                }
+                left -= n;
+                // One durable write for the chunk, then one send.
+                let msgs = self.drain(&mut e).await?;
+                let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+                conn.send(&msgs).await?;
+            }
+            if in_flight.is_empty() {
+                return Ok(e.channel.state().acked);
+            }
+            let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+            let m = match conn.recv().await {
+                Ok(m) => m,
+                Err(err) => {
+                    e.conn = None;
+                    return Err(err);
+                }
+            };
+            match m {
+                Message::PaymentAck(a) => e.channel.handle_ack(Amount::from_sat(a.total_sat))?,
+                Message::Error(err) => {
+                    return Err(CustomerError::Rejected { code: err.code, message: err.message })
+                }
+                _ => return Err(CustomerError::Protocol("unexpected message while paying")),
+            }
+            let acked = e.channel.state().acked;
+            while in_flight.front().is_some_and(|t| *t <= acked) {
+                in_flight.pop_front();
+            }
+            self.drain(&mut e).await?;
+        }
+    }
+
     /// Signs a payment of `amount` more and stores it as spent, without sending it: a payment
     /// to hand over by other means (a file). The merchant redeems it with `paychan payment
     /// submit`; a later resume re-sends the same signature if the merchant lacks it.

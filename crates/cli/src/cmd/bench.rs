@@ -67,6 +67,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// The merchant's peak RSS with N open channels in its store (bound: 256 MiB at 100,000).
+    Memory {
+        /// Open channels in the store.
+        #[arg(long, default_value_t = 100_000)]
+        channels: u32,
+    },
+    /// (Internal: the merchant process of `bench memory`.)
+    #[command(hide = true)]
+    MemoryLoad {
+        /// The SQLite store.
+        #[arg(long)]
+        store: std::path::PathBuf,
+        /// The key chain's directory.
+        #[arg(long)]
+        keys: std::path::PathBuf,
+    },
     /// Mempool acceptance and block assembly beside raw script verifications/s.
     Node {
         /// One-input transactions to accept and mine.
@@ -109,6 +125,20 @@ pub fn run(cmd: BenchCommand, common: &Common) -> Result<ExitCode, CliError> {
                 r["peak_rss_mib"],
             );
             common.print(&r, &text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Memory { channels } => {
+            let r = runtime()?.block_on(super::bench_memory::bench_memory(channels))?;
+            let text = format!(
+                "paychan bench memory ({channels} open channels in SQLite)\n  merchant loaded {} channels in {} s\n  merchant peak RSS  {} MiB (bound 256 MiB)",
+                r["loaded"], r["load_seconds"], r["merchant_peak_rss_mib"],
+            );
+            common.print(&r, &text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::MemoryLoad { store, keys } => {
+            let r = runtime()?.block_on(super::bench_memory::load(&store, &keys))?;
+            common.print(&r, &r.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Node { transactions } => {

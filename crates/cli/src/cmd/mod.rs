@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod bench;
+pub mod bench_memory;
 pub mod bench_node;
 pub mod bench_pay;
 pub mod buy;
