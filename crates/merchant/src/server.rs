@@ -333,6 +333,7 @@ impl ChannelServer {
         signature: &[u8],
         price: Amount,
     ) -> Result<Redeemed, MerchantError> {
+        let started = std::time::Instant::now();
         let slot = self.slot(&channel)?;
         let mut s = slot.lock().await;
         if s.channel.phase() == Phase::AwaitingFunding {
@@ -348,6 +349,7 @@ impl ChannelServer {
             .fetch_add(r.increment.to_sat(), std::sync::atomic::Ordering::Relaxed);
         self.metrics.requests_charged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.drain_paid(&mut s, channel).await?;
+        self.metrics.payment_latency.observe(started.elapsed());
         Ok(r)
     }
 

@@ -469,6 +469,9 @@ async fn bench_http_in(
             "p99_9": percentile(&latencies, 0.999),
         },
         "store_write_ms_avg": (commit_ms * 1000.0).round() / 1000.0,
+        "redeem_ms_avg": (metric("paychan_payment_latency_seconds_sum ")
+            / metric("paychan_payment_latency_seconds_count ").max(1.0)
+            * 1e6).round() / 1000.0,
         "peak_rss_mib": peak_rss_mib(),
     }))
 }
