@@ -221,3 +221,39 @@ fn bench_pay_node_and_memory_report_each_figure_beside_its_bound() {
     assert_eq!(r["loaded"], 500, "{r}");
     assert!(r["merchant_peak_rss_mib"].as_u64().unwrap() > 0, "{r}");
 }
+
+#[test]
+fn no_secret_appears_in_the_logs_of_a_full_run() {
+    let keep = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .args(["--json", "demo", "--requests", "300", "--keep"])
+        .arg(keep.path())
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let logs =
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(logs.lines().count() > 20, "debug logs were written");
+    for who in ["customer", "merchant"] {
+        let file = keep.path().join(who).join("mnemonic");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{who}'s mnemonic file is 0600");
+        }
+        let phrase = std::fs::read_to_string(&file).unwrap();
+        let phrase = phrase.trim();
+        assert!(phrase.split_whitespace().count() >= 12, "a mnemonic: {who}");
+        assert!(!logs.contains(phrase), "{who}'s mnemonic leaked into the logs");
+        // No run of four consecutive mnemonic words either.
+        let words: Vec<&str> = phrase.split_whitespace().collect();
+        for w in words.windows(4) {
+            assert!(!logs.contains(&w.join(" ")), "part of {who}'s mnemonic leaked");
+        }
+    }
+    for secret in ["tprv", "xprv"] {
+        assert!(!logs.contains(secret), "an extended private key leaked into the logs");
+    }
+}

@@ -203,3 +203,46 @@ async fn json_api_open_pay_close_and_refusals() {
     assert!(metrics.contains("paychan_store_commit_seconds_count"));
     assert!(metrics.contains("paychan_channels{phase=\"settling\"} 1"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_and_payment_headers_have_size_limits() {
+    use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
+    let Setup { server, dir: _dir, .. } = setup(101);
+    let paid = axum::Router::new().route("/r", axum::routing::get(|| async { "ok" })).layer(
+        PaywallLayer::new(
+            server.clone(),
+            PaywallConfig::new(Pricing::new(Amount::from_sat(1)), "127.0.0.1:9735"),
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(http::serve_with(server, listener, None, Some(paid), std::future::pending()));
+    let client = reqwest::Client::new();
+    let big = vec![b'a'; 3 * 1024 * 1024];
+    let r = client
+        .put(format!("{base}/payment/{}", "ab".repeat(32)))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "a 3 MiB body to /payment");
+    let r = client
+        .post(format!("{base}/v1/channels/{}:0/payments", "ab".repeat(32)))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "a 3 MiB body to the JSON API");
+    // A payment header above 8 KiB is refused unread.
+    let r = client
+        .get(format!("{base}/r"))
+        .header("payment-signature", "A".repeat(9 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Headers beyond the server's limit: refused by HTTP itself.
+    let r = client.get(format!("{base}/r")).header("x-big", "b".repeat(512 * 1024)).send().await;
+    assert!(r.map(|r| r.status().as_u16() == 431).unwrap_or(true), "oversized headers refused");
+}
