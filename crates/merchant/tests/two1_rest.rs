@@ -24,6 +24,36 @@ use paychan_merchant::two1;
 
 use serde_json::Value;
 
+/// A 21 deposit, as two1 builds it, from the coinbase of block `height`: P2SH of the channel
+/// script with the customer key, capacity 200,000 + 3,000 + 125,000 sat.
+fn deposit_for(
+    node: &paychan_node::Node,
+    merchant: PublicKey,
+    height: u32,
+) -> (paychan_core::bitcoin::Transaction, ChannelScript, u32) {
+    let expiry = node.now() as u32 + 5 * 86_400;
+    let script =
+        ChannelScript::new(merchant, pubkey(&customer_key()), LockTime::from_consensus(expiry))
+            .unwrap();
+    let capacity = 200_000 + TWO1_MIN_OUTPUT.to_sat() + TWO1_FEE.to_sat();
+    let (block, _) = node.block(&node.block_hash(height).unwrap()).unwrap();
+    let cb = &block.txdata[0];
+    let coin = (OutPoint { txid: cb.compute_txid(), vout: 0 }, cb.output[0].clone());
+    let change = coin.1.value - Amount::from_sat(capacity + 1_000);
+    let deposit = spend_p2wpkh(
+        &[coin],
+        vec![
+            TxOut {
+                value: Amount::from_sat(capacity),
+                script_pubkey: script.script_pubkey(OutputKind::P2sh),
+            },
+            TxOut { value: change, script_pubkey: p2wpkh(&key(0x77)) },
+        ],
+        &key(0x77),
+    );
+    (deposit, script, expiry)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two1_client_opens_pays_and_closes() {
     let Setup { node, server, dir: _dir, .. } = setup(101);
@@ -52,26 +82,7 @@ async fn a_two1_client_opens_pays_and_closes() {
     assert_eq!(again["public_key"], info["public_key"]);
 
     // The deposit: P2SH of the redeem script, capacity + 3,000 + fee.
-    let expiry = node.now() as u32 + 5 * 86_400;
-    let script =
-        ChannelScript::new(merchant, pubkey(&customer_key()), LockTime::from_consensus(expiry))
-            .unwrap();
-    let capacity = 200_000 + TWO1_MIN_OUTPUT.to_sat() + TWO1_FEE.to_sat();
-    let (block, _) = node.block(&node.block_hash(1).unwrap()).unwrap();
-    let cb = &block.txdata[0];
-    let coin = (OutPoint { txid: cb.compute_txid(), vout: 0 }, cb.output[0].clone());
-    let change = coin.1.value - Amount::from_sat(capacity + 1_000);
-    let deposit = spend_p2wpkh(
-        &[coin],
-        vec![
-            TxOut {
-                value: Amount::from_sat(capacity),
-                script_pubkey: script.script_pubkey(OutputKind::P2sh),
-            },
-            TxOut { value: change, script_pubkey: p2wpkh(&key(0x77)) },
-        ],
-        &key(0x77),
-    );
+    let (deposit, script, expiry) = deposit_for(&node, merchant, 1);
     let redeem = script.script().to_hex_string();
     let r = http
         .post(&base)
@@ -251,4 +262,184 @@ async fn a_two1_client_opens_pays_and_closes() {
         http.get(format!("{base}/{deposit_txid}")).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["status"], "closed");
     assert_eq!(status["balance"], 4_000);
+}
+
+/// Malformed or malicious 21 payments (whole half-signed transactions) over `PUT /payment`:
+/// each gets 400 with its exact text and leaves the stored channel byte-equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_two1_payments_are_refused_and_change_nothing() {
+    use paychan_core::bitcoin::blockdata::opcodes::all::OP_PUSHNUM_1;
+    use paychan_core::bitcoin::script::{Builder, PushBytesBuf};
+    use paychan_core::bitcoin::transaction::Version;
+    use paychan_core::bitcoin::{Sequence, Transaction, TxIn};
+    use paychan_store::Role;
+
+    let Setup { node, server, store, dir: _dir, .. } = setup(101);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/payment", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, two1::router(server)).await });
+    let http = reqwest::Client::new();
+    let info: Value = http.get(&base).send().await.unwrap().json().await.unwrap();
+    let merchant =
+        PublicKey::from_slice(&Vec::<u8>::from_hex(info["public_key"].as_str().unwrap()).unwrap())
+            .unwrap();
+    let (deposit, script, _) = deposit_for(&node, merchant, 1);
+    let r = http
+        .post(&base)
+        .form(&[
+            ("deposit_tx", serialize_hex(&deposit).as_str()),
+            ("redeem_script", script.script().to_hex_string().as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let deposit_txid = deposit.compute_txid();
+    let funding = FundingOutput::find(&deposit, &script).unwrap();
+    let id = funding.outpoint;
+    let change_spk =
+        ScriptBuf::new_p2pkh(&CompressedPublicKey(pubkey(&customer_key())).pubkey_hash());
+    let params =
+        ChannelParams::new(script, funding, change_spk, Policy::default().dust_relay_fee).unwrap();
+    let payment = |amount: u64| {
+        build_payment(&params, Amount::from_sat(amount), TWO1_FEE, &customer_key()).unwrap()
+    };
+    let put = |tx: Transaction| {
+        let http = http.clone();
+        let url = format!("{base}/{deposit_txid}");
+        async move {
+            let r = http.put(url).form(&[("payment_tx", serialize_hex(&tx))]).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // One good payment first.
+    assert_eq!(put(payment(3_000)).await.0, 200);
+
+    // The parts of a good scriptSig, to rebuild it wrongly.
+    let good = payment(4_000);
+    let pushes: Vec<Vec<u8>> = good.input[0]
+        .script_sig
+        .instructions()
+        .map(|i| match i.unwrap() {
+            paychan_core::bitcoin::script::Instruction::PushBytes(b) => b.as_bytes().to_vec(),
+            paychan_core::bitcoin::script::Instruction::Op(_) => vec![0x01],
+        })
+        .collect();
+    let (sig, redeem) = (pushes[0].clone(), pushes[2].clone());
+    let script_sig = |sig: &[u8], selector_op1: bool, redeem: &[u8]| {
+        let b = Builder::new().push_slice(PushBytesBuf::try_from(sig.to_vec()).unwrap());
+        let b = if selector_op1 { b.push_opcode(OP_PUSHNUM_1) } else { b.push_int(0) };
+        b.push_slice(PushBytesBuf::try_from(redeem.to_vec()).unwrap()).into_script()
+    };
+    let with = |f: &dyn Fn(&mut Transaction)| {
+        let mut t = good.clone();
+        f(&mut t);
+        t
+    };
+    let other_script = ChannelScript::new(merchant, pubkey(&key(0x99)), params.script().expiry())
+        .unwrap()
+        .script()
+        .to_bytes();
+    let high_s = {
+        let (flag, der) = sig.split_last().unwrap();
+        let s = paychan_core::bitcoin::secp256k1::ecdsa::Signature::from_der(der).unwrap();
+        let mut h = paychan_core::sig::malleate_s(&s).serialize_der().to_vec();
+        h.push(*flag);
+        h
+    };
+    let mut none_flag = sig.clone();
+    *none_flag.last_mut().unwrap() = 0x02;
+    let malformed = |what: &str| format!("Malformed 21 payment: {what}.");
+    let cases: Vec<(&str, Transaction, String)> = vec![
+        (
+            "altered after signing",
+            with(&|t| {
+                t.output[0].value += Amount::from_sat(1_000);
+                t.output[1].value -= Amount::from_sat(1_000);
+            }),
+            "Signature does not verify under the customer key.".into(),
+        ),
+        (
+            "extra input",
+            with(&|t| {
+                t.input.push(TxIn { previous_output: OutPoint::null(), ..t.input[0].clone() })
+            }),
+            malformed("must have exactly one input"),
+        ),
+        (
+            "extra output",
+            with(&|t| t.output.push(t.output[1].clone())),
+            malformed("must have exactly two outputs"),
+        ),
+        (
+            "outputs swapped",
+            with(&|t| t.output.swap(0, 1)),
+            malformed("output 0 must pay the merchant's P2PKH"),
+        ),
+        (
+            "nLockTime set",
+            with(&|t| t.lock_time = LockTime::from_consensus(1)),
+            malformed("nLockTime must be 0"),
+        ),
+        ("version 3", with(&|t| t.version = Version(3)), malformed("version must be 1 or 2")),
+        (
+            "relative timelock",
+            with(&|t| {
+                t.version = Version::TWO;
+                t.input[0].sequence = Sequence::from_height(10);
+            }),
+            malformed("input carries a relative timelock"),
+        ),
+        (
+            "spends another outpoint",
+            with(&|t| t.input[0].previous_output.vout = 7),
+            malformed("does not spend the channel's deposit"),
+        ),
+        (
+            "carries a witness",
+            with(&|t| t.input[0].witness.push([1u8])),
+            malformed("a P2SH spend carries no witness"),
+        ),
+        (
+            "IF selector OP_0 (the refund branch)",
+            with(&|t| t.input[0].script_sig = script_sig(&sig, false, &redeem)),
+            malformed("branch selector must be OP_1 (the payment branch)"),
+        ),
+        (
+            "another customer key in the redeem script",
+            with(&|t| t.input[0].script_sig = script_sig(&sig, true, &other_script)),
+            malformed("redeem script is not the channel's"),
+        ),
+        (
+            "fee below the relay minimum",
+            with(&|t| {
+                t.output[1].value = params.capacity() - t.output[0].value - Amount::from_sat(10)
+            }),
+            malformed("fee is below the minimum relay fee of the settlement"),
+        ),
+        (
+            "high-S signature",
+            with(&|t| t.input[0].script_sig = script_sig(&high_s, true, &redeem)),
+            "Signature has a high S value.".into(),
+        ),
+        (
+            "SIGHASH_NONE instead of ALL",
+            with(&|t| t.input[0].script_sig = script_sig(&none_flag, true, &redeem)),
+            "Sighash flag 0x02 where 0x01 is required.".into(),
+        ),
+        ("replayed payment", payment(3_000), "Payment must be greater than 0.".into()),
+        ("lower payment", payment(2_000), "Payment must be greater than 0.".into()),
+    ];
+    for (name, tx, text) in cases {
+        let before = store.get(id, Role::Merchant).await.unwrap().unwrap();
+        assert_eq!(put(tx).await, (400, text), "{name}");
+        assert_eq!(
+            store.get(id, Role::Merchant).await.unwrap().unwrap(),
+            before,
+            "{name}: unchanged"
+        );
+    }
+    // The channel still takes the good one.
+    assert_eq!(put(good).await.0, 200);
 }
