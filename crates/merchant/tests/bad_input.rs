@@ -1,4 +1,6 @@
-//! Every payment rule broken over TCP gets its own error code and leaves the channel as it was.
+//! Every payment rule broken, over TCP and over the JSON API, gets its own error code and leaves
+//! the channel as it was: 23 compact-payment cases on both transports, then past the cutoff and
+//! settled on both, and an oversized frame. (The 21 whole-transaction cases are in `two1_rest`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -92,6 +94,27 @@ async fn open(conn: &mut Conn, node: &Node, height: u32) -> CustomerChannel {
     c
 }
 
+/// A payment over the JSON API: (HTTP status, error code).
+async fn http_pay(
+    client: &reqwest::Client,
+    base: &str,
+    channel: OutPoint,
+    total: u64,
+    signature: &[u8],
+) -> (u16, u64) {
+    let r = client
+        .post(format!("{base}/v1/channels/{channel}/payments"))
+        .json(
+            &serde_json::json!({"total_sat": total, "signature": signature.to_lower_hex_string()}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    (status, body["code"].as_u64().unwrap_or(0))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rule_broken_gets_its_code_and_changes_nothing() {
     let Setup { node, store, server, dir: _dir, .. } = setup(102);
@@ -144,6 +167,48 @@ async fn each_rule_broken_gets_its_code_and_changes_nothing() {
         s.push(0x83);
         s
     };
+    // The merchant's own channel key (the server's key chain: seed [7; 32] in `common`).
+    let merchant_sig = {
+        let keys = paychan_merchant::KeyChain::open(
+            _dir.path(),
+            &[7; 32],
+            paychan_core::bitcoin::Network::Regtest,
+            paychan_merchant::KeyChain::MERCHANT,
+        )
+        .unwrap();
+        let mk = Keypair::from_secret_key(
+            paychan_core::sig::secp(),
+            &keys.secret(customer.state().terms.key_index).unwrap(),
+        );
+        assert_eq!(mk.public_key(), params.script().merchant());
+        let (tx, flag) =
+            paychan_core::tx::payment::payment_template(&params, Amount::from_sat(2_000)).unwrap();
+        let digest = paychan_core::bitcoin::sighash::SighashCache::new(&tx)
+            .p2wsh_signature_hash(0, params.witness_script(), params.capacity(), flag)
+            .unwrap();
+        let digest = SecpMessage::from(digest);
+        let mut s = paychan_core::sig::secp()
+            .sign_ecdsa(&digest, &mk.secret_key())
+            .serialize_der()
+            .to_vec();
+        s.push(flag as u8);
+        s
+    };
+    let other_channel_sig = {
+        let other = unconfirmed.state().params.clone().unwrap();
+        sign_payment(&other, Amount::from_sat(2_000), &kp).unwrap()
+    };
+    let trailing_garbage = {
+        let mut s = good(2_000);
+        let flag = s.pop().unwrap();
+        s.extend([0x00, flag]);
+        s
+    };
+    let no_flag = {
+        let mut s = good(2_000);
+        s.pop();
+        s
+    };
     let unknown = OutPoint { txid: Txid::from_byte_array([0xee; 32]), vout: 0 };
     let unconfirmed_id = unconfirmed.state().params.as_ref().unwrap().id();
     let cases: Vec<(&str, OutPoint, u64, Vec<u8>, u32)> = vec![
@@ -161,6 +226,15 @@ async fn each_rule_broken_gets_its_code_and_changes_nothing() {
         ("another key", id, 2_000, other_key, 110),
         ("a signature for another total", id, 3_000, good(2_000), 110),
         ("amount near u64::MAX", id, u64::MAX, good(2_000), 105),
+        ("zero total", id, 0, good(2_000), 104),
+        ("SIGHASH_ALL|ANYONECANPAY (0x81)", id, 2_000, with_flag(2_000, 0x81), 109),
+        ("the whole deposit signed SINGLE", id, 100_000, with_flag(100_000, 0x83), 106),
+        ("empty signature", id, 2_000, Vec::new(), 107),
+        ("DER with trailing garbage", id, 2_000, trailing_garbage, 107),
+        ("no sighash byte", id, 2_000, no_flag, 107),
+        ("signed by the merchant's key", id, 2_000, merchant_sig, 110),
+        ("another channel's signature", id, 2_000, other_channel_sig, 110),
+        ("another output of the funding tx", OutPoint { vout: 1, ..id }, 2_000, good(2_000), 101),
     ];
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", http_listener.local_addr().unwrap());
@@ -208,4 +282,57 @@ async fn each_rule_broken_gets_its_code_and_changes_nothing() {
     customer.pay(&now, Amount::from_sat(1_000)).unwrap();
     let pay = sends(&mut customer).remove(0);
     assert!(matches!(conn.ask(pay).await, Message::PaymentAck(a) if a.total_sat == 2_000));
+
+    // Past the cutoff (the node's clock 30 min before the expiry): refused with 103.
+    let expiry = u64::from(params.script().expiry().to_consensus_u32());
+    node.set_mock_time(expiry - 4 * 3600 - 60).unwrap();
+    let before = store.get(id, Role::Merchant).await.unwrap().unwrap();
+    let reply = conn
+        .ask(Message::Pay(msg::Pay {
+            channel: Some(id.into()),
+            total_sat: 3_000,
+            signature: good(3_000),
+        }))
+        .await;
+    assert!(matches!(&reply, Message::Error(e) if e.code == 103), "past the cutoff: {reply:?}");
+    assert_eq!(http_pay(&client, &base, id, 3_000, &good(3_000)).await, (409, 103));
+    assert_eq!(store.get(id, Role::Merchant).await.unwrap().unwrap(), before);
+
+    // Settled: the merchant settles (its own decision), then a payment is refused with 102.
+    server.settle(id).await.unwrap();
+    let before = store.get(id, Role::Merchant).await.unwrap().unwrap();
+    let reply = conn
+        .ask(Message::Pay(msg::Pay {
+            channel: Some(id.into()),
+            total_sat: 3_000,
+            signature: good(3_000),
+        }))
+        .await;
+    assert!(matches!(&reply, Message::Error(e) if e.code == 102), "settled: {reply:?}");
+    assert_eq!(http_pay(&client, &base, id, 3_000, &good(3_000)).await, (409, 102));
+    assert_eq!(store.get(id, Role::Merchant).await.unwrap().unwrap(), before);
+
+    // An oversized frame: an error and the connection closes; other connections go on.
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), raw.read_to_end(&mut answer))
+        .await
+        .expect("the merchant closes the connection");
+    let mut d = FrameDecoder::new(MAX_FRAME_LEN);
+    d.push(&answer);
+    assert!(
+        matches!(d.next_message(), Ok(Some(Message::Error(e))) if e.code == Error::FrameTooLarge { len: 0, max: 0 }.code()),
+        "the oversized frame is answered with its error"
+    );
+    let Message::Welcome(_) = conn
+        .ask(Message::Hello(msg::Hello {
+            min_version: 1,
+            max_version: 1,
+            user_agent: String::new(),
+        }))
+        .await
+    else {
+        panic!("the first connection still works")
+    };
 }
