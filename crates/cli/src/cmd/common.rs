@@ -73,14 +73,32 @@ impl Common {
         Ok(Arc::new(rpc))
     }
 
-    /// A clock reading wall time and the chain tip.
+    /// A clock reading wall time and the chain tip. The tip (height, median-time-past) is
+    /// read once now and then refreshed every second by a background thread, never on the
+    /// payment path: a payment costs no RPC round trip, and payments on confirmed channels go
+    /// on while the node is unreachable (the last tip seen stays in use).
     pub fn clock(&self, chain: Arc<dyn ChainSource>) -> Arc<dyn Fn() -> Now + Send + Sync> {
+        let read = |chain: &dyn ChainSource| -> Option<(u32, u32)> {
+            Some((chain.tip().ok()?.height, chain.median_time_past().ok()?))
+        };
+        let tip = Arc::new(std::sync::Mutex::new(read(&*chain).unwrap_or((0, 0))));
+        {
+            let tip = Arc::downgrade(&tip);
+            let _ = std::thread::Builder::new().name("paychan-tip".into()).spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                // Stops once the clock is gone.
+                let Some(tip) = tip.upgrade() else { return };
+                match read(&*chain) {
+                    Some(t) => *tip.lock().unwrap_or_else(|p| p.into_inner()) = t,
+                    None => tracing::debug!("chain unreachable; the clock keeps the last tip"),
+                }
+            });
+        }
         Arc::new(move || {
             let time = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let height = chain.tip().map(|t| t.height).unwrap_or(0);
-            let mtp = chain.median_time_past().unwrap_or(0);
+            let (height, mtp) = *tip.lock().unwrap_or_else(|p| p.into_inner());
             // On regtest the node's mock time may run ahead of the wall clock.
             Now { time: time.max(u64::from(mtp)), height, median_time_past: mtp }
         })

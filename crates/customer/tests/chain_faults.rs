@@ -1,0 +1,203 @@
+//! Chain faults, in process with a real merchant and customer over loopback TCP: the funding is
+//! reorged out after the channel opened (the merchant stops taking payments until it confirms
+//! again), and the merchant's node is unreachable for a while (payments on a confirmed channel
+//! go on; settlement fails, changes nothing, and goes through once the node is back).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use paychan_chain::{BlockRef, ChainError, ChainSource, EmbeddedChain, TxStatus};
+use paychan_core::bitcoin::{
+    Amount, Block, BlockHash, FeeRate, Network, OutPoint, Transaction, TxOut, Txid,
+};
+use paychan_core::channel::Phase;
+use paychan_core::policy::Policy;
+use paychan_core::testkit::{key, p2wpkh};
+use paychan_core::Now;
+use paychan_customer::{Customer, CustomerError};
+use paychan_merchant::{tcp, ChannelServer, ServerConfig};
+use paychan_node::Node;
+use paychan_store::{ChannelStore, Role, SqliteStore};
+use paychan_wallet::{KeyChain, Wallet};
+
+/// The merchant's view of the chain, which can be cut off.
+struct Flaky {
+    inner: EmbeddedChain,
+    down: AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), ChainError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(ChainError::Transport("connection refused (test)".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl ChainSource for Flaky {
+    fn tip(&self) -> Result<BlockRef, ChainError> {
+        self.check()?;
+        self.inner.tip()
+    }
+    fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, ChainError> {
+        self.check()?;
+        self.inner.block_hash(height)
+    }
+    fn block(&self, hash: &BlockHash) -> Result<Block, ChainError> {
+        self.check()?;
+        self.inner.block(hash)
+    }
+    fn median_time_past(&self) -> Result<u32, ChainError> {
+        self.check()?;
+        self.inner.median_time_past()
+    }
+    fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
+        self.check()?;
+        self.inner.broadcast(tx)
+    }
+    fn tx_status(&self, txid: &Txid) -> Result<TxStatus, ChainError> {
+        self.check()?;
+        self.inner.tx_status(txid)
+    }
+    fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
+        self.check()?;
+        self.inner.transaction(txid)
+    }
+    fn mempool(&self) -> Result<Vec<Txid>, ChainError> {
+        self.check()?;
+        self.inner.mempool()
+    }
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, ChainError> {
+        self.check()?;
+        self.inner.utxo(outpoint)
+    }
+    fn estimate_fee(&self, target_blocks: u32) -> Result<FeeRate, ChainError> {
+        self.check()?;
+        self.inner.estimate_fee(target_blocks)
+    }
+}
+
+struct World {
+    node: Node,
+    flaky: Arc<Flaky>,
+    server: Arc<ChannelServer>,
+    store: Arc<dyn ChannelStore>,
+    customer: Customer,
+    peer: String,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn world() -> World {
+    let node = Node::in_memory();
+    let flaky =
+        Arc::new(Flaky { inner: EmbeddedChain::new(node.clone()), down: AtomicBool::new(false) });
+    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
+        let node = node.clone();
+        Arc::new(move || Now {
+            time: node.now(),
+            height: node.tip().0,
+            median_time_past: node.median_time_past(),
+        })
+    };
+    let (md, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let keys = Wallet::create(md.path(), Network::Regtest, None)
+        .unwrap()
+        .key_chain(KeyChain::MERCHANT)
+        .unwrap();
+    let store: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&md.path().join("m.db")).unwrap());
+    let config = ServerConfig {
+        policy: Policy::default(),
+        payout: p2wpkh(&key(0x55)),
+        settle_target_blocks: 6,
+    };
+    let server = Arc::new(
+        ChannelServer::new(config, keys, store.clone(), flaky.clone(), clock.clone()).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = listener.local_addr().unwrap().to_string();
+    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
+    // The customer's own node connection stays up.
+    let cchain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
+    let mut cwallet = Wallet::create(cd.path(), Network::Regtest, None).unwrap();
+    node.mine(101, &cwallet.new_address().unwrap().script_pubkey()).unwrap();
+    cwallet.sync(&*cchain).unwrap();
+    let cstore: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&cd.path().join("c.db")).unwrap());
+    let customer = Customer::new(cstore, cchain, Arc::new(Mutex::new(cwallet)), clock).unwrap();
+    World { node, flaky, server, store, customer, peer, _dirs: vec![md, cd] }
+}
+
+fn refused_with(r: Result<Amount, CustomerError>, code: u32) {
+    match r {
+        Err(CustomerError::Rejected { code: c, .. }) => assert_eq!(c, code),
+        other => panic!("expected refusal {code}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorged_funding_stops_payments_until_it_confirms_again() {
+    let w = world().await;
+    let id = w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
+    let block = w.node.mine(1, &p2wpkh(&key(0x77))).unwrap()[0];
+    assert_eq!(w.customer.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(10));
+
+    // The block with the funding is reorged out: the funding is unconfirmed again.
+    w.node.invalidate_block(block).unwrap();
+    assert!(w.node.mempool_txids().contains(&id.txid), "back in the mempool");
+    w.server.tick().await.unwrap();
+    let before = w.store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(before.phase, Phase::AwaitingFunding);
+    refused_with(w.customer.pay(id, Amount::from_sat(10)).await, 102);
+    // A refused payment leaves the merchant's store as it was; the acknowledged 10 sat stay.
+    let after = w.store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!((after.total, after.version), (before.total, before.version));
+    assert_eq!(after.total, Amount::from_sat(10));
+
+    // Confirmed again (another block): payments resume; the customer's unacknowledged 10 sat
+    // are delivered by the resume, with the same signature.
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    assert_eq!(w.customer.sync(id).await.unwrap(), Amount::from_sat(20));
+    assert_eq!(w.customer.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(30));
+    assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap().phase, Phase::Open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_go_on_while_the_node_is_unreachable_and_settlement_waits_for_it() {
+    let w = world().await;
+    let id = w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.customer.pay_many(id, &[Amount::from_sat(1_000); 10]).await.unwrap();
+
+    // The merchant loses its node.
+    w.flaky.down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        w.customer.pay_many(id, &[Amount::from_sat(1_000); 10]).await.unwrap(),
+        Amount::from_sat(20_000),
+        "payments on a confirmed channel need no chain"
+    );
+    assert!(w.server.tick().await.is_err(), "the chain check reports the fault");
+    let before = w.store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert!(w.server.settle(id).await.is_err(), "no settlement without a node");
+    let after = w.store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(after, before, "a failed settlement changes nothing");
+    assert_eq!(after.phase, Phase::Open);
+
+    // The node is back: the settlement goes through and pays the acknowledged total.
+    w.flaky.down.store(false, Ordering::SeqCst);
+    let closed = w.server.settle(id).await.unwrap();
+    let txid = closed.txid().unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+    let row = w.store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.phase, Phase::Settled);
+    let (tx, at) = w.node.transaction(&txid).unwrap();
+    assert!(at.is_some(), "mined");
+    let fee = Amount::from_sat(100_000) - tx.output.iter().map(|o| o.value).sum::<Amount>();
+    let to_merchant = tx.output.iter().find(|o| o.script_pubkey == p2wpkh(&key(0x55))).unwrap();
+    assert_eq!(to_merchant.value + fee, Amount::from_sat(20_000));
+}
