@@ -26,6 +26,8 @@ use paychan_wallet::{KeyChain, Wallet};
 struct Flaky {
     inner: EmbeddedChain,
     down: AtomicBool,
+    /// A fee estimate that overrides the node's.
+    fee: Mutex<Option<FeeRate>>,
 }
 
 impl Flaky {
@@ -77,7 +79,10 @@ impl ChainSource for Flaky {
     }
     fn estimate_fee(&self, target_blocks: u32) -> Result<FeeRate, ChainError> {
         self.check()?;
-        self.inner.estimate_fee(target_blocks)
+        match *self.fee.lock().unwrap() {
+            Some(f) => Ok(f),
+            None => self.inner.estimate_fee(target_blocks),
+        }
     }
 }
 
@@ -93,8 +98,11 @@ struct World {
 
 async fn world() -> World {
     let node = Node::in_memory();
-    let flaky =
-        Arc::new(Flaky { inner: EmbeddedChain::new(node.clone()), down: AtomicBool::new(false) });
+    let flaky = Arc::new(Flaky {
+        inner: EmbeddedChain::new(node.clone()),
+        down: AtomicBool::new(false),
+        fee: Mutex::new(None),
+    });
     let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
         let node = node.clone();
         Arc::new(move || Now {
@@ -200,4 +208,29 @@ async fn payments_go_on_while_the_node_is_unreachable_and_settlement_waits_for_i
     let fee = Amount::from_sat(100_000) - tx.output.iter().map(|o| o.value).sum::<Amount>();
     let to_merchant = tx.output.iter().find(|o| o.script_pubkey == p2wpkh(&key(0x55))).unwrap();
     assert_eq!(to_merchant.value + fee, Amount::from_sat(20_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_total_at_a_high_fee_estimate_still_settles() {
+    let w = world().await;
+    let id = w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    // 150 sat: too small to settle even at 1 sat/vB. Refused, nothing changes.
+    w.customer.pay(id, Amount::from_sat(150)).await.unwrap();
+    let before = w.store.get(id, Role::Merchant).await.unwrap().unwrap();
+    let e = w.server.settle(id).await.unwrap_err().to_string();
+    assert!(e.contains("too small to settle"), "{e}");
+    assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap(), before);
+    // 2,000 sat with an estimate of 50 sat/vB (a fee of ~10,000 sat): settled at a lower rate.
+    w.customer.pay(id, Amount::from_sat(1_850)).await.unwrap();
+    *w.flaky.fee.lock().unwrap() = Some(FeeRate::from_sat_per_vb(50).unwrap());
+    let txid = w.server.settle(id).await.unwrap().txid().unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let (tx, at) = w.node.transaction(&txid).unwrap();
+    assert!(at.is_some(), "mined");
+    let to_merchant = tx.output.iter().find(|o| o.script_pubkey == p2wpkh(&key(0x55))).unwrap();
+    let fee = Amount::from_sat(100_000) - tx.output.iter().map(|o| o.value).sum::<Amount>();
+    assert!(to_merchant.value >= Amount::from_sat(294), "above dust: {}", to_merchant.value);
+    assert_eq!(to_merchant.value + fee, Amount::from_sat(2_000));
+    assert!(fee < Amount::from_sat(50 * 100), "a lower rate than the estimate: {fee}");
 }

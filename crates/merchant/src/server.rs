@@ -646,11 +646,24 @@ impl ChannelServer {
         self.settle_at(s, fee_rate).await
     }
 
+    /// Settles at `fee_rate`, or, when that fee would leave the merchant's output below the
+    /// dust threshold (a small total at a high fee rate), at the highest rate that leaves it
+    /// above, down to the 1 sat/vB relay minimum: a settlement that confirms late beats none
+    /// (it is then bumped as long as the output stays above dust).
     async fn settle_at(&self, s: &mut Slot, fee_rate: FeeRate) -> Result<Closed, MerchantError> {
+        self.settle_above(s, fee_rate, None).await
+    }
+
+    /// As [`Self::settle_at`], but never at or below `floor` (a replacement must pay more
+    /// than the transaction it replaces, BIP 125): then it fails and changes nothing.
+    async fn settle_above(
+        &self,
+        s: &mut Slot,
+        fee_rate: FeeRate,
+        floor: Option<FeeRate>,
+    ) -> Result<Closed, MerchantError> {
         let chain = self.chain.clone();
         let height = blocking(move || chain.tip()).await?.height;
-        s.settlement = Some((height, fee_rate));
-        self.metrics.settlements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = self.keys.secret(s.channel.state().key_index)?;
         let payout = match &self.payout_source {
             Some(source) => source().unwrap_or_else(|e| {
@@ -659,7 +672,42 @@ impl ChannelServer {
             }),
             None => self.config.payout.clone(),
         };
-        s.channel.settle(&key, payout, fee_rate, &[])?;
+        let mut rate = fee_rate;
+        let used = loop {
+            if floor.is_some_and(|f| rate <= f) {
+                return Err(Error::Malformed {
+                    what: "settlement replacement",
+                    reason: "a higher fee would leave the merchant's output as dust".into(),
+                }
+                .into());
+            }
+            match s.channel.settle(&key, payout.clone(), rate, &[]) {
+                Ok(_) => break rate,
+                Err(Error::Dust { .. } | Error::InsufficientFunds { .. })
+                    if rate > FeeRate::BROADCAST_MIN =>
+                {
+                    // Halve the rate (never below the relay minimum) and try again.
+                    rate = FeeRate::from_sat_per_kwu(rate.to_sat_per_kwu() / 2)
+                        .max(FeeRate::BROADCAST_MIN);
+                }
+                Err(Error::Dust { .. } | Error::InsufficientFunds { .. }) => {
+                    return Err(Error::Malformed {
+                        what: "settlement",
+                        reason: format!(
+                            "the paid total of {} is too small to settle on chain: even at 1 sat/vB the fee would leave the merchant's output below the dust threshold",
+                            s.channel.accepted()
+                        ),
+                    }
+                    .into())
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if used < fee_rate {
+            info!(estimate = %fee_rate, used = %used, "settling below the fee estimate: a higher fee would leave the output as dust");
+        }
+        s.settlement = Some((height, used));
+        self.metrics.settlements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out = self.drain(s).await?;
         out.into_iter()
             .find_map(|m| if let Message::Closed(c) = m { Some(c) } else { None })
@@ -734,7 +782,11 @@ impl ChannelServer {
             )
             .max(estimate);
             info!(%txid, from = %rate, to = %bumped, "settlement unconfirmed: replacing it at a higher fee");
-            self.settle_at(s, bumped).await?;
+            if let Err(e) = self.settle_above(s, bumped, Some(rate)).await {
+                // Keep the one out there; count the blocks again before the next try.
+                s.settlement = Some((height, rate));
+                return Err(e);
+            }
         } else if status == paychan_chain::TxStatus::Unknown {
             // Dropped from the mempool: the same transaction again.
             self.settle_at(s, rate).await?;
