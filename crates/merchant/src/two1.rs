@@ -72,6 +72,21 @@ fn message(e: &MerchantError) -> String {
     }
 }
 
+/// The 21 forms' parsing for the fuzzer: the parameters of a body and query, and each value
+/// read as a transaction, a script and a signature, as the handlers do.
+#[doc(hidden)]
+pub fn fuzz_forms(body: &[u8], query: Option<String>) -> usize {
+    let p = params(body, query);
+    let mut n = p.len();
+    for v in p.values() {
+        n += usize::from(tx_param(v).is_some());
+        n += usize::from(ScriptBuf::from_hex(v).is_ok());
+        n += usize::from(Vec::<u8>::from_hex(v).is_ok());
+        n += usize::from(v.parse::<Txid>().is_ok());
+    }
+    n
+}
+
 /// A transaction given as hex in a parameter.
 fn tx_param(hex: &str) -> Option<Transaction> {
     Vec::<u8>::from_hex(hex).ok().and_then(|b| deserialize::<Transaction>(&b).ok())

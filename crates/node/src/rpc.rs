@@ -180,24 +180,10 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"jsonrpc\"")])
             .into_response();
     }
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            let body = json!({"result": null, "error": {"code": code::PARSE, "message": format!("Parse error: {e}")}, "id": null});
-            return json_response(StatusCode::INTERNAL_SERVER_ERROR, &body);
-        }
-    };
     let node = s.node.clone();
     let stop = s.stop.clone();
     // Calls take the node's lock and may verify scripts: run them off the async workers.
-    let outcome = tokio::task::spawn_blocking(move || match request {
-        Value::Array(calls) => {
-            let replies: Vec<Value> = calls.iter().map(|c| reply(&node, &stop, c).1).collect();
-            (StatusCode::OK, Value::Array(replies))
-        }
-        single => reply(&node, &stop, &single),
-    })
-    .await;
+    let outcome = tokio::task::spawn_blocking(move || answer(&node, &stop, &body)).await;
     match outcome {
         Ok((status, body)) => json_response(status, &body),
         Err(_) => json_response(
@@ -205,6 +191,29 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
             &json!({"result": null, "error": {"code": code::MISC, "message": "internal error"}, "id": null}),
         ),
     }
+}
+
+/// Answers a request body (one call or a batch) as bitcoind would: the HTTP status and the
+/// reply. Authentication is the caller's.
+fn answer(node: &Node, stop: &Notify, body: &[u8]) -> (StatusCode, Value) {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(calls)) => {
+            let replies: Vec<Value> = calls.iter().map(|c| reply(node, stop, c).1).collect();
+            (StatusCode::OK, Value::Array(replies))
+        }
+        Ok(single) => reply(node, stop, &single),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"result": null, "error": {"code": code::PARSE, "message": format!("Parse error: {e}")}, "id": null}),
+        ),
+    }
+}
+
+/// [`answer`] for the fuzzer: any bytes in, a status and a reply out, never a panic.
+#[doc(hidden)]
+pub fn fuzz_answer(node: &Node, body: &[u8]) -> (u16, Value) {
+    let (status, v) = answer(node, &Notify::new(), body);
+    (status.as_u16(), v)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {

@@ -1,0 +1,424 @@
+//! The consistency target: a customer and a merchant state machine driven by random events —
+//! payments, messages delivered, dropped, duplicated and reordered, persists that complete
+//! late or never (a crash), restarts from what was persisted, resumes, time jumps — checking
+//! after every step the invariants that make a channel safe:
+//!
+//! 1. every total the customer holds as acknowledged is in the merchant's durable state, and
+//!    the merchant can settle its durable total;
+//! 2. the customer never signs above what its caller authorised, nor above the deposit;
+//! 3. the merchant never holds a total the customer has not durably recorded as spent;
+//! 4. after a resume with everything delivered, both agree.
+
+use paychan_core::bitcoin::absolute::LockTime;
+use paychan_core::bitcoin::{Amount, FeeRate};
+use paychan_core::channel::customer::{CustomerChannel, CustomerState, CustomerTerms};
+use paychan_core::channel::merchant::{params_from_open, MerchantChannel, MerchantState};
+use paychan_core::channel::{Effect, Phase};
+use paychan_core::msg::{Message, Resumed};
+use paychan_core::policy::Policy;
+use paychan_core::script::{ChannelScript, OutputKind};
+use paychan_core::testkit::{customer_key, funding_tx, merchant_key, p2wpkh, pubkey, EXPIRY, NOW};
+use paychan_core::Now;
+
+const DEPOSIT: u64 = 1_000_000;
+
+struct Side<S> {
+    /// Persists issued and not yet completed: (id, state).
+    pending: Vec<(u64, Box<S>)>,
+    /// The last state written durably.
+    durable: Option<Box<S>>,
+}
+
+impl<S> Default for Side<S> {
+    fn default() -> Self {
+        Side { pending: Vec::new(), durable: None }
+    }
+}
+
+struct World {
+    now: Now,
+    policy: Policy,
+    customer: CustomerChannel,
+    merchant: MerchantChannel,
+    c: Side<CustomerState>,
+    m: Side<MerchantState>,
+    to_merchant: Vec<Message>,
+    to_customer: Vec<Message>,
+    authorised: Amount,
+    /// The merchant's last refusal of a payment.
+    refusal: Option<paychan_core::Error>,
+}
+
+/// Reads bytes as events.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*b)
+    }
+}
+
+fn collect_customer(w: &mut World) {
+    while let Some(e) = w.customer.poll_effect() {
+        match e {
+            Effect::Persist { id, state } => w.c.pending.push((id, state)),
+            Effect::Send(m) => w.to_merchant.push(m),
+            _ => {}
+        }
+    }
+}
+
+fn collect_merchant(w: &mut World) {
+    while let Some(e) = w.merchant.poll_effect() {
+        match e {
+            Effect::Persist { id, state } => w.m.pending.push((id, state)),
+            Effect::Send(m) => w.to_customer.push(m),
+            _ => {}
+        }
+    }
+}
+
+/// Opens and confirms a channel, everything delivered and persisted.
+fn open(authorised: Amount) -> World {
+    let policy = Policy::default();
+    let now = Now { time: NOW, height: 800_000, median_time_past: (NOW - 3600) as u32 };
+    let script = ChannelScript::new(
+        pubkey(&merchant_key()),
+        pubkey(&customer_key()),
+        LockTime::from_consensus(EXPIRY),
+    )
+    .expect("channel script");
+    let terms = CustomerTerms {
+        script,
+        kind: OutputKind::P2wsh,
+        change_script: p2wpkh(&customer_key()),
+        dust_relay_fee: policy.dust_relay_fee,
+        cutoff_distance: policy.cutoff_distance(false),
+        key_index: 0,
+        customer_key_index: 0,
+        peer: String::new(),
+    };
+    let mut customer = CustomerChannel::new(terms, customer_key()).expect("customer");
+    customer.authorise(authorised);
+    customer
+        .handle_funding_built(funding_tx(&script, OutputKind::P2wsh, Amount::from_sat(DEPOSIT)))
+        .expect("funding");
+    let mut open = None;
+    let mut c = Side::default();
+    while let Some(e) = customer.poll_effect() {
+        match e {
+            Effect::Persist { id, state } => {
+                c.durable = Some(state);
+                customer.persisted(id).expect("persisted");
+            }
+            Effect::Send(Message::Open(o)) => open = Some(o),
+            _ => {}
+        }
+    }
+    let (params, _) = params_from_open(&open.expect("an Open"), &pubkey(&merchant_key()), &policy)
+        .expect("params");
+    let mut merchant = MerchantChannel::open(params, policy.clone(), &now, 0).expect("merchant");
+    merchant.handle_funding_confirmations(1);
+    let mut m = Side::default();
+    while let Some(e) = merchant.poll_effect() {
+        if let Effect::Persist { id, state } = e {
+            m.durable = Some(state);
+            merchant.persisted(id).expect("persisted");
+        }
+    }
+    customer.handle_opened().expect("opened");
+    while let Some(e) = customer.poll_effect() {
+        if let Effect::Persist { id, state } = e {
+            c.durable = Some(state);
+            customer.persisted(id).expect("persisted");
+        }
+    }
+    World {
+        now,
+        policy,
+        customer,
+        merchant,
+        c,
+        m,
+        to_merchant: Vec::new(),
+        to_customer: Vec::new(),
+        authorised,
+        refusal: None,
+    }
+}
+
+fn deliver_to_merchant(w: &mut World, msg: Message) {
+    let now = w.now;
+    match msg {
+        Message::Pay(p) => {
+            let Some(ch) = p.channel.and_then(|c| c.outpoint().ok()) else { return };
+            // A refusal changes nothing; the driver would send an error, which the customer
+            // ignores here.
+            if let Err(e) =
+                w.merchant.handle_payment(&now, ch, Amount::from_sat(p.total_sat), &p.signature)
+            {
+                w.refusal = Some(e);
+            }
+        }
+        Message::Resume(_) => {
+            // The driver answers from the durable state.
+            let total = w.m.durable.as_ref().map_or(Amount::ZERO, |s| s.accepted);
+            w.to_customer.push(Message::Resumed(Resumed {
+                channel: Some(w.merchant.id().into()),
+                total_sat: total.to_sat(),
+            }));
+        }
+        _ => {}
+    }
+    collect_merchant(w);
+}
+
+fn deliver_to_customer(w: &mut World, msg: Message) {
+    match msg {
+        Message::PaymentAck(a) => {
+            w.customer.handle_ack(Amount::from_sat(a.total_sat)).expect("an ack of a signed total")
+        }
+        Message::Resumed(r) => w
+            .customer
+            .handle_resumed(Amount::from_sat(r.total_sat))
+            .expect("a resume within the signed"),
+        _ => {}
+    }
+    collect_customer(w);
+}
+
+fn complete(pending: &[(u64, Box<impl Clone>)], which: u8) -> Option<(u64, usize)> {
+    if pending.is_empty() {
+        return None;
+    }
+    // Persists complete in order (one writer per channel); `which` picks how many at once.
+    let n = usize::from(which) % pending.len() + 1;
+    let id = pending[n - 1].0;
+    Some((id, n))
+}
+
+fn restart_merchant(w: &mut World) {
+    let state = w.m.durable.as_ref().expect("stored at open").as_ref().clone();
+    w.merchant = MerchantChannel::restore(state, w.policy.clone());
+    w.m.pending.clear();
+    w.to_merchant.clear();
+    w.to_customer.clear();
+}
+
+fn restart_customer(w: &mut World) {
+    let state = w.c.durable.as_ref().expect("stored at open").as_ref().clone();
+    w.customer = CustomerChannel::restore(state, customer_key()).expect("restore");
+    w.c.pending.clear();
+    w.to_merchant.clear();
+    w.to_customer.clear();
+}
+
+fn check(w: &World) {
+    let c = w.customer.state();
+    let m_durable = w.m.durable.as_ref().map_or(Amount::ZERO, |s| s.accepted);
+    let c_durable = w.c.durable.as_ref().map_or(Amount::ZERO, |s| s.signed);
+    // 1. Acknowledged ⇒ durable at the merchant.
+    assert!(c.acked <= m_durable, "acked {} but the merchant stored only {}", c.acked, m_durable);
+    // 2. Never above the authorisation or the deposit.
+    assert!(c.signed <= w.authorised, "signed {} above authorised {}", c.signed, w.authorised);
+    assert!(c.signed <= Amount::from_sat(DEPOSIT));
+    // 3. The merchant holds nothing the customer did not durably record as spent.
+    assert!(
+        w.merchant.accepted() <= c_durable.max(c.signed),
+        "merchant accepted {} beyond the customer's record {}",
+        w.merchant.accepted(),
+        c_durable
+    );
+    assert!(m_durable <= c_durable, "merchant stored {m_durable}, customer recorded {c_durable}");
+}
+
+/// The merchant's durable state settles (for totals large enough to leave a non-dust output).
+fn check_settles(w: &World) {
+    let Some(state) = w.m.durable.as_ref() else { return };
+    if state.accepted < Amount::from_sat(5_000) || state.phase != Phase::Open {
+        return;
+    }
+    let mut m = MerchantChannel::restore(state.as_ref().clone(), w.policy.clone());
+    let s = m
+        .settle(&merchant_key(), p2wpkh(&merchant_key()), FeeRate::from_sat_per_vb_u32(2), &[])
+        .expect("the merchant can settle its durable total");
+    assert!(s.merchant_amount >= state.accepted || s.merchant_amount > Amount::ZERO);
+}
+
+/// The target.
+pub fn channels(data: &[u8]) {
+    let mut input = Input(data);
+    let authorised = Amount::from_sat(u64::from(input.byte().unwrap_or(255)) * 4_000 + 1);
+    let mut w = open(authorised);
+    let mut steps = 0;
+    while let Some(op) = input.byte() {
+        steps += 1;
+        if steps > 400 {
+            break;
+        }
+        match op % 14 {
+            0 | 1 => {
+                let amount = u64::from(input.byte().unwrap_or(1)).max(1) * 37;
+                let now = w.now;
+                let _ = w.customer.pay(&now, Amount::from_sat(amount));
+                collect_customer(&mut w);
+            }
+            2 => {
+                let which = input.byte().unwrap_or(0);
+                if let Some((id, n)) = complete(&w.c.pending, which) {
+                    let done: Vec<_> = w.c.pending.drain(..n).collect();
+                    w.c.durable = done.into_iter().last().map(|(_, s)| s);
+                    w.customer.persisted(id).expect("a pending persist");
+                    collect_customer(&mut w);
+                }
+            }
+            3 => {
+                let which = input.byte().unwrap_or(0);
+                if let Some((id, n)) = complete(&w.m.pending, which) {
+                    let done: Vec<_> = w.m.pending.drain(..n).collect();
+                    w.m.durable = done.into_iter().last().map(|(_, s)| s);
+                    w.merchant.persisted(id).expect("a pending persist");
+                    collect_merchant(&mut w);
+                }
+            }
+            4 | 5 => {
+                if !w.to_merchant.is_empty() {
+                    let m = w.to_merchant.remove(0);
+                    deliver_to_merchant(&mut w, m);
+                }
+            }
+            6 => {
+                if !w.to_customer.is_empty() {
+                    let m = w.to_customer.remove(0);
+                    deliver_to_customer(&mut w, m);
+                }
+            }
+            7 => {
+                // Dropped on the way to the merchant, or to the customer.
+                if input.byte().unwrap_or(0) % 2 == 0 {
+                    if !w.to_merchant.is_empty() {
+                        w.to_merchant.remove(0);
+                    }
+                } else if !w.to_customer.is_empty() {
+                    w.to_customer.remove(0);
+                }
+            }
+            8 => {
+                if let Some(m) = w.to_merchant.first().cloned() {
+                    w.to_merchant.push(m);
+                }
+            }
+            9 => {
+                if w.to_merchant.len() >= 2 {
+                    w.to_merchant.swap(0, 1);
+                }
+                if w.to_customer.len() >= 2 {
+                    w.to_customer.swap(0, 1);
+                }
+            }
+            10 => restart_merchant(&mut w),
+            11 => restart_customer(&mut w),
+            12 => {
+                // Reconnect: the customer resumes.
+                w.to_merchant.clear();
+                w.to_customer.clear();
+                if w.customer.resume().is_ok() {
+                    collect_customer(&mut w);
+                }
+            }
+            _ => {
+                let secs = u64::from(input.byte().unwrap_or(0)) * 600;
+                w.now.time += secs;
+                w.merchant.handle_tick(&w.now);
+                w.customer.handle_tick(&w.now);
+                collect_merchant(&mut w);
+                collect_customer(&mut w);
+            }
+        }
+        check(&w);
+    }
+    check_settles(&w);
+    quiesce_and_agree(&mut w);
+}
+
+/// Completes every persist, reconnects, resumes, delivers everything: both sides agree.
+fn quiesce_and_agree(w: &mut World) {
+    if w.customer.phase() != Phase::Open || w.merchant.phase() != Phase::Open {
+        return;
+    }
+    w.to_merchant.clear();
+    w.to_customer.clear();
+    for _ in 0..8 {
+        if let Some((id, _)) = w.c.pending.last().map(|(id, s)| (*id, s.clone())) {
+            w.c.durable = w.c.pending.pop().map(|(_, s)| s);
+            w.c.pending.clear();
+            w.customer.persisted(id).expect("persisted");
+        }
+        if let Some((id, _)) = w.m.pending.last().map(|(id, s)| (*id, s.clone())) {
+            w.m.durable = w.m.pending.pop().map(|(_, s)| s);
+            w.m.pending.clear();
+            w.merchant.persisted(id).expect("persisted");
+        }
+        collect_customer(w);
+        collect_merchant(w);
+        while !w.to_merchant.is_empty() || !w.to_customer.is_empty() {
+            if !w.to_merchant.is_empty() {
+                let m = w.to_merchant.remove(0);
+                deliver_to_merchant(w, m);
+            }
+            if !w.to_customer.is_empty() {
+                let m = w.to_customer.remove(0);
+                deliver_to_customer(w, m);
+            }
+        }
+        if w.c.pending.is_empty() && w.m.pending.is_empty() {
+            break;
+        }
+    }
+    // A fresh resume settles any difference.
+    w.refusal = None;
+    if w.customer.resume().is_ok() {
+        collect_customer(w);
+        for _ in 0..8 {
+            if let Some((id, _)) = w.m.pending.last().map(|(id, s)| (*id, s.clone())) {
+                w.m.durable = w.m.pending.pop().map(|(_, s)| s);
+                w.m.pending.clear();
+                w.merchant.persisted(id).expect("persisted");
+                collect_merchant(w);
+            }
+            if w.to_merchant.is_empty() && w.to_customer.is_empty() && w.m.pending.is_empty() {
+                break;
+            }
+            while !w.to_merchant.is_empty() || !w.to_customer.is_empty() {
+                if !w.to_merchant.is_empty() {
+                    let m = w.to_merchant.remove(0);
+                    deliver_to_merchant(w, m);
+                }
+                if !w.to_customer.is_empty() {
+                    let m = w.to_customer.remove(0);
+                    deliver_to_customer(w, m);
+                }
+            }
+        }
+        check(w);
+        let c = w.customer.state();
+        let m = w.m.durable.as_ref().map_or(Amount::ZERO, |s| s.accepted);
+        match &w.refusal {
+            // Time ran past the cutoff: the last payment stays signed and unacknowledged (the
+            // customer counts it as spent); the merchant holds its durable total.
+            Some(
+                paychan_core::Error::PastCutoff { .. } | paychan_core::Error::ChannelNotOpen { .. },
+            ) => {
+                assert_eq!(c.acked, m, "after a resume both agree on the acknowledged total");
+            }
+            Some(other) => panic!("the merchant refused the customer's own payment: {other}"),
+            None if w.merchant.phase() == Phase::Open && !w.merchant.persist_pending() => {
+                assert_eq!(c.acked, m, "after a resume both agree on the total");
+                assert_eq!(c.signed, m, "and nothing signed is left unacknowledged");
+            }
+            None => {}
+        }
+    }
+}
