@@ -205,7 +205,7 @@ fn bench(args: &[&str]) -> Value {
 }
 
 #[test]
-fn bench_pay_node_and_memory_report_each_figure_beside_its_bound() {
+fn bench_pay_node_soak_and_memory_report_each_figure_beside_its_bound() {
     let r =
         bench(&["pay", "--channels", "3", "--payments", "40", "--window", "8", "--seconds", "0.2"]);
     assert_eq!(r["payments"], 120, "{r}");
@@ -217,6 +217,16 @@ fn bench_pay_node_and_memory_report_each_figure_beside_its_bound() {
     assert!(r["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{r}");
     let r = bench(&["node", "--transactions", "200"]);
     assert!(r["mempool_ratio"].as_f64().unwrap() > 0.0, "{r}");
+    let r = bench(&["soak", "--customers", "40", "--seconds", "3"]);
+    assert_eq!(
+        (r["errors"].as_u64(), r["channels_with_lost_acks"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert!(
+        r["tcp_payments"].as_u64().unwrap() > 0 && r["http_requests"].as_u64().unwrap() > 0,
+        "{r}"
+    );
     let r = bench(&["memory", "--channels", "500"]);
     assert_eq!(r["loaded"], 500, "{r}");
     assert!(r["merchant_peak_rss_mib"].as_u64().unwrap() > 0, "{r}");

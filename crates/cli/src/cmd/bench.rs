@@ -83,6 +83,16 @@ pub enum BenchCommand {
         #[arg(long)]
         keys: std::path::PathBuf,
     },
+    /// Many customers paying one merchant at once for a while, half over TCP, half over HTTP:
+    /// fails on any error or any acknowledged payment missing from the merchant's store.
+    Soak {
+        /// Customers (each with its own channel and connection).
+        #[arg(long, default_value_t = 1_000)]
+        customers: u32,
+        /// Seconds of paying.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+    },
     /// Mempool acceptance and block assembly beside raw script verifications/s.
     Node {
         /// One-input transactions to accept and mine.
@@ -139,6 +149,18 @@ pub fn run(cmd: BenchCommand, common: &Common) -> Result<ExitCode, CliError> {
         BenchCommand::MemoryLoad { store, keys } => {
             let r = runtime()?.block_on(super::bench_memory::load(&store, &keys))?;
             common.print(&r, &r.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Soak { customers, seconds } => {
+            if customers == 0 || seconds <= 0.0 {
+                return Err(fail("--customers and --seconds must be above zero"));
+            }
+            let r = runtime()?.block_on(super::bench_soak::soak(customers, seconds))?;
+            let text = format!(
+                "paychan bench soak ({customers} customers, {} s)\n  TCP payments       {}\n  paid HTTP requests {}\n  together           {} /s\n  errors             {}\n  acknowledged payments missing from the merchant's store: {}\n  peak RSS           {} MiB",
+                r["seconds"], r["tcp_payments"], r["http_requests"], r["payments_per_s"], r["errors"], r["channels_with_lost_acks"], r["peak_rss_mib"],
+            );
+            common.print(&r, &text)?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Node { transactions } => {

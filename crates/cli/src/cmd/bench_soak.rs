@@ -1,0 +1,230 @@
+//! `paychan bench soak`: many customers paying one merchant at once for a while, half over the
+//! TCP protocol and half as paid HTTP requests through the paywall, with real stores. It
+//! fails on any error, and at the end checks that every acknowledged payment is in the
+//! merchant's store and that every paid request was charged once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use paychan_chain::{ChainSource, EmbeddedChain};
+use paychan_core::bitcoin::{Amount, Network, OutPoint, ScriptBuf};
+use paychan_core::paywall::{
+    decode_header, encode_header, ChannelPayment, PaymentResponse, PaymentSignature, X402_VERSION,
+};
+use paychan_core::policy::Policy;
+use paychan_core::Now;
+use paychan_customer::Customer;
+use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
+use paychan_merchant::{http, tcp, ChannelServer, ServerConfig};
+use paychan_node::Node;
+use paychan_store::{ChannelStore, Role, SqliteStore};
+use paychan_wallet::{KeyChain, Wallet};
+use serde_json::{json, Value};
+
+use super::bench::{peak_rss_mib, say};
+use crate::CliError;
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+/// Runs the soak: `customers` channels (half TCP, half HTTP) for `secs` seconds.
+pub async fn soak(customers: u32, secs: f64) -> Result<Value, CliError> {
+    let dir = std::env::temp_dir().join(format!("paychan-soak-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let r = run(&dir, customers, secs).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, CliError> {
+    let node = Node::in_memory();
+    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
+    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
+        let node = node.clone();
+        Arc::new(move || Now {
+            time: node.now(),
+            height: node.tip().0,
+            median_time_past: node.median_time_past(),
+        })
+    };
+    let mwallet = Wallet::create(&dir.join("merchant"), Network::Regtest, None).map_err(fail)?;
+    let mut cwallet =
+        Wallet::create(&dir.join("customer"), Network::Regtest, None).map_err(fail)?;
+    let keys = mwallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
+    let mstore: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&dir.join("merchant.db")).map_err(fail)?);
+    let config = ServerConfig {
+        policy: Policy::default(),
+        payout: ScriptBuf::new_op_return([]),
+        settle_target_blocks: 6,
+    };
+    let server = Arc::new(
+        ChannelServer::new(config, keys, mstore.clone(), chain.clone(), clock.clone())
+            .map_err(fail)?,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let peer = listener.local_addr()?.to_string();
+    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
+    let price = Amount::from_sat(1);
+    let app = axum::Router::new().route("/api", get(|| async { "paid\n" })).layer(
+        PaywallLayer::new(server.clone(), PaywallConfig::new(Pricing::new(price), peer.clone())),
+    );
+    let hl = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/api", hl.local_addr()?);
+    tokio::spawn(http::serve_with(server.clone(), hl, None, Some(app), std::future::pending()));
+
+    // Coins for the customers' deposits: one coinbase each, at most.
+    let spk = cwallet.new_address().map_err(fail)?.script_pubkey();
+    node.mine(100 + customers / 40 + 1, &spk).map_err(fail)?;
+    cwallet.sync(&*chain).map_err(fail)?;
+    let cstore: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&dir.join("customer.db")).map_err(fail)?);
+    let customer = Arc::new(
+        Customer::new(cstore, chain.clone(), Arc::new(Mutex::new(cwallet)), clock).map_err(fail)?,
+    );
+    say(&format!("opening {customers} channels…"));
+    let deposit = Amount::from_sat(1_000_000);
+    let mut ids: Vec<OutPoint> = Vec::with_capacity(customers as usize);
+    for i in 0..customers {
+        ids.push(customer.open(&peer, deposit, None).await.map_err(fail)?);
+        if i % 20 == 19 {
+            node.mine(1, &ScriptBuf::new_op_return([])).map_err(fail)?;
+        }
+    }
+    node.mine(1, &ScriptBuf::new_op_return([])).map_err(fail)?;
+    server.tick().await.map_err(fail)?;
+
+    say(&format!(
+        "paying for {secs} s: {} over TCP, {} over HTTP…",
+        ids.len().div_ceil(2),
+        ids.len() / 2
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tcp_payments = Arc::new(AtomicU64::new(0));
+    let http_requests = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (customer, id, stop) = (customer.clone(), *id, stop.clone());
+        if i % 2 == 0 {
+            let n = tcp_payments.clone();
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    customer
+                        .pay_many(id, &[Amount::ONE_SAT; 4])
+                        .await
+                        .map_err(|e| format!("TCP payment on {id}: {e}"))?;
+                    n.fetch_add(4, Ordering::Relaxed);
+                }
+                Ok::<_, String>(())
+            }));
+        } else {
+            // Each HTTP customer pays on its own channel and connection: signs (and stores)
+            // a payment, sends it in the header, takes the receipt as the acknowledgement.
+            let n = http_requests.clone();
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                while !stop.load(Ordering::Relaxed) {
+                    let pay = customer
+                        .sign_payment(id, price)
+                        .await
+                        .map_err(|e| format!("signing on {id}: {e}"))?;
+                    let header = encode_header(&PaymentSignature {
+                        x402_version: X402_VERSION,
+                        accepted: None,
+                        payload: ChannelPayment::new(
+                            id,
+                            Amount::from_sat(pay.total_sat),
+                            &pay.signature,
+                        ),
+                    })
+                    .map_err(|e| e.to_string())?;
+                    let r = http
+                        .get(&url)
+                        .header("payment-signature", header)
+                        .send()
+                        .await
+                        .map_err(|e| format!("HTTP request: {e}"))?;
+                    if r.status() != 200 {
+                        return Err(format!("HTTP request on {id}: status {}", r.status()));
+                    }
+                    let receipt = r
+                        .headers()
+                        .get("payment-response")
+                        .and_then(|h| decode_header::<PaymentResponse>(h.as_bytes()).ok())
+                        .ok_or_else(|| format!("HTTP request on {id}: no receipt"))?;
+                    let _ = r.bytes().await;
+                    customer
+                        .acknowledge(id, Amount::from_sat(receipt.total))
+                        .await
+                        .map_err(|e| format!("receipt on {id}: {e}"))?;
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }));
+        }
+    }
+    let mut last = Instant::now();
+    while started.elapsed().as_secs_f64() < secs {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if last.elapsed() >= Duration::from_secs(10) {
+            last = Instant::now();
+            say(&format!(
+                "  {:>4.0} s: {} TCP payments, {} paid HTTP requests, RSS peak {} MiB",
+                started.elapsed().as_secs_f64(),
+                tcp_payments.load(Ordering::Relaxed),
+                http_requests.load(Ordering::Relaxed),
+                peak_rss_mib()
+            ));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Nothing acknowledged is missing from the merchant's store.
+    let mut lost = 0u64;
+    let mut charged_total = Amount::ZERO;
+    for s in customer.list().await {
+        let row = mstore.get(s.id, Role::Merchant).await.map_err(fail)?;
+        let stored = row.as_ref().map_or(Amount::ZERO, |r| r.total);
+        if s.acked > stored {
+            lost += 1;
+        }
+    }
+    for c in server.channels().await {
+        charged_total += c.3;
+    }
+    let http_n = http_requests.load(Ordering::Relaxed);
+    let r = json!({
+        "bench": "soak",
+        "customers": customers,
+        "seconds": (elapsed * 10.0).round() / 10.0,
+        "tcp_payments": tcp_payments.load(Ordering::Relaxed),
+        "http_requests": http_n,
+        "payments_per_s": ((tcp_payments.load(Ordering::Relaxed) + http_n) as f64 / elapsed).round(),
+        "errors": errors.len(),
+        "first_error": errors.first(),
+        "channels_with_lost_acks": lost,
+        "charged_sat": charged_total.to_sat(),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    if !errors.is_empty() || lost > 0 || charged_total.to_sat() < http_n {
+        return Err(fail(format!("soak failed: {r}")));
+    }
+    Ok(r)
+}
