@@ -100,7 +100,7 @@ impl MerchantState {
 
 /// How many redeemed totals a channel remembers above its floor: a paid request may arrive
 /// after up to this many later ones on the same channel and still be served.
-pub const REDEEM_WINDOW: usize = 4096;
+pub const REDEEM_WINDOW: usize = 256;
 
 /// How many 21 tokens (PUT but not yet redeemed) a channel keeps.
 pub const TOKEN_WINDOW: usize = 64;
