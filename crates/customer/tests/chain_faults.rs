@@ -1,7 +1,8 @@
 //! Chain faults, in process with a real merchant and customer over loopback TCP: the funding is
 //! reorged out after the channel opened (the merchant stops taking payments until it confirms
 //! again), and the merchant's node is unreachable for a while (payments on a confirmed channel
-//! go on; settlement fails, changes nothing, and goes through once the node is back).
+//! go on; settlement fails, changes nothing, and goes through once the node is back); a small
+//! total at a high fee estimate; the refund and the settlement racing at the expiry.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -233,4 +234,73 @@ async fn a_small_total_at_a_high_fee_estimate_still_settles() {
     assert!(to_merchant.value >= Amount::from_sat(294), "above dust: {}", to_merchant.value);
     assert_eq!(to_merchant.value + fee, Amount::from_sat(2_000));
     assert!(fee < Amount::from_sat(50 * 100), "a lower rate than the estimate: {fee}");
+}
+
+/// Moves the node's clock past the channel's expiry and mines 11 blocks, so median-time-past
+/// passes it too: the refund is final.
+fn past_expiry(w: &World) -> u32 {
+    let expiry = w.node.now() as u32 + 86_400;
+    w.node.set_mock_time(u64::from(expiry) + 2 * 3600).unwrap();
+    for _ in 0..11 {
+        w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    }
+    expiry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_and_settlement_race_at_the_expiry_and_both_sides_agree_on_the_winner() {
+    for settlement_first in [true, false] {
+        let w = world().await;
+        let id = w.customer.open(&w.peer, Amount::from_sat(100_000), Some(86_400)).await.unwrap();
+        w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+        w.customer.pay_many(id, &[Amount::from_sat(1_000); 20]).await.unwrap();
+        past_expiry(&w);
+        // Both spends go out: the second is a double spend the node refuses (or replaces).
+        if settlement_first {
+            w.server.settle(id).await.unwrap();
+            let _ = w.customer.tick().await;
+        } else {
+            let refunds = w.customer.tick().await.unwrap();
+            assert_eq!(refunds.len(), 1, "the refund is due");
+            let _ = w.server.settle(id).await;
+        }
+        w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+        w.server.tick().await.unwrap();
+        w.customer.tick().await.unwrap();
+        let merchant = w.store.get(id, Role::Merchant).await.unwrap().unwrap();
+        let customer = w.customer.status(id).await.unwrap();
+        assert!(
+            merchant.phase.is_final() && customer.phase.is_final(),
+            "{merchant:?} {customer:?}"
+        );
+        assert_eq!(merchant.phase, customer.phase, "both sides agree on who won");
+        // The winner's transaction is the one on chain, and the amounts are its.
+        let spender = customer.closing_txid.expect("the customer records the spend");
+        let (tx, at) = w.node.transaction(&spender).unwrap();
+        assert!(at.is_some());
+        let total_out: Amount = tx.output.iter().map(|o| o.value).sum();
+        match merchant.phase {
+            Phase::Settled => {
+                let to_merchant =
+                    tx.output.iter().find(|o| o.script_pubkey == p2wpkh(&key(0x55))).unwrap();
+                assert_eq!(
+                    to_merchant.value + (Amount::from_sat(100_000) - total_out),
+                    Amount::from_sat(20_000)
+                );
+            }
+            Phase::Refunded => {
+                assert!(
+                    !settlement_first,
+                    "a settlement broadcast first is not replaced by the refund"
+                );
+                assert!(total_out > Amount::from_sat(99_000), "the refund returns the deposit");
+            }
+            other => panic!("unexpected phase {other:?}"),
+        }
+        if settlement_first {
+            assert_eq!(merchant.phase, Phase::Settled, "the settlement went out first");
+        } else {
+            assert_eq!(merchant.phase, Phase::Refunded, "the refund went out first");
+        }
+    }
 }

@@ -736,11 +736,46 @@ impl ChannelServer {
                     warn!(channel = %id, error = %e, "settlement failed; will retry");
                 }
             }
+            if matches!(s.channel.phase(), Phase::Settling | Phase::Expired) {
+                // Past the expiry the customer's refund can spend the funding too (and win a
+                // race with the settlement): whoever spent it decides the phase.
+                if let Err(e) = self.notice_spend(&mut s, id).await {
+                    warn!(channel = %id, error = %e, "checking the funding's spend failed; will retry");
+                }
+                if s.channel.phase().is_final() {
+                    continue;
+                }
+            }
             if s.channel.phase() == Phase::Settling {
                 if let Err(e) = self.follow_settlement(&mut s).await {
                     warn!(channel = %id, error = %e, "settlement follow-up failed; will retry");
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// If the funding output is spent in a block (by our settlement, or by the customer's
+    /// refund), records the spend: settled or refunded, with the winner's amounts.
+    async fn notice_spend(&self, s: &mut Slot, id: OutPoint) -> Result<(), MerchantError> {
+        let chain = self.chain.clone();
+        if blocking(move || chain.utxo(&id)).await?.is_some() {
+            return Ok(());
+        }
+        let chain = self.chain.clone();
+        let from = match blocking(move || chain.tx_status(&id.txid)).await? {
+            paychan_chain::TxStatus::Confirmed { block, .. } => block.height,
+            _ => 0,
+        };
+        let chain = self.chain.clone();
+        let Some((txid, Some(_))) = blocking(move || chain.spent_by(&id, from)).await? else {
+            return Ok(());
+        };
+        let chain = self.chain.clone();
+        if let Some(tx) = blocking(move || chain.transaction(&txid)).await? {
+            s.channel.handle_funding_spent(&tx)?;
+            self.drain(s).await?;
+            info!(channel = %id, %txid, phase = s.channel.phase().as_str(), "the funding was spent");
         }
         Ok(())
     }
