@@ -20,8 +20,11 @@ pub enum RpcAuth {
 
 /// A bitcoind JSON-RPC client.
 pub struct BitcoindRpc {
-    client: Client,
+    client: std::sync::RwLock<std::sync::Arc<Client>>,
     url: String,
+    /// With cookie authentication: the file and the cookie the client was built with. bitcoind
+    /// writes a new cookie at every start, so the client is rebuilt when the file changes.
+    cookie: Option<(PathBuf, std::sync::Mutex<String>)>,
 }
 
 impl std::fmt::Debug for BitcoindRpc {
@@ -49,17 +52,42 @@ impl BitcoindRpc {
     /// # Errors
     /// [`ChainError::Transport`] when the cookie file cannot be read or the URL is invalid.
     pub fn new(url: &str, auth: RpcAuth) -> Result<Self, ChainError> {
+        let cookie = match &auth {
+            RpcAuth::CookieFile(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ChainError::Transport(format!("{}: {e}", p.display())))?;
+                Some((p.clone(), std::sync::Mutex::new(text)))
+            }
+            RpcAuth::UserPass(..) => None,
+        };
         let auth = match auth {
             RpcAuth::CookieFile(p) => Auth::CookieFile(p),
             RpcAuth::UserPass(u, p) => Auth::UserPass(u, p),
         };
         let client = Client::new(url, auth).map_err(map)?;
-        Ok(BitcoindRpc { client, url: url.to_string() })
+        Ok(BitcoindRpc {
+            client: std::sync::RwLock::new(std::sync::Arc::new(client)),
+            url: url.to_string(),
+            cookie,
+        })
     }
 
-    /// The underlying client, for calls this trait does not cover.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The underlying client, for calls this trait does not cover. With cookie
+    /// authentication, a node restarted since (with a new cookie) gets a new client.
+    pub fn client(&self) -> std::sync::Arc<Client> {
+        if let Some((path, seen)) = &self.cookie {
+            if let Ok(now) = std::fs::read_to_string(path) {
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                if *seen != now {
+                    if let Ok(c) = Client::new(&self.url, Auth::CookieFile(path.clone())) {
+                        *self.client.write().unwrap_or_else(|p| p.into_inner()) =
+                            std::sync::Arc::new(c);
+                        *seen = now;
+                    }
+                }
+            }
+        }
+        self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Calls any method with JSON parameters.
@@ -71,19 +99,19 @@ impl BitcoindRpc {
         method: &str,
         params: &[serde_json::Value],
     ) -> Result<T, ChainError> {
-        self.client.call(method, params).map_err(map)
+        self.client().call(method, params).map_err(map)
     }
 }
 
 impl ChainSource for BitcoindRpc {
     fn tip(&self) -> Result<BlockRef, ChainError> {
         // Height and hash from one call, so they always agree.
-        let info = self.client.get_blockchain_info().map_err(map)?;
+        let info = self.client().get_blockchain_info().map_err(map)?;
         Ok(BlockRef { height: info.blocks as u32, hash: info.best_block_hash })
     }
 
     fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, ChainError> {
-        match self.client.get_block_hash(u64::from(height)) {
+        match self.client().get_block_hash(u64::from(height)) {
             Ok(h) => Ok(Some(h)),
             Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) if r.code == OUT_OF_RANGE => {
                 Ok(None)
@@ -93,16 +121,16 @@ impl ChainSource for BitcoindRpc {
     }
 
     fn block(&self, hash: &BlockHash) -> Result<Block, ChainError> {
-        self.client.get_block(hash).map_err(map)
+        self.client().get_block(hash).map_err(map)
     }
 
     fn median_time_past(&self) -> Result<u32, ChainError> {
-        Ok(self.client.get_blockchain_info().map_err(map)?.median_time as u32)
+        Ok(self.client().get_blockchain_info().map_err(map)?.median_time as u32)
     }
 
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
         let txid = tx.compute_txid();
-        match self.client.send_raw_transaction(tx) {
+        match self.client().send_raw_transaction(tx) {
             Ok(t) => Ok(t),
             Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) => {
                 let known = r.code == ALREADY_IN_CHAIN
@@ -119,10 +147,10 @@ impl ChainSource for BitcoindRpc {
     }
 
     fn tx_status(&self, txid: &Txid) -> Result<TxStatus, ChainError> {
-        match self.client.get_raw_transaction_info(txid, None) {
+        match self.client().get_raw_transaction_info(txid, None) {
             Ok(info) => match (info.blockhash, info.confirmations) {
                 (Some(hash), Some(c)) if c > 0 => {
-                    let header = self.client.get_block_header_info(&hash).map_err(map)?;
+                    let header = self.client().get_block_header_info(&hash).map_err(map)?;
                     Ok(TxStatus::Confirmed {
                         block: BlockRef { height: header.height as u32, hash },
                         confirmations: c,
@@ -138,7 +166,7 @@ impl ChainSource for BitcoindRpc {
     }
 
     fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
-        match self.client.get_raw_transaction(txid, None) {
+        match self.client().get_raw_transaction(txid, None) {
             Ok(tx) => Ok(Some(tx)),
             Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) if r.code == NOT_FOUND => Ok(None),
             Err(e) => Err(map(e)),
@@ -146,11 +174,11 @@ impl ChainSource for BitcoindRpc {
     }
 
     fn mempool(&self) -> Result<Vec<Txid>, ChainError> {
-        self.client.get_raw_mempool().map_err(map)
+        self.client().get_raw_mempool().map_err(map)
     }
 
     fn utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, ChainError> {
-        let r = self.client.get_tx_out(&outpoint.txid, outpoint.vout, Some(true)).map_err(map)?;
+        let r = self.client().get_tx_out(&outpoint.txid, outpoint.vout, Some(true)).map_err(map)?;
         Ok(r.map(|o| TxOut {
             value: o.value,
             script_pubkey: paychan_core::bitcoin::ScriptBuf::from_bytes(o.script_pub_key.hex),
@@ -159,7 +187,7 @@ impl ChainSource for BitcoindRpc {
 
     fn estimate_fee(&self, target_blocks: u32) -> Result<FeeRate, ChainError> {
         let r = self
-            .client
+            .client()
             .estimate_smart_fee(target_blocks.clamp(1, 1008) as u16, None)
             .map_err(map)?;
         // BTC per 1,000 vbytes → sat per 1,000 weight units; at least 1 sat/vB.

@@ -41,7 +41,7 @@ fn bdk_wallet_syncs_and_spends_through_the_rpc() {
     let addr = wallet.reveal_next_address(KeychainKind::External).address;
     client.generate_to_address(101, &addr).unwrap();
     let other = Address::p2wpkh(&CompressedPublicKey(pubkey(&key(5))), Network::Regtest);
-    sync(&mut wallet, client);
+    sync(&mut wallet, &client);
 
     // What the node's UTXO set holds for the wallet's address.
     let mut node_total = Amount::ZERO;
@@ -75,13 +75,13 @@ fn bdk_wallet_syncs_and_spends_through_the_rpc() {
     let fee = wallet.calculate_fee(&tx).unwrap();
     let txid = client.send_raw_transaction(&tx).unwrap();
     assert_eq!(txid, tx.compute_txid());
-    sync(&mut wallet, client);
+    sync(&mut wallet, &client);
     assert_eq!(
         wallet.balance().trusted_pending + wallet.balance().confirmed,
         Amount::from_int_btc(99) - fee
     );
     client.generate_to_address(1, &other).unwrap();
-    sync(&mut wallet, client);
+    sync(&mut wallet, &client);
     let wtx = wallet.get_tx(txid).unwrap();
     assert!(wtx.chain_position.is_confirmed(), "mined, as BDK sees it");
     // One more coinbase (height 3) matured meanwhile.

@@ -301,3 +301,78 @@ fn with_the_merchant_stopped_the_refund_is_mined_after_expiry() {
     let back = (tx["vout"][0]["value"].as_f64().unwrap() * 1e8).round() as u64;
     assert!(back > 49_000 && back < 50_000, "the whole deposit less the fee: {back}");
 }
+
+/// `paychan node start` on a fixed loopback port (so it can be restarted at the same address).
+fn node_at(datadir: &Path, port: u16) -> Kill {
+    let mut node = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .args(["--json", "node", "start", "--rpc-bind", &format!("127.0.0.1:{port}"), "--datadir"])
+        .arg(datadir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = common::first_line(&mut node);
+    Kill(node)
+}
+
+#[test]
+fn the_node_restarting_mid_stream_loses_nothing_and_settlement_follows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node_dir, m, c) = (tmp.path().join("node"), tmp.path().join("m"), tmp.path().join("c"));
+    let rpc_port = free_port();
+    let node = node_at(&node_dir, rpc_port);
+    let env = Env { url: format!("http://127.0.0.1:{rpc_port}"), cookie: node_dir.join(".cookie") };
+    let port = free_port();
+    let _merchant = env.serve(&m, port);
+    env.run(&c, &["wallet", "new"]);
+    env.run(&c, &["wallet", "faucet"]);
+    let opened = env.run(
+        &c,
+        &["channels", "open", "--merchant", &format!("127.0.0.1:{port}"), "--deposit", "100000sat"],
+    );
+    let channel = opened["channel"].as_str().unwrap().to_string();
+    env.run(&c, &["node", "mine", "1"]);
+    let paid = env.run(
+        &c,
+        &["channels", "pay", "--channel", &channel, "--amount", "10sat", "--count", "100"],
+    );
+    assert_eq!(paid["acked_sat"], 1_000);
+
+    // The node dies (SIGKILL): payments on the confirmed channel go on without it.
+    drop(node);
+    let paid = env.run(
+        &c,
+        &["channels", "pay", "--channel", &channel, "--amount", "10sat", "--count", "100"],
+    );
+    assert_eq!(paid["acked_sat"], 2_000, "paid while the node was down");
+
+    // It comes back (with a new cookie, as bitcoind does): the merchant reconnects and settles.
+    let _node = node_at(&node_dir, rpc_port);
+    let closed = env.run(&c, &["channels", "close", "--channel", &channel]);
+    let settlement = closed["settlement_txid"].as_str().unwrap().to_string();
+    env.run(&c, &["node", "mine", "1"]);
+    let rpc = paychan_chain::BitcoindRpc::new(
+        &env.url,
+        paychan_chain::RpcAuth::CookieFile(env.cookie.clone()),
+    )
+    .unwrap();
+    let tx: Value = rpc
+        .call("getrawtransaction", &[serde_json::json!(settlement), serde_json::json!(true)])
+        .unwrap();
+    assert_eq!(tx["confirmations"], 1, "the settlement is mined");
+    let outputs: f64 =
+        tx["vout"].as_array().unwrap().iter().map(|o| o["value"].as_f64().unwrap()).sum();
+    let fee = 100_000 - (outputs * 1e8).round() as u64;
+    let change = tx["vout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["value"].as_f64().unwrap() * 1e8).round() as u64)
+        .find(|v| *v == 98_000)
+        .expect("the customer's change");
+    assert_eq!(
+        change + 2_000,
+        100_000,
+        "the settlement pays every acknowledged payment (fee {fee})"
+    );
+}
