@@ -92,3 +92,14 @@ impl ChainSource for EmbeddedChain {
         Ok(self.node.estimate_fee(target_blocks))
     }
 }
+
+/// A clock over the in-process node: its time (mock time on regtest), tip height and
+/// median-time-past, read when called (the node is in memory: no round trip).
+pub fn node_clock(node: &Node) -> std::sync::Arc<dyn Fn() -> paychan_core::Now + Send + Sync> {
+    let node = node.clone();
+    std::sync::Arc::new(move || paychan_core::Now {
+        time: node.now(),
+        height: node.tip().0,
+        median_time_past: node.median_time_past(),
+    })
+}

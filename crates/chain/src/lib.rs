@@ -22,7 +22,7 @@ mod embedded;
 use paychan_core::bitcoin::{Block, BlockHash, FeeRate, OutPoint, Transaction, TxOut, Txid};
 
 #[cfg(feature = "embedded")]
-pub use embedded::EmbeddedChain;
+pub use embedded::{node_clock, EmbeddedChain};
 pub use rpc::{BitcoindRpc, RpcAuth};
 pub use watcher::{ChainEvent, ChainWatcher};
 

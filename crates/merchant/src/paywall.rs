@@ -457,8 +457,9 @@ fn replace_wildcard_host(peer: &str, request_host: Option<&str>) -> String {
     format!("{name}:{port}")
 }
 
-/// Hop-by-hop headers a proxy does not forward (RFC 9110 §7.6.1), and the paywall's own.
-const HOP_BY_HOP: &[&str] = &[
+/// Headers a proxy does not forward: hop-by-hop (RFC 9110 §7.6.1), `host` and
+/// `content-length` (set anew for the forwarded message).
+pub const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-authenticate",

@@ -21,7 +21,6 @@ use paychan_core::policy::Policy;
 use paychan_core::script::OutputKind;
 use paychan_core::testkit::{customer_keypair, params_with, EXPIRY};
 use paychan_core::tx::payment::{sign_payment, verify_payment};
-use paychan_core::Now;
 use paychan_customer::Customer;
 use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::{http, tcp, ChannelServer, ServerConfig};
@@ -306,14 +305,7 @@ async fn bench_http_in(
     // the same handler, both through the Layer.
     let node = Node::in_memory();
     let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
-        let node = node.clone();
-        Arc::new(move || Now {
-            time: node.now(),
-            height: node.tip().0,
-            median_time_past: node.median_time_past(),
-        })
-    };
+    let clock = paychan_chain::node_clock(&node);
     let mwallet = Wallet::create(&dir.join("merchant"), Network::Regtest, None).map_err(fail)?;
     let mut cwallet =
         Wallet::create(&dir.join("customer"), Network::Regtest, None).map_err(fail)?;

@@ -17,7 +17,6 @@ use paychan_core::script::{ChannelScript, OutputKind};
 use paychan_core::testkit::{customer_keypair, key, p2wpkh, pubkey, EXPIRY};
 use paychan_core::tx::payment::sign_payment;
 use paychan_core::tx::{ChannelParams, FundingOutput};
-use paychan_core::Now;
 use paychan_merchant::{ChannelServer, ServerConfig};
 use paychan_node::Node;
 use paychan_store::{ChannelStore, NewChannel, Role, SqliteStore};
@@ -133,11 +132,7 @@ pub async fn load(store_path: &Path, keys_dir: &Path) -> Result<Value, CliError>
     let started = std::time::Instant::now();
     let node = Node::in_memory();
     let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let clock = Arc::new(move || Now {
-        time: node.now(),
-        height: node.tip().0,
-        median_time_past: node.median_time_past(),
-    });
+    let clock = paychan_chain::node_clock(&node);
     let keys =
         KeyChain::open(keys_dir, &[7; 32], Network::Regtest, KeyChain::MERCHANT).map_err(fail)?;
     let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(store_path).map_err(fail)?);

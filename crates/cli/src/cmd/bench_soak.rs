@@ -14,7 +14,6 @@ use paychan_core::paywall::{
     decode_header, encode_header, ChannelPayment, PaymentResponse, PaymentSignature, X402_VERSION,
 };
 use paychan_core::policy::Policy;
-use paychan_core::Now;
 use paychan_customer::Customer;
 use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::{http, tcp, ChannelServer, ServerConfig};
@@ -43,14 +42,7 @@ pub async fn soak(customers: u32, secs: f64) -> Result<Value, CliError> {
 async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, CliError> {
     let node = Node::in_memory();
     let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
-        let node = node.clone();
-        Arc::new(move || Now {
-            time: node.now(),
-            height: node.tip().0,
-            median_time_past: node.median_time_past(),
-        })
-    };
+    let clock = paychan_chain::node_clock(&node);
     let mwallet = Wallet::create(&dir.join("merchant"), Network::Regtest, None).map_err(fail)?;
     let mut cwallet =
         Wallet::create(&dir.join("customer"), Network::Regtest, None).map_err(fail)?;

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use clap::Args;
 use paychan_core::bitcoin::Amount;
 use paychan_customer::{Caps, CustomerError, PayingClient, Progress};
+use paychan_merchant::paywall::HOP_BY_HOP;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 
@@ -160,21 +161,6 @@ pub fn buy(a: BuyArgs, common: &Common) -> Result<ExitCode, CliError> {
     }
     Ok(ExitCode::SUCCESS)
 }
-
-/// Headers a proxy does not pass on.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-];
 
 /// Runs `paychan proxy` until Ctrl-C or SIGTERM.
 pub fn proxy(a: ProxyArgs, common: &Common) -> Result<ExitCode, CliError> {

@@ -16,7 +16,6 @@ use clap::Args;
 use paychan_chain::{ChainSource, EmbeddedChain};
 use paychan_core::bitcoin::{Amount, Network};
 use paychan_core::policy::Policy;
-use paychan_core::Now;
 use paychan_customer::{Caps, Customer, PayingClient};
 use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::{http, tcp, ChannelServer, PayoutSource, ServerConfig};
@@ -146,14 +145,7 @@ async fn demo(
     // 1. The chain: the embedded regtest node, in this process.
     let node = Node::in_memory();
     let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
-        let node = node.clone();
-        Arc::new(move || Now {
-            time: node.now(),
-            height: node.tip().0,
-            median_time_past: node.median_time_past(),
-        })
-    };
+    let clock = paychan_chain::node_clock(&node);
     say("paychan demo: starting the embedded regtest node");
 
     // 2. Two wallets, funded by mining.

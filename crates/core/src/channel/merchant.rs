@@ -442,17 +442,7 @@ impl MerchantChannel {
             crate::tx::payment::verify_payment(&self.state.params, total, signature)?;
         }
         let accepted = self.state.accepted.max(total);
-        let charged = self
-            .state
-            .charged
-            .checked_add(price)
-            .ok_or(Error::AmountOutOfRange("charged overflows"))?;
-        if charged > accepted {
-            return Err(Error::CreditTooLow {
-                price,
-                credit: accepted.checked_sub(self.state.charged).unwrap_or(Amount::ZERO),
-            });
-        }
+        let charged = self.charged_with(price, accepted)?;
         self.redemptions.mark(total);
         self.state.charged = charged;
         let increment = accepted - self.state.accepted;
@@ -492,6 +482,22 @@ impl MerchantChannel {
         Ok(self.state.accepted - charged)
     }
 
+    /// `charged + price`, when `accepted` covers it (DESIGN §2 accounting).
+    fn charged_with(&self, price: Amount, accepted: Amount) -> Result<Amount, Error> {
+        let charged = self
+            .state
+            .charged
+            .checked_add(price)
+            .ok_or(Error::AmountOutOfRange("charged overflows"))?;
+        if charged > accepted {
+            return Err(Error::CreditTooLow {
+                price,
+                credit: accepted.checked_sub(self.state.charged).unwrap_or(Amount::ZERO),
+            });
+        }
+        Ok(charged)
+    }
+
     /// Whether this channel issued the 21 token `txid` (redeemed or not).
     pub fn has_token(&self, txid: &Txid) -> bool {
         self.tokens.iter().any(|(t, _)| t == txid)
@@ -518,17 +524,7 @@ impl MerchantChannel {
             return Err(Error::AlreadyRedeemed { total: self.state.accepted });
         }
         crate::validate::check_open(&self.view(), &self.policy, now)?;
-        let charged = self
-            .state
-            .charged
-            .checked_add(price)
-            .ok_or(Error::AmountOutOfRange("charged overflows"))?;
-        if charged > self.state.accepted {
-            return Err(Error::CreditTooLow {
-                price,
-                credit: self.state.accepted - self.state.charged,
-            });
-        }
+        let charged = self.charged_with(price, self.state.accepted)?;
         self.tokens[pos].1 = true;
         if self.state.two1_tx.as_ref().is_some_and(|tx| tx.compute_txid() == *txid) {
             self.state.two1_token_redeemed = true;
