@@ -266,6 +266,29 @@ pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
+/// Opens `n` channels of `deposit` with the merchant at `peer`, mining a block every ten
+/// opens (the wallet chains unconfirmed change, and the mempool limits chains to 25), then
+/// confirms them all and lets the merchant see it.
+pub async fn open_channels(
+    customer: &paychan_customer::Customer,
+    node: &Node,
+    server: &ChannelServer,
+    peer: &str,
+    n: u32,
+    deposit: Amount,
+) -> Result<Vec<OutPoint>, CliError> {
+    let mut ids = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        ids.push(customer.open(peer, deposit, None).await.map_err(fail)?);
+        if i % 10 == 9 {
+            node.mine(1, &paychan_core::bitcoin::ScriptBuf::new_op_return([])).map_err(fail)?;
+        }
+    }
+    node.mine(1, &paychan_core::bitcoin::ScriptBuf::new_op_return([])).map_err(fail)?;
+    server.tick().await.map_err(fail)?;
+    Ok(ids)
+}
+
 /// Peak resident set size of this process, MiB (Linux; 0 elsewhere).
 pub fn peak_rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

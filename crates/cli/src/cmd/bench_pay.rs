@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use paychan_chain::{ChainSource, EmbeddedChain};
-use paychan_core::bitcoin::{Amount, Network, OutPoint, ScriptBuf};
+use paychan_core::bitcoin::{Amount, Network, ScriptBuf};
 use paychan_core::policy::Policy;
 use paychan_core::script::OutputKind;
 use paychan_core::testkit::{customer_keypair, params_with, EXPIRY};
@@ -148,15 +148,8 @@ async fn run(
     let deposit = Amount::from_sat(
         (u64::from(payments) + policy.close_out.to_sat() + 1_000).max(policy.min_deposit.to_sat()),
     );
-    let mut ids: Vec<OutPoint> = Vec::with_capacity(channels as usize);
-    for i in 0..channels {
-        ids.push(customer.open(&peer, deposit, None).await.map_err(fail)?);
-        if i % 10 == 9 {
-            node.mine(1, &ScriptBuf::new_op_return([])).map_err(fail)?;
-        }
-    }
-    node.mine(1, &ScriptBuf::new_op_return([])).map_err(fail)?;
-    server.tick().await.map_err(fail)?;
+    let ids =
+        super::bench::open_channels(&customer, &node, &server, &peer, channels, deposit).await?;
 
     say(&format!(
         "paying: {channels} channels × {payments} payments of 1 sat, {window} in flight per channel…"

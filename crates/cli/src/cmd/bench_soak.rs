@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use paychan_chain::{ChainSource, EmbeddedChain};
-use paychan_core::bitcoin::{Amount, Network, OutPoint, ScriptBuf};
+use paychan_core::bitcoin::{Amount, Network, ScriptBuf};
 use paychan_core::paywall::{
     decode_header, encode_header, ChannelPayment, PaymentResponse, PaymentSignature, X402_VERSION,
 };
@@ -80,15 +80,8 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
     );
     say(&format!("opening {customers} channels…"));
     let deposit = Amount::from_sat(1_000_000);
-    let mut ids: Vec<OutPoint> = Vec::with_capacity(customers as usize);
-    for i in 0..customers {
-        ids.push(customer.open(&peer, deposit, None).await.map_err(fail)?);
-        if i % 20 == 19 {
-            node.mine(1, &ScriptBuf::new_op_return([])).map_err(fail)?;
-        }
-    }
-    node.mine(1, &ScriptBuf::new_op_return([])).map_err(fail)?;
-    server.tick().await.map_err(fail)?;
+    let ids =
+        super::bench::open_channels(&customer, &node, &server, &peer, customers, deposit).await?;
 
     say(&format!(
         "paying for {secs} s: {} over TCP, {} over HTTP…",
