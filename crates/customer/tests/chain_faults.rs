@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use paychan_chain::{BlockRef, ChainError, ChainSource, EmbeddedChain, TxStatus};
@@ -29,6 +29,10 @@ struct Flaky {
     down: AtomicBool,
     /// A fee estimate that overrides the node's.
     fee: Mutex<Option<FeeRate>>,
+    /// The node refuses every transaction (a full mempool, say).
+    refuse_broadcast: AtomicBool,
+    /// Broadcasts tried.
+    broadcasts: AtomicU32,
 }
 
 impl Flaky {
@@ -60,6 +64,10 @@ impl ChainSource for Flaky {
     }
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
         self.check()?;
+        self.broadcasts.fetch_add(1, Ordering::SeqCst);
+        if self.refuse_broadcast.load(Ordering::SeqCst) {
+            return Err(ChainError::Transport("mempool full (test)".into()));
+        }
         self.inner.broadcast(tx)
     }
     fn tx_status(&self, txid: &Txid) -> Result<TxStatus, ChainError> {
@@ -103,6 +111,8 @@ async fn world() -> World {
         inner: EmbeddedChain::new(node.clone()),
         down: AtomicBool::new(false),
         fee: Mutex::new(None),
+        refuse_broadcast: AtomicBool::new(false),
+        broadcasts: AtomicU32::new(0),
     });
     let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
         let node = node.clone();
@@ -234,6 +244,62 @@ async fn a_small_total_at_a_high_fee_estimate_still_settles() {
     assert!(to_merchant.value >= Amount::from_sat(294), "above dust: {}", to_merchant.value);
     assert_eq!(to_merchant.value + fee, Amount::from_sat(2_000));
     assert!(fee < Amount::from_sat(50 * 100), "a lower rate than the estimate: {fee}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_settlement_is_retried_with_exponential_backoff_until_it_goes_out() {
+    let w = world().await;
+    let id = w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.customer.pay_many(id, &[Amount::from_sat(1_000); 20]).await.unwrap();
+    w.server.tick().await.unwrap();
+
+    // The node takes no transaction; the settlement falls due (expiry − the 4 h margin).
+    w.flaky.refuse_broadcast.store(true, Ordering::SeqCst);
+    let expiry = u64::from(w.server.channel_expiry(id).await.unwrap());
+    let start = expiry - 4 * 3600 + 60;
+    let before = w.flaky.broadcasts.load(Ordering::SeqCst);
+    // Ten minutes of ticks every 5 s (120 ticks): the attempts back off 15 s, 30 s, 60 s, ...
+    let mut attempts_at = Vec::new();
+    for i in 0..120u64 {
+        w.node.set_mock_time(start + i * 5).unwrap();
+        let n = w.flaky.broadcasts.load(Ordering::SeqCst);
+        w.server.tick().await.unwrap();
+        if w.flaky.broadcasts.load(Ordering::SeqCst) > n {
+            attempts_at.push(i * 5);
+        }
+    }
+    assert_eq!(attempts_at, [0, 15, 45, 105, 225, 465], "attempts back off exponentially");
+    assert_eq!(w.flaky.broadcasts.load(Ordering::SeqCst) - before, 6);
+    let metrics = w.server.metrics_text().await;
+    assert!(metrics.contains("paychan_settlement_failures_total 6"), "{metrics}");
+    // Nothing was lost meanwhile: the stored total is the acknowledged one.
+    let row = w.store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.total, Amount::from_sat(20_000));
+    assert_eq!(row.phase, Phase::Settling);
+
+    // The node takes transactions again: the next attempt (due at 465 + 480 s) goes out, and
+    // the settlement is mined and recorded.
+    w.flaky.refuse_broadcast.store(false, Ordering::SeqCst);
+    let mut out_at = None;
+    for i in 120..240u64 {
+        w.node.set_mock_time(start + i * 5).unwrap();
+        w.server.tick().await.unwrap();
+        let txid = w.store.get(id, Role::Merchant).await.unwrap().unwrap().closing_txid.unwrap();
+        if w.node.mempool_txids().contains(&txid) {
+            out_at = Some(i * 5);
+            break;
+        }
+    }
+    assert_eq!(out_at, Some(465 + 480), "retried when due, not before");
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+    let row = w.store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.phase, Phase::Settled);
+    let (tx, _) = w.node.transaction(&row.closing_txid.unwrap()).unwrap();
+    let fee = Amount::from_sat(100_000) - tx.output.iter().map(|o| o.value).sum::<Amount>();
+    let to_merchant = tx.output.iter().find(|o| o.script_pubkey == p2wpkh(&key(0x55))).unwrap();
+    assert_eq!(to_merchant.value + fee, Amount::from_sat(20_000));
 }
 
 /// Moves the node's clock past the channel's expiry and mines 11 blocks, so median-time-past

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub rejections: AtomicU64,
     /// Settlements broadcast (replacements included).
     pub settlements: AtomicU64,
+    /// Settlement attempts (build, broadcast, follow-up) that failed and were put off.
+    pub settle_failures: AtomicU64,
     /// Channels that ended in the customer's refund.
     pub refunds: AtomicU64,
     /// Paid HTTP requests charged.
@@ -93,6 +95,12 @@ impl Metrics {
             &self.rejections,
         );
         counter(&mut out, "paychan_settlements_total", "Settlements broadcast.", &self.settlements);
+        counter(
+            &mut out,
+            "paychan_settlement_failures_total",
+            "Settlement attempts that failed (retried with backoff).",
+            &self.settle_failures,
+        );
         counter(
             &mut out,
             "paychan_refunds_total",

@@ -49,6 +49,64 @@ struct Slot {
     stored_total: Amount,
     /// The last settlement broadcast: at which height, at which fee rate.
     settlement: Option<(u32, FeeRate)>,
+    /// The funding's confirmations at the last look (0 before the first).
+    depth: u32,
+    /// When settlement work on this channel may be tried again after failures.
+    retry: Retry,
+    /// The last broadcast of this channel's transactions failed.
+    broadcast_failed: bool,
+}
+
+impl Slot {
+    fn new(channel: MerchantChannel, version: u64, stored_total: Amount) -> Self {
+        Slot {
+            channel,
+            version,
+            stored_total,
+            settlement: None,
+            depth: 0,
+            retry: Retry::default(),
+            broadcast_failed: false,
+        }
+    }
+}
+
+/// The first retry of failed settlement work comes this many seconds after the failure; each
+/// further failure doubles the wait, up to [`SETTLE_RETRY_MAX_SECS`].
+pub const SETTLE_RETRY_FIRST_SECS: u64 = 15;
+/// The longest wait between two settlement attempts: well inside the settle margin (4 hours by
+/// default: at least 24 attempts before the expiry).
+pub const SETTLE_RETRY_MAX_SECS: u64 = 600;
+/// A funding this deep is not looked at again at every tick (a reorg deeper than this is not
+/// followed; Bitcoin Core's own wallet treats 6 as final in practice).
+pub const REORG_SAFETY_DEPTH: u32 = 6;
+
+/// Exponential backoff of one channel's settlement work (build, broadcast, follow-up).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Retry {
+    failures: u32,
+    /// Wall time (Unix seconds) before which nothing is tried again.
+    not_before: u64,
+}
+
+impl Retry {
+    fn due(&self, now: u64) -> bool {
+        now >= self.not_before
+    }
+
+    /// Records a failure at `now`; returns the wait before the next attempt.
+    fn failed(&mut self, now: u64) -> u64 {
+        let wait = SETTLE_RETRY_FIRST_SECS
+            .saturating_mul(1 << self.failures.min(16))
+            .min(SETTLE_RETRY_MAX_SECS);
+        self.failures = self.failures.saturating_add(1);
+        self.not_before = now.saturating_add(wait);
+        wait
+    }
+
+    fn succeeded(&mut self) {
+        *self = Retry::default();
+    }
 }
 
 /// A settlement unconfirmed after this many blocks is replaced at a higher fee rate.
@@ -66,6 +124,8 @@ pub struct ChannelServer {
     payout_source: Option<PayoutSource>,
     /// 21 tokens (payment txids) → their channel.
     tokens: Mutex<HashMap<Txid, OutPoint>>,
+    /// The chain tip at the last tick.
+    last_tip: Mutex<Option<paychan_core::bitcoin::BlockHash>>,
 }
 
 /// Hands out a fresh payout script per settlement (the merchant's wallet).
@@ -109,6 +169,7 @@ impl ChannelServer {
             metrics: crate::metrics::Metrics::default(),
             payout_source: None,
             tokens: Mutex::new(HashMap::new()),
+            last_tip: Mutex::new(None),
         })
     }
 
@@ -135,8 +196,7 @@ impl ChannelServer {
                 self.token_index().insert(tx.compute_txid(), row.id);
             }
             let channel = MerchantChannel::restore(state, self.config.policy.clone());
-            let slot =
-                Slot { channel, version: row.version, stored_total: row.total, settlement: None };
+            let slot = Slot::new(channel, row.version, row.total);
             self.slots().insert(row.id, Arc::new(tokio::sync::Mutex::new(slot)));
             n += 1;
         }
@@ -205,12 +265,7 @@ impl ChannelServer {
         channel: MerchantChannel,
         funding_tx: Transaction,
     ) -> Result<Vec<Message>, MerchantError> {
-        let slot = Arc::new(tokio::sync::Mutex::new(Slot {
-            channel,
-            version: 0,
-            stored_total: Amount::ZERO,
-            settlement: None,
-        }));
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(channel, 0, Amount::ZERO)));
         let mut guard = slot.lock().await;
         let chain = self.chain.clone();
         blocking(move || chain.broadcast(&funding_tx)).await.map_err(|e| match e {
@@ -296,9 +351,7 @@ impl ChannelServer {
         if exhausted && s.channel.phase() == Phase::Open {
             // Too little left to be worth keeping open: settle now (after the payments are
             // stored; the acknowledgements below do not wait for the settlement).
-            if let Err(e) = self.settle_locked(&mut s).await {
-                warn!(%channel, error = %e, "settling an exhausted channel failed; will retry");
-            }
+            self.settle_exhausted(&mut s, channel, now.time).await;
         }
         let elapsed = started.elapsed();
         for _ in 0..pays.len() {
@@ -409,11 +462,46 @@ impl ChannelServer {
         })
         .await?;
         if exhausted && s.channel.phase() == Phase::Open {
-            if let Err(e) = self.settle_locked(s).await {
-                warn!(%channel, error = %e, "settling an exhausted channel failed; will retry");
-            }
+            let now = (self.clock)().time;
+            self.settle_exhausted(s, channel, now).await;
         }
         Ok(())
+    }
+
+    /// Settles a channel a payment just exhausted, unless its settlement is backing off after
+    /// failures (then the tick retries it when due).
+    async fn settle_exhausted(&self, s: &mut Slot, channel: OutPoint, now: u64) {
+        if !s.retry.due(now) {
+            return;
+        }
+        let r = self.settle_locked(s).await;
+        self.settled_or_backoff(s, channel, now, r.map(|_| ()), "settling an exhausted channel");
+    }
+
+    /// Records the outcome of settlement work on a channel: a success (with a broadcast that
+    /// went out) clears its backoff; a failure doubles it, and says when the next try comes.
+    fn settled_or_backoff(
+        &self,
+        s: &mut Slot,
+        channel: OutPoint,
+        now: u64,
+        result: Result<(), MerchantError>,
+        what: &'static str,
+    ) {
+        let result = match result {
+            Ok(()) if s.broadcast_failed => {
+                Err(MerchantError::Keys("the node did not take the transaction".into()))
+            }
+            other => other,
+        };
+        match result {
+            Ok(()) => s.retry.succeeded(),
+            Err(e) => {
+                let wait = s.retry.failed(now);
+                self.metrics.settle_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(%channel, error = %e, attempt = s.retry.failures, retry_in_secs = wait, "{what} failed; will retry");
+            }
+        }
     }
 
     /// The merchant's policy.
@@ -708,6 +796,7 @@ impl ChannelServer {
         }
         s.settlement = Some((height, used));
         self.metrics.settlements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.broadcast_failed = false;
         let out = self.drain(s).await?;
         out.into_iter()
             .find_map(|m| if let Message::Closed(c) = m { Some(c) } else { None })
@@ -715,42 +804,79 @@ impl ChannelServer {
     }
 
     /// Checks the chain for every channel: funding confirmations, expiry deadlines (settling
-    /// when due). Call it when a block arrives, or periodically.
+    /// when due), settlements out. Call it when a block arrives, or periodically. A channel's
+    /// failed settlement work is retried with exponential backoff
+    /// ([`SETTLE_RETRY_FIRST_SECS`] doubling up to [`SETTLE_RETRY_MAX_SECS`]); one channel's
+    /// failure does not stop the others.
     ///
     /// # Errors
-    /// Chain or store failures.
+    /// The first failure met (the chain unreachable, a store failure); every channel was still
+    /// visited.
     pub async fn tick(&self) -> Result<(), MerchantError> {
+        let chain = self.chain.clone();
+        let tip = blocking(move || chain.tip()).await?;
+        let new_tip = {
+            let mut last = self.last_tip.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *last != Some(tip.hash);
+            *last = Some(tip.hash);
+            changed
+        };
         let slots: Vec<(OutPoint, Arc<tokio::sync::Mutex<Slot>>)> =
             self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut first_error = None;
         for (id, slot) in slots {
             let mut s = slot.lock().await;
+            if let Err(e) = self.tick_one(&mut s, id, new_tip).await {
+                warn!(channel = %id, error = %e, "chain check failed; will retry");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn tick_one(
+        &self,
+        s: &mut Slot,
+        id: OutPoint,
+        new_tip: bool,
+    ) -> Result<(), MerchantError> {
+        if s.channel.phase().is_final() {
+            return Ok(());
+        }
+        // Confirmations change only with a new block; a deep funding is not looked at again.
+        let shallow = s.depth < REORG_SAFETY_DEPTH || s.channel.phase() != Phase::Open;
+        if new_tip && shallow {
+            self.refresh_confirmations(s, id).await?;
+        }
+        let now = (self.clock)();
+        s.channel.handle_tick(&now);
+        let due = self.drain_events(s).await?;
+        if !s.retry.due(now.time) {
+            tracing::debug!(channel = %id, not_before = s.retry.not_before, "settlement backing off");
+            return Ok(());
+        }
+        if due && s.channel.accepted() > Amount::ZERO && s.channel.phase() != Phase::Settling {
+            let r = self.settle_locked(s).await.map(|_| ());
+            self.settled_or_backoff(s, id, now.time, r, "settlement");
+            // Followed from the next tick on.
+            return Ok(());
+        }
+        // Spends and confirmations come with blocks; a retry after a failure comes when due.
+        let look = new_tip || s.retry.failures > 0;
+        if look && matches!(s.channel.phase(), Phase::Settling | Phase::Expired) {
+            // Past the expiry the customer's refund can spend the funding too (and win a
+            // race with the settlement): whoever spent it decides the phase.
+            if let Err(e) = self.notice_spend(s, id).await {
+                warn!(channel = %id, error = %e, "checking the funding's spend failed; will retry");
+            }
             if s.channel.phase().is_final() {
-                continue;
+                return Ok(());
             }
-            self.refresh_confirmations(&mut s, id).await?;
-            let now = (self.clock)();
-            s.channel.handle_tick(&now);
-            let due = self.drain_events(&mut s).await?;
-            if due && s.channel.accepted() > Amount::ZERO && s.channel.phase() != Phase::Settling {
-                if let Err(e) = self.settle_locked(&mut s).await {
-                    warn!(channel = %id, error = %e, "settlement failed; will retry");
-                }
-            }
-            if matches!(s.channel.phase(), Phase::Settling | Phase::Expired) {
-                // Past the expiry the customer's refund can spend the funding too (and win a
-                // race with the settlement): whoever spent it decides the phase.
-                if let Err(e) = self.notice_spend(&mut s, id).await {
-                    warn!(channel = %id, error = %e, "checking the funding's spend failed; will retry");
-                }
-                if s.channel.phase().is_final() {
-                    continue;
-                }
-            }
-            if s.channel.phase() == Phase::Settling {
-                if let Err(e) = self.follow_settlement(&mut s).await {
-                    warn!(channel = %id, error = %e, "settlement follow-up failed; will retry");
-                }
-            }
+        }
+        if look && s.channel.phase() == Phase::Settling {
+            s.broadcast_failed = false;
+            let r = self.follow_settlement(s).await;
+            self.settled_or_backoff(s, id, now.time, r, "settlement follow-up");
         }
         Ok(())
     }
@@ -837,6 +963,7 @@ impl ChannelServer {
             paychan_chain::TxStatus::Confirmed { confirmations, .. } => confirmations,
             _ => 0,
         };
+        s.depth = confirmations;
         s.channel.handle_funding_confirmations(confirmations);
         self.drain(s).await?;
         Ok(())
@@ -888,7 +1015,7 @@ impl ChannelServer {
                     }
                     match other {
                         Effect::Send(m) => out.push(m),
-                        Effect::Broadcast(tx) => self.broadcast(tx).await,
+                        Effect::Broadcast(tx) => s.broadcast_failed |= !self.broadcast(tx).await,
                         _ => {}
                     }
                 }
@@ -904,11 +1031,16 @@ impl ChannelServer {
         Ok(out)
     }
 
-    async fn broadcast(&self, tx: Transaction) {
+    /// Hands `tx` to the node; false (logged) when it did not take it.
+    async fn broadcast(&self, tx: Transaction) -> bool {
         let chain = self.chain.clone();
         let txid = tx.compute_txid();
-        if let Err(e) = blocking(move || chain.broadcast(&tx)).await {
-            warn!(%txid, error = %e, "broadcast failed; will retry");
+        match blocking(move || chain.broadcast(&tx)).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(%txid, error = %e, "broadcast failed; will retry");
+                false
+            }
         }
     }
 

@@ -183,10 +183,23 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             let server = server.clone();
             tokio::spawn(async move {
                 let mut t = tokio::time::interval(tick);
+                let mut failures: u32 = 0;
                 loop {
                     t.tick().await;
-                    if let Err(e) = server.tick().await {
-                        tracing::warn!(error = %e, "chain check failed; retrying");
+                    match server.tick().await {
+                        // The first failure, then the 2nd, 4th, 8th, ...: no log flood while
+                        // the node is away (each channel's settlement backs off on its own).
+                        Err(e) => {
+                            failures = failures.saturating_add(1);
+                            if failures.is_power_of_two() {
+                                tracing::warn!(error = %e, failures, "chain check failed; retrying");
+                            }
+                        }
+                        Ok(()) if failures > 0 => {
+                            tracing::info!(failures, "chain check works again");
+                            failures = 0;
+                        }
+                        Ok(()) => {}
                     }
                 }
             })

@@ -540,7 +540,7 @@ impl MerchantChannel {
     }
 
     /// Periodic check: reports [`Event::SettleDue`] once the expiry is within the settle
-    /// margin (when anything was paid), and moves to [`Phase::Expired`] once the expiry itself
+    /// margin (when anything was paid) or while an exhausted channel is still open, and moves to [`Phase::Expired`] once the expiry itself
     /// has passed unsettled.
     pub fn handle_tick(&mut self, now: &Now) {
         if !matches!(self.state.phase, Phase::Open | Phase::AwaitingFunding | Phase::Expired) {
@@ -556,6 +556,16 @@ impl MerchantChannel {
             self.outbox.now(Effect::Event(Event::SettleDue {
                 channel: self.id(),
                 reason: SettleReason::Expiry,
+            }));
+        } else if self.state.phase == Phase::Open
+            && self.state.accepted > Amount::ZERO
+            && self.state.params.capacity() - self.state.accepted < self.policy.close_out
+        {
+            // Exhausted and still open (its settlement failed, or the merchant restarted):
+            // due again at every tick until it goes out.
+            self.outbox.now(Effect::Event(Event::SettleDue {
+                channel: self.id(),
+                reason: SettleReason::Exhausted,
             }));
         }
     }
