@@ -2,7 +2,8 @@
 //! reorged out after the channel opened (the merchant stops taking payments until it confirms
 //! again), and the merchant's node is unreachable for a while (payments on a confirmed channel
 //! go on; settlement fails, changes nothing, and goes through once the node is back); a small
-//! total at a high fee estimate; the refund and the settlement racing at the expiry.
+//! total at a high fee estimate; the refund and the settlement racing at the expiry; a failing
+//! settlement retried with backoff; the merchant's store failing under a payment.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -20,7 +21,75 @@ use paychan_core::Now;
 use paychan_customer::{Customer, CustomerError};
 use paychan_merchant::{tcp, ChannelServer, ServerConfig};
 use paychan_node::Node;
-use paychan_store::{ChannelStore, Role, SqliteStore};
+use paychan_store::{
+    ChannelRow, ChannelStore, NewChannel, PaymentEntry, PaymentUpdate, Query, Role, SqliteStore,
+    StateUpdate, StoreError, StoreFuture,
+};
+
+/// The merchant's store, which can fail: writes refused; writes that land but report a failure
+/// (a lost reply); reads refused.
+#[derive(Default)]
+struct Faulty {
+    fail_writes: AtomicBool,
+    lose_write_replies: AtomicBool,
+    fail_reads: AtomicBool,
+}
+
+struct FaultyStore {
+    inner: SqliteStore,
+    faults: Arc<Faulty>,
+}
+
+impl FaultyStore {
+    fn write<'a, T: Send + 'a>(&'a self, f: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
+        Box::pin(async move {
+            if self.faults.fail_writes.load(Ordering::SeqCst) {
+                return Err(StoreError::Database("disk I/O error (test)".into()));
+            }
+            let r = f.await;
+            if self.faults.lose_write_replies.load(Ordering::SeqCst) {
+                return Err(StoreError::Database("connection reset after commit (test)".into()));
+            }
+            r
+        })
+    }
+
+    fn read<'a, T: Send + 'a>(&'a self, f: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
+        Box::pin(async move {
+            if self.faults.fail_reads.load(Ordering::SeqCst) {
+                return Err(StoreError::Database("disk I/O error (test)".into()));
+            }
+            f.await
+        })
+    }
+}
+
+impl ChannelStore for FaultyStore {
+    fn create(&self, channel: NewChannel) -> StoreFuture<'_, u64> {
+        self.write(self.inner.create(channel))
+    }
+    fn record_payment(&self, update: PaymentUpdate) -> StoreFuture<'_, u64> {
+        self.write(self.inner.record_payment(update))
+    }
+    fn update_state(&self, update: StateUpdate) -> StoreFuture<'_, u64> {
+        self.write(self.inner.update_state(update))
+    }
+    fn charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
+        self.write(self.inner.charge(id, role, price))
+    }
+    fn refund_charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
+        self.write(self.inner.refund_charge(id, role, price))
+    }
+    fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>> {
+        self.read(self.inner.get(id, role))
+    }
+    fn list(&self, query: Query) -> StoreFuture<'_, Vec<ChannelRow>> {
+        self.read(self.inner.list(query))
+    }
+    fn payments(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Vec<PaymentEntry>> {
+        self.read(self.inner.payments(id, role))
+    }
+}
 use paychan_wallet::{KeyChain, Wallet};
 
 /// The merchant's view of the chain, which can be cut off.
@@ -100,6 +169,8 @@ struct World {
     flaky: Arc<Flaky>,
     server: Arc<ChannelServer>,
     store: Arc<dyn ChannelStore>,
+    /// The merchant's store faults.
+    faults: Arc<Faulty>,
     customer: Customer,
     peer: String,
     _dirs: Vec<tempfile::TempDir>,
@@ -127,8 +198,11 @@ async fn world() -> World {
         .unwrap()
         .key_chain(KeyChain::MERCHANT)
         .unwrap();
-    let store: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&md.path().join("m.db")).unwrap());
+    let faults = Arc::new(Faulty::default());
+    let store: Arc<dyn ChannelStore> = Arc::new(FaultyStore {
+        inner: SqliteStore::open(&md.path().join("m.db")).unwrap(),
+        faults: faults.clone(),
+    });
     let config = ServerConfig {
         policy: Policy::default(),
         payout: p2wpkh(&key(0x55)),
@@ -148,7 +222,7 @@ async fn world() -> World {
     let cstore: Arc<dyn ChannelStore> =
         Arc::new(SqliteStore::open(&cd.path().join("c.db")).unwrap());
     let customer = Customer::new(cstore, cchain, Arc::new(Mutex::new(cwallet)), clock).unwrap();
-    World { node, flaky, server, store, customer, peer, _dirs: vec![md, cd] }
+    World { node, flaky, server, store, faults, customer, peer, _dirs: vec![md, cd] }
 }
 
 fn refused_with(r: Result<Amount, CustomerError>, code: u32) {
@@ -300,6 +374,54 @@ async fn a_failing_settlement_is_retried_with_exponential_backoff_until_it_goes_
     let fee = Amount::from_sat(100_000) - tx.output.iter().map(|o| o.value).sum::<Amount>();
     let to_merchant = tx.output.iter().find(|o| o.script_pubkey == p2wpkh(&key(0x55))).unwrap();
     assert_eq!(to_merchant.value + fee, Amount::from_sat(20_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_write_failure_acknowledges_nothing_and_the_channel_goes_on_from_the_store() {
+    let w = world().await;
+    let id = w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.customer.pay_many(id, &[Amount::from_sat(10); 2]).await.unwrap();
+
+    // 1. The write fails (reads still work): the payment is refused, nothing acknowledged.
+    w.faults.fail_writes.store(true, Ordering::SeqCst);
+    assert!(w.customer.pay(id, Amount::from_sat(10)).await.is_err());
+    w.faults.fail_writes.store(false, Ordering::SeqCst);
+    assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap().total, Amount::from_sat(20));
+    // The merchant went back to what it stored: the same signed total, delivered again by the
+    // resume, is accepted now (a merchant still holding it in memory would call it a replay).
+    assert_eq!(w.customer.sync(id).await.unwrap(), Amount::from_sat(30));
+    assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap().total, Amount::from_sat(30));
+
+    // 2. The store is down altogether (the reload fails too): refused; once it is back, the
+    //    channel is reloaded before its next use and the redelivered total is accepted.
+    w.faults.fail_writes.store(true, Ordering::SeqCst);
+    w.faults.fail_reads.store(true, Ordering::SeqCst);
+    assert!(w.customer.pay(id, Amount::from_sat(10)).await.is_err());
+    w.faults.fail_writes.store(false, Ordering::SeqCst);
+    w.faults.fail_reads.store(false, Ordering::SeqCst);
+    assert_eq!(w.customer.sync(id).await.unwrap(), Amount::from_sat(40));
+    assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap().total, Amount::from_sat(40));
+
+    // 3. The write lands but its reply is lost: refused (not acknowledged), yet stored; the
+    //    merchant reloads the new version, so the channel is not wedged on a stale version.
+    w.faults.lose_write_replies.store(true, Ordering::SeqCst);
+    assert!(w.customer.pay(id, Amount::from_sat(10)).await.is_err());
+    w.faults.lose_write_replies.store(false, Ordering::SeqCst);
+    assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap().total, Amount::from_sat(50));
+    assert_eq!(w.customer.sync(id).await.unwrap(), Amount::from_sat(50), "the resume finds it");
+    assert_eq!(w.customer.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(60));
+    let row = w.store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!((row.total, row.phase), (Amount::from_sat(60), Phase::Open));
+    let history: Vec<u64> = w
+        .store
+        .payments(id, Role::Merchant)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.total.to_sat())
+        .collect();
+    assert_eq!(history, [20, 30, 40, 50, 60], "the first two came in one write");
 }
 
 /// Moves the node's clock past the channel's expiry and mines 11 blocks, so median-time-past

@@ -55,6 +55,9 @@ struct Slot {
     retry: Retry,
     /// The last broadcast of this channel's transactions failed.
     broadcast_failed: bool,
+    /// A store write failed and the channel could not be read back yet: the machine may be
+    /// ahead of the store, so it is reloaded before it is used again.
+    stale: bool,
 }
 
 impl Slot {
@@ -67,6 +70,7 @@ impl Slot {
             depth: 0,
             retry: Retry::default(),
             broadcast_failed: false,
+            stale: false,
         }
     }
 }
@@ -311,6 +315,10 @@ impl ChannelServer {
             }
         };
         let mut s = slot.lock().await;
+        if let Err(e) = self.reload(&mut s).await {
+            let text = e.to_string();
+            return pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect();
+        }
         if s.channel.phase() == Phase::AwaitingFunding {
             if let Err(e) = self.refresh_confirmations(&mut s, channel).await {
                 let text = e.to_string();
@@ -389,6 +397,7 @@ impl ChannelServer {
         let started = std::time::Instant::now();
         let slot = self.slot(&channel)?;
         let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
         if s.channel.phase() == Phase::AwaitingFunding {
             self.refresh_confirmations(&mut s, channel).await?;
         }
@@ -419,6 +428,7 @@ impl ChannelServer {
         let id = self.token_index().get(token).copied().ok_or(Error::UnknownToken)?;
         let slot = self.slot(&id)?;
         let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
         if !s.channel.has_token(token) {
             // Fell out of the channel's window of tokens.
             self.token_index().remove(token);
@@ -445,6 +455,7 @@ impl ChannelServer {
     ) -> Result<Amount, MerchantError> {
         let slot = self.slot(&channel)?;
         let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
         let credit = s.channel.refund_request(total, price)?;
         self.metrics.requests_refunded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.drain(&mut s).await?;
@@ -517,6 +528,7 @@ impl ChannelServer {
         let channel = named(&pay.channel, "payment without a channel")?;
         let slot = self.slot(&channel)?;
         let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
         if s.channel.phase() == Phase::AwaitingFunding {
             self.refresh_confirmations(&mut s, channel).await?;
         }
@@ -597,6 +609,7 @@ impl ChannelServer {
     pub async fn two1_pay(&self, id: OutPoint, tx: &Transaction) -> Result<Amount, MerchantError> {
         let slot = self.slot(&id)?;
         let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
         if s.channel.phase() == Phase::AwaitingFunding {
             self.refresh_confirmations(&mut s, id).await?;
         }
@@ -621,6 +634,7 @@ impl ChannelServer {
         use paychan_core::bitcoin::hashes::{sha256, Hash};
         let slot = self.slot(&id)?;
         let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
         let digest = sha256::Hash::hash(id.txid.to_string().as_bytes()).to_byte_array();
         let sig = paychan_core::bitcoin::secp256k1::ecdsa::Signature::from_der(signature)
             .map_err(|_| Error::SignatureNotDer)?;
@@ -701,6 +715,7 @@ impl ChannelServer {
     pub async fn settle(&self, id: OutPoint) -> Result<Closed, MerchantError> {
         let slot = self.slot(&id)?;
         let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
         self.settle_locked(&mut s).await
     }
 
@@ -723,6 +738,7 @@ impl ChannelServer {
         let channel = named(&close.channel, "close without a channel")?;
         let slot = self.slot(&channel)?;
         let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
         s.channel.handle_close(&close.signature)?;
         self.settle_locked(&mut s).await
     }
@@ -840,6 +856,7 @@ impl ChannelServer {
         id: OutPoint,
         new_tip: bool,
     ) -> Result<(), MerchantError> {
+        self.reload(s).await?;
         if s.channel.phase().is_final() {
             return Ok(());
         }
@@ -1048,7 +1065,41 @@ impl ChannelServer {
         let started = std::time::Instant::now();
         let r = self.write_inner(s, state).await;
         self.metrics.store_commit.observe(started.elapsed());
+        if let Err(e) = &r {
+            // Nothing behind this write is acknowledged, but the machine is now ahead of the
+            // store (and a write that failed late may even have landed, moving the version):
+            // start again from what the store holds.
+            warn!(channel = %state.params.id(), error = %e, "store write failed; reloading the channel from the store");
+            s.stale = true;
+            if let Err(e) = self.reload(s).await {
+                warn!(channel = %state.params.id(), error = %e, "reloading the channel failed; will reload before its next use");
+            }
+        }
         r
+    }
+
+    /// Replaces a stale slot's machine with the channel as stored. A no-op for a fresh slot.
+    ///
+    /// # Errors
+    /// The store's; the slot then stays stale.
+    async fn reload(&self, s: &mut Slot) -> Result<(), MerchantError> {
+        if !s.stale || s.version == 0 {
+            s.stale = false;
+            return Ok(());
+        }
+        let id = s.channel.id();
+        let row = self
+            .store
+            .get(id, Role::Merchant)
+            .await?
+            .ok_or(MerchantError::Core(Error::UnknownChannel(id)))?;
+        let state = MerchantState::decode(&row.state)?;
+        s.channel = MerchantChannel::restore(state, self.config.policy.clone());
+        s.version = row.version;
+        s.stored_total = row.total;
+        s.stale = false;
+        info!(channel = %id, total = %row.total, version = row.version, "channel reloaded from the store");
+        Ok(())
     }
 
     async fn write_inner(&self, s: &mut Slot, state: &MerchantState) -> Result<(), MerchantError> {
