@@ -33,7 +33,7 @@ use paychan_core::channel::Phase;
 
 pub use postgres::PostgresStore;
 pub use schema::SCHEMA_VERSION;
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStore, DEFAULT_CACHE_MIB};
 
 /// A boxed future, so [`ChannelStore`] can be used as a trait object.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

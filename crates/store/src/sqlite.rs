@@ -25,13 +25,23 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// Queue length before writers wait for room.
     pub queue: usize,
+    /// Page cache of each of the store's two connections (writer and reader), MiB. The
+    /// caches fill up to this as the database grows, then stay.
+    pub cache_mib: u32,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { max_batch: 1_024, queue: 65_536 }
+        let cache_mib = std::env::var("PAYCHAN_SQLITE_CACHE_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_CACHE_MIB);
+        SqliteOptions { max_batch: 1_024, queue: 65_536, cache_mib }
     }
 }
+
+/// The default page cache per connection, MiB (`PAYCHAN_SQLITE_CACHE_MIB` overrides it).
+pub const DEFAULT_CACHE_MIB: u32 = 8;
 
 /// The SQLite [`ChannelStore`].
 pub struct SqliteStore {
@@ -50,14 +60,14 @@ fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+fn open_connection(path: &Path, cache_mib: u32) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
     // Checkpoint the WAL less often (every ~32 MiB): fewer stalls of the writer.
     conn.pragma_update(None, "wal_autocheckpoint", 8_192).map_err(db)?;
-    conn.pragma_update(None, "cache_size", -65_536).map_err(db)?;
+    conn.pragma_update(None, "cache_size", -i64::from(cache_mib.max(1)) * 1024).map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
     Ok(conn)
 }
@@ -105,9 +115,9 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Database`]; [`StoreError::SchemaTooNew`].
     pub fn open_with(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
-        let mut writer = open_connection(path)?;
+        let mut writer = open_connection(path, options.cache_mib)?;
         migrate(&mut writer)?;
-        let reader = open_connection(path)?;
+        let reader = open_connection(path, options.cache_mib)?;
         let (jobs, rx) = mpsc::sync_channel(options.queue.max(1));
         let max_batch = options.max_batch.max(1);
         std::thread::Builder::new()

@@ -22,7 +22,7 @@ use paychan_store::{ChannelStore, Role, SqliteStore};
 use paychan_wallet::{KeyChain, Wallet};
 use serde_json::{json, Value};
 
-use super::bench::{peak_rss_mib, say};
+use super::bench::{peak_rss_mib, rss_mib, say};
 use crate::CliError;
 
 fn fail(e: impl std::fmt::Display) -> CliError {
@@ -158,16 +158,20 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
         }
     }
     let mut last = Instant::now();
+    // Every 10 s: RSS now (SQLite's page caches fill up to their configured size as the
+    // databases grow, then stay: `PAYCHAN_SQLITE_CACHE_MIB` sets it).
+    let mut samples = Vec::new();
     while started.elapsed().as_secs_f64() < secs {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if last.elapsed() >= Duration::from_secs(10) {
             last = Instant::now();
+            let rss = rss_mib();
+            samples.push(json!({ "s": started.elapsed().as_secs(), "rss_mib": rss }));
             say(&format!(
-                "  {:>4.0} s: {} TCP payments, {} paid HTTP requests, RSS peak {} MiB",
+                "  {:>4.0} s: {} TCP payments, {} paid HTTP requests, RSS {rss} MiB",
                 started.elapsed().as_secs_f64(),
                 tcp_payments.load(Ordering::Relaxed),
                 http_requests.load(Ordering::Relaxed),
-                peak_rss_mib()
             ));
         }
     }
@@ -207,6 +211,7 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
         "channels_with_lost_acks": lost,
         "charged_sat": charged_total.to_sat(),
         "peak_rss_mib": peak_rss_mib(),
+        "rss_samples": samples,
     });
     if !errors.is_empty() || lost > 0 || charged_total.to_sat() < http_n {
         return Err(fail(format!("soak failed: {r}")));
