@@ -847,6 +847,10 @@ impl ChannelServer {
                 first_error.get_or_insert(e);
             }
         }
+        if first_error.is_some() {
+            // Look at every channel again at the next tick, new block or not.
+            *self.last_tip.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         first_error.map_or(Ok(()), Err)
     }
 

@@ -8,7 +8,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use paychan_core::bitcoin::{Amount, OutPoint};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::ops::{credit, version, Done, Job, Op};
 use crate::schema::{self, POSTGRES_MIGRATIONS};
@@ -41,8 +41,14 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// How long connecting to the server may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn connect_client(url: &str) -> Result<Client, StoreError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(db)?;
+    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, NoTls))
+        .await
+        .map_err(|_| StoreError::Database("connecting to the database timed out".into()))?
+        .map_err(db)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             warn!(error = %e, "postgres connection closed");
@@ -110,7 +116,7 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Database(e.to_string()))?;
         let (jobs, rx) = mpsc::channel(65_536);
-        tokio::spawn(write_loop(writer, rx, max_batch.max(1)));
+        tokio::spawn(write_loop(url.to_owned(), writer, rx, max_batch.max(1)));
         Ok(PostgresStore { jobs, pool })
     }
 
@@ -135,7 +141,61 @@ impl PostgresStore {
     }
 }
 
-async fn write_loop(mut client: Client, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+/// The first wait before connecting the writer again after a failed attempt; it doubles up to
+/// [`RECONNECT_MAX`].
+pub const RECONNECT_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest wait between two attempts to connect the writer again.
+pub const RECONNECT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The writer's connection: lost when the server restarts or drops it, then connected again
+/// (with backoff between failed attempts) by the next batch. While it is down, batches fail at
+/// once with [`StoreError::Database`]: nothing is acknowledged that was not committed.
+struct Writer {
+    url: String,
+    client: Option<Client>,
+    wait: std::time::Duration,
+    next_try: tokio::time::Instant,
+}
+
+impl Writer {
+    async fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            warn!("postgres writer connection lost; connecting again");
+            self.client = None;
+        }
+        if self.client.is_none() {
+            if tokio::time::Instant::now() < self.next_try {
+                return Err(StoreError::Database(format!(
+                    "the database connection is down; next attempt in {} ms",
+                    self.next_try
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .as_millis()
+                )));
+            }
+            match connect_client(&self.url).await {
+                Ok(c) => {
+                    info!("postgres writer connected again");
+                    self.client = Some(c);
+                    self.wait = RECONNECT_FIRST;
+                }
+                Err(e) => {
+                    self.next_try = tokio::time::Instant::now() + self.wait;
+                    self.wait = (self.wait * 2).min(RECONNECT_MAX);
+                    return Err(e);
+                }
+            }
+        }
+        self.client.as_mut().ok_or(StoreError::Closed)
+    }
+}
+
+async fn write_loop(url: String, client: Client, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut writer = Writer {
+        url,
+        client: Some(client),
+        wait: RECONNECT_FIRST,
+        next_try: tokio::time::Instant::now(),
+    };
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -144,7 +204,13 @@ async fn write_loop(mut client: Client, mut rx: mpsc::Receiver<Job>, max_batch: 
                 Err(_) => break,
             }
         }
-        let results = run_batch(&mut client, &batch).await;
+        let results = match writer.client().await {
+            Ok(client) => run_batch(client, &batch).await,
+            Err(e) => {
+                let text = e.to_string();
+                batch.iter().map(|_| Err(StoreError::Database(text.clone()))).collect()
+            }
+        };
         for (job, r) in batch.into_iter().zip(results) {
             let _ = job.reply.send(r);
         }

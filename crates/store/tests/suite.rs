@@ -270,3 +270,67 @@ async fn postgres_newer_schemas_are_refused() {
     ));
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_connects_again_after_the_server_drops_it() {
+    let Some(db) = fresh_postgres("postgres_writer_connects_again_after_the_server_drops_it").await
+    else {
+        return;
+    };
+    let s = PostgresStore::connect(&db.url).await.unwrap();
+    s.create(new_channel(1, Role::Merchant)).await.unwrap();
+    assert_eq!(s.record_payment(pay(1, 100, 1)).await.unwrap(), 2);
+
+    // The server drops every connection of the store (a restart, a failover, an admin).
+    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .len();
+    assert!(killed >= 1, "the store's connections were found");
+
+    // Writes fail (nothing acknowledged) until the writer is connected again, then go on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut failed = 0;
+    loop {
+        match s.record_payment(pay(1, 200, 2)).await {
+            Ok(v) => {
+                assert_eq!(v, 3);
+                break;
+            }
+            Err(StoreError::Database(_)) => failed += 1,
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never came back ({failed} failures)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A failed write changed nothing; the reads work again too.
+    let mut row = None;
+    for _ in 0..40 {
+        if let Ok(r) = s.get(channel_id(1), Role::Merchant).await {
+            row = r;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let row = row.expect("the reader pool connects again");
+    assert_eq!((row.total, row.version), (Amount::from_sat(200), 3));
+    let totals: Vec<u64> = s
+        .payments(channel_id(1), Role::Merchant)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.total.to_sat())
+        .collect();
+    assert_eq!(totals, [100, 200]);
+    db.drop_db().await;
+}
