@@ -115,6 +115,9 @@ struct Entry {
     version: u64,
     stored_total: Amount,
     conn: Option<Connection>,
+    /// A store write failed and the channel could not be read back yet: the machine may hold
+    /// a payment signed but never stored (nor sent), so it is reloaded before its next use.
+    stale: bool,
 }
 
 /// The customer's channel manager.
@@ -175,6 +178,44 @@ impl Customer {
         self.map().get(id).cloned().ok_or(CustomerError::UnknownChannel(*id))
     }
 
+    /// The channel, locked, and reloaded from the store first if a write failed.
+    async fn locked(
+        &self,
+        id: &OutPoint,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Entry>, CustomerError> {
+        let mut e = self.entry(id)?.lock_owned().await;
+        self.reload(&mut e).await?;
+        Ok(e)
+    }
+
+    /// Replaces a stale entry's machine with the channel as stored (a payment signed but not
+    /// stored was never sent: forgetting it is safe, and the caller was told it failed).
+    ///
+    /// # Errors
+    /// The store's; the entry then stays stale.
+    async fn reload(&self, e: &mut Entry) -> Result<(), CustomerError> {
+        if !e.stale || e.version == 0 {
+            e.stale = false;
+            return Ok(());
+        }
+        let Some(id) = e.channel.state().params.as_ref().map(|p| p.id()) else {
+            e.stale = false;
+            return Ok(());
+        };
+        let row =
+            self.store.get(id, Role::Customer).await?.ok_or(CustomerError::UnknownChannel(id))?;
+        let state = CustomerState::decode(&row.state)?;
+        let key = self.keys.secret(state.terms.customer_key_index)?;
+        e.channel = CustomerChannel::restore(state, key)?;
+        e.version = row.version;
+        e.stored_total = row.total;
+        e.stale = false;
+        // Reconnect and resume before the next payment: both sides agree from the store on.
+        e.conn = None;
+        info!(channel = %id, total = %row.total, "channel reloaded from the store after a failed write");
+        Ok(())
+    }
+
     /// Loads every stored channel (after a restart). Returns how many are live.
     ///
     /// # Errors
@@ -190,7 +231,13 @@ impl Customer {
             let key = self.keys.secret(state.terms.customer_key_index)?;
             let channel = CustomerChannel::restore(state, key)?;
             live += usize::from(!channel.phase().is_final());
-            let e = Entry { channel, version: row.version, stored_total: row.total, conn: None };
+            let e = Entry {
+                channel,
+                version: row.version,
+                stored_total: row.total,
+                conn: None,
+                stale: false,
+            };
             self.map().insert(row.id, Arc::new(tokio::sync::Mutex::new(e)));
         }
         Ok(live)
@@ -249,7 +296,8 @@ impl Customer {
         .await?;
         let funding_txid = funding.compute_txid();
         let id = channel.handle_funding_built(funding)?;
-        let mut entry = Entry { channel, version: 0, stored_total: Amount::ZERO, conn: None };
+        let mut entry =
+            Entry { channel, version: 0, stored_total: Amount::ZERO, conn: None, stale: false };
         let msgs = self.drain(&mut entry).await?;
         let answer = match conn.send(&msgs).await {
             Ok(()) => conn.recv().await,
@@ -290,8 +338,7 @@ impl Customer {
     /// # Errors
     /// [`CustomerError::UnknownChannel`].
     pub async fn authorise(&self, id: OutPoint, max_total: Amount) -> Result<(), CustomerError> {
-        let e = self.entry(&id)?;
-        let mut e = e.lock().await;
+        let mut e = self.locked(&id).await?;
         e.channel.authorise(max_total);
         Ok(())
     }
@@ -316,8 +363,7 @@ impl Customer {
         id: OutPoint,
         amounts: &[Amount],
     ) -> Result<Amount, CustomerError> {
-        let e = self.entry(&id)?;
-        let mut e = e.lock().await;
+        let mut e = self.locked(&id).await?;
         self.ensure_connected(&mut e).await?;
         let now = (self.clock)();
         let mut last = e.channel.state().signed;
@@ -344,8 +390,7 @@ impl Customer {
         count: u64,
         window: u32,
     ) -> Result<Amount, CustomerError> {
-        let e = self.entry(&id)?;
-        let mut e = e.lock().await;
+        let mut e = self.locked(&id).await?;
         self.ensure_connected(&mut e).await?;
         let window = u64::from(window.max(1));
         let chunk = (window / 2).max(1);
@@ -403,8 +448,7 @@ impl Customer {
         id: OutPoint,
         amount: Amount,
     ) -> Result<msg::Pay, CustomerError> {
-        let e = self.entry(&id)?;
-        let mut e = e.lock().await;
+        let mut e = self.locked(&id).await?;
         let now = (self.clock)();
         e.channel.pay(&now, amount)?;
         let msgs = self.drain(&mut e).await?;
@@ -478,8 +522,7 @@ impl Customer {
     /// [`CustomerError::UnknownChannel`]; [`paychan_core::Error::UnexpectedMessage`] for a
     /// total never signed.
     pub async fn acknowledge(&self, id: OutPoint, total: Amount) -> Result<(), CustomerError> {
-        let e = self.entry(&id)?;
-        let mut e = e.lock().await;
+        let mut e = self.locked(&id).await?;
         e.channel.handle_ack(total)?;
         self.drain(&mut e).await?;
         Ok(())
@@ -491,8 +534,7 @@ impl Customer {
     /// # Errors
     /// Connection or protocol errors.
     pub async fn sync(&self, id: OutPoint) -> Result<Amount, CustomerError> {
-        let e = self.entry(&id)?;
-        let mut e = e.lock().await;
+        let mut e = self.locked(&id).await?;
         e.conn = None;
         self.ensure_connected(&mut e).await?;
         Ok(e.channel.state().acked)
@@ -503,8 +545,7 @@ impl Customer {
     /// # Errors
     /// The merchant's refusal; connection errors.
     pub async fn close(&self, id: OutPoint) -> Result<Txid, CustomerError> {
-        let e = self.entry(&id)?;
-        let mut e = e.lock().await;
+        let mut e = self.locked(&id).await?;
         self.ensure_connected(&mut e).await?;
         e.channel.close()?;
         let msgs = self.drain(&mut e).await?;
@@ -557,7 +598,8 @@ impl Customer {
         let entries: Vec<_> = self.map().iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut refunds = Vec::new();
         for (id, e) in entries {
-            let mut e = e.lock().await;
+            let mut e = e.lock_owned().await;
+            self.reload(&mut e).await?;
             if e.channel.phase().is_final() {
                 continue;
             }
@@ -646,6 +688,18 @@ impl Customer {
     }
 
     async fn write(&self, e: &mut Entry, state: &CustomerState) -> Result<(), CustomerError> {
+        let r = self.write_inner(e, state).await;
+        if let Err(err) = &r {
+            warn!(error = %err, "store write failed; reloading the channel from the store");
+            e.stale = true;
+            if let Err(err) = self.reload(e).await {
+                warn!(error = %err, "reloading the channel failed; will reload before its next use");
+            }
+        }
+        r
+    }
+
+    async fn write_inner(&self, e: &mut Entry, state: &CustomerState) -> Result<(), CustomerError> {
         let Some(params) = &state.params else { return Ok(()) };
         let id = params.id();
         let bytes = state.encode();

@@ -171,6 +171,8 @@ struct World {
     store: Arc<dyn ChannelStore>,
     /// The merchant's store faults.
     faults: Arc<Faulty>,
+    /// The customer's store faults.
+    cfaults: Arc<Faulty>,
     customer: Customer,
     peer: String,
     _dirs: Vec<tempfile::TempDir>,
@@ -219,10 +221,13 @@ async fn world() -> World {
     let mut cwallet = Wallet::create(cd.path(), Network::Regtest, None).unwrap();
     node.mine(101, &cwallet.new_address().unwrap().script_pubkey()).unwrap();
     cwallet.sync(&*cchain).unwrap();
-    let cstore: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&cd.path().join("c.db")).unwrap());
+    let cfaults = Arc::new(Faulty::default());
+    let cstore: Arc<dyn ChannelStore> = Arc::new(FaultyStore {
+        inner: SqliteStore::open(&cd.path().join("c.db")).unwrap(),
+        faults: cfaults.clone(),
+    });
     let customer = Customer::new(cstore, cchain, Arc::new(Mutex::new(cwallet)), clock).unwrap();
-    World { node, flaky, server, store, faults, customer, peer, _dirs: vec![md, cd] }
+    World { node, flaky, server, store, faults, cfaults, customer, peer, _dirs: vec![md, cd] }
 }
 
 fn refused_with(r: Result<Amount, CustomerError>, code: u32) {
@@ -422,6 +427,35 @@ async fn a_store_write_failure_acknowledges_nothing_and_the_channel_goes_on_from
         .map(|p| p.total.to_sat())
         .collect();
     assert_eq!(history, [20, 30, 40, 50, 60], "the first two came in one write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_store_write_failure_sends_nothing_and_costs_nothing() {
+    let w = world().await;
+    let id = w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    assert_eq!(w.customer.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(10));
+
+    // The customer cannot store its next payment: refused before anything is sent.
+    w.cfaults.fail_writes.store(true, Ordering::SeqCst);
+    assert!(w.customer.pay(id, Amount::from_sat(10)).await.is_err());
+    w.cfaults.fail_writes.store(false, Ordering::SeqCst);
+    assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap().total, Amount::from_sat(10));
+    // The failed payment is forgotten, not sent later with the next one: the caller was told
+    // it failed, so it costs nothing.
+    assert_eq!(w.customer.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(20));
+    assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap().total, Amount::from_sat(20));
+
+    // The write lands but its reply is lost: the payment counts as spent (it is stored) and
+    // the channel is not wedged on a stale version; the resume delivers it.
+    w.cfaults.lose_write_replies.store(true, Ordering::SeqCst);
+    assert!(w.customer.pay(id, Amount::from_sat(10)).await.is_err());
+    w.cfaults.lose_write_replies.store(false, Ordering::SeqCst);
+    assert_eq!(w.customer.sync(id).await.unwrap(), Amount::from_sat(30));
+    assert_eq!(w.customer.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(40));
+    let status = w.customer.status(id).await.unwrap();
+    assert_eq!((status.signed, status.acked), (Amount::from_sat(40), Amount::from_sat(40)));
+    assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap().total, Amount::from_sat(40));
 }
 
 /// Moves the node's clock past the channel's expiry and mines 11 blocks, so median-time-past
