@@ -115,6 +115,8 @@ struct Entry {
     version: u64,
     stored_total: Amount,
     conn: Option<Connection>,
+    /// The acknowledged total as last written to the store.
+    stored_acked: Amount,
     /// A store write failed and the channel could not be read back yet: the machine may hold
     /// a payment signed but never stored (nor sent), so it is reloaded before its next use.
     stale: bool,
@@ -209,10 +211,11 @@ impl Customer {
         e.channel = CustomerChannel::restore(state, key)?;
         e.version = row.version;
         e.stored_total = row.total;
+        e.stored_acked = e.channel.state().acked;
         e.stale = false;
         // Reconnect and resume before the next payment: both sides agree from the store on.
         e.conn = None;
-        info!(channel = %id, total = %row.total, "channel reloaded from the store after a failed write");
+        info!(channel = %id, total = %row.total, "channel reloaded from the store");
         Ok(())
     }
 
@@ -232,6 +235,7 @@ impl Customer {
             let channel = CustomerChannel::restore(state, key)?;
             live += usize::from(!channel.phase().is_final());
             let e = Entry {
+                stored_acked: channel.state().acked,
                 channel,
                 version: row.version,
                 stored_total: row.total,
@@ -296,8 +300,14 @@ impl Customer {
         .await?;
         let funding_txid = funding.compute_txid();
         let id = channel.handle_funding_built(funding)?;
-        let mut entry =
-            Entry { channel, version: 0, stored_total: Amount::ZERO, conn: None, stale: false };
+        let mut entry = Entry {
+            channel,
+            version: 0,
+            stored_total: Amount::ZERO,
+            conn: None,
+            stored_acked: Amount::ZERO,
+            stale: false,
+        };
         let msgs = self.drain(&mut entry).await?;
         let answer = match conn.send(&msgs).await {
             Ok(()) => conn.recv().await,
@@ -368,7 +378,10 @@ impl Customer {
         let now = (self.clock)();
         let mut last = e.channel.state().signed;
         for a in amounts {
-            last = e.channel.pay(&now, *a)?;
+            match e.channel.pay(&now, *a) {
+                Ok(total) => last = total,
+                Err(err) => return Err(self.unsign(&mut e, err).await),
+            }
         }
         let msgs = self.drain(&mut e).await?;
         let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
@@ -403,7 +416,10 @@ impl Customer {
                 let n = chunk.min(left);
                 let now = (self.clock)();
                 for _ in 0..n {
-                    in_flight.push_back(e.channel.pay(&now, amount)?);
+                    match e.channel.pay(&now, amount) {
+                        Ok(total) => in_flight.push_back(total),
+                        Err(err) => return Err(self.unsign(&mut e, err).await),
+                    }
                 }
                 left -= n;
                 // One durable write for the chunk, then one send.
@@ -424,9 +440,7 @@ impl Customer {
             };
             match m {
                 Message::PaymentAck(a) => e.channel.handle_ack(Amount::from_sat(a.total_sat))?,
-                Message::Error(err) => {
-                    return Err(CustomerError::Rejected { code: err.code, message: err.message })
-                }
+                Message::Error(err) => return Err(self.refused(&mut e, err).await),
                 _ => return Err(CustomerError::Protocol("unexpected message while paying")),
             }
             let acked = e.channel.state().acked;
@@ -473,9 +487,7 @@ impl Customer {
             match m {
                 Message::PaymentAck(a) => e.channel.handle_ack(Amount::from_sat(a.total_sat))?,
                 Message::Resumed(r) => e.channel.handle_resumed(Amount::from_sat(r.total_sat))?,
-                Message::Error(err) => {
-                    return Err(CustomerError::Rejected { code: err.code, message: err.message })
-                }
+                Message::Error(err) => return Err(self.refused(e, err).await),
                 _ => return Err(CustomerError::Protocol("unexpected message while paying")),
             }
             let msgs = self.drain(e).await?;
@@ -484,6 +496,85 @@ impl Customer {
                 conn.send(&msgs).await?;
             }
         }
+    }
+
+    /// The core refused a payment part-way through a run: the run's earlier payments are
+    /// signed in the machine but neither stored nor sent. Forget them (the machine again as
+    /// stored), so the caller's "failed" is true and none of them leaves later with another
+    /// payment. Returns the refusal.
+    async fn unsign(&self, e: &mut Entry, err: paychan_core::Error) -> CustomerError {
+        e.stale = true;
+        if let Err(other) = self.reload(e).await {
+            warn!(error = %other, "reloading the channel failed; will reload before its next use");
+        }
+        err.into()
+    }
+
+    /// The merchant refused a payment by a payment rule (codes 100–199): learn what it holds
+    /// after answering everything sent before (a `Resume` on the same connection is answered after them), and stop counting
+    /// the refused totals as spent ([`CustomerChannel::handle_refused`]). Returns the refusal.
+    /// If that fails, the refused payment stays counted as spent (the safe side) until the
+    /// next sync.
+    async fn refused(&self, e: &mut Entry, err: msg::ErrorMsg) -> CustomerError {
+        let rule_broken = (100..200).contains(&err.code);
+        let refusal = CustomerError::Rejected { code: err.code, message: err.message };
+        if !rule_broken {
+            // The merchant's own failure (its store, say): it may yet hold the payment, so it
+            // stays spent and the next resume delivers it again.
+            return refusal;
+        }
+        match self.roll_back_refused(e).await {
+            Ok(total) => {
+                info!(%total, error = %refusal, "payment refused; the merchant holds {total}: counting from there");
+            }
+            Err(other) => {
+                warn!(error = %other, "cannot learn what the merchant holds after a refusal; the refused payment counts as spent until the next sync");
+                e.conn = None;
+            }
+        }
+        refusal
+    }
+
+    async fn roll_back_refused(&self, e: &mut Entry) -> Result<Amount, CustomerError> {
+        e.channel.resume()?;
+        let msgs = self.drain(e).await?;
+        e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?.send(&msgs).await?;
+        loop {
+            let m = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?.recv().await?;
+            match m {
+                Message::PaymentAck(a) => e.channel.handle_ack(Amount::from_sat(a.total_sat))?,
+                // The answers to other payments that were in flight.
+                Message::Error(_) => {}
+                Message::Resumed(r) => {
+                    let total = Amount::from_sat(r.total_sat);
+                    e.channel.handle_refused(total)?;
+                    self.drain(e).await?;
+                    e.stored_acked = e.channel.state().acked;
+                    return Ok(total);
+                }
+                _ => return Err(CustomerError::Protocol("unexpected message while resuming")),
+            }
+        }
+    }
+
+    /// Writes the acknowledged total if it moved since the last write (acknowledgements alone
+    /// are not written on the payment path, to keep it at one write per run of payments).
+    async fn store_acks(&self, e: &mut Entry) -> Result<(), CustomerError> {
+        if e.channel.state().acked > e.stored_acked {
+            e.channel.checkpoint();
+            self.drain(e).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes channel `id`'s acknowledged total to the store now (see
+    /// [`ChannelStatus::acked`]); a command that paid calls it before it exits.
+    ///
+    /// # Errors
+    /// [`CustomerError::UnknownChannel`]; store errors.
+    pub async fn checkpoint(&self, id: OutPoint) -> Result<(), CustomerError> {
+        let mut e = self.locked(&id).await?;
+        self.store_acks(&mut e).await
     }
 
     /// (Re)connects and resumes: the merchant tells its latest total; a payment it lacks is
@@ -537,6 +628,7 @@ impl Customer {
         let mut e = self.locked(&id).await?;
         e.conn = None;
         self.ensure_connected(&mut e).await?;
+        self.store_acks(&mut e).await?;
         Ok(e.channel.state().acked)
     }
 
@@ -701,6 +793,17 @@ impl Customer {
 
     async fn write_inner(&self, e: &mut Entry, state: &CustomerState) -> Result<(), CustomerError> {
         let Some(params) = &state.params else { return Ok(()) };
+        self.write_row(e, state, params).await?;
+        e.stored_acked = state.acked;
+        Ok(())
+    }
+
+    async fn write_row(
+        &self,
+        e: &mut Entry,
+        state: &CustomerState,
+        params: &paychan_core::tx::ChannelParams,
+    ) -> Result<(), CustomerError> {
         let id = params.id();
         let bytes = state.encode();
         if e.version == 0 {

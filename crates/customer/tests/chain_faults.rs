@@ -256,11 +256,11 @@ async fn a_reorged_funding_stops_payments_until_it_confirms_again() {
     assert_eq!((after.total, after.version), (before.total, before.version));
     assert_eq!(after.total, Amount::from_sat(10));
 
-    // Confirmed again (another block): payments resume; the customer's unacknowledged 10 sat
-    // are delivered by the resume, with the same signature.
+    // Confirmed again (another block): payments resume. The refused 10 sat were not counted
+    // (issue 13: a refused payment is rolled back), so the next payment pays 10, not 20.
     w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
-    assert_eq!(w.customer.sync(id).await.unwrap(), Amount::from_sat(20));
-    assert_eq!(w.customer.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(30));
+    assert_eq!(w.customer.sync(id).await.unwrap(), Amount::from_sat(10));
+    assert_eq!(w.customer.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(20));
     assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap().phase, Phase::Open);
 }
 

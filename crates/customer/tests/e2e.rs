@@ -275,3 +275,82 @@ async fn an_exhausted_channel_is_settled_by_the_merchant() {
     c.tick().await.unwrap();
     assert_eq!(c.status(id).await.unwrap().phase, Phase::Settled);
 }
+
+/// A payment the merchant refuses (here: the funding is not confirmed yet, code 102) is not
+/// counted: the customer's totals stay as they were, and the next payments build on what the
+/// merchant holds. The acknowledged total is stored (by `sync`), so a restarted customer shows
+/// what the merchant holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_payment_is_not_counted() {
+    let w = world().await;
+    let c = customer(&w);
+    let id = c.open(&w.addr, Amount::from_sat(100_000), None).await.unwrap();
+
+    // Not confirmed: refused, and nothing counted.
+    match c.pay(id, Amount::from_sat(500)).await {
+        Err(CustomerError::Rejected { code: 102, .. }) => {}
+        other => panic!("expected a refusal (102): {other:?}"),
+    }
+    let s = c.status(id).await.unwrap();
+    assert_eq!((s.signed, s.acked), (Amount::ZERO, Amount::ZERO));
+    // As stored, too.
+    let again = customer(&w);
+    again.load().await.unwrap();
+    assert_eq!(again.status(id).await.unwrap().signed, Amount::ZERO);
+    drop(again);
+
+    // Confirmed: the next payments pay what they say, and both sides agree.
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+    assert_eq!(c.pay_many(id, &[Amount::from_sat(10); 2]).await.unwrap(), Amount::from_sat(20));
+    let s = c.status(id).await.unwrap();
+    assert_eq!((s.signed, s.acked), (Amount::from_sat(20), Amount::from_sat(20)));
+    assert_eq!(
+        w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap().total,
+        Amount::from_sat(20)
+    );
+
+    // A run the customer itself refuses part-way (past the deposit): none of it counts, and
+    // nothing of it goes out later with another payment.
+    match c.pay_many(id, &[Amount::from_sat(30), Amount::from_sat(200_000)]).await {
+        Err(CustomerError::Core(_)) => {}
+        other => panic!("expected the customer's own refusal: {other:?}"),
+    }
+    assert_eq!(c.status(id).await.unwrap().signed, Amount::from_sat(20));
+    assert_eq!(c.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(30));
+    assert_eq!(
+        w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap().total,
+        Amount::from_sat(30)
+    );
+
+    // Refused after others were acknowledged (past the merchant's cutoff, the customer's
+    // clock late): the customer counts what the merchant holds.
+    let expiry = u64::from(c.status(id).await.unwrap().expiry);
+    let policy = Policy::default();
+    let cutoff = expiry - u64::from(policy.settle_margin_secs + policy.payment_cutoff_secs);
+    w.node.set_mock_time(cutoff + 10).unwrap();
+    w.lag.store(60, std::sync::atomic::Ordering::SeqCst);
+    match c.pay_many(id, &[Amount::from_sat(5); 3]).await {
+        Err(CustomerError::Rejected { code: 103, .. }) => {}
+        other => panic!("expected the merchant's refusal (103): {other:?}"),
+    }
+    let merchant = w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap().total;
+    assert_eq!(merchant, Amount::from_sat(30));
+    let s = c.status(id).await.unwrap();
+    assert_eq!(
+        (s.signed, s.acked),
+        (merchant, merchant),
+        "the customer counts what the merchant holds"
+    );
+
+    // The acknowledged total survives a restart once synced.
+    drop(c);
+    let c = customer(&w);
+    c.load().await.unwrap();
+    assert_eq!(c.sync(id).await.unwrap(), merchant);
+    drop(c);
+    let c = customer(&w);
+    c.load().await.unwrap();
+    let s = c.status(id).await.unwrap();
+    assert_eq!((s.signed, s.acked), (merchant, merchant), "acks are stored");
+}

@@ -101,7 +101,7 @@ async fn paid_app(w: &World) -> String {
 }
 
 async fn charged(server: &ChannelServer, id: OutPoint) -> (Amount, Amount) {
-    let c = server.channels().await.into_iter().find(|c| c.0 == id).unwrap();
+    let c = server.channels().await.unwrap().into_iter().find(|c| c.0 == id).unwrap();
     (c.2, c.3)
 }
 

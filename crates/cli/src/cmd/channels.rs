@@ -85,7 +85,9 @@ fn status_json(s: &ChannelStatus) -> Value {
         "phase": s.phase.as_str(),
         "capacity_sat": s.capacity.to_sat(),
         "paid_sat": s.signed.to_sat(),
+        "signed_sat": s.signed.to_sat(),
         "acked_sat": s.acked.to_sat(),
+        "in_flight_sat": (s.signed - s.acked.min(s.signed)).to_sat(),
         "expiry": s.expiry,
         "closing_txid": s.closing_txid.map(|t| t.to_string()),
     })
@@ -172,7 +174,11 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
                 while left > 0 {
                     let n = left.min(100);
                     let batch = vec![amount; n as usize];
-                    acked = customer.pay_many(channel, &batch).await.map_err(fail)?;
+                    let paid = customer.pay_many(channel, &batch).await;
+                    // What the merchant acknowledged is stored even when a payment failed.
+                    let stored = customer.checkpoint(channel).await;
+                    acked = paid.map_err(fail)?;
+                    stored.map_err(fail)?;
                     left -= n;
                     if progress {
                         use std::io::Write;

@@ -331,6 +331,47 @@ impl CustomerChannel {
         Ok(())
     }
 
+    /// The merchant refused a payment and then said (in `Resumed`, after answering every
+    /// payment sent before) that it holds `merchant_total`: the totals above it were refused,
+    /// so they no longer count as spent. `signed` falls back to `merchant_total` (its
+    /// signature made again: signing is deterministic), which becomes acknowledged too, and
+    /// the next payment builds on it. A merchant that lies here can at most settle with a
+    /// refused signature it kept: never more than the highest total ever signed.
+    ///
+    /// # Errors
+    /// [`Error::UnexpectedMessage`] for a total never signed or below an acknowledged one;
+    /// signing errors. Nothing changes then.
+    pub fn handle_refused(&mut self, merchant_total: Amount) -> Result<(), Error> {
+        let params = self.params("refused")?;
+        if merchant_total > self.state.signed {
+            return Err(Error::UnexpectedMessage("merchant claims a total never signed"));
+        }
+        if merchant_total < self.state.acked {
+            return Err(Error::UnexpectedMessage("merchant holds less than it acknowledged"));
+        }
+        if merchant_total == self.state.signed {
+            return self.handle_ack(merchant_total);
+        }
+        let signature = if merchant_total == Amount::ZERO {
+            Vec::new()
+        } else {
+            sign_payment(params, merchant_total, &self.key)?
+        };
+        self.state.signed = merchant_total;
+        self.state.signature = signature;
+        self.handle_ack(merchant_total)?;
+        self.outbox.persist(self.state.clone());
+        Ok(())
+    }
+
+    /// Stores the state as it is now (the acknowledged total, which acknowledgements alone do
+    /// not write: a driver calls this when it is done with a run of payments).
+    pub fn checkpoint(&mut self) {
+        if self.state.params.is_some() {
+            self.outbox.persist(self.state.clone());
+        }
+    }
+
     /// Asks the merchant to settle now: sends [`Close`] signed with the channel key.
     ///
     /// # Errors
