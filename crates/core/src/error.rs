@@ -80,6 +80,19 @@ pub enum Error {
     /// The policy is inconsistent.
     #[error("invalid policy: {0}")]
     InvalidPolicy(String),
+    /// A channel on this deposit exists already (live, settled or refunded): an open cannot be
+    /// replayed.
+    #[error("a channel on deposit {0} exists already")]
+    ChannelExists(OutPoint),
+    /// An open names a merchant key index the merchant never offered (or one outside the
+    /// per-channel index space).
+    #[error("key index {index} was never offered by this merchant (next: {next}); say Hello again and use the key it offers")]
+    UnknownKeyIndex {
+        /// The index the open named.
+        index: u32,
+        /// The next index the merchant offers.
+        next: u32,
+    },
 
     // ---- payment rules (DESIGN §2), in the order the merchant checks them ----
     /// The payment names another channel.
@@ -247,6 +260,8 @@ impl Error {
             Error::AboveAuthorised { .. } => 12,
             Error::InvalidTransition { .. } => 13,
             Error::UnknownPersist(_) => 14,
+            Error::ChannelExists(_) => 15,
+            Error::UnknownKeyIndex { .. } => 16,
             Error::WrongChannel { .. } => 100,
             Error::UnknownChannel(_) => 101,
             Error::ChannelNotOpen { .. } => 102,

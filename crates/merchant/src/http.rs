@@ -24,6 +24,9 @@ use paychan_core::bitcoin::OutPoint;
 use paychan_core::msg;
 use serde_json::{json, Value};
 
+use std::future::Future as _;
+
+use crate::listen::{Accepted, Acceptor, Limits};
 use crate::{ChannelServer, MerchantError};
 
 /// The API's routes, for mounting in an axum app or serving alone.
@@ -51,6 +54,7 @@ impl From<MerchantError> for ApiError {
         let wire = e.to_wire(None);
         let status = match &e {
             MerchantError::Core(paychan_core::Error::UnknownChannel(_)) => StatusCode::NOT_FOUND,
+            MerchantError::Core(paychan_core::Error::ChannelExists(_)) => StatusCode::CONFLICT,
             MerchantError::Core(c) if c.is_payment_rejection() => StatusCode::CONFLICT,
             MerchantError::Core(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -228,7 +232,7 @@ async fn admin_channels(
     let list: Vec<Value> = a
         .server
         .channels()
-        .await
+        .await?
         .into_iter()
         .map(|(id, phase, paid, charged, capacity, expiry)| {
             json!({
@@ -251,7 +255,7 @@ async fn admin_summary(
     authorised(&a, &headers)?;
     let mut by_phase = serde_json::Map::new();
     let (mut paid, mut revenue) = (0u64, 0u64);
-    for (_, phase, total, _, _, _) in a.server.channels().await {
+    for (_, phase, total, _, _, _) in a.server.channels().await? {
         let n = by_phase.get(phase.as_str()).and_then(Value::as_u64).unwrap_or(0);
         by_phase.insert(phase.as_str().into(), json!(n + 1));
         paid += total.to_sat();
@@ -286,7 +290,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
 /// `/metrics`, on `listener` until `shutdown` completes.
 ///
 /// # Errors
-/// I/O errors of the listener.
+/// None today: accept errors are ridden out (see [`serve_app`]).
 pub async fn serve(
     server: Arc<ChannelServer>,
     listener: tokio::net::TcpListener,
@@ -298,10 +302,10 @@ pub async fn serve(
 
 /// As [`serve`], with `fallback` answering every path the merchant's own routes do not (a
 /// paywalled upstream: [`crate::paywall::reverse_proxy`] under a
-/// [`PaywallLayer`](crate::paywall::PaywallLayer)).
+/// [`PaywallLayer`](crate::paywall::PaywallLayer)), with the default [`Limits`].
 ///
 /// # Errors
-/// I/O errors of the listener.
+/// None today: accept errors are ridden out (see [`serve_app`]).
 pub async fn serve_with(
     server: Arc<ChannelServer>,
     listener: tokio::net::TcpListener,
@@ -309,6 +313,16 @@ pub async fn serve_with(
     fallback: Option<Router>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_app(app(server, admin_token, fallback), listener, Limits::default(), shutdown).await
+}
+
+/// The merchant's whole HTTP app: the API, the 21 REST protocol, the admin API and
+/// `/metrics` when there is a token, and `fallback` for every other path.
+pub fn app(
+    server: Arc<ChannelServer>,
+    admin_token: Option<String>,
+    fallback: Option<Router>,
+) -> Router {
     let mut app = router(server.clone()).merge(crate::two1::router(server.clone()));
     if let Some(token) = admin_token {
         app = app.merge(admin_router(server, token));
@@ -316,5 +330,197 @@ pub async fn serve_with(
     if let Some(f) = fallback {
         app = app.fallback_service(f);
     }
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    app
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish (up
+/// to [`crate::tcp::SHUTDOWN_GRACE`]).
+///
+/// Every request's path is brought to its canonical form ([`crate::path`]) *before* routing,
+/// so routes, prices, free paths and the upstream all see the same path; a path without one
+/// is answered `400`. At most `limits.max_connections` connections are open at once; request
+/// headers must arrive within `limits.handshake_timeout`; a connection silent for
+/// `limits.idle_timeout` is closed; accept errors never end the server ([`crate::listen`]).
+///
+/// # Errors
+/// None today: accept errors are ridden out (the signature keeps room for setup errors).
+pub async fn serve_app(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut acceptor = Acceptor::new(listener, &limits);
+    tracing::info!(addr = ?acceptor.local_addr().ok(), "HTTP server listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = acceptor.accept() => {
+                let app = app.clone();
+                let stop = stop_rx.clone();
+                let limits = limits.clone();
+                connections.spawn(http_connection(app, accepted, limits, stop));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(crate::tcp::SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+async fn http_connection(
+    app: Router,
+    accepted: Accepted,
+    limits: Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Accepted { stream, peer, permit } = accepted;
+    let service =
+        hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+            let app = app.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    canonical_then(app, req.map(axum::body::Body::new)).await,
+                )
+            }
+        });
+    let io = hyper_util::rt::TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        }
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    drop(permit);
+}
+
+/// Routes `req` by its canonical path, or answers `400` when it has none.
+async fn canonical_then(app: Router, mut req: axum::http::Request<axum::body::Body>) -> Response {
+    match crate::path::canonical_uri(req.uri()) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => return crate::paywall::bad_path(&e),
+    }
+    match tower::ServiceExt::oneshot(app, req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// A stream that fails with `TimedOut` once nothing was read or written for `idle`.
+struct IdleIo {
+    inner: tokio::net::TcpStream,
+    idle: std::time::Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleIo {
+    fn new(inner: tokio::net::TcpStream, idle: std::time::Duration) -> Self {
+        IdleIo { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+    }
+
+    fn touch(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// `Pending` unless the connection has been idle too long.
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
+        match self.deadline.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connection idle too long",
+            )),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for IdleIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.touch();
+                }
+                std::task::Poll::Ready(r)
+            }
+            std::task::Poll::Pending => self.expired(cx).map(Err),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for IdleIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, data) {
+            std::task::Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.touch();
+                }
+                std::task::Poll::Ready(r)
+            }
+            std::task::Poll::Pending => self.expired(cx).map(Err),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            std::task::Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.touch();
+                }
+                std::task::Poll::Ready(r)
+            }
+            std::task::Poll::Pending => self.expired(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

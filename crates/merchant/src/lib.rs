@@ -10,7 +10,9 @@
 #![deny(missing_docs)]
 
 pub mod http;
+pub mod listen;
 pub mod metrics;
+pub mod path;
 pub mod paywall;
 mod server;
 pub mod tcp;

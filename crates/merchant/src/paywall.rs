@@ -112,7 +112,8 @@ impl Pricing {
         self
     }
 
-    /// The price of a request; `None` or zero means free.
+    /// The price of a request; `None` or zero means free. The paywall asks with the request's
+    /// canonical path ([`crate::path`]); patterns are matched against that.
     pub fn price_of(
         &self,
         method: &Method,
@@ -244,6 +245,12 @@ impl Paywall {
         S: Service<Request<Body>, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
     {
+        // Every decision below, and the inner service, sees the one canonical path.
+        let mut req = req;
+        match crate::path::canonical_uri(req.uri()) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => return bad_path(&e),
+        }
         let price = self.config.pricing.price_of(req.method(), req.uri(), req.headers());
         let price = match price {
             Some(p) if p > Amount::ZERO => p,
@@ -293,7 +300,6 @@ impl Paywall {
             Paid::Payment { channel, total } => (channel, Some(total)),
             Paid::Token { channel } => (channel, None),
         };
-        let mut req = req;
         req.headers_mut().remove(PAYMENT_SIGNATURE);
         req.headers_mut().remove(TOKEN_HEADER);
         let mut resp = call(inner, req).await;
@@ -417,6 +423,13 @@ where
 /// A paywall header's value (base64 is always a valid header value).
 fn header_value<T: serde::Serialize>(v: &T) -> Option<HeaderValue> {
     encode_header(v).ok().and_then(|s| HeaderValue::from_str(&s).ok())
+}
+
+/// A request whose path has no canonical form (see [`crate::path`]).
+pub(crate) fn bad_path(e: &crate::path::PathError) -> Response {
+    debug!(error = %e, "request refused: no canonical path");
+    (StatusCode::BAD_REQUEST, axum::Json(json!({"error": format!("bad request path: {e}")})))
+        .into_response()
 }
 
 fn two1_error(text: &'static str) -> Response {

@@ -17,6 +17,18 @@ use tracing::{info, warn};
 
 use crate::{KeyChain, MerchantError};
 
+/// A channel as the admin API lists it.
+fn listing(id: OutPoint, st: &MerchantState) -> (OutPoint, Phase, Amount, Amount, Amount, u32) {
+    (
+        id,
+        st.phase,
+        st.accepted,
+        st.charged,
+        st.params.capacity(),
+        st.params.script().expiry().to_consensus_u32(),
+    )
+}
+
 /// The channel a message names.
 fn named(
     channel: &Option<msg::ChannelRef>,
@@ -112,6 +124,10 @@ impl Retry {
         *self = Retry::default();
     }
 }
+
+/// How many times a request is checked again after its write met a compare-and-swap conflict
+/// (another writer moved the channel) before the request fails.
+pub const CONFLICT_RETRIES: u32 = 3;
 
 /// A settlement unconfirmed after this many blocks is replaced at a higher fee rate.
 pub const BUMP_AFTER_BLOCKS: u32 = 3;
@@ -219,13 +235,19 @@ impl ChannelServer {
         self.slots().get(id).cloned().ok_or(MerchantError::Core(Error::UnknownChannel(*id)))
     }
 
-    /// Answers a `Hello`: the version, a fresh key, the policy.
+    /// Answers a `Hello`: the version, the key a new channel would use, the policy. The key's
+    /// index is taken only when a channel is opened with it ([`ChannelServer::open`]), so a
+    /// handshake writes nothing and costs nothing; two peers greeted at once may be offered
+    /// the same key, and both may open with it (their channel scripts still differ).
     ///
     /// # Errors
-    /// [`Error::UnsupportedVersion`]; key errors.
+    /// [`Error::UnsupportedVersion`]; key errors (every per-channel index used).
     pub fn hello(&self, hello: &msg::Hello) -> Result<Welcome, MerchantError> {
         let version = msg::negotiate(hello)?;
-        let (key_index, key) = self.keys.issue()?;
+        let (key_index, key) = self.keys.peek()?;
+        if key_index >= TWO1_KEY_INDEX {
+            return Err(MerchantError::Keys("every per-channel key index is used".into()));
+        }
         Ok(Welcome {
             version,
             merchant_pubkey: key.serialize().to_vec(),
@@ -240,25 +262,34 @@ impl ChannelServer {
     /// # Errors
     /// The policy or decoding error; [`MerchantError::Chain`] when the node refuses the funding.
     pub async fn open(&self, open: &msg::Open) -> Result<Opened, MerchantError> {
+        // Only keys offered in a Welcome: at most the next one, never the 21 key's index.
+        let next = self.keys.next_index();
+        if open.key_index > next || open.key_index >= TWO1_KEY_INDEX {
+            return Err(Error::UnknownKeyIndex { index: open.key_index, next }.into());
+        }
         let key = self.keys.secret(open.key_index)?;
         let pubkey = PublicKey::from_secret_key(paychan_core::sig::secp(), &key);
         let (params, funding_tx) = params_from_open(open, &pubkey, &self.config.policy)?;
         let id = params.id();
-        if self.slots().contains_key(&id) {
-            return Err(Error::Malformed {
-                what: "open",
-                reason: "a channel on this deposit exists already".into(),
-            }
-            .into());
-        }
+        self.ensure_new(id).await?;
         let now = (self.clock)();
         let channel =
             MerchantChannel::open(params, self.config.policy.clone(), &now, open.key_index)?;
+        self.keys.mark_used(open.key_index)?;
         let out = self.admit(id, channel, funding_tx).await?;
         info!(channel = %id, "channel opened");
         out.into_iter()
             .find_map(|m| if let Message::Opened(o) = m { Some(o) } else { None })
             .ok_or_else(|| MerchantError::Keys("no Opened message".into()))
+    }
+
+    /// Refuses a deposit that already has a channel: live (in memory) or ended (in the store
+    /// only).
+    async fn ensure_new(&self, id: OutPoint) -> Result<(), MerchantError> {
+        if self.slots().contains_key(&id) || self.store.get(id, Role::Merchant).await?.is_some() {
+            return Err(Error::ChannelExists(id).into());
+        }
+        Ok(())
     }
 
     /// Broadcasts a new channel's funding (the node's acceptance proves the deposit is real),
@@ -308,54 +339,82 @@ impl ChannelServer {
         channel: OutPoint,
         pays: &[msg::Pay],
     ) -> Vec<Result<PaymentAck, MerchantError>> {
-        let slot = match self.slot(&channel) {
-            Ok(s) => s,
-            Err(_) => {
-                return pays.iter().map(|_| Err(Error::UnknownChannel(channel).into())).collect()
+        match self.on_fresh_state(|| self.pay_batch_once(channel, pays)).await {
+            Ok(answers) => answers,
+            Err(MerchantError::Core(e @ Error::UnknownChannel(_))) => {
+                pays.iter().map(|_| Err(e.clone().into())).collect()
             }
-        };
-        let mut s = slot.lock().await;
-        if let Err(e) = self.reload(&mut s).await {
-            let text = e.to_string();
-            return pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect();
-        }
-        if s.channel.phase() == Phase::AwaitingFunding {
-            if let Err(e) = self.refresh_confirmations(&mut s, channel).await {
+            Err(e) => {
                 let text = e.to_string();
-                return pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect();
+                pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect()
             }
+        }
+    }
+
+    /// Runs `op`, and runs it again (up to [`CONFLICT_RETRIES`] times) when its write met a
+    /// compare-and-swap conflict: another writer (`paychan payment submit`, another instance
+    /// on the same database) moved the channel. The failed write already reloaded the channel
+    /// from the store, so the retry checks the request against what the store holds. Nothing
+    /// was acknowledged by the attempt that failed.
+    async fn on_fresh_state<T, F, Fut>(&self, mut op: F) -> Result<T, MerchantError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, MerchantError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(MerchantError::Store(paychan_store::StoreError::Conflict {
+                    channel, ..
+                })) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    info!(%channel, attempt, "the channel moved in the store; checking again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of [`ChannelServer::pay_batch`]: `Err` when the driver failed (nothing
+    /// acknowledged), else one answer per payment.
+    async fn pay_batch_once(
+        &self,
+        channel: OutPoint,
+        pays: &[msg::Pay],
+    ) -> Result<Vec<Result<PaymentAck, MerchantError>>, MerchantError> {
+        let slot = self.slot(&channel)?;
+        let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
+        if s.channel.phase() == Phase::AwaitingFunding {
+            self.refresh_confirmations(&mut s, channel).await?;
         }
         let started = std::time::Instant::now();
         let now = (self.clock)();
         let before = s.channel.accepted();
         let mut results: Vec<Result<(), MerchantError>> = Vec::with_capacity(pays.len());
         for p in pays {
-            let r = s
-                .channel
-                .handle_payment(&now, channel, Amount::from_sat(p.total_sat), &p.signature)
-                .map_err(MerchantError::from);
-            let counter = if r.is_ok() { &self.metrics.payments } else { &self.metrics.rejections };
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            results.push(r);
+            results.push(
+                s.channel
+                    .handle_payment(&now, channel, Amount::from_sat(p.total_sat), &p.signature)
+                    .map_err(MerchantError::from),
+            );
         }
         let gained = s.channel.accepted().checked_sub(before).unwrap_or(Amount::ZERO);
-        self.metrics.revenue_sat.fetch_add(gained.to_sat(), std::sync::atomic::Ordering::Relaxed);
         let mut exhausted = false;
-        let drained = self
+        let acks = self
             .drain_with(&mut s, &mut |e| {
                 exhausted |= matches!(
                     e,
                     Event::SettleDue { reason: paychan_core::channel::SettleReason::Exhausted, .. }
                 );
             })
-            .await;
-        let acks = match drained {
-            Ok(out) => out,
-            Err(e) => {
-                let text = e.to_string();
-                return pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect();
-            }
-        };
+            .await?;
+        // Counted once stored (a retried attempt is not counted twice).
+        let accepted = results.iter().filter(|r| r.is_ok()).count() as u64;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.metrics.payments.fetch_add(accepted, relaxed);
+        self.metrics.rejections.fetch_add(results.len() as u64 - accepted, relaxed);
+        self.metrics.revenue_sat.fetch_add(gained.to_sat(), relaxed);
         if exhausted && s.channel.phase() == Phase::Open {
             // Too little left to be worth keeping open: settle now (after the payments are
             // stored; the acknowledgements below do not wait for the settlement).
@@ -369,7 +428,7 @@ impl ChannelServer {
             Message::PaymentAck(a) => Some(a),
             _ => None,
         });
-        results
+        Ok(results
             .into_iter()
             .map(|r| match r {
                 Ok(()) => {
@@ -377,7 +436,7 @@ impl ChannelServer {
                 }
                 Err(e) => Err(e),
             })
-            .collect()
+            .collect())
     }
 
     /// A paid request on `channel`: the customer's signature of `total` pays `price` (DESIGN §2
@@ -394,6 +453,16 @@ impl ChannelServer {
         signature: &[u8],
         price: Amount,
     ) -> Result<Redeemed, MerchantError> {
+        self.on_fresh_state(|| self.redeem_once(channel, total, signature, price)).await
+    }
+
+    async fn redeem_once(
+        &self,
+        channel: OutPoint,
+        total: Amount,
+        signature: &[u8],
+        price: Amount,
+    ) -> Result<Redeemed, MerchantError> {
         let started = std::time::Instant::now();
         let slot = self.slot(&channel)?;
         let mut s = slot.lock().await;
@@ -402,15 +471,20 @@ impl ChannelServer {
             self.refresh_confirmations(&mut s, channel).await?;
         }
         let now = (self.clock)();
-        let r = s.channel.redeem(&now, channel, total, signature, price);
-        let counter = if r.is_ok() { &self.metrics.payments } else { &self.metrics.rejections };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let r = r?;
+        let r = match s.channel.redeem(&now, channel, total, signature, price) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        self.drain_paid(&mut s, channel).await?;
+        // Counted once stored (a retried attempt is not counted twice).
+        self.metrics.payments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics
             .revenue_sat
             .fetch_add(r.increment.to_sat(), std::sync::atomic::Ordering::Relaxed);
         self.metrics.requests_charged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.drain_paid(&mut s, channel).await?;
         self.metrics.payment_latency.observe(started.elapsed());
         Ok(r)
     }
@@ -421,6 +495,14 @@ impl ChannelServer {
     /// [`Error::UnknownToken`] (unknown or already used), [`Error::CreditTooLow`],
     /// [`Error::ChannelNotOpen`]; a store failure.
     pub async fn redeem_token(
+        &self,
+        token: &Txid,
+        price: Amount,
+    ) -> Result<(OutPoint, Redeemed), MerchantError> {
+        self.on_fresh_state(|| self.redeem_token_once(token, price)).await
+    }
+
+    async fn redeem_token_once(
         &self,
         token: &Txid,
         price: Amount,
@@ -436,8 +518,8 @@ impl ChannelServer {
         }
         let now = (self.clock)();
         let r = s.channel.redeem_token(&now, token, price)?;
-        self.metrics.requests_charged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.drain_paid(&mut s, id).await?;
+        self.metrics.requests_charged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok((id, r))
     }
 
@@ -453,13 +535,16 @@ impl ChannelServer {
         total: Option<Amount>,
         price: Amount,
     ) -> Result<Amount, MerchantError> {
-        let slot = self.slot(&channel)?;
-        let mut s = slot.lock().await;
-        self.reload(&mut s).await?;
-        let credit = s.channel.refund_request(total, price)?;
-        self.metrics.requests_refunded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.drain(&mut s).await?;
-        Ok(credit)
+        self.on_fresh_state(|| async {
+            let slot = self.slot(&channel)?;
+            let mut s = slot.lock().await;
+            self.reload(&mut s).await?;
+            let credit = s.channel.refund_request(total, price)?;
+            self.drain(&mut s).await?;
+            self.metrics.requests_refunded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(credit)
+        })
+        .await
     }
 
     /// Drains after a paid request, settling the channel if the payment exhausted it.
@@ -583,13 +668,7 @@ impl ChannelServer {
             self.config.policy.dust_relay_fee,
         )?;
         let id = params.id();
-        if self.slots().contains_key(&id) {
-            return Err(Error::Malformed {
-                what: "deposit",
-                reason: "That deposit has already been used to create a channel.".into(),
-            }
-            .into());
-        }
+        self.ensure_new(id).await?;
         let now = (self.clock)();
         let channel =
             MerchantChannel::open(params, self.config.policy.clone(), &now, TWO1_KEY_INDEX)?;
@@ -607,17 +686,20 @@ impl ChannelServer {
     /// # Errors
     /// The rule it breaks (the channel is unchanged).
     pub async fn two1_pay(&self, id: OutPoint, tx: &Transaction) -> Result<Amount, MerchantError> {
-        let slot = self.slot(&id)?;
-        let mut s = slot.lock().await;
-        self.reload(&mut s).await?;
-        if s.channel.phase() == Phase::AwaitingFunding {
-            self.refresh_confirmations(&mut s, id).await?;
-        }
-        let now = (self.clock)();
-        let increment = s.channel.handle_two1_payment(&now, tx)?;
-        self.drain(&mut s).await?;
-        self.token_index().insert(tx.compute_txid(), id);
-        Ok(increment)
+        self.on_fresh_state(|| async {
+            let slot = self.slot(&id)?;
+            let mut s = slot.lock().await;
+            self.reload(&mut s).await?;
+            if s.channel.phase() == Phase::AwaitingFunding {
+                self.refresh_confirmations(&mut s, id).await?;
+            }
+            let now = (self.clock)();
+            let increment = s.channel.handle_two1_payment(&now, tx)?;
+            self.drain(&mut s).await?;
+            self.token_index().insert(tx.compute_txid(), id);
+            Ok(increment)
+        })
+        .await
     }
 
     /// A 21 close: `signature` is the customer's DER signature of SHA-256 of the deposit txid's
@@ -668,34 +750,50 @@ impl ChannelServer {
         self.metrics.render(&phases)
     }
 
-    /// Every channel: (id, phase, accepted total, charged, capacity, expiry).
-    pub async fn channels(&self) -> Vec<(OutPoint, Phase, Amount, Amount, Amount, u32)> {
+    /// Every channel, live ones from memory and ended ones (settled, refunded, abandoned:
+    /// not kept in memory) from the store: (id, phase, accepted total, charged, capacity,
+    /// expiry).
+    ///
+    /// # Errors
+    /// The store's, or an undecodable row.
+    pub async fn channels(
+        &self,
+    ) -> Result<Vec<(OutPoint, Phase, Amount, Amount, Amount, u32)>, MerchantError> {
         let slots: Vec<_> = self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut out = Vec::with_capacity(slots.len());
         for (id, slot) in slots {
             let s = slot.lock().await;
-            let st = s.channel.state();
-            out.push((
-                id,
-                st.phase,
-                st.accepted,
-                st.charged,
-                st.params.capacity(),
-                st.params.script().expiry().to_consensus_u32(),
-            ));
+            out.push(listing(id, s.channel.state()));
+        }
+        let ended = self
+            .store
+            .list(paychan_store::Query {
+                role: Some(Role::Merchant),
+                phases: vec![Phase::Settled, Phase::Refunded, Phase::Abandoned],
+                ..Default::default()
+            })
+            .await?;
+        for row in ended {
+            if self.slots().contains_key(&row.id) {
+                continue;
+            }
+            out.push(listing(row.id, &MerchantState::decode(&row.state)?));
         }
         out.sort_by_key(|c| (c.5, c.0));
-        out
+        Ok(out)
     }
 
-    /// A channel's phase and stored total.
+    /// A channel's phase and stored total; an ended channel's from the store.
     ///
     /// # Errors
-    /// [`Error::UnknownChannel`].
+    /// [`Error::UnknownChannel`]; the store's.
     pub async fn channel_status(&self, id: OutPoint) -> Result<(Phase, Amount), MerchantError> {
-        let slot = self.slot(&id)?;
-        let s = slot.lock().await;
-        Ok((s.channel.phase(), s.stored_total))
+        if let Ok(slot) = self.slot(&id) {
+            let s = slot.lock().await;
+            return Ok((s.channel.phase(), s.stored_total));
+        }
+        let row = self.store.get(id, Role::Merchant).await?.ok_or(Error::UnknownChannel(id))?;
+        Ok((row.phase, row.total))
     }
 
     /// A channel's expiry (locktime value).
@@ -725,9 +823,8 @@ impl ChannelServer {
     /// [`Error::UnknownChannel`].
     pub async fn resume(&self, resume: &msg::Resume) -> Result<Resumed, MerchantError> {
         let channel = named(&resume.channel, "resume without a channel")?;
-        let slot = self.slot(&channel)?;
-        let s = slot.lock().await;
-        Ok(Resumed { channel: Some(channel.into()), total_sat: s.stored_total.to_sat() })
+        let (_, total) = self.channel_status(channel).await?;
+        Ok(Resumed { channel: Some(channel.into()), total_sat: total.to_sat() })
     }
 
     /// The customer asks to close: checks its signature, settles, answers with the txid.

@@ -10,40 +10,63 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
 
+use crate::listen::{Accepted, Acceptor, Limits};
 use crate::{ChannelServer, MerchantError};
 
 /// How long a shutdown waits for connections to finish the requests they are handling.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves `server` on `listener` until `shutdown` completes. Then it stops accepting, lets
-/// every connection finish the requests it is handling (their payments stored and
-/// acknowledged), and returns once they have (or after [`SHUTDOWN_GRACE`]).
+/// Serves `server` on `listener` with the default [`Limits`] until `shutdown` completes (see
+/// [`serve_limited`]).
 ///
 /// # Errors
-/// I/O errors of the listener.
+/// None today: accept errors are ridden out (the signature keeps room for setup errors).
 pub async fn serve(
     server: Arc<ChannelServer>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    info!(addr = ?listener.local_addr().ok(), "channel server listening");
+    serve_limited(server, listener, Limits::default(), shutdown).await
+}
+
+/// Serves `server` on `listener` until `shutdown` completes. Then it stops accepting, lets
+/// every connection finish the requests it is handling (their payments stored and
+/// acknowledged), and returns once they have (or after [`SHUTDOWN_GRACE`]).
+///
+/// At most `limits.max_connections` are open at once; a peer that has not sent its `Hello`
+/// within `limits.handshake_timeout`, or sends nothing for `limits.idle_timeout`, is
+/// disconnected; an accept error never ends the server (see [`crate::listen`]).
+///
+/// # Errors
+/// None today: accept errors are ridden out (the signature keeps room for setup errors).
+pub async fn serve_limited(
+    server: Arc<ChannelServer>,
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let mut acceptor = Acceptor::new(listener, &limits);
+    info!(addr = ?acceptor.local_addr().ok(), "channel server listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = accepted?;
-                let _ = stream.set_nodelay(true);
+            accepted = acceptor.accept() => {
+                let Accepted { stream, peer, permit } = accepted;
                 let server = server.clone();
                 let stop = stop_rx.clone();
+                let limits = limits.clone();
                 connections.spawn(async move {
-                    if let Err(e) = connection(server, stream, stop).await {
+                    if let Err(e) = connection(server, stream, &limits, stop).await {
                         debug!(%peer, error = %e, "connection closed");
                     }
+                    drop(permit);
                 });
             }
+            // Reap finished connections so the set does not grow with every one ever served.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     let _ = stop_tx.send(true);
@@ -59,15 +82,27 @@ pub async fn serve(
 async fn connection(
     server: Arc<ChannelServer>,
     mut stream: TcpStream,
+    limits: &Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
     let mut buf = vec![0u8; 64 * 1024];
     let mut greeted = false;
+    let hello_by = tokio::time::Instant::now() + limits.handshake_timeout;
     loop {
+        // Until the Hello, one deadline from the start (a peer sending a byte at a time gains
+        // nothing); then the idle timeout between requests.
+        let deadline =
+            if greeted { tokio::time::Instant::now() + limits.idle_timeout } else { hello_by };
         // Between requests only: a request being handled always finishes.
         let n = tokio::select! {
-            read = stream.read(&mut buf) => read?,
+            read = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => match read {
+                Ok(read) => read?,
+                Err(_) => {
+                    debug!(greeted, "connection timed out");
+                    return Ok(());
+                }
+            },
             _ = stop.changed() => return Ok(()),
         };
         if n == 0 {

@@ -60,6 +60,9 @@ fn params(body: &[u8], query: Option<String>) -> HashMap<String, String> {
 fn message(e: &MerchantError) -> String {
     match e {
         MerchantError::Core(paychan_core::Error::Malformed { reason, .. }) => reason.clone(),
+        MerchantError::Core(paychan_core::Error::ChannelExists(_)) => {
+            "That deposit has already been used to create a channel.".into()
+        }
         MerchantError::Core(c) => {
             let s = c.to_string();
             let mut chars = s.chars();

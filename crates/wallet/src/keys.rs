@@ -73,18 +73,65 @@ impl KeyChain {
     pub fn issue(&self) -> Result<(u32, PublicKey), WalletError> {
         let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
         let index = *next;
+        self.store_next(index.checked_add(1).ok_or_else(|| self.exhausted())?)?;
+        *next = index + 1;
+        let key = self.secret(index)?;
+        Ok((index, PublicKey::from_secret_key(paychan_core::sig::secp(), &key)))
+    }
+
+    /// The lowest index no channel uses yet, and its public key: the key to offer a peer that
+    /// may open a channel. Nothing is written, so offering keys to anyone costs nothing; the
+    /// index is taken with [`KeyChain::mark_used`] when a channel is opened with it.
+    ///
+    /// # Errors
+    /// Key errors (an index beyond the hardened range).
+    pub fn peek(&self) -> Result<(u32, PublicKey), WalletError> {
+        let index = *self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let key = self.secret(index)?;
+        Ok((index, PublicKey::from_secret_key(paychan_core::sig::secp(), &key)))
+    }
+
+    /// Records that a channel uses `index`: the counter moves past it (durably, before this
+    /// returns) unless it is there already.
+    ///
+    /// # Errors
+    /// [`WalletError::Io`] when the counter cannot be written.
+    pub fn mark_used(&self, index: u32) -> Result<(), WalletError> {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        if index < *next {
+            return Ok(());
+        }
+        let after = index.checked_add(1).ok_or_else(|| self.exhausted())?;
+        self.store_next(after)?;
+        *next = after;
+        Ok(())
+    }
+
+    /// The next index [`KeyChain::peek`] offers.
+    pub fn next_index(&self) -> u32 {
+        *self.next.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn exhausted(&self) -> WalletError {
+        WalletError::Build(format!("{}: every key index is used", self.counter.display()))
+    }
+
+    /// Writes the counter: a temporary file, fsynced, renamed over the old one.
+    fn store_next(&self, value: u32) -> Result<(), WalletError> {
         let tmp = self.counter.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all((index + 1).to_string().as_bytes())?;
+            f.write_all(value.to_string().as_bytes())?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &self.counter)
+            std::fs::rename(&tmp, &self.counter)?;
+            // The rename itself is durable only once the directory is.
+            if let Some(dir) = self.counter.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         };
-        write().map_err(|e| io(&self.counter, e))?;
-        *next = index + 1;
-        let key = self.secret(index)?;
-        Ok((index, PublicKey::from_secret_key(paychan_core::sig::secp(), &key)))
+        write().map_err(|e| io(&self.counter, e))
     }
 
     /// The secret key of index `index`.

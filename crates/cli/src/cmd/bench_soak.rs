@@ -195,7 +195,7 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
             lost += 1;
         }
     }
-    for c in server.channels().await {
+    for c in server.channels().await.map_err(fail)? {
         charged_total += c.3;
     }
     let http_n = http_requests.load(Ordering::Relaxed);

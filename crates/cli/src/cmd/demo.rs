@@ -298,6 +298,7 @@ async fn demo(
     let charged = server
         .channels()
         .await
+        .map_err(fail)?
         .into_iter()
         .find(|c| c.0 == id)
         .map(|c| (c.2, c.3))

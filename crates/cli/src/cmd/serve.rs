@@ -10,6 +10,7 @@ use clap::Args;
 use paychan_core::bitcoin::Amount;
 use paychan_core::bitcoin::Network;
 use paychan_core::policy::Policy;
+use paychan_merchant::listen::Limits;
 use paychan_merchant::paywall::{reverse_proxy, PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::{tcp, ChannelServer, ServerConfig};
 use paychan_store::{ChannelStore, PostgresStore, SqliteStore};
@@ -65,6 +66,16 @@ pub struct ServeArgs {
     /// Seconds to wait for the upstream's answer (then 504, not charged).
     #[arg(long)]
     upstream_timeout_secs: Option<u64>,
+    /// Connections open at once, per listener (default 1024); keep it below `ulimit -n`.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Seconds a new connection has for its `Hello` (TCP) or its request headers (HTTP)
+    /// (default 10).
+    #[arg(long)]
+    handshake_timeout_secs: Option<u64>,
+    /// Seconds of silence after which a connection is closed (default 300).
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
 }
 
 /// `PATTERN=AMOUNT`.
@@ -94,6 +105,9 @@ struct ServeFile {
     #[serde(default)]
     free: Vec<String>,
     upstream_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    handshake_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
 }
 
 fn fail(e: impl std::fmt::Display) -> CliError {
@@ -144,22 +158,42 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     }
     let upstream_timeout =
         Duration::from_secs(a.upstream_timeout_secs.or(file.upstream_timeout_secs).unwrap_or(30));
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_connections: a
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(defaults.max_connections)
+            .max(1),
+        handshake_timeout: a
+            .handshake_timeout_secs
+            .or(file.handshake_timeout_secs)
+            .map_or(defaults.handshake_timeout, |s| Duration::from_secs(s.max(1))),
+        idle_timeout: a
+            .idle_timeout_secs
+            .or(file.idle_timeout_secs)
+            .map_or(defaults.idle_timeout, |s| Duration::from_secs(s.max(1))),
+    };
     let home = common.home();
     let rt = runtime()?;
     rt.block_on(async move {
-        let (server, payout, loaded) = merchant(common, &store_spec, policy).await?;
+        // Both ports first: a busy port fails before anything is created on disk.
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
         let addr = listener.local_addr()?;
         let http_listener = tokio::net::TcpListener::bind(http_listen)
             .await
             .map_err(|e| fail(format!("cannot listen on {http_listen}: {e}")))?;
         let http_addr = http_listener.local_addr()?;
+        let (server, payout, loaded) = merchant(common, &store_spec, policy).await?;
         common.print(
             &json!({"listen": addr.to_string(), "http": http_addr.to_string(), "payout": payout.to_string(), "channels": loaded}),
             &format!(
                 "paychan serve: channel protocol on {addr}, JSON API on http://{http_addr}, {loaded} channels loaded, settlements pay fresh addresses of the wallet (first {payout})"
             ),
         )?;
+        // Where the running merchant can be reached: `paychan payment submit` goes through
+        // its API instead of writing the store behind its back. Removed at a clean exit.
+        let running = RunningFile::write(&home, addr, http_addr)?;
         let token_path = home.join("admin.token");
         let token = match admin_token {
             Some(t) => t,
@@ -172,11 +206,11 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         if let Some(u) = &upstream {
             tracing::info!(upstream = %u, ?pricing, "paywall: forwarding paid requests to the upstream");
         }
-        let http_task = tokio::spawn(paychan_merchant::http::serve_with(
-            server.clone(),
+        let app = paychan_merchant::http::app(server.clone(), Some(token), fallback);
+        let http_task = tokio::spawn(paychan_merchant::http::serve_app(
+            app,
             http_listener,
-            Some(token),
-            fallback,
+            limits.clone(),
             shutdown_signal(),
         ));
         let ticker = {
@@ -204,17 +238,53 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
                 }
             })
         };
-        tcp::serve(server, listener, shutdown_signal()).await?;
+        tcp::serve_limited(server, listener, limits, shutdown_signal()).await?;
         ticker.abort();
         let _ = http_task.await;
+        drop(running);
         tracing::info!("shutting down");
         Ok::<_, CliError>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// `<home>/serve.json`: the running merchant's listeners, removed when dropped.
+struct RunningFile(PathBuf);
+
+/// The file's name in the home directory.
+pub const RUNNING_FILE: &str = "serve.json";
+
+impl RunningFile {
+    fn write(
+        home: &std::path::Path,
+        listen: SocketAddr,
+        http: SocketAddr,
+    ) -> Result<Self, CliError> {
+        std::fs::create_dir_all(home).map_err(fail)?;
+        let path = home.join(RUNNING_FILE);
+        let body = json!({"listen": listen.to_string(), "http": http.to_string(), "pid": std::process::id()});
+        std::fs::write(&path, body.to_string())
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        Ok(RunningFile(path))
+    }
+}
+
+impl Drop for RunningFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The HTTP address of the merchant `serve` runs for `home`, if its file is there (it may be
+/// stale after a crash: callers fall back when nothing answers there).
+pub fn running_http(home: &std::path::Path) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(home.join(RUNNING_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["http"].as_str()?.parse().ok()
+}
+
 /// Reads the admin token, or writes a fresh random one (mode 0600).
-fn read_or_make_token(path: &std::path::Path) -> Result<String, CliError> {
+pub fn read_or_make_token(path: &std::path::Path) -> Result<String, CliError> {
     if let Ok(t) = std::fs::read_to_string(path) {
         return Ok(t.trim().to_string());
     }

@@ -79,3 +79,74 @@ pub fn sends(c: &mut CustomerChannel) -> Vec<Message> {
     }
     out
 }
+
+/// Opens a 100,000 sat channel with `server` (Hello, then Open, as the TCP server would call
+/// them), funded by the coinbase at `height`; the customer's machine, opened.
+pub async fn open_channel(server: &ChannelServer, node: &Node, height: u32) -> CustomerChannel {
+    use paychan_core::bitcoin::absolute::LockTime;
+    use paychan_core::bitcoin::secp256k1::PublicKey;
+    use paychan_core::bitcoin::Amount;
+    use paychan_core::channel::customer::CustomerTerms;
+    use paychan_core::script::{ChannelScript, OutputKind};
+    use paychan_core::testkit::{customer_key, pubkey, spend_p2wpkh};
+    let w = server
+        .hello(&paychan_core::msg::Hello {
+            min_version: 1,
+            max_version: 1,
+            user_agent: String::new(),
+        })
+        .unwrap();
+    let policy = w.policy.unwrap().to_policy().unwrap();
+    let terms = CustomerTerms {
+        script: ChannelScript::new(
+            PublicKey::from_slice(&w.merchant_pubkey).unwrap(),
+            pubkey(&customer_key()),
+            LockTime::from_consensus(node.now() as u32 + 86_400),
+        )
+        .unwrap(),
+        kind: OutputKind::P2wsh,
+        change_script: p2wpkh(&customer_key()),
+        dust_relay_fee: policy.dust_relay_fee,
+        cutoff_distance: policy.cutoff_distance(false),
+        key_index: w.key_index,
+        customer_key_index: 0,
+        peer: String::new(),
+    };
+    let mut c = CustomerChannel::new(terms, customer_key()).unwrap();
+    let coin = coinbase_coin(node, height);
+    let change = coin.1.value - Amount::from_sat(101_000);
+    let funding = spend_p2wpkh(
+        &[coin],
+        vec![
+            TxOut { value: Amount::from_sat(100_000), script_pubkey: c.funding_script_pubkey() },
+            TxOut { value: change, script_pubkey: p2wpkh(&key(0x77)) },
+        ],
+        &key(0x77),
+    );
+    c.handle_funding_built(funding).unwrap();
+    let Message::Open(open) = sends(&mut c).remove(0) else { panic!("no Open") };
+    server.open(&open).await.unwrap();
+    c.handle_opened().unwrap();
+    sends(&mut c);
+    c
+}
+
+/// A signed payment of `total` on `c`'s channel.
+pub fn pay_msg(c: &CustomerChannel, total: u64) -> paychan_core::msg::Pay {
+    let params = c.state().params.clone().unwrap();
+    let kp = paychan_core::bitcoin::secp256k1::Keypair::from_secret_key(
+        paychan_core::sig::secp(),
+        &paychan_core::testkit::customer_key(),
+    );
+    let amount = paychan_core::bitcoin::Amount::from_sat(total);
+    paychan_core::msg::Pay {
+        channel: Some(params.id().into()),
+        total_sat: total,
+        signature: paychan_core::tx::payment::sign_payment(&params, amount, &kp).unwrap(),
+    }
+}
+
+/// The test miner's script (key 0x77).
+pub fn p2wpkh_77() -> paychan_core::bitcoin::ScriptBuf {
+    p2wpkh(&key(0x77))
+}

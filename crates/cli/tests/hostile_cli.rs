@@ -1,0 +1,204 @@
+//! Hostile conditions against `paychan serve` as a real process (issue 13): a process out of
+//! file descriptors keeps running and serves again once connections close; a payment
+//! submitted from the command line while the merchant runs leaves both agreeing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+
+use common::{first_line, start_node, Kill};
+
+fn paychan(home: &Path, url: &str, cookie: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_paychan"));
+    c.arg("--home").arg(home).args(["--rpc-url", url, "--json", "--rpc-cookie"]).arg(cookie);
+    c
+}
+
+fn run(mut c: Command) -> Value {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// `GET /v1/info` on a fresh connection: the status line, or `None` if nothing answered.
+fn info(http: &str) -> Option<String> {
+    let mut s = TcpStream::connect(http).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /v1/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.lines().next().map(str::to_string)
+}
+
+/// A channel-protocol `Hello` on a fresh connection: whether a `Welcome` came back.
+fn welcomed(listen: &str) -> bool {
+    use paychan_core::msg::{self, FrameDecoder, Message, MAX_FRAME_LEN};
+    let Ok(mut s) = TcpStream::connect(listen) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let hello =
+        Message::Hello(msg::Hello { min_version: 1, max_version: 1, user_agent: String::new() });
+    if s.write_all(&msg::encode_frame(&hello)).is_err() {
+        return false;
+    }
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Ok(Some(m)) = decoder.next_message() {
+            return matches!(m, Message::Welcome(_));
+        }
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => decoder.push(&buf[..n]),
+            _ => return false,
+        }
+    }
+}
+
+#[test]
+fn serve_survives_running_out_of_file_descriptors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_node, url, cookie) = start_node(&tmp.path().join("node"));
+    let home = tmp.path().join("merchant");
+    let log = tmp.path().join("serve.log");
+    // 96 descriptors for the whole process, a connection cap far above it, and handshake and
+    // idle timeouts long enough that only the descriptor limit is at work.
+    let mut serve = Command::new("sh");
+    serve
+        .arg("-c")
+        .arg("ulimit -n 96 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_paychan"))
+        .arg("--home")
+        .arg(&home)
+        .args(["--rpc-url", &url, "--json", "--rpc-cookie"])
+        .arg(&cookie)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--max-connections", "100000", "--handshake-timeout-secs", "600"])
+        .args(["--idle-timeout-secs", "600"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = serve.spawn().unwrap();
+    let serving = first_line(&mut child);
+    let mut child = Kill(child);
+    let listen = serving["listen"].as_str().unwrap().to_string();
+    let http = serving["http"].as_str().unwrap().to_string();
+    assert!(info(&http).unwrap().starts_with("HTTP/1.1 200"));
+
+    // 60 idle connections to each listener: more than the process has descriptors for (the
+    // rest wait in the kernel's backlog).
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        for addr in [&listen, &http] {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+                idle.push(s);
+            }
+        }
+    }
+    assert!(idle.len() > 96, "{} connections", idle.len());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("accept failed") {
+        assert!(Instant::now() < deadline, "the server never ran out of descriptors");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.0.try_wait().unwrap().is_none(), "serve is still running");
+
+    // They close: the server serves both protocols again.
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = info(&http).is_some_and(|l| l.starts_with("HTTP/1.1 200")) && welcomed(&listen);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not serve again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "serve is still running");
+}
+
+#[test]
+fn a_payment_submitted_while_serve_runs_goes_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node_dir, merchant_home, customer_home) =
+        (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
+    let (_node, url, cookie) = start_node(&node_dir);
+    let mut merchant = paychan(&merchant_home, &url, &cookie)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--tick-secs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let serving = first_line(&mut merchant);
+    let _merchant = Kill(merchant);
+    let listen = serving["listen"].as_str().unwrap().to_string();
+    let http = serving["http"].as_str().unwrap().to_string();
+
+    let customer = |args: &[&str]| {
+        let mut c = paychan(&customer_home, &url, &cookie);
+        c.args(args);
+        run(c)
+    };
+    customer(&["wallet", "new"]);
+    customer(&["wallet", "faucet"]);
+    let opened = customer(&["channels", "open", "--merchant", &listen, "--deposit", "100000sat"]);
+    let channel = opened["channel"].as_str().unwrap().to_string();
+    customer(&["node", "mine", "1"]);
+    assert_eq!(
+        customer(&["channels", "pay", "--channel", &channel, "--amount", "100sat"])["acked_sat"],
+        100
+    );
+
+    // A payment by file, submitted on the merchant's side while serve runs.
+    let file = tmp.path().join("payment.json");
+    let file_s = file.display().to_string();
+    let signed = customer(&[
+        "channels",
+        "pay",
+        "--channel",
+        &channel,
+        "--amount",
+        "50sat",
+        "--out",
+        &file_s,
+    ]);
+    assert_eq!(signed["total_sat"], 150);
+    let mut c = paychan(&merchant_home, &url, &cookie);
+    c.args(["payment", "submit"]).arg(&file);
+    let submitted = run(c);
+    assert_eq!(submitted["total_sat"], 150);
+    assert_eq!(submitted["via"], format!("http://{http}"), "{submitted}");
+
+    // The running merchant knows it: its API says 150, and the next payment goes through.
+    let status = |http: &str| -> Value {
+        let mut s = TcpStream::connect(http).unwrap();
+        write!(s, "GET /v1/channels/{channel} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+    assert_eq!(status(&http)["total_sat"], 150);
+    assert_eq!(
+        customer(&["channels", "pay", "--channel", &channel, "--amount", "10sat"])["acked_sat"],
+        160
+    );
+    assert_eq!(status(&http)["total_sat"], 160);
+    // Both sides agree, and status says what sync says.
+    let synced = customer(&["channels", "sync", "--channel", &channel]);
+    let st = customer(&["channels", "status", "--channel", &channel]);
+    assert_eq!(st["acked_sat"], synced["acked_sat"], "{st} {synced}");
+    assert_eq!(
+        (st["signed_sat"].as_u64(), st["acked_sat"].as_u64(), st["in_flight_sat"].as_u64()),
+        (Some(160), Some(160), Some(0))
+    );
+}
