@@ -225,3 +225,50 @@ fn transactions_through_the_rpc() {
     let t: u64 = rpc.call("getmocktime", &[]).unwrap();
     assert_eq!(t, 2_000_000_000);
 }
+
+/// A raw POST to the node's RPC with the cookie's credentials: the status and the JSON body.
+fn post(r: &common::Running, body: &[u8]) -> (u16, Value) {
+    use base64::Engine;
+    use std::io::{Read, Write};
+    let cookie = std::fs::read_to_string(&r.cookie).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(cookie.trim());
+    let host = r.url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may answer and close before the whole body is sent.
+    let _ = s.write_all(body);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let json = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text:.300}")))
+}
+
+#[test]
+fn oversized_bodies_and_batches_get_json_rpc_errors() {
+    let r = common::start();
+    // 40 MiB: above the 32 MiB bitcoind reads; a JSON-RPC error, not plain text.
+    let big = vec![b' '; 40 * 1024 * 1024];
+    let (status, v) = post(&r, &big);
+    assert_eq!(status, 413);
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    // A batch at the limit is answered call by call; one above it is refused whole.
+    let batch = |n: usize| {
+        let calls: Vec<Value> =
+            (0..n).map(|i| json!({"method": "getblockcount", "params": [], "id": i})).collect();
+        serde_json::to_vec(&calls).unwrap()
+    };
+    let (status, v) = post(&r, &batch(1_000));
+    assert_eq!(status, 200);
+    assert_eq!(v.as_array().unwrap().len(), 1_000);
+    let (status, v) = post(&r, &batch(1_001));
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("at most 1000"), "{v}");
+}

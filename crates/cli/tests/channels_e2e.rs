@@ -5,27 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
 mod common;
 
-use common::{first_line, start_node, Kill};
-
-fn paychan(home: &Path, url: &str, cookie: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_paychan"));
-    c.arg("--home").arg(home).args(["--rpc-url", url, "--json", "--rpc-cookie"]).arg(cookie);
-    c
-}
-
-fn run(mut c: Command) -> Value {
-    let o = c.output().unwrap();
-    assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
-}
+use common::{first_line, paychan, run, start_node, Kill};
 
 #[test]
 fn open_pay_1000_times_close_and_settle_with_real_processes() {

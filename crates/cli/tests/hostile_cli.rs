@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,20 +13,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{first_line, start_node, Kill};
-
-fn paychan(home: &Path, url: &str, cookie: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_paychan"));
-    c.arg("--home").arg(home).args(["--rpc-url", url, "--json", "--rpc-cookie"]).arg(cookie);
-    c
-}
-
-fn run(mut c: Command) -> Value {
-    let o = c.output().unwrap();
-    assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
-}
+use common::{first_line, paychan, run, start_node, Kill};
 
 /// `GET /v1/info` on a fresh connection: the status line, or `None` if nothing answered.
 fn info(http: &str) -> Option<String> {
@@ -201,4 +187,70 @@ fn a_payment_submitted_while_serve_runs_goes_through_it() {
         (st["signed_sat"].as_u64(), st["acked_sat"].as_u64(), st["in_flight_sat"].as_u64()),
         (Some(160), Some(160), Some(0))
     );
+}
+
+#[test]
+fn a_busy_port_fails_before_anything_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().to_string();
+
+    let datadir = tmp.path().join("node");
+    let o = Command::new(env!("CARGO_BIN_EXE_paychan"))
+        .args(["node", "start", "--rpc-bind", &port, "--datadir"])
+        .arg(&datadir)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot listen on"), "{o:?}");
+    assert!(!datadir.exists(), "node start created its data directory");
+
+    let home = tmp.path().join("merchant");
+    for args in [
+        ["--listen", port.as_str(), "--http", "127.0.0.1:0"],
+        ["--listen", "127.0.0.1:0", "--http", port.as_str()],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_paychan"))
+            .arg("--home")
+            .arg(&home)
+            .arg("serve")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("cannot listen on"), "{o:?}");
+        assert!(!home.exists(), "serve created its home");
+    }
+}
+
+#[test]
+fn buy_on_regtest_says_how_to_get_a_confirmation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node_dir, merchant_home, customer_home) =
+        (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
+    let (_node, url, cookie) = start_node(&node_dir);
+    let mut merchant = paychan(&merchant_home, &url, &cookie)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--upstream", &common::upstream()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let serving = first_line(&mut merchant);
+    let _merchant = Kill(merchant);
+    let shop = format!("http://{}", serving["http"].as_str().unwrap());
+    for args in [&["wallet", "new"][..], &["wallet", "faucet"]] {
+        let mut c = paychan(&customer_home, &url, &cookie);
+        c.args(args);
+        run(c);
+    }
+    // Nothing mines: the wait says how to get the confirmation, then gives up.
+    let o = paychan(&customer_home, &url, &cookie)
+        .args(["buy", "--confirm-timeout-secs", "2", &format!("{shop}/x")])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("paychan node mine 1"), "{err}");
+    assert_eq!(err.matches("waiting for the funding to confirm").count(), 1, "said once: {err}");
 }

@@ -5,65 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 mod common;
 
-use common::{first_line, start_node, Kill};
-
-fn paychan(home: &Path, url: &str, cookie: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_paychan"));
-    c.arg("--home").arg(home).args(["--rpc-url", url, "--json", "--rpc-cookie"]).arg(cookie);
-    c
-}
-
-fn run(mut c: Command) -> Value {
-    let o = c.output().unwrap();
-    assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
-}
-
-/// A plain HTTP/1.1 upstream on loopback answering `upstream says hi to <path>`; returns its
-/// URL. The thread ends with the test process.
-fn upstream() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(1_000) {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut first = String::new();
-            if reader.read_line(&mut first).is_err() {
-                continue;
-            }
-            let mut length = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let text = format!("upstream says hi to {path}\n");
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                text.len()
-            );
-        }
-    });
-    url
-}
+use common::{first_line, paychan, run, start_node, upstream, Kill};
 
 #[test]
 fn buy_and_curl_through_the_proxy_pay_a_reverse_proxied_upstream() {
@@ -138,6 +86,10 @@ fn buy_and_curl_through_the_proxy_pay_a_reverse_proxied_upstream() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.to_ascii_lowercase().contains("x-paychan-paid-sat: 25"), "{out}");
     assert!(out.ends_with("upstream says hi to /api/weather\n"), "{out}");
+    // The upstream's Content-Type, once (the proxy adds none of its own).
+    let content_types: Vec<&str> =
+        out.lines().filter(|l| l.to_ascii_lowercase().starts_with("content-type:")).collect();
+    assert_eq!(content_types, vec!["content-type: text/plain"], "{out}");
     let out = curl("/other");
     assert!(out.to_ascii_lowercase().contains("x-paychan-paid-sat: 10"), "{out}");
     let out = curl("/health");

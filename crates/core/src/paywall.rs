@@ -155,6 +155,24 @@ pub struct PaymentSignature {
     pub payload: ChannelPayment,
 }
 
+impl PaymentSignature {
+    /// The payment it carries, for this x402 version only.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedVersion`] for an `x402Version` other than [`X402_VERSION`] (a v1
+    /// payload is laid out differently and is not read as v2); as [`ChannelPayment::decode`].
+    pub fn decode(&self) -> Result<(OutPoint, Amount, Vec<u8>), Error> {
+        if self.x402_version != X402_VERSION {
+            return Err(Error::UnsupportedVersion {
+                got: self.x402_version,
+                min: X402_VERSION,
+                max: X402_VERSION,
+            });
+        }
+        self.payload.decode()
+    }
+}
+
 /// A channel payment: the customer's signature of a new cumulative total.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelPayment {
@@ -256,6 +274,9 @@ mod tests {
         };
         let h = encode_header(&p).unwrap();
         assert_eq!(decode_header::<PaymentSignature>(h.as_bytes()).unwrap(), p);
+        assert!(p.decode().is_ok());
+        let v1 = PaymentSignature { x402_version: 1, ..p.clone() };
+        assert_eq!(v1.decode().unwrap_err().code(), 204, "a v1 payload is not read as v2");
         for bad in [&b"%%%"[..], b"", b"e30=", &[b'A'; MAX_HEADER_LEN + 4][..]] {
             assert!(matches!(decode_header::<PaymentSignature>(bad), Err(Error::Malformed { .. })));
         }

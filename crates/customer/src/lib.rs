@@ -84,6 +84,16 @@ pub enum CustomerError {
     /// An HTTP request failed.
     #[error("http: {0}")]
     Http(String),
+    /// The channel life asked is outside what the merchant accepts; nothing was funded.
+    #[error("a channel life of {life} s is outside the merchant's range of {min} to {max} s; nothing was funded")]
+    LifeOutOfRange {
+        /// The life asked, in seconds.
+        life: u32,
+        /// The merchant's shortest.
+        min: u32,
+        /// The merchant's longest.
+        max: u32,
+    },
 }
 
 /// Where "now" comes from.
@@ -268,6 +278,14 @@ impl Customer {
             .to_policy()?;
         let now = (self.clock)();
         let life = life_secs.unwrap_or(policy.default_expiry_secs);
+        if life < policy.min_channel_life_secs || life > policy.max_channel_life_secs {
+            // Said before any coin is touched (the merchant would refuse the open).
+            return Err(CustomerError::LifeOutOfRange {
+                life,
+                min: policy.min_channel_life_secs,
+                max: policy.max_channel_life_secs,
+            });
+        }
         let expiry = LockTime::from_consensus(
             u32::try_from(now.time + u64::from(life))
                 .map_err(|_| CustomerError::Protocol("expiry out of range"))?,

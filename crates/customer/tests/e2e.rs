@@ -354,3 +354,22 @@ async fn a_refused_payment_is_not_counted() {
     let s = c.status(id).await.unwrap();
     assert_eq!((s.signed, s.acked), (merchant, merchant), "acks are stored");
 }
+
+/// A channel life outside the merchant's range is refused before anything is funded, saying
+/// the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_life_outside_the_merchants_range_funds_nothing() {
+    let w = world().await;
+    let c = customer(&w);
+    let before = w.node.mempool_txids().len();
+    match c.open(&w.addr, Amount::from_sat(100_000), Some(5 * 3_600 + 59 * 60)).await {
+        Err(e @ CustomerError::LifeOutOfRange { .. }) => {
+            assert!(e.to_string().contains("21600"), "{e}");
+        }
+        other => panic!("expected LifeOutOfRange: {other:?}"),
+    }
+    assert_eq!(w.node.mempool_txids().len(), before);
+    assert!(c.list().await.is_empty());
+    // A little over six hours is fine.
+    c.open(&w.addr, Amount::from_sat(100_000), Some(6 * 3_600 + 600)).await.unwrap();
+}

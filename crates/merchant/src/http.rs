@@ -184,6 +184,48 @@ async fn close(
 struct Admin {
     server: Arc<ChannelServer>,
     token: Arc<String>,
+    metrics: MetricsAccess,
+}
+
+/// Who may read `/metrics` (its figures include revenue).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Only with the admin bearer token.
+    Token,
+    /// With the token, or from a loopback address (a scraper on the same machine). The default.
+    #[default]
+    Loopback,
+    /// Anyone (behind a firewall of your own).
+    Public,
+}
+
+impl std::str::FromStr for MetricsAccess {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "token" => Ok(MetricsAccess::Token),
+            "loopback" => Ok(MetricsAccess::Loopback),
+            "public" => Ok(MetricsAccess::Public),
+            other => Err(format!("{other:?}: metrics access is token, loopback or public")),
+        }
+    }
+}
+
+/// The admin API's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// The bearer token of `/admin/*` (and of `/metrics`, see [`MetricsAccess`]).
+    pub token: String,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsAccess,
+}
+
+impl AdminConfig {
+    /// `token`, with `/metrics` open to loopback.
+    pub fn new(token: impl Into<String>) -> Self {
+        AdminConfig { token: token.into(), metrics: MetricsAccess::default() }
+    }
 }
 
 /// The admin API behind a bearer token, and `/metrics` (Prometheus text format):
@@ -194,8 +236,8 @@ struct Admin {
 /// | `GET /admin/summary` | channels by phase, total paid, revenue (paid on settled channels) |
 /// | `POST /admin/channels/{txid}:{vout}/settle` | settles now; `{settlement_txid}` |
 /// | `GET /metrics` | counters, channels by phase, payment and store latency histograms |
-pub fn admin_router(server: Arc<ChannelServer>, token: String) -> Router {
-    let state = Admin { server, token: Arc::new(token) };
+pub fn admin_router(server: Arc<ChannelServer>, admin: AdminConfig) -> Router {
+    let state = Admin { server, token: Arc::new(admin.token), metrics: admin.metrics };
     Router::new()
         .route("/admin/channels", get(admin_channels))
         .route("/admin/summary", get(admin_summary))
@@ -281,9 +323,21 @@ async fn admin_settle(
     Ok(Json(json!({"channel": id.to_string(), "settlement_txid": txid.to_string()})))
 }
 
-async fn metrics(State(a): State<Admin>) -> Response {
+async fn metrics(
+    State(a): State<Admin>,
+    req: axum::http::Request<axum::body::Body>,
+) -> Result<Response, ApiError> {
+    let from_loopback = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|c| c.0.ip().is_loopback());
+    match a.metrics {
+        MetricsAccess::Public => {}
+        MetricsAccess::Loopback if from_loopback => {}
+        MetricsAccess::Loopback | MetricsAccess::Token => authorised(&a, req.headers())?,
+    }
     let body = a.server.metrics_text().await;
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
 /// Serves the API, the 21 REST protocol at `/payment`, and (with a token) the admin API and
@@ -313,19 +367,20 @@ pub async fn serve_with(
     fallback: Option<Router>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_app(app(server, admin_token, fallback), listener, Limits::default(), shutdown).await
+    let admin = admin_token.map(AdminConfig::new);
+    serve_app(app(server, admin, fallback), listener, Limits::default(), shutdown).await
 }
 
 /// The merchant's whole HTTP app: the API, the 21 REST protocol, the admin API and
-/// `/metrics` when there is a token, and `fallback` for every other path.
+/// `/metrics` when `admin` is given, and `fallback` for every other path.
 pub fn app(
     server: Arc<ChannelServer>,
-    admin_token: Option<String>,
+    admin: Option<AdminConfig>,
     fallback: Option<Router>,
 ) -> Router {
     let mut app = router(server.clone()).merge(crate::two1::router(server.clone()));
-    if let Some(token) = admin_token {
-        app = app.merge(admin_router(server, token));
+    if let Some(admin) = admin {
+        app = app.merge(admin_router(server, admin));
     }
     if let Some(f) = fallback {
         app = app.fallback_service(f);
@@ -383,7 +438,9 @@ async fn http_connection(
 ) {
     let Accepted { stream, peer, permit } = accepted;
     let service =
-        hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+        hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            // For handlers that care who asks (`/metrics` from loopback).
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let app = app.clone();
             async move {
                 Ok::<_, std::convert::Infallible>(

@@ -258,12 +258,11 @@ impl Paywall {
         };
         let headers = req.headers();
         let (paid, redeemed) = if let Some(h) = headers.get(PAYMENT_SIGNATURE) {
-            let payment = match decode_header::<PaymentSignature>(h.as_bytes())
-                .and_then(|p| p.payload.decode())
-            {
-                Ok(p) => p,
-                Err(e) => return self.refused(&req, price, StatusCode::BAD_REQUEST, &e.into()),
-            };
+            let payment =
+                match decode_header::<PaymentSignature>(h.as_bytes()).and_then(|p| p.decode()) {
+                    Ok(p) => p,
+                    Err(e) => return self.refused(&req, price, StatusCode::BAD_REQUEST, &e.into()),
+                };
             let (channel, total, signature) = payment;
             match self.server.redeem(channel, total, &signature, price).await {
                 Ok(r) => (Paid::Payment { channel, total }, r),

@@ -463,3 +463,67 @@ async fn a_write_behind_the_servers_back_is_picked_up() {
     let e = server.pay(&common::pay_msg(&c, 2_500)).await.unwrap_err();
     assert_eq!(e.to_wire(None).code, 104, "{e}");
 }
+
+/// `/metrics` (revenue figures) needs the admin token, except from loopback by default, and
+/// for anyone when the operator says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_token_or_loopback() {
+    use http::{AdminConfig, MetricsAccess};
+    use tower::ServiceExt;
+    let Setup { server, dir: _dir, .. } = setup(101);
+    let ask = |access: MetricsAccess, from: &'static str, token: Option<&'static str>| {
+        let app = http::app(
+            server.clone(),
+            Some(AdminConfig { token: "tok".into(), metrics: access }),
+            None,
+        );
+        async move {
+            let mut req = axum::http::Request::get("/metrics");
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let mut req = req.body(axum::body::Body::empty()).unwrap();
+            let peer: std::net::SocketAddr = from.parse().unwrap();
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            app.oneshot(req).await.unwrap().status().as_u16()
+        }
+    };
+    let (lo, far) = ("127.0.0.1:5000", "192.0.2.7:5000");
+    assert_eq!(ask(MetricsAccess::Loopback, lo, None).await, 200);
+    assert_eq!(ask(MetricsAccess::Loopback, far, None).await, 401);
+    assert_eq!(ask(MetricsAccess::Loopback, far, Some("tok")).await, 200);
+    assert_eq!(ask(MetricsAccess::Loopback, far, Some("nope")).await, 401);
+    assert_eq!(ask(MetricsAccess::Token, lo, None).await, 401);
+    assert_eq!(ask(MetricsAccess::Token, lo, Some("tok")).await, 200);
+    assert_eq!(ask(MetricsAccess::Public, far, None).await, 200);
+    assert_eq!(MetricsAccess::default(), MetricsAccess::Loopback);
+}
+
+/// A payment header of another x402 version is not read as version 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x402_v1_payment_is_refused() {
+    use paychan_core::paywall::{encode_header, ChannelPayment, PaymentSignature};
+    use tower::ServiceExt;
+    let Setup { server, dir: _dir, .. } = setup(101);
+    let app = axum::Router::new()
+        .route("/r", axum::routing::get(|| async { "ok" }))
+        .layer(PaywallLayer::new(server, PaywallConfig::new(pricing(), "127.0.0.1:9735")));
+    let channel: paychan_core::bitcoin::OutPoint =
+        format!("{}:0", "ab".repeat(32)).parse().unwrap();
+    for version in [1, 3] {
+        let p = PaymentSignature {
+            x402_version: version,
+            accepted: None,
+            payload: ChannelPayment::new(channel, Amount::from_sat(10), &[0x30, 1]),
+        };
+        let req = axum::http::Request::get("/r")
+            .header("payment-signature", encode_header(&p).unwrap())
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "x402Version {version}");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], 204, "{v}");
+    }
+}

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -159,6 +158,7 @@ impl RpcServer {
         let app = Router::new()
             .route("/", axum::routing::post(handle))
             .route("/wallet/{name}", axum::routing::post(handle))
+            .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(self.shared);
         // No Nagle delay: each response leaves at once (and axum writes it in one piece).
         let listener = listener.tap_io(|tcp| {
@@ -175,11 +175,28 @@ impl RpcServer {
     }
 }
 
-async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+/// The largest request body read (Bitcoin Core's `MAX_SIZE`, 32 MiB); a larger one is
+/// answered with a JSON-RPC error and HTTP 413.
+pub const MAX_BODY: usize = 32 * 1024 * 1024;
+/// The most calls in one batch; a larger batch is refused whole (each reply is held until
+/// the batch is answered, so this bounds the memory one request can take).
+pub const MAX_BATCH: usize = 1_000;
+
+async fn handle(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
     if !s.auth.allows(&headers) {
         return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"jsonrpc\"")])
             .into_response();
     }
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &json!({"result": null, "error": {"code": code::INVALID_REQUEST, "message": format!("request body above {} MiB", MAX_BODY >> 20)}, "id": null}),
+        );
+    };
     let node = s.node.clone();
     let stop = s.stop.clone();
     // Calls take the node's lock and may verify scripts: run them off the async workers.
@@ -197,6 +214,10 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
 /// reply. Authentication is the caller's.
 fn answer(node: &Node, stop: &Notify, body: &[u8]) -> (StatusCode, Value) {
     match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(calls)) if calls.len() > MAX_BATCH => (
+            StatusCode::BAD_REQUEST,
+            json!({"result": null, "error": {"code": code::INVALID_REQUEST, "message": format!("a batch of {} calls: at most {MAX_BATCH}", calls.len())}, "id": null}),
+        ),
         Ok(Value::Array(calls)) => {
             let replies: Vec<Value> = calls.iter().map(|c| reply(node, stop, c).1).collect();
             (StatusCode::OK, Value::Array(replies))

@@ -82,17 +82,31 @@ fn fail(e: impl std::fmt::Display) -> CliError {
 
 /// Progress on stderr: opening a channel, waiting for its confirmation.
 fn progress() -> paychan_customer::paying::ProgressFn {
-    Arc::new(|p: &Progress| {
+    // The ten-second step last reported, so each is said once.
+    let said = std::sync::Mutex::new(None::<u64>);
+    Arc::new(move |p: &Progress| {
         let mut err = std::io::stderr().lock();
         let _ = match p {
             Progress::Opening { peer, deposit } => {
                 writeln!(err, "paychan: opening a channel of {} sat with {peer}…", deposit.to_sat())
             }
             Progress::Opened { channel } => writeln!(err, "paychan: channel {channel} opened"),
-            Progress::WaitingForConfirmation { waited_secs, .. } if waited_secs % 10 == 0 => {
-                writeln!(err, "paychan: waiting for the funding to confirm ({waited_secs} s)…")
+            Progress::WaitingForConfirmation { waited_secs, .. } => {
+                let step = waited_secs / 10;
+                let mut said = said.lock().unwrap_or_else(|p| p.into_inner());
+                if *said == Some(step) {
+                    return;
+                }
+                *said = Some(step);
+                if step == 0 {
+                    writeln!(
+                        err,
+                        "paychan: waiting for the funding to confirm; on regtest no block comes by itself: mine one with `paychan node mine 1` (or start the node with --block-interval 10)"
+                    )
+                } else {
+                    writeln!(err, "paychan: waiting for the funding to confirm ({waited_secs} s)…")
+                }
             }
-            Progress::WaitingForConfirmation { .. } => Ok(()),
         };
     })
 }
@@ -225,7 +239,9 @@ async fn forward(client: &PayingClient, req: Request<Body>) -> Response {
     match client.request(method, &url, &headers, body).await {
         Ok(r) => {
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut resp = (status, r.body).into_response();
+            // The upstream's headers only (no Content-Type of our own beside theirs).
+            let mut resp = axum::response::Response::new(axum::body::Body::from(r.body));
+            *resp.status_mut() = status;
             for (name, value) in &r.headers {
                 if HOP_BY_HOP.contains(&name.as_str()) {
                     continue;

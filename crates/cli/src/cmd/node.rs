@@ -79,19 +79,44 @@ pub struct TimeArgs {
 
 /// Parses `90s`, `30m`, `12h`, `1d`, `2w` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 =
-        num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 1d"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m, h, d or w")),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))
+    let text = s.trim();
+    let bad = || format!("{text:?} is not a duration like 90s, 30m, 12h, 1d or 5h59m");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut rest = text;
+    let mut total: u64 = 0;
+    let mut last_mult = u64::MAX;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("{text:?} is too long"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let mult = match unit {
+            "" if rest.is_empty() && total == 0 => 1,
+            "s" => 1,
+            "m" => 60,
+            "h" => 3_600,
+            "d" => 86_400,
+            "w" => 604_800,
+            _ => return Err(format!("unknown unit {unit:?} in {text:?}: use s, m, h, d or w")),
+        };
+        // Largest unit first, each once: 1d12h, not 12h1d or 1h1h.
+        if mult >= last_mult {
+            return Err(bad());
+        }
+        last_mult = mult;
+        total = n
+            .checked_mul(mult)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{text:?} is too long"))?;
+    }
+    Ok(total)
 }
 
 /// The address blocks pay when no other is given: P2WSH(OP_TRUE), spendable by anyone — fine
@@ -122,6 +147,15 @@ fn print(v: &Value, json: bool, text: &str) -> Result<(), CliError> {
 
 fn start(a: StartArgs, common: &Common) -> Result<ExitCode, CliError> {
     let datadir = a.datadir.unwrap_or_else(|| common.home().join("node"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    // The port first: a busy port (another node running) fails before anything is created
+    // or overwritten (its cookie above all, which would lock its clients out).
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(a.rpc_bind))
+        .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", a.rpc_bind)))?;
     let node = Node::open(&datadir).map_err(|e| CliError::Failed(e.to_string()))?;
     let cookie = cookie_path(&datadir);
     let mut auth =
@@ -129,16 +163,9 @@ fn start(a: StartArgs, common: &Common) -> Result<ExitCode, CliError> {
     if let (Some(u), Some(p)) = (&common.rpc_user, &common.rpc_password) {
         auth = auth.with_user(u, p);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
     let cookie_shown = cookie.clone();
     rt.block_on(async move {
         let cookie = cookie_shown;
-        let listener = tokio::net::TcpListener::bind(a.rpc_bind)
-            .await
-            .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", a.rpc_bind)))?;
         let addr = listener.local_addr()?;
         let (height, tip) = node.tip();
         let url = format!("http://{addr}");
@@ -253,4 +280,23 @@ fn time(a: TimeArgs, common: &Common) -> Result<ExitCode, CliError> {
     let after: u64 = rpc.call("getmocktime", &[]).map_err(|e| CliError::Failed(e.to_string()))?;
     print(&json!({"time": after, "previous": now}), true, "")?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("30m"), Ok(1_800));
+        assert_eq!(parse_duration("5h59m"), Ok(5 * 3_600 + 59 * 60));
+        assert_eq!(parse_duration("1d12h"), Ok(129_600));
+        assert_eq!(parse_duration("1w2d3h4m5s"), Ok(604_800 + 2 * 86_400 + 3 * 3_600 + 245));
+        for bad in ["", "h", "5x", "12h1d", "1h1h", "5h59", "-1h", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_duration("99999999999999999999w").is_err());
+    }
 }

@@ -10,6 +10,7 @@ use clap::Args;
 use paychan_core::bitcoin::Amount;
 use paychan_core::bitcoin::Network;
 use paychan_core::policy::Policy;
+use paychan_merchant::http::MetricsAccess;
 use paychan_merchant::listen::Limits;
 use paychan_merchant::paywall::{reverse_proxy, PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::{tcp, ChannelServer, ServerConfig};
@@ -76,6 +77,10 @@ pub struct ServeArgs {
     /// Seconds of silence after which a connection is closed (default 300).
     #[arg(long)]
     idle_timeout_secs: Option<u64>,
+    /// Who may read /metrics: `token` (the admin token), `loopback` (the token, or any
+    /// client on this machine; the default) or `public`.
+    #[arg(long)]
+    metrics: Option<MetricsAccess>,
 }
 
 /// `PATTERN=AMOUNT`.
@@ -108,6 +113,7 @@ struct ServeFile {
     max_connections: Option<usize>,
     handshake_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    metrics: Option<String>,
 }
 
 fn fail(e: impl std::fmt::Display) -> CliError {
@@ -158,6 +164,11 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     }
     let upstream_timeout =
         Duration::from_secs(a.upstream_timeout_secs.or(file.upstream_timeout_secs).unwrap_or(30));
+    let metrics_access = match (a.metrics, &file.metrics) {
+        (Some(m), _) => m,
+        (None, Some(m)) => m.parse().map_err(fail)?,
+        (None, None) => MetricsAccess::default(),
+    };
     let defaults = Limits::default();
     let limits = Limits {
         max_connections: a
@@ -206,7 +217,8 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         if let Some(u) = &upstream {
             tracing::info!(upstream = %u, ?pricing, "paywall: forwarding paid requests to the upstream");
         }
-        let app = paychan_merchant::http::app(server.clone(), Some(token), fallback);
+        let admin = paychan_merchant::http::AdminConfig { token, metrics: metrics_access };
+        let app = paychan_merchant::http::app(server.clone(), Some(admin), fallback);
         let http_task = tokio::spawn(paychan_merchant::http::serve_app(
             app,
             http_listener,
