@@ -5,37 +5,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Stdio;
-
 use serde_json::Value;
 
 mod common;
 
-use common::{first_line, paychan, run, start_node, Kill};
+use common::{paychan, run, World};
 
 #[test]
 fn open_pay_1000_times_close_and_settle_with_real_processes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (node_dir, merchant_home, customer_home) =
-        (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
-    let (_node, url, cookie) = start_node(&node_dir);
-
-    let mut merchant = paychan(&merchant_home, &url, &cookie)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--tick-secs", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let serving = first_line(&mut merchant);
-    let _merchant = Kill(merchant);
+    let w = World::new();
+    let (url, cookie, merchant_home, customer_home) =
+        (&w.url, &w.cookie, &w.merchant_home, &w.customer_home);
+    let (_merchant, serving) = w.serve(&["--tick-secs", "1"]);
     let listen = serving["listen"].as_str().unwrap().to_string();
 
-    let mut c = paychan(&customer_home, &url, &cookie);
-    c.args(["wallet", "new"]);
-    run(c);
-    let mut c = paychan(&customer_home, &url, &cookie);
-    c.args(["wallet", "faucet"]);
-    let f = run(c);
+    let f = w.fund_customer();
     assert!(f["confirmed_sat"].as_u64().unwrap() >= 5_000_000_000);
 
     let mut c = paychan(&customer_home, &url, &cookie);
@@ -89,26 +73,13 @@ fn open_pay_1000_times_close_and_settle_with_real_processes() {
 
 #[test]
 fn a_payment_file_is_verified_and_submitted_by_the_merchant_and_a_tampered_one_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (node_dir, merchant_home, customer_home) =
-        (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
-    let (_node, url, cookie) = start_node(&node_dir);
-    let mut merchant = paychan(&merchant_home, &url, &cookie)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let serving = first_line(&mut merchant);
-    let merchant = Kill(merchant);
+    let w = World::new();
+    let (tmp, url, cookie, merchant_home, customer_home) =
+        (&w.tmp, &w.url, &w.cookie, &w.merchant_home, &w.customer_home);
+    let (merchant, serving) = w.serve(&[]);
     let listen = serving["listen"].as_str().unwrap().to_string();
 
-    let mut c = paychan(&customer_home, &url, &cookie);
-    c.args(["wallet", "new"]);
-    run(c);
-    let mut c = paychan(&customer_home, &url, &cookie);
-    c.args(["wallet", "faucet"]);
-    run(c);
+    w.fund_customer();
     let mut c = paychan(&customer_home, &url, &cookie);
     c.args(["channels", "open", "--merchant", &listen, "--deposit", "100000sat"]);
     let channel = run(c)["channel"].as_str().unwrap().to_string();

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{first_line, paychan, run, start_node, Kill};
+use common::{first_line, start_node, Kill, World};
 
 /// `GET /v1/info` on a fresh connection: the status line, or `None` if nothing answered.
 fn info(http: &str) -> Option<String> {
@@ -114,40 +114,20 @@ fn serve_survives_running_out_of_file_descriptors() {
 
 #[test]
 fn a_payment_submitted_while_serve_runs_goes_through_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (node_dir, merchant_home, customer_home) =
-        (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
-    let (_node, url, cookie) = start_node(&node_dir);
-    let mut merchant = paychan(&merchant_home, &url, &cookie)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--tick-secs", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let serving = first_line(&mut merchant);
-    let _merchant = Kill(merchant);
+    let w = World::new();
+    let (_merchant, serving) = w.serve(&["--tick-secs", "1"]);
     let listen = serving["listen"].as_str().unwrap().to_string();
     let http = serving["http"].as_str().unwrap().to_string();
-
-    let customer = |args: &[&str]| {
-        let mut c = paychan(&customer_home, &url, &cookie);
-        c.args(args);
-        run(c)
-    };
-    customer(&["wallet", "new"]);
-    customer(&["wallet", "faucet"]);
-    let opened = customer(&["channels", "open", "--merchant", &listen, "--deposit", "100000sat"]);
+    w.fund_customer();
+    let opened = w.customer(&["channels", "open", "--merchant", &listen, "--deposit", "100000sat"]);
     let channel = opened["channel"].as_str().unwrap().to_string();
-    customer(&["node", "mine", "1"]);
-    assert_eq!(
-        customer(&["channels", "pay", "--channel", &channel, "--amount", "100sat"])["acked_sat"],
-        100
-    );
+    w.customer(&["node", "mine", "1"]);
+    let paid = w.customer(&["channels", "pay", "--channel", &channel, "--amount", "100sat"]);
+    assert_eq!(paid["acked_sat"], 100);
 
     // A payment by file, submitted on the merchant's side while serve runs.
-    let file = tmp.path().join("payment.json");
-    let file_s = file.display().to_string();
-    let signed = customer(&[
+    let file = w.tmp.path().join("payment.json").display().to_string();
+    let signed = w.customer(&[
         "channels",
         "pay",
         "--channel",
@@ -155,12 +135,10 @@ fn a_payment_submitted_while_serve_runs_goes_through_it() {
         "--amount",
         "50sat",
         "--out",
-        &file_s,
+        &file,
     ]);
     assert_eq!(signed["total_sat"], 150);
-    let mut c = paychan(&merchant_home, &url, &cookie);
-    c.args(["payment", "submit"]).arg(&file);
-    let submitted = run(c);
+    let submitted = w.merchant(&["payment", "submit", &file]);
     assert_eq!(submitted["total_sat"], 150);
     assert_eq!(submitted["via"], format!("http://{http}"), "{submitted}");
 
@@ -174,14 +152,12 @@ fn a_payment_submitted_while_serve_runs_goes_through_it() {
         serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
     };
     assert_eq!(status(&http)["total_sat"], 150);
-    assert_eq!(
-        customer(&["channels", "pay", "--channel", &channel, "--amount", "10sat"])["acked_sat"],
-        160
-    );
+    let paid = w.customer(&["channels", "pay", "--channel", &channel, "--amount", "10sat"]);
+    assert_eq!(paid["acked_sat"], 160);
     assert_eq!(status(&http)["total_sat"], 160);
     // Both sides agree, and status says what sync says.
-    let synced = customer(&["channels", "sync", "--channel", &channel]);
-    let st = customer(&["channels", "status", "--channel", &channel]);
+    let synced = w.customer(&["channels", "sync", "--channel", &channel]);
+    let st = w.customer(&["channels", "status", "--channel", &channel]);
     assert_eq!(st["acked_sat"], synced["acked_sat"], "{st} {synced}");
     assert_eq!(
         (st["signed_sat"].as_u64(), st["acked_sat"].as_u64(), st["in_flight_sat"].as_u64()),
@@ -225,27 +201,13 @@ fn a_busy_port_fails_before_anything_is_created() {
 
 #[test]
 fn buy_on_regtest_says_how_to_get_a_confirmation() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (node_dir, merchant_home, customer_home) =
-        (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
-    let (_node, url, cookie) = start_node(&node_dir);
-    let mut merchant = paychan(&merchant_home, &url, &cookie)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .args(["--upstream", &common::upstream()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let serving = first_line(&mut merchant);
-    let _merchant = Kill(merchant);
+    let w = World::new();
+    let (_merchant, serving) = w.serve(&["--upstream", &common::upstream()]);
     let shop = format!("http://{}", serving["http"].as_str().unwrap());
-    for args in [&["wallet", "new"][..], &["wallet", "faucet"]] {
-        let mut c = paychan(&customer_home, &url, &cookie);
-        c.args(args);
-        run(c);
-    }
+    w.fund_customer();
     // Nothing mines: the wait says how to get the confirmation, then gives up.
-    let o = paychan(&customer_home, &url, &cookie)
+    let o = w
+        .customer_cmd()
         .args(["buy", "--confirm-timeout-secs", "2", &format!("{shop}/x")])
         .output()
         .unwrap();

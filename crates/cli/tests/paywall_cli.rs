@@ -11,34 +11,29 @@ use serde_json::Value;
 
 mod common;
 
-use common::{first_line, paychan, run, start_node, upstream, Kill};
+use common::{first_line, paychan, run, upstream, Kill, World};
 
 #[test]
 fn buy_and_curl_through_the_proxy_pay_a_reverse_proxied_upstream() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (node_dir, merchant_home, customer_home) =
-        (tmp.path().join("node"), tmp.path().join("merchant"), tmp.path().join("customer"));
-    let (_node, url, cookie) = start_node(&node_dir);
+    let w = World::new();
+    let (url, cookie, customer_home) = (&w.url, &w.cookie, &w.customer_home);
     let upstream = upstream();
-
-    let mut merchant = paychan(&merchant_home, &url, &cookie)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--tick-secs", "1"])
-        .args(["--zero-conf", "true", "--upstream", &upstream, "--price", "10sat"])
-        .args(["--route", "/api/*=25sat", "--free", "/health"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let serving = first_line(&mut merchant);
-    let _merchant = Kill(merchant);
+    let (_merchant, serving) = w.serve(&[
+        "--tick-secs",
+        "1",
+        "--zero-conf",
+        "true",
+        "--upstream",
+        &upstream,
+        "--price",
+        "10sat",
+        "--route",
+        "/api/*=25sat",
+        "--free",
+        "/health",
+    ]);
     let shop = format!("http://{}", serving["http"].as_str().unwrap());
-
-    let mut c = paychan(&customer_home, &url, &cookie);
-    c.args(["wallet", "new"]);
-    run(c);
-    let mut c = paychan(&customer_home, &url, &cookie);
-    c.args(["wallet", "faucet"]);
-    run(c);
+    w.fund_customer();
 
     // A price above --max-price: refused, nothing paid, no channel.
     let o = paychan(&customer_home, &url, &cookie)

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use std::future::Future as _;
 
-use crate::listen::{Accepted, Acceptor, Limits};
+use crate::listen::{serve_connections, Accepted, Limits};
 use crate::{ChannelServer, MerchantError};
 
 /// The API's routes, for mounting in an axum app or serving alone.
@@ -389,7 +389,7 @@ pub fn app(
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish (up
-/// to [`crate::tcp::SHUTDOWN_GRACE`]).
+/// to [`crate::listen::SHUTDOWN_GRACE`]).
 ///
 /// Every request's path is brought to its canonical form ([`crate::path`]) *before* routing,
 /// so routes, prices, free paths and the upstream all see the same path; a path without one
@@ -405,28 +405,10 @@ pub async fn serve_app(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut acceptor = Acceptor::new(listener, &limits);
-    tracing::info!(addr = ?acceptor.local_addr().ok(), "HTTP server listening");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = acceptor.accept() => {
-                let app = app.clone();
-                let stop = stop_rx.clone();
-                let limits = limits.clone();
-                connections.spawn(http_connection(app, accepted, limits, stop));
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(crate::tcp::SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let handle = |accepted: Accepted, stop: tokio::sync::watch::Receiver<bool>| {
+        http_connection(app.clone(), accepted, limits.clone(), stop)
+    };
+    serve_connections(listener, &limits, "HTTP server", shutdown, handle).await;
     Ok(())
 }
 
@@ -499,6 +481,24 @@ impl IdleIo {
         self.deadline.as_mut().reset(next);
     }
 
+    /// A write's outcome: progress resets the idle deadline; a write that waits fails once the
+    /// connection has been idle too long.
+    fn wrote(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<usize>>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match r {
+            std::task::Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.touch();
+                }
+                std::task::Poll::Ready(r)
+            }
+            std::task::Poll::Pending => self.expired(cx).map(Err),
+        }
+    }
+
     /// `Pending` unless the connection has been idle too long.
     fn expired(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
         match self.deadline.as_mut().poll(cx) {
@@ -536,15 +536,8 @@ impl tokio::io::AsyncWrite for IdleIo {
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match std::pin::Pin::new(&mut self.inner).poll_write(cx, data) {
-            std::task::Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    self.touch();
-                }
-                std::task::Poll::Ready(r)
-            }
-            std::task::Poll::Pending => self.expired(cx).map(Err),
-        }
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        self.wrote(cx, r)
     }
 
     fn poll_flush(
@@ -566,15 +559,8 @@ impl tokio::io::AsyncWrite for IdleIo {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            std::task::Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    self.touch();
-                }
-                std::task::Poll::Ready(r)
-            }
-            std::task::Poll::Pending => self.expired(cx).map(Err),
-        }
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

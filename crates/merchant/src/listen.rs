@@ -14,9 +14,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
+
+/// How long a shutdown waits for connections to finish the requests they are handling.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Limits of a listener; every field has a default a public server can live with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,4 +132,41 @@ fn is_peer_error(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionAborted
             | std::io::ErrorKind::ConnectionReset
     )
+}
+
+/// Accepts on `listener` within `limits` and runs `handle` for each connection (its own
+/// task) until `shutdown` completes. Then it stops accepting, tells every connection to stop
+/// through the receiver it was given (they finish the request they are handling), and returns
+/// once they have, or after [`SHUTDOWN_GRACE`]. Finished connections are reaped as they end.
+pub async fn serve_connections<H, F>(
+    listener: TcpListener,
+    limits: &Limits,
+    what: &'static str,
+    shutdown: impl Future<Output = ()> + Send,
+    handle: H,
+) where
+    H: Fn(Accepted, watch::Receiver<bool>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut acceptor = Acceptor::new(listener, limits);
+    info!(addr = ?acceptor.local_addr().ok(), "{what} listening");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = acceptor.accept() => {
+                connections.spawn(handle(accepted, stop_rx.clone()));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    let open = connections.len();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    info!(connections = open, finished = drained.is_ok(), "{what} stopped");
 }

@@ -235,6 +235,20 @@ impl ChannelServer {
         self.slots().get(id).cloned().ok_or(MerchantError::Core(Error::UnknownChannel(*id)))
     }
 
+    /// Channel `id` locked, ready to take a payment: reloaded from the store if a write
+    /// failed, and its funding's confirmations looked at again while it awaits them.
+    async fn payable(
+        &self,
+        id: OutPoint,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Slot>, MerchantError> {
+        let mut s = self.slot(&id)?.lock_owned().await;
+        self.reload(&mut s).await?;
+        if s.channel.phase() == Phase::AwaitingFunding {
+            self.refresh_confirmations(&mut s, id).await?;
+        }
+        Ok(s)
+    }
+
     /// Answers a `Hello`: the version, the key a new channel would use, the policy. The key's
     /// index is taken only when a channel is opened with it ([`ChannelServer::open`]), so a
     /// handshake writes nothing and costs nothing; two peers greeted at once may be offered
@@ -382,12 +396,7 @@ impl ChannelServer {
         channel: OutPoint,
         pays: &[msg::Pay],
     ) -> Result<Vec<Result<PaymentAck, MerchantError>>, MerchantError> {
-        let slot = self.slot(&channel)?;
-        let mut s = slot.lock().await;
-        self.reload(&mut s).await?;
-        if s.channel.phase() == Phase::AwaitingFunding {
-            self.refresh_confirmations(&mut s, channel).await?;
-        }
+        let mut s = self.payable(channel).await?;
         let started = std::time::Instant::now();
         let now = (self.clock)();
         let before = s.channel.accepted();
@@ -464,12 +473,7 @@ impl ChannelServer {
         price: Amount,
     ) -> Result<Redeemed, MerchantError> {
         let started = std::time::Instant::now();
-        let slot = self.slot(&channel)?;
-        let mut s = slot.lock().await;
-        self.reload(&mut s).await?;
-        if s.channel.phase() == Phase::AwaitingFunding {
-            self.refresh_confirmations(&mut s, channel).await?;
-        }
+        let mut s = self.payable(channel).await?;
         let now = (self.clock)();
         let r = match s.channel.redeem(&now, channel, total, signature, price) {
             Ok(r) => r,
@@ -611,12 +615,7 @@ impl ChannelServer {
     /// The payment rule it breaks.
     pub async fn check_payment(&self, pay: &msg::Pay) -> Result<Amount, MerchantError> {
         let channel = named(&pay.channel, "payment without a channel")?;
-        let slot = self.slot(&channel)?;
-        let mut s = slot.lock().await;
-        self.reload(&mut s).await?;
-        if s.channel.phase() == Phase::AwaitingFunding {
-            self.refresh_confirmations(&mut s, channel).await?;
-        }
+        let s = self.payable(channel).await?;
         let mut probe = s.channel.clone();
         let before = probe.accepted();
         let now = (self.clock)();
@@ -687,12 +686,7 @@ impl ChannelServer {
     /// The rule it breaks (the channel is unchanged).
     pub async fn two1_pay(&self, id: OutPoint, tx: &Transaction) -> Result<Amount, MerchantError> {
         self.on_fresh_state(|| async {
-            let slot = self.slot(&id)?;
-            let mut s = slot.lock().await;
-            self.reload(&mut s).await?;
-            if s.channel.phase() == Phase::AwaitingFunding {
-                self.refresh_confirmations(&mut s, id).await?;
-            }
+            let mut s = self.payable(id).await?;
             let now = (self.clock)();
             let increment = s.channel.handle_two1_payment(&now, tx)?;
             self.drain(&mut s).await?;

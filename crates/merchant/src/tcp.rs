@@ -8,13 +8,11 @@ use std::sync::Arc;
 use paychan_core::msg::{self, ErrorMsg, FrameDecoder, Message, MAX_FRAME_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info};
+use tracing::debug;
 
-use crate::listen::{Accepted, Acceptor, Limits};
+pub use crate::listen::SHUTDOWN_GRACE;
+use crate::listen::{serve_connections, Accepted, Limits};
 use crate::{ChannelServer, MerchantError};
-
-/// How long a shutdown waits for connections to finish the requests they are handling.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves `server` on `listener` with the default [`Limits`] until `shutdown` completes (see
 /// [`serve_limited`]).
@@ -45,37 +43,18 @@ pub async fn serve_limited(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let mut acceptor = Acceptor::new(listener, &limits);
-    info!(addr = ?acceptor.local_addr().ok(), "channel server listening");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = acceptor.accept() => {
-                let Accepted { stream, peer, permit } = accepted;
-                let server = server.clone();
-                let stop = stop_rx.clone();
-                let limits = limits.clone();
-                connections.spawn(async move {
-                    if let Err(e) = connection(server, stream, &limits, stop).await {
-                        debug!(%peer, error = %e, "connection closed");
-                    }
-                    drop(permit);
-                });
+    let handle = |accepted: Accepted, stop: tokio::sync::watch::Receiver<bool>| {
+        let server = server.clone();
+        let limits = limits.clone();
+        async move {
+            let Accepted { stream, peer, permit } = accepted;
+            if let Err(e) = connection(server, stream, &limits, stop).await {
+                debug!(%peer, error = %e, "connection closed");
             }
-            // Reap finished connections so the set does not grow with every one ever served.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            drop(permit);
         }
-    }
-    let _ = stop_tx.send(true);
-    let open = connections.len();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    info!(connections = open, finished = drained.is_ok(), "channel server stopped");
+    };
+    serve_connections(listener, &limits, "channel server", shutdown, handle).await;
     Ok(())
 }
 

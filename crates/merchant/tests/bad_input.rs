@@ -8,15 +8,13 @@ mod common;
 
 use common::{sends, setup, Setup};
 
-use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::hashes::Hash;
 use paychan_core::bitcoin::hex::DisplayHex;
-use paychan_core::bitcoin::secp256k1::{ecdsa, Keypair, Message as SecpMessage, PublicKey};
-use paychan_core::bitcoin::{Amount, OutPoint, TxOut, Txid};
-use paychan_core::channel::customer::{CustomerChannel, CustomerTerms};
+use paychan_core::bitcoin::secp256k1::{ecdsa, Keypair, Message as SecpMessage};
+use paychan_core::bitcoin::{Amount, OutPoint, Txid};
+use paychan_core::channel::customer::CustomerChannel;
 use paychan_core::msg::{self, FrameDecoder, Message, MAX_FRAME_LEN};
-use paychan_core::script::{ChannelScript, OutputKind};
-use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey, spend_p2wpkh};
+use paychan_core::testkit::{customer_key, key, p2wpkh};
 use paychan_core::tx::payment::sign_payment;
 use paychan_core::{Error, Now};
 use paychan_merchant::tcp;
@@ -57,36 +55,7 @@ async fn open(conn: &mut Conn, node: &Node, height: u32) -> CustomerChannel {
     else {
         panic!("no welcome")
     };
-    let policy = w.policy.unwrap().to_policy().unwrap();
-    let terms = CustomerTerms {
-        script: ChannelScript::new(
-            PublicKey::from_slice(&w.merchant_pubkey).unwrap(),
-            pubkey(&customer_key()),
-            LockTime::from_consensus(node.now() as u32 + 86_400),
-        )
-        .unwrap(),
-        kind: OutputKind::P2wsh,
-        change_script: p2wpkh(&customer_key()),
-        dust_relay_fee: policy.dust_relay_fee,
-        cutoff_distance: policy.cutoff_distance(false),
-        key_index: w.key_index,
-        customer_key_index: 0,
-        peer: String::new(),
-    };
-    let mut c = CustomerChannel::new(terms, customer_key()).unwrap();
-    let (block, _) = node.block(&node.block_hash(height).unwrap()).unwrap();
-    let cb = &block.txdata[0];
-    let coin = (OutPoint { txid: cb.compute_txid(), vout: 0 }, cb.output[0].clone());
-    let change = coin.1.value - Amount::from_sat(101_000);
-    let funding = spend_p2wpkh(
-        &[coin],
-        vec![
-            TxOut { value: Amount::from_sat(100_000), script_pubkey: c.funding_script_pubkey() },
-            TxOut { value: change, script_pubkey: p2wpkh(&key(0x77)) },
-        ],
-        &key(0x77),
-    );
-    c.handle_funding_built(funding).unwrap();
+    let mut c = common::customer_for(&w, node, height);
     let open = sends(&mut c).remove(0);
     assert!(matches!(conn.ask(open).await, Message::Opened(_)));
     c.handle_opened().unwrap();

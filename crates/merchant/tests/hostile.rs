@@ -188,16 +188,21 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// Two connections, 400 ms to say something, 1.5 s of silence at most.
+fn small_limits() -> Limits {
+    Limits {
+        max_connections: 2,
+        handshake_timeout: Duration::from_millis(400),
+        idle_timeout: Duration::from_millis(1500),
+    }
+}
+
 /// The TCP listener: a peer that never says `Hello` is dropped after the handshake timeout,
 /// a silent one after the idle timeout; past the cap new connections wait until one closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_connections_are_capped_and_timed_out() {
     let Setup { server, dir: _dir, .. } = setup(101);
-    let limits = Limits {
-        max_connections: 2,
-        handshake_timeout: Duration::from_millis(400),
-        idle_timeout: Duration::from_millis(1500),
-    };
+    let limits = small_limits();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(tcp::serve_limited(server, listener, limits, std::future::pending()));
@@ -249,11 +254,7 @@ async fn tcp_connections_are_capped_and_timed_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connections_are_capped_and_timed_out() {
     let Setup { server, dir: _dir, .. } = setup(101);
-    let limits = Limits {
-        max_connections: 2,
-        handshake_timeout: Duration::from_millis(400),
-        idle_timeout: Duration::from_millis(1500),
-    };
+    let limits = small_limits();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let app = http::app(server, None, None);
@@ -385,15 +386,7 @@ async fn settled_channels_survive_a_restart() {
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!((v["phase"].as_str(), v["total_sat"].as_u64()), (Some("settled"), Some(3_000)));
-    let summary: serde_json::Value = client
-        .get(format!("{base}/admin/summary"))
-        .bearer_auth("tok")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let summary = common::admin_get(&client, &base, "/admin/summary", "tok").await;
     assert_eq!(summary["revenue_sat"], 3_000, "{summary}");
     assert_eq!(summary["channels"]["settled"], 1, "{summary}");
 

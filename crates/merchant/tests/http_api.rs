@@ -7,15 +7,12 @@ mod common;
 
 use common::{sends, setup, Setup};
 
-use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::hex::{DisplayHex, FromHex};
 use paychan_core::bitcoin::secp256k1::{Keypair, Message as SecpMessage, PublicKey};
-use paychan_core::bitcoin::{Amount, OutPoint, TxOut};
-use paychan_core::channel::customer::{CustomerChannel, CustomerTerms};
+use paychan_core::bitcoin::{Amount, OutPoint};
 use paychan_core::msg::{self, Message};
 use paychan_core::policy::Policy;
-use paychan_core::script::{ChannelScript, OutputKind};
-use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey, spend_p2wpkh};
+use paychan_core::testkit::{customer_key, key, p2wpkh};
 use paychan_core::tx::payment::sign_payment;
 use paychan_merchant::http;
 use paychan_store::Role;
@@ -41,39 +38,8 @@ async fn json_api_open_pay_close_and_refusals() {
     let merchant =
         PublicKey::from_slice(&Vec::<u8>::from_hex(info["public_key"].as_str().unwrap()).unwrap())
             .unwrap();
-    let policy = Policy::default();
-    let terms = CustomerTerms {
-        script: ChannelScript::new(
-            merchant,
-            pubkey(&customer_key()),
-            LockTime::from_consensus(node.now() as u32 + 86_400),
-        )
-        .unwrap(),
-        kind: OutputKind::P2wsh,
-        change_script: p2wpkh(&customer_key()),
-        dust_relay_fee: policy.dust_relay_fee,
-        cutoff_distance: policy.cutoff_distance(false),
-        key_index: info["key_index"].as_u64().unwrap() as u32,
-        customer_key_index: 0,
-        peer: base.clone(),
-    };
-    let mut customer = CustomerChannel::new(terms, customer_key()).unwrap();
-    let (block, _) = node.block(&node.block_hash(1).unwrap()).unwrap();
-    let cb = &block.txdata[0];
-    let coin = (OutPoint { txid: cb.compute_txid(), vout: 0 }, cb.output[0].clone());
-    let change = coin.1.value - Amount::from_sat(101_000);
-    let funding = spend_p2wpkh(
-        &[coin],
-        vec![
-            TxOut {
-                value: Amount::from_sat(100_000),
-                script_pubkey: customer.funding_script_pubkey(),
-            },
-            TxOut { value: change, script_pubkey: p2wpkh(&key(0x77)) },
-        ],
-        &key(0x77),
-    );
-    customer.handle_funding_built(funding).unwrap();
+    let key_index = info["key_index"].as_u64().unwrap() as u32;
+    let mut customer = common::funded_customer(merchant, key_index, &Policy::default(), &node, 1);
     let Message::Open(o) = sends(&mut customer).remove(0) else { panic!() };
     let body = json!({
         "funding_tx": o.funding_tx.to_lower_hex_string(),
@@ -172,26 +138,10 @@ async fn json_api_open_pay_close_and_refusals() {
     assert_eq!(r.status(), 401);
     let r = client.get(format!("{base}/admin/summary")).bearer_auth("wrong").send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let list: Value = client
-        .get(format!("{base}/admin/channels"))
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = common::admin_get(&client, &base, "/admin/channels", "s3cret").await;
     assert_eq!(list[0]["channel"], id.to_string());
     assert_eq!(list[0]["paid_sat"], 3_000);
-    let summary: Value = client
-        .get(format!("{base}/admin/summary"))
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let summary = common::admin_get(&client, &base, "/admin/summary", "s3cret").await;
     assert_eq!(summary["paid_sat"], 3_000);
     assert_eq!(summary["revenue_sat"], 3_000);
     let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();

@@ -90,3 +90,86 @@ pub fn run(mut c: Command) -> Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
+
+/// The usual process-level world: a node on loopback and a merchant's and a customer's home,
+/// all in one temporary directory.
+pub struct World {
+    /// The node's RPC URL.
+    pub url: String,
+    /// The node's cookie file.
+    pub cookie: PathBuf,
+    /// The merchant's home.
+    pub merchant_home: PathBuf,
+    /// The customer's home.
+    pub customer_home: PathBuf,
+    // Dropped in this order: the node, then its directory.
+    _node: Kill,
+    pub tmp: tempfile::TempDir,
+}
+
+impl World {
+    /// A fresh node in a fresh directory.
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let (node, url, cookie) = start_node(&tmp.path().join("node"));
+        World {
+            url,
+            cookie,
+            merchant_home: tmp.path().join("merchant"),
+            customer_home: tmp.path().join("customer"),
+            _node: node,
+            tmp,
+        }
+    }
+
+    /// `paychan` on the merchant's home, ready for arguments.
+    pub fn merchant_cmd(&self) -> Command {
+        paychan(&self.merchant_home, &self.url, &self.cookie)
+    }
+
+    /// `paychan` on the customer's home, ready for arguments.
+    pub fn customer_cmd(&self) -> Command {
+        paychan(&self.customer_home, &self.url, &self.cookie)
+    }
+
+    /// Runs a customer command, which must succeed: its JSON.
+    pub fn customer(&self, args: &[&str]) -> Value {
+        let mut c = self.customer_cmd();
+        c.args(args);
+        run(c)
+    }
+
+    /// Runs a merchant command, which must succeed: its JSON.
+    pub fn merchant(&self, args: &[&str]) -> Value {
+        let mut c = self.merchant_cmd();
+        c.args(args);
+        run(c)
+    }
+
+    /// `paychan serve` on free loopback ports with `args` besides: the process and its first
+    /// line (`listen`, `http`, …).
+    pub fn serve(&self, args: &[&str]) -> (Kill, Value) {
+        let mut merchant = self
+            .merchant_cmd()
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let serving = first_line(&mut merchant);
+        (Kill(merchant), serving)
+    }
+
+    /// A customer wallet with mined coins: the faucet's JSON.
+    pub fn fund_customer(&self) -> Value {
+        self.customer(&["wallet", "new"]);
+        self.customer(&["wallet", "faucet"])
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        World::new()
+    }
+}

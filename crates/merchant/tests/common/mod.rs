@@ -80,26 +80,24 @@ pub fn sends(c: &mut CustomerChannel) -> Vec<Message> {
     out
 }
 
-/// Opens a 100,000 sat channel with `server` (Hello, then Open, as the TCP server would call
-/// them), funded by the coinbase at `height`; the customer's machine, opened.
-pub async fn open_channel(server: &ChannelServer, node: &Node, height: u32) -> CustomerChannel {
+/// A customer machine for a 100,000 sat channel with the merchant key offered (`merchant`,
+/// `key_index`, under `policy`), its funding (the coinbase at `height`) built: the `Open` is
+/// the first message [`sends`] returns.
+pub fn funded_customer(
+    merchant: paychan_core::bitcoin::secp256k1::PublicKey,
+    key_index: u32,
+    policy: &Policy,
+    node: &Node,
+    height: u32,
+) -> CustomerChannel {
     use paychan_core::bitcoin::absolute::LockTime;
-    use paychan_core::bitcoin::secp256k1::PublicKey;
     use paychan_core::bitcoin::Amount;
     use paychan_core::channel::customer::CustomerTerms;
     use paychan_core::script::{ChannelScript, OutputKind};
     use paychan_core::testkit::{customer_key, pubkey, spend_p2wpkh};
-    let w = server
-        .hello(&paychan_core::msg::Hello {
-            min_version: 1,
-            max_version: 1,
-            user_agent: String::new(),
-        })
-        .unwrap();
-    let policy = w.policy.unwrap().to_policy().unwrap();
     let terms = CustomerTerms {
         script: ChannelScript::new(
-            PublicKey::from_slice(&w.merchant_pubkey).unwrap(),
+            merchant,
             pubkey(&customer_key()),
             LockTime::from_consensus(node.now() as u32 + 86_400),
         )
@@ -108,7 +106,7 @@ pub async fn open_channel(server: &ChannelServer, node: &Node, height: u32) -> C
         change_script: p2wpkh(&customer_key()),
         dust_relay_fee: policy.dust_relay_fee,
         cutoff_distance: policy.cutoff_distance(false),
-        key_index: w.key_index,
+        key_index,
         customer_key_index: 0,
         peer: String::new(),
     };
@@ -124,6 +122,28 @@ pub async fn open_channel(server: &ChannelServer, node: &Node, height: u32) -> C
         &key(0x77),
     );
     c.handle_funding_built(funding).unwrap();
+    c
+}
+
+/// [`funded_customer`] for the key a `Welcome` offers.
+pub fn customer_for(w: &paychan_core::msg::Welcome, node: &Node, height: u32) -> CustomerChannel {
+    let merchant =
+        paychan_core::bitcoin::secp256k1::PublicKey::from_slice(&w.merchant_pubkey).unwrap();
+    let policy = w.policy.clone().unwrap().to_policy().unwrap();
+    funded_customer(merchant, w.key_index, &policy, node, height)
+}
+
+/// Opens a 100,000 sat channel with `server` (Hello, then Open, as the TCP server would call
+/// them), funded by the coinbase at `height`; the customer's machine, opened.
+pub async fn open_channel(server: &ChannelServer, node: &Node, height: u32) -> CustomerChannel {
+    let w = server
+        .hello(&paychan_core::msg::Hello {
+            min_version: 1,
+            max_version: 1,
+            user_agent: String::new(),
+        })
+        .unwrap();
+    let mut c = customer_for(&w, node, height);
     let Message::Open(open) = sends(&mut c).remove(0) else { panic!("no Open") };
     server.open(&open).await.unwrap();
     c.handle_opened().unwrap();
@@ -149,4 +169,22 @@ pub fn pay_msg(c: &CustomerChannel, total: u64) -> paychan_core::msg::Pay {
 /// The test miner's script (key 0x77).
 pub fn p2wpkh_77() -> paychan_core::bitcoin::ScriptBuf {
     p2wpkh(&key(0x77))
+}
+
+/// `GET base+path` with the admin bearer `token`: the JSON answer.
+pub async fn admin_get(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    token: &str,
+) -> serde_json::Value {
+    client
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
