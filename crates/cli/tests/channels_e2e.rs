@@ -15,7 +15,7 @@ use common::{paychan, run, World};
 fn open_pay_1000_times_close_and_settle_with_real_processes() {
     let w = World::new();
     let (url, cookie, merchant_home, customer_home) =
-        (&w.url, &w.cookie, &w.merchant_home, &w.customer_home);
+        (w.url.clone(), w.cookie.clone(), w.merchant_home.clone(), w.customer_home.clone());
     let (_merchant, serving) = w.serve(&["--tick-secs", "1"]);
     let listen = serving["listen"].as_str().unwrap().to_string();
 
@@ -74,8 +74,9 @@ fn open_pay_1000_times_close_and_settle_with_real_processes() {
 #[test]
 fn a_payment_file_is_verified_and_submitted_by_the_merchant_and_a_tampered_one_refused() {
     let w = World::new();
-    let (tmp, url, cookie, merchant_home, customer_home) =
-        (&w.tmp, &w.url, &w.cookie, &w.merchant_home, &w.customer_home);
+    let tmp = &w.tmp;
+    let (url, cookie, merchant_home, customer_home) =
+        (w.url.clone(), w.cookie.clone(), w.merchant_home.clone(), w.customer_home.clone());
     let (merchant, serving) = w.serve(&[]);
     let listen = serving["listen"].as_str().unwrap().to_string();
 

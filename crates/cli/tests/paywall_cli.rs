@@ -16,7 +16,7 @@ use common::{first_line, paychan, run, upstream, Kill, World};
 #[test]
 fn buy_and_curl_through_the_proxy_pay_a_reverse_proxied_upstream() {
     let w = World::new();
-    let (url, cookie, customer_home) = (&w.url, &w.cookie, &w.customer_home);
+    let (url, cookie, customer_home) = (w.url.clone(), w.cookie.clone(), w.customer_home.clone());
     let upstream = upstream();
     let (_merchant, serving) = w.serve(&[
         "--tick-secs",
