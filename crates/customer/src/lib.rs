@@ -529,10 +529,10 @@ impl Customer {
     }
 
     /// The merchant refused a payment by a payment rule (codes 100–199): learn what it holds
-    /// after answering everything sent before (a `Resume` on the same connection is answered after them), and stop counting
-    /// the refused totals as spent ([`CustomerChannel::handle_refused`]). Returns the refusal.
-    /// If that fails, the refused payment stays counted as spent (the safe side) until the
-    /// next sync.
+    /// after answering everything sent before (a `Resume` on the same connection is answered
+    /// after them), and stop counting the refused totals as spent
+    /// ([`CustomerChannel::handle_refused`]). Returns the refusal. If that fails, the refused
+    /// payment stays counted as spent (the safe side) until the next sync.
     async fn refused(&self, e: &mut Entry, err: msg::ErrorMsg) -> CustomerError {
         let rule_broken = (100..200).contains(&err.code);
         let refusal = CustomerError::Rejected { code: err.code, message: err.message };
@@ -567,7 +567,6 @@ impl Customer {
                     let total = Amount::from_sat(r.total_sat);
                     e.channel.handle_refused(total)?;
                     self.drain(e).await?;
-                    e.stored_acked = e.channel.state().acked;
                     return Ok(total);
                 }
                 _ => return Err(CustomerError::Protocol("unexpected message while resuming")),

@@ -6,7 +6,7 @@
 //!
 //! | method & path | body | answer |
 //! |---|---|---|
-//! | `GET /v1/info` | — | `{version, public_key, key_index, policy}` (a fresh key) |
+//! | `GET /v1/info` | — | `{version, public_key, key_index, policy}` (the key a new channel would use; offered, not taken) |
 //! | `POST /v1/channels` | `{funding_tx, customer_pubkey, merchant_pubkey, key_index, expiry, change_script}` (hex) | `{channel, confirmations_required}` |
 //! | `GET /v1/channels/{txid}:{vout}` | — | `{channel, phase, total_sat}` |
 //! | `POST /v1/channels/{txid}:{vout}/payments` | `{total_sat, signature}` | `{channel, total_sat}` |
@@ -212,13 +212,19 @@ impl std::str::FromStr for MetricsAccess {
     }
 }
 
-/// The admin API's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The admin API's settings (its `Debug` hides the token).
+#[derive(Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     /// The bearer token of `/admin/*` (and of `/metrics`, see [`MetricsAccess`]).
     pub token: String,
     /// Who may read `/metrics`.
     pub metrics: MetricsAccess,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig").field("token", &"…").field("metrics", &self.metrics).finish()
+    }
 }
 
 impl AdminConfig {

@@ -289,8 +289,7 @@ impl ChannelServer {
         let now = (self.clock)();
         let channel =
             MerchantChannel::open(params, self.config.policy.clone(), &now, open.key_index)?;
-        self.keys.mark_used(open.key_index)?;
-        let out = self.admit(id, channel, funding_tx).await?;
+        let out = self.admit(id, channel, funding_tx, Some(open.key_index)).await?;
         info!(channel = %id, "channel opened");
         out.into_iter()
             .find_map(|m| if let Message::Opened(o) = m { Some(o) } else { None })
@@ -307,12 +306,14 @@ impl ChannelServer {
     }
 
     /// Broadcasts a new channel's funding (the node's acceptance proves the deposit is real),
-    /// stores the channel, and registers it.
+    /// takes its key index (`key_index`: only once the deposit is real, so opens with made-up
+    /// deposits cannot use up indexes), stores the channel, and registers it.
     async fn admit(
         &self,
         id: OutPoint,
         channel: MerchantChannel,
         funding_tx: Transaction,
+        key_index: Option<u32>,
     ) -> Result<Vec<Message>, MerchantError> {
         let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(channel, 0, Amount::ZERO)));
         let mut guard = slot.lock().await;
@@ -327,6 +328,9 @@ impl ChannelServer {
             }
             other => other,
         })?;
+        if let Some(index) = key_index {
+            self.keys.mark_used(index)?;
+        }
         let out = self.drain(&mut guard).await?;
         drop(guard);
         self.slots().insert(id, slot);
@@ -671,7 +675,7 @@ impl ChannelServer {
         let now = (self.clock)();
         let channel =
             MerchantChannel::open(params, self.config.policy.clone(), &now, TWO1_KEY_INDEX)?;
-        self.admit(id, channel, deposit.clone()).await?;
+        self.admit(id, channel, deposit.clone(), None).await?;
         Ok(id)
     }
 

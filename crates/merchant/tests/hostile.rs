@@ -330,6 +330,17 @@ async fn key_indexes_move_only_when_a_channel_opens() {
     }
     assert_eq!(next_on_disk(), first.key_index, "nothing written by 1,200 handshakes");
 
+    // An open whose deposit the node refuses (a made-up witness) takes nothing either.
+    let mut fake = common::customer_for(&first, &node, 2);
+    let Message::Open(mut open) = common::sends(&mut fake).remove(0) else { panic!("no Open") };
+    let mut tx: paychan_core::bitcoin::Transaction =
+        paychan_core::bitcoin::consensus::encode::deserialize(&open.funding_tx).unwrap();
+    tx.input[0].witness =
+        paychan_core::bitcoin::Witness::from_slice(&[vec![0x30; 71], vec![2; 33]]);
+    open.funding_tx = paychan_core::bitcoin::consensus::encode::serialize(&tx);
+    assert!(server.open(&open).await.is_err(), "the node refuses the deposit");
+    assert_eq!(next_on_disk(), first.key_index, "a refused deposit takes no index");
+
     // Opening takes the index, durably; the next Hello offers the next key.
     let c = common::open_channel(&server, &node, 1).await;
     assert_eq!(c.state().terms.key_index, first.key_index);
