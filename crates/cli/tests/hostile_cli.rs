@@ -115,7 +115,8 @@ fn serve_survives_running_out_of_file_descriptors() {
 #[test]
 fn a_payment_submitted_while_serve_runs_goes_through_it() {
     let w = World::new();
-    let (_merchant, serving) = w.serve(&["--tick-secs", "1"]);
+    let (_merchant, serving) =
+        w.serve(&["--tick-secs", "1", "--upstream", &common::upstream(), "--price", "10sat"]);
     let listen = serving["listen"].as_str().unwrap().to_string();
     let http = serving["http"].as_str().unwrap().to_string();
     w.fund_customer();
@@ -152,16 +153,22 @@ fn a_payment_submitted_while_serve_runs_goes_through_it() {
         serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
     };
     assert_eq!(status(&http)["total_sat"], 150);
-    let paid = w.customer(&["channels", "pay", "--channel", &channel, "--amount", "10sat"]);
-    assert_eq!(paid["acked_sat"], 160);
+    // The next paid request (HTTP, 10 sat, on the same channel) is served...
+    let bought = w.customer(&["buy", &format!("http://{http}/report")]);
+    assert_eq!(bought["status"], 200, "{bought}");
+    assert_eq!(bought["channel"], channel.as_str(), "{bought}");
     assert_eq!(status(&http)["total_sat"], 160);
+    // ...and so is the next payment over the channel protocol.
+    let paid = w.customer(&["channels", "pay", "--channel", &channel, "--amount", "10sat"]);
+    assert_eq!(paid["acked_sat"], 170);
+    assert_eq!(status(&http)["total_sat"], 170);
     // Both sides agree, and status says what sync says.
     let synced = w.customer(&["channels", "sync", "--channel", &channel]);
     let st = w.customer(&["channels", "status", "--channel", &channel]);
     assert_eq!(st["acked_sat"], synced["acked_sat"], "{st} {synced}");
     assert_eq!(
         (st["signed_sat"].as_u64(), st["acked_sat"].as_u64(), st["in_flight_sat"].as_u64()),
-        (Some(160), Some(160), Some(0))
+        (Some(170), Some(170), Some(0))
     );
 }
 
