@@ -19,11 +19,11 @@ use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::secp256k1::PublicKey;
 use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, Txid};
 use paychan_core::channel::customer::{CustomerChannel, CustomerState, CustomerTerms};
-use paychan_core::channel::{Effect, Event, Phase};
+use paychan_core::channel::{Event, Phase};
 use paychan_core::msg::{self, Message};
 use paychan_core::script::{ChannelScript, OutputKind};
 use paychan_core::Now;
-use paychan_store::{ChannelStore, NewChannel, PaymentUpdate, Role, StateUpdate};
+use paychan_store::{ChannelStore, Persisted, Role, Storage};
 use paychan_wallet::{KeyChain, Wallet};
 use tracing::{info, warn};
 
@@ -121,15 +121,42 @@ pub struct ChannelStatus {
 }
 
 struct Entry {
-    channel: CustomerChannel,
-    version: u64,
-    stored_total: Amount,
+    /// The machine and its row.
+    p: Persisted<CustomerChannel>,
     conn: Option<Connection>,
     /// The acknowledged total as last written to the store.
     stored_acked: Amount,
-    /// A store write failed and the channel could not be read back yet: the machine may hold
-    /// a payment signed but never stored (nor sent), so it is reloaded before its next use.
-    stale: bool,
+}
+
+impl Entry {
+    fn new(p: Persisted<CustomerChannel>) -> Self {
+        let stored_acked = p.channel.state().acked;
+        Entry { p, conn: None, stored_acked }
+    }
+
+    /// After the driver replaced the machine with the stored one: what was derived from the
+    /// old one goes too (reconnect and resume before the next payment).
+    fn after_reload(&mut self) {
+        if self.p.take_reloaded() {
+            self.stored_acked = self.p.channel.state().acked;
+            self.conn = None;
+        }
+    }
+}
+
+/// `e.channel` is the machine.
+impl std::ops::Deref for Entry {
+    type Target = Persisted<CustomerChannel>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.p
+    }
+}
+
+impl std::ops::DerefMut for Entry {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.p
+    }
 }
 
 /// The customer's channel manager.
@@ -206,27 +233,31 @@ impl Customer {
     /// # Errors
     /// The store's; the entry then stays stale.
     async fn reload(&self, e: &mut Entry) -> Result<(), CustomerError> {
-        if !e.stale || e.version == 0 {
-            e.stale = false;
-            return Ok(());
+        let restore = self.restorer();
+        let r = e.p.reload(&self.storage(&restore)).await;
+        e.after_reload();
+        Ok(r?)
+    }
+
+    /// How a stored customer state becomes a machine again (its key derived anew).
+    fn restorer(
+        &self,
+    ) -> impl Fn(&[u8]) -> Result<CustomerChannel, paychan_core::Error> + Send + Sync + '_ {
+        move |bytes: &[u8]| {
+            let state = CustomerState::decode(bytes)?;
+            let key = self
+                .keys
+                .secret(state.terms.customer_key_index)
+                .map_err(|_| paychan_core::Error::Signing("the channel's key cannot be derived"))?;
+            CustomerChannel::restore(state, key)
         }
-        let Some(id) = e.channel.state().params.as_ref().map(|p| p.id()) else {
-            e.stale = false;
-            return Ok(());
-        };
-        let row =
-            self.store.get(id, Role::Customer).await?.ok_or(CustomerError::UnknownChannel(id))?;
-        let state = CustomerState::decode(&row.state)?;
-        let key = self.keys.secret(state.terms.customer_key_index)?;
-        e.channel = CustomerChannel::restore(state, key)?;
-        e.version = row.version;
-        e.stored_total = row.total;
-        e.stored_acked = e.channel.state().acked;
-        e.stale = false;
-        // Reconnect and resume before the next payment: both sides agree from the store on.
-        e.conn = None;
-        info!(channel = %id, total = %row.total, "channel reloaded from the store");
-        Ok(())
+    }
+
+    fn storage<'a>(
+        &'a self,
+        restore: &'a (dyn Fn(&[u8]) -> Result<CustomerChannel, paychan_core::Error> + Send + Sync),
+    ) -> Storage<'a, CustomerChannel> {
+        Storage { store: &*self.store, role: Role::Customer, restore }
     }
 
     /// Loads every stored channel (after a restart). Returns how many are live.
@@ -244,14 +275,7 @@ impl Customer {
             let key = self.keys.secret(state.terms.customer_key_index)?;
             let channel = CustomerChannel::restore(state, key)?;
             live += usize::from(!channel.phase().is_final());
-            let e = Entry {
-                stored_acked: channel.state().acked,
-                channel,
-                version: row.version,
-                stored_total: row.total,
-                conn: None,
-                stale: false,
-            };
+            let e = Entry::new(Persisted::stored(channel, row.version, row.total));
             self.map().insert(row.id, Arc::new(tokio::sync::Mutex::new(e)));
         }
         Ok(live)
@@ -318,14 +342,7 @@ impl Customer {
         .await?;
         let funding_txid = funding.compute_txid();
         let id = channel.handle_funding_built(funding)?;
-        let mut entry = Entry {
-            channel,
-            version: 0,
-            stored_total: Amount::ZERO,
-            conn: None,
-            stored_acked: Amount::ZERO,
-            stale: false,
-        };
+        let mut entry = Entry::new(Persisted::new(channel));
         let msgs = self.drain(&mut entry).await?;
         let answer = match conn.send(&msgs).await {
             Ok(()) => conn.recv().await,
@@ -521,7 +538,7 @@ impl Customer {
     /// stored), so the caller's "failed" is true and none of them leaves later with another
     /// payment. Returns the refusal.
     async fn unsign(&self, e: &mut Entry, err: paychan_core::Error) -> CustomerError {
-        e.stale = true;
+        e.p.mark_stale();
         if let Err(other) = self.reload(e).await {
             warn!(error = %other, "reloading the channel failed; will reload before its next use");
         }
@@ -752,117 +769,29 @@ impl Customer {
         self.drain_with(e, &mut |_| {}).await
     }
 
-    /// Runs the channel's effects in order. Consecutive persists are coalesced into one write
-    /// of the newest state (each carries the whole state), written before anything held behind
-    /// it (a send, a broadcast) happens.
+    /// Runs the channel's effects through the one persisted-channel driver
+    /// ([`Persisted::drain`]: persists coalesced, written before anything held behind them),
+    /// then broadcasts what it released. Returns the messages for the merchant.
     async fn drain_with(
         &self,
         e: &mut Entry,
         on_event: &mut (dyn FnMut(&Event) + Send),
     ) -> Result<Vec<Message>, CustomerError> {
-        let mut out = Vec::new();
-        let mut pending: Option<(u64, Box<CustomerState>)> = None;
-        loop {
-            match e.channel.poll_effect() {
-                Some(Effect::Persist { id, state }) => pending = Some((id, state)),
-                Some(Effect::Event(ev)) => on_event(&ev),
-                Some(Effect::Watch(_)) => {}
-                Some(other) => {
-                    if let Some((id, state)) = pending.take() {
-                        self.write(e, &state).await?;
-                        e.channel.persisted(id)?;
-                    }
-                    match other {
-                        Effect::Send(m) => out.push(m),
-                        Effect::Broadcast(tx) => {
-                            let chain = self.chain.clone();
-                            let txid = tx.compute_txid();
-                            if let Err(err) = blocking(move || chain.broadcast(&tx)).await {
-                                warn!(%txid, error = %err, "broadcast failed; the next tick retries");
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                None => match pending.take() {
-                    Some((id, state)) => {
-                        self.write(e, &state).await?;
-                        e.channel.persisted(id)?;
-                    }
-                    None => break,
-                },
+        let restore = self.restorer();
+        let drained = e.p.drain(&self.storage(&restore), on_event).await;
+        e.after_reload();
+        let drained = drained?;
+        if let Some(written) = &drained.written {
+            e.stored_acked = written.acked;
+        }
+        for tx in drained.broadcasts {
+            let chain = self.chain.clone();
+            let txid = tx.compute_txid();
+            if let Err(err) = blocking(move || chain.broadcast(&tx)).await {
+                warn!(%txid, error = %err, "broadcast failed; the next tick retries");
             }
         }
-        Ok(out)
-    }
-
-    async fn write(&self, e: &mut Entry, state: &CustomerState) -> Result<(), CustomerError> {
-        let r = self.write_inner(e, state).await;
-        if let Err(err) = &r {
-            warn!(error = %err, "store write failed; reloading the channel from the store");
-            e.stale = true;
-            if let Err(err) = self.reload(e).await {
-                warn!(error = %err, "reloading the channel failed; will reload before its next use");
-            }
-        }
-        r
-    }
-
-    async fn write_inner(&self, e: &mut Entry, state: &CustomerState) -> Result<(), CustomerError> {
-        let Some(params) = &state.params else { return Ok(()) };
-        self.write_row(e, state, params).await?;
-        e.stored_acked = state.acked;
-        Ok(())
-    }
-
-    async fn write_row(
-        &self,
-        e: &mut Entry,
-        state: &CustomerState,
-        params: &paychan_core::tx::ChannelParams,
-    ) -> Result<(), CustomerError> {
-        let id = params.id();
-        let bytes = state.encode();
-        if e.version == 0 {
-            e.version = self
-                .store
-                .create(NewChannel {
-                    id,
-                    role: Role::Customer,
-                    phase: state.phase,
-                    capacity: params.capacity(),
-                    expiry: params.script().expiry().to_consensus_u32(),
-                    customer_key: params.script().customer().to_string(),
-                    state: bytes,
-                })
-                .await?;
-        } else if state.signed > e.stored_total {
-            e.version = self
-                .store
-                .record_payment(PaymentUpdate {
-                    id,
-                    role: Role::Customer,
-                    total: state.signed,
-                    signature: state.signature.clone(),
-                    state: bytes,
-                    expected_version: e.version,
-                })
-                .await?;
-            e.stored_total = state.signed;
-        } else {
-            e.version = self
-                .store
-                .update_state(StateUpdate {
-                    id,
-                    role: Role::Customer,
-                    phase: state.phase,
-                    closing_txid: state.closing_txid,
-                    state: bytes,
-                    expected_version: e.version,
-                })
-                .await?;
-        }
-        Ok(())
+        Ok(drained.sends)
     }
 }
 

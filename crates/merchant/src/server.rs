@@ -8,11 +8,11 @@ use paychan_chain::ChainSource;
 use paychan_core::bitcoin::secp256k1::PublicKey;
 use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use paychan_core::channel::merchant::{params_from_open, MerchantChannel, MerchantState, Redeemed};
-use paychan_core::channel::{Effect, Event, Phase};
+use paychan_core::channel::{Event, Phase};
 use paychan_core::msg::{self, Closed, Message, Opened, PaymentAck, Resumed, Welcome};
 use paychan_core::policy::Policy;
 use paychan_core::{Error, Now};
-use paychan_store::{ChannelStore, NewChannel, PaymentUpdate, Role, StateUpdate};
+use paychan_store::{ChannelStore, Persisted, Role, Storage};
 use tracing::{info, warn};
 
 use crate::{KeyChain, MerchantError};
@@ -55,10 +55,8 @@ pub struct ServerConfig {
 }
 
 struct Slot {
-    channel: MerchantChannel,
-    /// The row's version in the store (0 before it is created).
-    version: u64,
-    stored_total: Amount,
+    /// The machine and its row.
+    p: Persisted<MerchantChannel>,
     /// The last settlement broadcast: at which height, at which fee rate.
     settlement: Option<(u32, FeeRate)>,
     /// The funding's confirmations at the last look (0 before the first).
@@ -67,23 +65,26 @@ struct Slot {
     retry: Retry,
     /// The last broadcast of this channel's transactions failed.
     broadcast_failed: bool,
-    /// A store write failed and the channel could not be read back yet: the machine may be
-    /// ahead of the store, so it is reloaded before it is used again.
-    stale: bool,
 }
 
 impl Slot {
-    fn new(channel: MerchantChannel, version: u64, stored_total: Amount) -> Self {
-        Slot {
-            channel,
-            version,
-            stored_total,
-            settlement: None,
-            depth: 0,
-            retry: Retry::default(),
-            broadcast_failed: false,
-            stale: false,
-        }
+    fn new(p: Persisted<MerchantChannel>) -> Self {
+        Slot { p, settlement: None, depth: 0, retry: Retry::default(), broadcast_failed: false }
+    }
+}
+
+/// `s.channel` is the machine.
+impl std::ops::Deref for Slot {
+    type Target = Persisted<MerchantChannel>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.p
+    }
+}
+
+impl std::ops::DerefMut for Slot {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.p
     }
 }
 
@@ -216,7 +217,7 @@ impl ChannelServer {
                 self.token_index().insert(tx.compute_txid(), row.id);
             }
             let channel = MerchantChannel::restore(state, self.config.policy.clone());
-            let slot = Slot::new(channel, row.version, row.total);
+            let slot = Slot::new(Persisted::stored(channel, row.version, row.total));
             self.slots().insert(row.id, Arc::new(tokio::sync::Mutex::new(slot)));
             n += 1;
         }
@@ -315,7 +316,7 @@ impl ChannelServer {
         funding_tx: Transaction,
         key_index: Option<u32>,
     ) -> Result<Vec<Message>, MerchantError> {
-        let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(channel, 0, Amount::ZERO)));
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(Persisted::new(channel))));
         let mut guard = slot.lock().await;
         let chain = self.chain.clone();
         blocking(move || chain.broadcast(&funding_tx)).await.map_err(|e| match e {
@@ -788,7 +789,7 @@ impl ChannelServer {
     pub async fn channel_status(&self, id: OutPoint) -> Result<(Phase, Amount), MerchantError> {
         if let Ok(slot) = self.slot(&id) {
             let s = slot.lock().await;
-            return Ok((s.channel.phase(), s.stored_total));
+            return Ok((s.channel.phase(), s.stored_total()));
         }
         let row = self.store.get(id, Role::Merchant).await?.ok_or(Error::UnknownChannel(id))?;
         Ok((row.phase, row.total))
@@ -1102,49 +1103,32 @@ impl ChannelServer {
         self.drain_with(s, &mut |_| {}).await
     }
 
-    /// Executes the channel's effects in order. Consecutive persists are coalesced into one
-    /// write of the newest state (each carries the whole state, so the newest covers the
-    /// others), which is written and completed before anything held behind it runs: messages
-    /// and broadcasts never precede their state.
+    /// Runs the channel's effects through the one persisted-channel driver
+    /// ([`Persisted::drain`]: persists coalesced, written before anything held behind them),
+    /// then broadcasts what it released. Returns the messages for the peer.
     async fn drain_with(
         &self,
         s: &mut Slot,
         on_event: &mut (dyn FnMut(&Event) + Send),
     ) -> Result<Vec<Message>, MerchantError> {
-        let mut out = Vec::new();
-        let mut pending: Option<(u64, Box<MerchantState>)> = None;
-        loop {
-            match s.channel.poll_effect() {
-                Some(Effect::Persist { id, state }) => pending = Some((id, state)),
-                Some(Effect::Event(e)) => {
-                    tracing::debug!(?e, "channel event");
-                    if matches!(e, Event::Refunded { .. }) {
-                        self.metrics.refunds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    on_event(&e);
-                }
-                Some(Effect::Watch(_)) => {}
-                Some(other) => {
-                    if let Some((id, state)) = pending.take() {
-                        self.write(s, &state).await?;
-                        s.channel.persisted(id)?;
-                    }
-                    match other {
-                        Effect::Send(m) => out.push(m),
-                        Effect::Broadcast(tx) => s.broadcast_failed |= !self.broadcast(tx).await,
-                        _ => {}
-                    }
-                }
-                None => match pending.take() {
-                    Some((id, state)) => {
-                        self.write(s, &state).await?;
-                        s.channel.persisted(id)?;
-                    }
-                    None => break,
-                },
+        let refunds = &self.metrics.refunds;
+        let mut events = |e: &Event| {
+            tracing::debug!(?e, "channel event");
+            if matches!(e, Event::Refunded { .. }) {
+                refunds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            on_event(e);
+        };
+        let restore = self.restorer();
+        // On a failed write the driver has reloaded the machine (or marked it stale).
+        let drained = s.p.drain(&self.storage(&restore), &mut events).await?;
+        for t in &drained.write_times {
+            self.metrics.store_commit.observe(*t);
         }
-        Ok(out)
+        for tx in drained.broadcasts {
+            s.broadcast_failed |= !self.broadcast(tx).await;
+        }
+        Ok(drained.sends)
     }
 
     /// Hands `tx` to the node; false (logged) when it did not take it.
@@ -1160,21 +1144,18 @@ impl ChannelServer {
         }
     }
 
-    async fn write(&self, s: &mut Slot, state: &MerchantState) -> Result<(), MerchantError> {
-        let started = std::time::Instant::now();
-        let r = self.write_inner(s, state).await;
-        self.metrics.store_commit.observe(started.elapsed());
-        if let Err(e) = &r {
-            // Nothing behind this write is acknowledged, but the machine is now ahead of the
-            // store (and a write that failed late may even have landed, moving the version):
-            // start again from what the store holds.
-            warn!(channel = %state.params.id(), error = %e, "store write failed; reloading the channel from the store");
-            s.stale = true;
-            if let Err(e) = self.reload(s).await {
-                warn!(channel = %state.params.id(), error = %e, "reloading the channel failed; will reload before its next use");
-            }
+    /// How a stored merchant state becomes a machine again.
+    fn restorer(&self) -> impl Fn(&[u8]) -> Result<MerchantChannel, Error> + Send + Sync + '_ {
+        move |bytes: &[u8]| {
+            Ok(MerchantChannel::restore(MerchantState::decode(bytes)?, self.config.policy.clone()))
         }
-        r
+    }
+
+    fn storage<'a>(
+        &'a self,
+        restore: &'a (dyn Fn(&[u8]) -> Result<MerchantChannel, Error> + Send + Sync),
+    ) -> Storage<'a, MerchantChannel> {
+        Storage { store: &*self.store, role: Role::Merchant, restore }
     }
 
     /// Replaces a stale slot's machine with the channel as stored. A no-op for a fresh slot.
@@ -1182,65 +1163,8 @@ impl ChannelServer {
     /// # Errors
     /// The store's; the slot then stays stale.
     async fn reload(&self, s: &mut Slot) -> Result<(), MerchantError> {
-        if !s.stale || s.version == 0 {
-            s.stale = false;
-            return Ok(());
-        }
-        let id = s.channel.id();
-        let row = self
-            .store
-            .get(id, Role::Merchant)
-            .await?
-            .ok_or(MerchantError::Core(Error::UnknownChannel(id)))?;
-        let state = MerchantState::decode(&row.state)?;
-        s.channel = MerchantChannel::restore(state, self.config.policy.clone());
-        s.version = row.version;
-        s.stored_total = row.total;
-        s.stale = false;
-        info!(channel = %id, total = %row.total, version = row.version, "channel reloaded from the store");
-        Ok(())
-    }
-
-    async fn write_inner(&self, s: &mut Slot, state: &MerchantState) -> Result<(), MerchantError> {
-        let id = state.params.id();
-        let bytes = state.encode();
-        if s.version == 0 {
-            let new = NewChannel {
-                id,
-                role: Role::Merchant,
-                phase: state.phase,
-                capacity: state.params.capacity(),
-                expiry: state.params.script().expiry().to_consensus_u32(),
-                customer_key: state.params.script().customer().to_string(),
-                state: bytes,
-            };
-            s.version = self.store.create(new).await?;
-        } else if state.accepted > s.stored_total {
-            s.version = self
-                .store
-                .record_payment(PaymentUpdate {
-                    id,
-                    role: Role::Merchant,
-                    total: state.accepted,
-                    signature: state.signature.clone(),
-                    state: bytes,
-                    expected_version: s.version,
-                })
-                .await?;
-            s.stored_total = state.accepted;
-        } else {
-            s.version = self
-                .store
-                .update_state(StateUpdate {
-                    id,
-                    role: Role::Merchant,
-                    phase: state.phase,
-                    closing_txid: state.settlement_txid,
-                    state: bytes,
-                    expected_version: s.version,
-                })
-                .await?;
-        }
+        let restore = self.restorer();
+        s.p.reload(&self.storage(&restore)).await?;
         Ok(())
     }
 }

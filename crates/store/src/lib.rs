@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 
 mod ops;
+mod persisted;
 mod postgres;
 mod schema;
 mod sqlite;
@@ -31,6 +32,7 @@ use std::pin::Pin;
 use paychan_core::bitcoin::{Amount, OutPoint, Txid};
 use paychan_core::channel::Phase;
 
+pub use persisted::{Drained, Persisted, Restore, Storage};
 pub use postgres::PostgresStore;
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::{SqliteOptions, SqliteStore, DEFAULT_CACHE_MIB};
@@ -58,6 +60,10 @@ pub enum StoreError {
     /// No such channel.
     #[error("unknown channel {0}")]
     NotFound(OutPoint),
+    /// The channel machine refused a stored state (it does not decode) or a completion
+    /// ([`Persisted`]).
+    #[error("channel: {0}")]
+    Channel(#[from] paychan_core::Error),
     /// The channel exists already.
     #[error("channel {0} exists already")]
     AlreadyExists(OutPoint),

@@ -198,6 +198,121 @@ pub enum Effect<S> {
     Event(Event),
 }
 
+/// A channel state machine as a driver runs it: effects out, persists completed back. Both
+/// machines implement it, so one driver (`paychan_store::Persisted`) runs every channel kind.
+pub trait Machine {
+    /// The whole state each [`Effect::Persist`] carries.
+    type State: StoredState;
+
+    /// The next effect, in order; `None` when there is nothing to do.
+    fn poll_effect(&mut self) -> Option<Effect<Self::State>>;
+
+    /// Persist `id` is durable: releases what was held behind it.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPersist`] for an id never handed out.
+    fn persisted(&mut self, id: u64) -> Result<(), Error>;
+
+    /// The channel (its funding outpoint), once known.
+    fn channel_id(&self) -> Option<OutPoint>;
+}
+
+/// What a store row keeps of a channel state: the indexed columns and the encoding.
+pub trait StoredState {
+    /// The row, or `None` while there is nothing to store yet (a customer's channel before
+    /// its funding is built).
+    fn row(&self) -> Option<StateRow>;
+}
+
+/// A state as a store row sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRow {
+    /// The channel.
+    pub id: OutPoint,
+    /// Its phase.
+    pub phase: Phase,
+    /// The deposit.
+    pub capacity: Amount,
+    /// The expiry (locktime value).
+    pub expiry: u32,
+    /// The customer's channel key, hex.
+    pub customer_key: String,
+    /// The payment total this side stands by (merchant: accepted; customer: signed) and its
+    /// signature.
+    pub total: Amount,
+    /// The signature of `total`.
+    pub signature: Vec<u8>,
+    /// The settlement or refund, once known.
+    pub closing_txid: Option<Txid>,
+    /// The encoded state.
+    pub state: Vec<u8>,
+}
+
+impl Machine for merchant::MerchantChannel {
+    type State = merchant::MerchantState;
+
+    fn poll_effect(&mut self) -> Option<Effect<Self::State>> {
+        merchant::MerchantChannel::poll_effect(self)
+    }
+
+    fn persisted(&mut self, id: u64) -> Result<(), Error> {
+        merchant::MerchantChannel::persisted(self, id)
+    }
+
+    fn channel_id(&self) -> Option<OutPoint> {
+        Some(self.id())
+    }
+}
+
+impl StoredState for merchant::MerchantState {
+    fn row(&self) -> Option<StateRow> {
+        Some(StateRow {
+            id: self.params.id(),
+            phase: self.phase,
+            capacity: self.params.capacity(),
+            expiry: self.params.script().expiry().to_consensus_u32(),
+            customer_key: self.params.script().customer().to_string(),
+            total: self.accepted,
+            signature: self.signature.clone(),
+            closing_txid: self.settlement_txid,
+            state: self.encode(),
+        })
+    }
+}
+
+impl Machine for customer::CustomerChannel {
+    type State = customer::CustomerState;
+
+    fn poll_effect(&mut self) -> Option<Effect<Self::State>> {
+        customer::CustomerChannel::poll_effect(self)
+    }
+
+    fn persisted(&mut self, id: u64) -> Result<(), Error> {
+        customer::CustomerChannel::persisted(self, id)
+    }
+
+    fn channel_id(&self) -> Option<OutPoint> {
+        self.id()
+    }
+}
+
+impl StoredState for customer::CustomerState {
+    fn row(&self) -> Option<StateRow> {
+        let params = self.params.as_ref()?;
+        Some(StateRow {
+            id: params.id(),
+            phase: self.phase,
+            capacity: params.capacity(),
+            expiry: params.script().expiry().to_consensus_u32(),
+            customer_key: params.script().customer().to_string(),
+            total: self.signed,
+            signature: self.signature.clone(),
+            closing_txid: self.closing_txid,
+            state: self.encode(),
+        })
+    }
+}
+
 /// Effects waiting to be drained, with the sends that wait for a persist held back.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Outbox<S> {
