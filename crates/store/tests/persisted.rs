@@ -1,0 +1,77 @@
+//! The one persisted-channel driver (`Persisted`) against a real SQLite store: persists are
+//! coalesced into one write per drain and nothing held behind a write leaves before it; a write
+//! that meets another writer's change fails, releases nothing, and reloads the machine from the
+//! store, which then goes on from there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use paychan_core::bitcoin::Amount;
+use paychan_core::channel::merchant::{MerchantChannel, MerchantState};
+use paychan_core::msg::Message;
+use paychan_core::policy::Policy;
+use paychan_core::script::OutputKind;
+use paychan_core::testkit::{customer_keypair, params_with, EXPIRY, NOW};
+use paychan_core::tx::payment::sign_payment;
+use paychan_core::Now;
+use paychan_store::{ChannelStore, Persisted, Role, SqliteStore, Storage, StoreError};
+
+fn restore(bytes: &[u8]) -> Result<MerchantChannel, paychan_core::Error> {
+    Ok(MerchantChannel::restore(MerchantState::decode(bytes)?, Policy::default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_write_per_drain_and_a_reload_after_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("p.db")).unwrap();
+    let to = Storage { store: &store, role: Role::Merchant, restore: &restore };
+    let now = Now { time: NOW, height: 800_000, median_time_past: NOW as u32 };
+    let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(1_000_000), EXPIRY);
+    let id = params.id();
+    let pay = |p: &mut Persisted<MerchantChannel>, total: u64| {
+        let sig = sign_payment(&params, Amount::from_sat(total), &customer_keypair()).unwrap();
+        p.channel.handle_payment(&now, id, Amount::from_sat(total), &sig).unwrap();
+    };
+
+    let m = MerchantChannel::open(params.clone(), Policy::default(), &now, 0).unwrap();
+    let mut p = Persisted::new(m);
+    let d = p.drain(&to, &mut |_| {}).await.unwrap();
+    assert_eq!((p.version(), d.write_times.len()), (1, 1), "the row is created");
+
+    // A confirmation and three payments: one write, then the three acknowledgements.
+    p.channel.handle_funding_confirmations(1);
+    for t in [100, 200, 300] {
+        pay(&mut p, t);
+    }
+    let d = p.drain(&to, &mut |_| {}).await.unwrap();
+    assert_eq!(d.write_times.len(), 1, "coalesced into one write");
+    let acks: Vec<u64> = d
+        .sends
+        .iter()
+        .filter_map(|m| if let Message::PaymentAck(a) = m { Some(a.total_sat) } else { None })
+        .collect();
+    assert_eq!(acks, vec![100, 200, 300]);
+    assert_eq!(d.written.unwrap().accepted, Amount::from_sat(300));
+    assert_eq!((p.version(), p.stored_total()), (2, Amount::from_sat(300)));
+
+    // Another writer on the same row takes 400.
+    let row = store.get(id, Role::Merchant).await.unwrap().unwrap();
+    let mut other = Persisted::stored(restore(&row.state).unwrap(), row.version, row.total);
+    pay(&mut other, 400);
+    other.drain(&to, &mut |_| {}).await.unwrap();
+
+    // The first one's next write conflicts: nothing released, the machine reloaded.
+    pay(&mut p, 500);
+    match p.drain(&to, &mut |_| {}).await {
+        Err(StoreError::Conflict { .. }) => {}
+        other => panic!("expected a conflict: {other:?}"),
+    }
+    assert!(p.take_reloaded());
+    assert_eq!(p.channel.accepted(), Amount::from_sat(400), "as stored, not as it was");
+    assert_eq!(p.stored_total(), Amount::from_sat(400));
+    // And it goes on from there.
+    pay(&mut p, 500);
+    let d = p.drain(&to, &mut |_| {}).await.unwrap();
+    assert_eq!(d.sends.len(), 1);
+    let row = store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!((row.total, row.version), (Amount::from_sat(500), p.version()));
+}
