@@ -84,6 +84,23 @@ pub enum Error {
     /// replayed.
     #[error("a channel on deposit {0} exists already")]
     ChannelExists(OutPoint),
+    /// The node refused the customer's funding transaction (the channel is not opened).
+    #[error("the funding transaction was refused by the node: {reason}")]
+    FundingRefused {
+        /// The node's reason.
+        reason: String,
+    },
+    /// The paid total is too small to settle on chain: even at 1 sat/vB the fee would leave the
+    /// merchant's output below the dust threshold (ADR 0012).
+    #[error("the paid total of {total} is too small to settle on chain: even at 1 sat/vB the fee would leave the merchant's output below the dust threshold")]
+    SettlementTooSmall {
+        /// The paid total.
+        total: Amount,
+    },
+    /// A fee-bump replacement of the settlement would have to pay more than the merchant's
+    /// output can give without becoming dust; the settlement out there stays.
+    #[error("a settlement replacement at a higher fee would leave the merchant's output as dust")]
+    ReplacementWouldBeDust,
     /// An open names a merchant key index the merchant never offered (or one outside the
     /// per-channel index space).
     #[error("key index {index} was never offered by this merchant (next: {next}); say Hello again and use the key it offers")]
@@ -262,6 +279,9 @@ impl Error {
             Error::UnknownPersist(_) => 14,
             Error::ChannelExists(_) => 15,
             Error::UnknownKeyIndex { .. } => 16,
+            Error::FundingRefused { .. } => 17,
+            Error::SettlementTooSmall { .. } => 18,
+            Error::ReplacementWouldBeDust => 19,
             Error::WrongChannel { .. } => 100,
             Error::UnknownChannel(_) => 101,
             Error::ChannelNotOpen { .. } => 102,

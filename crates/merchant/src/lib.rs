@@ -19,9 +19,15 @@ pub mod tcp;
 pub mod two1;
 
 pub use paychan_wallet::KeyChain;
+
 pub use server::{
     ChannelServer, Clock, PayoutSource, ServerConfig, BUMP_AFTER_BLOCKS, TWO1_KEY_INDEX,
 };
+
+/// The wire code of the merchant's own failures (its store, its node, a bug): the request
+/// may be tried again; nothing was acknowledged. Outside the codes of
+/// [`paychan_core::Error::code`].
+pub const MERCHANT_FAILURE: u32 = 500;
 
 /// Errors of the merchant.
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +42,24 @@ pub enum MerchantError {
     /// The chain source failed.
     #[error("chain: {0}")]
     Chain(#[from] paychan_chain::ChainError),
-    /// Key derivation failed.
-    #[error("keys: {0}")]
-    Keys(String),
     /// The wallet or key chain failed.
     #[error(transparent)]
     Wallet(#[from] paychan_wallet::WalletError),
+    /// Every per-channel key index is used.
+    #[error("every per-channel key index is used")]
+    KeysExhausted,
+    /// A blocking task (a call to the chain) panicked or was cancelled.
+    #[error("a blocking task failed")]
+    TaskFailed,
+    /// The node did not take a transaction of this channel (logged; retried with backoff).
+    #[error("the node did not take the transaction")]
+    BroadcastFailed,
+    /// The driver broke one of its own invariants: a bug.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    /// One failure, answered to each payment of a run that it failed.
+    #[error(transparent)]
+    Shared(std::sync::Arc<MerchantError>),
 }
 
 impl MerchantError {
@@ -53,8 +71,9 @@ impl MerchantError {
     ) -> paychan_core::msg::ErrorMsg {
         match self {
             MerchantError::Core(e) => paychan_core::msg::ErrorMsg::from_error(e, channel),
+            MerchantError::Shared(e) => e.to_wire(channel),
             _ => paychan_core::msg::ErrorMsg {
-                code: 1,
+                code: MERCHANT_FAILURE,
                 message: "merchant failure: try again later".into(),
                 channel: channel.map(Into::into),
             },

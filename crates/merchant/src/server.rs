@@ -163,7 +163,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, MerchantError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|_| MerchantError::Keys("chain task failed".into()))?
+        .map_err(|_| MerchantError::TaskFailed)?
         .map_err(MerchantError::Chain)
 }
 
@@ -261,7 +261,7 @@ impl ChannelServer {
         let version = msg::negotiate(hello)?;
         let (key_index, key) = self.keys.peek()?;
         if key_index >= TWO1_KEY_INDEX {
-            return Err(MerchantError::Keys("every per-channel key index is used".into()));
+            return Err(MerchantError::KeysExhausted);
         }
         Ok(Welcome {
             version,
@@ -294,7 +294,7 @@ impl ChannelServer {
         info!(channel = %id, "channel opened");
         out.into_iter()
             .find_map(|m| if let Message::Opened(o) = m { Some(o) } else { None })
-            .ok_or_else(|| MerchantError::Keys("no Opened message".into()))
+            .ok_or(MerchantError::Internal("no Opened message"))
     }
 
     /// Refuses a deposit that already has a channel: live (in memory) or ended (in the store
@@ -322,10 +322,7 @@ impl ChannelServer {
         blocking(move || chain.broadcast(&funding_tx)).await.map_err(|e| match e {
             // The customer's own transaction: say why the node refused it.
             MerchantError::Chain(paychan_chain::ChainError::Rejected { reason, .. }) => {
-                MerchantError::Core(Error::Malformed {
-                    what: "funding transaction",
-                    reason: format!("refused by the node: {reason}"),
-                })
+                MerchantError::Core(Error::FundingRefused { reason })
             }
             other => other,
         })?;
@@ -347,7 +344,7 @@ impl ChannelServer {
         self.pay_batch(channel, std::slice::from_ref(pay))
             .await
             .pop()
-            .ok_or_else(|| MerchantError::Keys("no answer".into()))?
+            .ok_or(MerchantError::Internal("no answer"))?
     }
 
     /// Several payments on one channel, as they arrived pipelined: each is validated in turn,
@@ -364,8 +361,8 @@ impl ChannelServer {
                 pays.iter().map(|_| Err(e.clone().into())).collect()
             }
             Err(e) => {
-                let text = e.to_string();
-                pays.iter().map(|_| Err(MerchantError::Keys(text.clone()))).collect()
+                let shared = std::sync::Arc::new(e);
+                pays.iter().map(|_| Err(MerchantError::Shared(shared.clone()))).collect()
             }
         }
     }
@@ -445,9 +442,7 @@ impl ChannelServer {
         Ok(results
             .into_iter()
             .map(|r| match r {
-                Ok(()) => {
-                    acks.next().ok_or_else(|| MerchantError::Keys("no acknowledgement".into()))
-                }
+                Ok(()) => acks.next().ok_or(MerchantError::Internal("no acknowledgement")),
                 Err(e) => Err(e),
             })
             .collect())
@@ -594,9 +589,7 @@ impl ChannelServer {
         what: &'static str,
     ) {
         let result = match result {
-            Ok(()) if s.broadcast_failed => {
-                Err(MerchantError::Keys("the node did not take the transaction".into()))
-            }
+            Ok(()) if s.broadcast_failed => Err(MerchantError::BroadcastFailed),
             other => other,
         };
         match result {
@@ -875,11 +868,7 @@ impl ChannelServer {
         let mut rate = fee_rate;
         let used = loop {
             if floor.is_some_and(|f| rate <= f) {
-                return Err(Error::Malformed {
-                    what: "settlement replacement",
-                    reason: "a higher fee would leave the merchant's output as dust".into(),
-                }
-                .into());
+                return Err(Error::ReplacementWouldBeDust.into());
             }
             match s.channel.settle(&key, payout.clone(), rate, &[]) {
                 Ok(_) => break rate,
@@ -891,14 +880,7 @@ impl ChannelServer {
                         .max(FeeRate::BROADCAST_MIN);
                 }
                 Err(Error::Dust { .. } | Error::InsufficientFunds { .. }) => {
-                    return Err(Error::Malformed {
-                        what: "settlement",
-                        reason: format!(
-                            "the paid total of {} is too small to settle on chain: even at 1 sat/vB the fee would leave the merchant's output below the dust threshold",
-                            s.channel.accepted()
-                        ),
-                    }
-                    .into())
+                    return Err(Error::SettlementTooSmall { total: s.channel.accepted() }.into())
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -912,7 +894,7 @@ impl ChannelServer {
         let out = self.drain(s).await?;
         out.into_iter()
             .find_map(|m| if let Message::Closed(c) = m { Some(c) } else { None })
-            .ok_or_else(|| MerchantError::Keys("no Closed message".into()))
+            .ok_or(MerchantError::Internal("no Closed message"))
     }
 
     /// Checks the chain for every channel: funding confirmations, expiry deadlines (settling

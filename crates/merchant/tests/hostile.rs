@@ -531,3 +531,35 @@ async fn an_x402_v1_payment_is_refused() {
         assert_eq!(v["code"], 204, "{v}");
     }
 }
+
+/// Each wire code means one thing: the merchant's own failures have a code of their own (it
+/// was 1, the code of an invalid expiry), and a failure answered to every payment of a run
+/// keeps its code.
+#[test]
+fn wire_codes_mean_one_thing() {
+    use paychan_core::bitcoin::OutPoint;
+    use paychan_core::Error;
+    use paychan_merchant::{MerchantError, MERCHANT_FAILURE};
+    let samples = [
+        Error::InvalidExpiry { expiry: 0, reason: "" },
+        Error::Malformed { what: "x", reason: String::new() },
+        Error::ChannelExists(OutPoint::null()),
+        Error::UnknownKeyIndex { index: 0, next: 0 },
+        Error::FundingRefused { reason: String::new() },
+        Error::SettlementTooSmall { total: Amount::ZERO },
+        Error::ReplacementWouldBeDust,
+        Error::UnknownChannel(OutPoint::null()),
+        Error::Decode(String::new()),
+    ];
+    let mut codes: Vec<u32> = samples.iter().map(Error::code).collect();
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), samples.len(), "distinct codes");
+    assert!(!codes.contains(&MERCHANT_FAILURE));
+    let store = MerchantError::Store(paychan_store::StoreError::NotFound(OutPoint::null()));
+    assert_eq!(store.to_wire(None).code, MERCHANT_FAILURE);
+    let shared = MerchantError::Shared(Arc::new(store));
+    assert_eq!(shared.to_wire(None).code, MERCHANT_FAILURE);
+    let refused = MerchantError::Shared(Arc::new(Error::ReplacementWouldBeDust.into()));
+    assert_eq!(refused.to_wire(None).code, 19);
+}
