@@ -26,6 +26,26 @@ pub const PAYMENT_REQUIRED: &str = "payment-required";
 pub const PAYMENT_SIGNATURE: &str = "payment-signature";
 /// The answer's header: the receipt.
 pub const PAYMENT_RESPONSE: &str = "payment-response";
+/// Headers a proxy does not forward: hop-by-hop (RFC 9110 §7.6.1), `host` and
+/// `content-length` (set anew for the forwarded message).
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// The largest request body a proxy (the merchant's reverse proxy, the customer's paying
+/// proxy) forwards.
+pub const MAX_PROXY_BODY: usize = 16 * 1024 * 1024;
+
 /// A paywall header longer than this is refused unread.
 pub const MAX_HEADER_LEN: usize = 8 * 1024;
 

@@ -27,8 +27,8 @@ use axum::response::{IntoResponse, Response};
 use paychan_core::bitcoin::{Amount, Network, OutPoint, Txid};
 use paychan_core::paywall::{
     caip2, decode_header, encode_header, Limits, PaychanExtra, PaymentRequired, PaymentResponse,
-    PaymentSignature, Requirement, Resource, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
-    SCHEME, X402_VERSION,
+    PaymentSignature, Requirement, Resource, HOP_BY_HOP, MAX_PROXY_BODY, PAYMENT_REQUIRED,
+    PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME, X402_VERSION,
 };
 use paychan_core::Error;
 use serde_json::json;
@@ -468,25 +468,6 @@ fn replace_wildcard_host(peer: &str, request_host: Option<&str>) -> String {
     };
     format!("{name}:{port}")
 }
-
-/// Headers a proxy does not forward: hop-by-hop (RFC 9110 §7.6.1), `host` and
-/// `content-length` (set anew for the forwarded message).
-pub const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-];
-
-/// The largest request body the reverse proxy forwards.
-pub const MAX_PROXY_BODY: usize = 16 * 1024 * 1024;
 
 /// A service forwarding every request to `upstream` (`http://host:port`, optionally with a
 /// base path). Put [`PaywallLayer`] on it to charge for the upstream's API. An unreachable

@@ -12,8 +12,8 @@ use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use clap::Args;
 use paychan_core::bitcoin::Amount;
+use paychan_core::paywall::{HOP_BY_HOP, MAX_PROXY_BODY};
 use paychan_customer::{Caps, CustomerError, PayingClient, Progress};
-use paychan_merchant::paywall::HOP_BY_HOP;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 
@@ -214,7 +214,7 @@ async fn forward(client: &PayingClient, req: Request<Body>) -> Response {
         )
             .into_response();
     }
-    let body = match axum::body::to_bytes(body, paychan_merchant::paywall::MAX_PROXY_BODY).await {
+    let body = match axum::body::to_bytes(body, MAX_PROXY_BODY).await {
         Ok(b) => b.to_vec(),
         Err(_) => {
             return (StatusCode::PAYLOAD_TOO_LARGE, "request body above 16 MiB\n").into_response()
