@@ -420,8 +420,21 @@ impl Customer {
         }
         let msgs = self.drain(&mut e).await?;
         let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
-        conn.send(&msgs).await?;
-        self.await_acks(&mut e, last).await
+        let answered = match conn.send(&msgs).await {
+            Ok(()) => self.await_acks(&mut e, last).await,
+            Err(err) => Err(err),
+        };
+        match answered {
+            // The connection broke (a merchant closes connections idle for long, or it
+            // restarted): once more on a fresh one, whose resume delivers what was signed.
+            Err(CustomerError::Io(why)) => {
+                info!(channel = %id, %why, "connection lost while paying; reconnecting");
+                e.conn = None;
+                self.ensure_connected(&mut e).await?;
+                Ok(e.channel.state().acked)
+            }
+            other => other,
+        }
     }
 
     /// Pays `count` payments of `amount` on channel `id` with up to `window` unacknowledged

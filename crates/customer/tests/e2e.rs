@@ -373,3 +373,26 @@ async fn a_life_outside_the_merchants_range_funds_nothing() {
     // A little over six hours is fine.
     c.open(&w.addr, Amount::from_sat(100_000), Some(6 * 3_600 + 600)).await.unwrap();
 }
+
+/// A merchant closes connections idle for long; the customer's next payment reconnects and
+/// goes through (the resume delivers it), instead of failing once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_after_the_merchant_closed_an_idle_connection_goes_through() {
+    use paychan_merchant::listen::Limits;
+    let w = world().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let strict = listener.local_addr().unwrap().to_string();
+    let limits =
+        Limits { idle_timeout: std::time::Duration::from_millis(300), ..Limits::default() };
+    tokio::spawn(tcp::serve_limited(w.server.clone(), listener, limits, std::future::pending()));
+    let c = customer(&w);
+    let id = c.open(&strict, Amount::from_sat(100_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    assert_eq!(c.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(10));
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(c.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(20));
+    assert_eq!(
+        w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap().total,
+        Amount::from_sat(20)
+    );
+}
