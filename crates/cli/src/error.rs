@@ -14,6 +14,12 @@ pub enum CliError {
     Io(#[from] std::io::Error),
 }
 
+/// The command failed with `e` (exit code 1): `.map_err(fail)?` for any error whose text
+/// says what went wrong.
+pub fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
 impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {

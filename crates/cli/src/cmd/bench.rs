@@ -30,6 +30,7 @@ use paychan_wallet::{KeyChain, Wallet};
 use serde_json::json;
 
 use super::common::{runtime, Common};
+use crate::error::fail;
 use crate::CliError;
 
 /// `paychan bench …`
@@ -98,10 +99,6 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         transactions: usize,
     },
-}
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
 }
 
 pub fn say(line: &str) {

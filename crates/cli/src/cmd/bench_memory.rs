@@ -24,11 +24,8 @@ use paychan_wallet::KeyChain;
 use serde_json::{json, Value};
 
 use super::bench::{peak_rss_mib, say};
+use crate::error::fail;
 use crate::CliError;
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
-}
 
 /// Writes `n` open merchant channels, each with a payment, into the SQLite store at `path`.
 async fn fill(path: &Path, n: u32) -> Result<(), CliError> {

@@ -15,11 +15,8 @@ use paychan_core::verify::verify_consensus;
 use paychan_node::Node;
 use serde_json::{json, Value};
 
+use crate::error::fail;
 use crate::CliError;
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
-}
 
 fn spend(prev: OutPoint, prev_out: &TxOut, outputs: Vec<TxOut>) -> Transaction {
     let mut tx = Transaction {

@@ -20,11 +20,8 @@ use paychan_wallet::{KeyChain, Wallet};
 use serde_json::{json, Value};
 
 use super::bench::{on_all_cores, peak_rss_mib, percentile, say};
+use crate::error::fail;
 use crate::CliError;
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
-}
 
 /// Where the bench keeps channels.
 #[derive(Debug, Clone, PartialEq, Eq)]

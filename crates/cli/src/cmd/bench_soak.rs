@@ -23,11 +23,8 @@ use paychan_wallet::{KeyChain, Wallet};
 use serde_json::{json, Value};
 
 use super::bench::{peak_rss_mib, rss_mib, say};
+use crate::error::fail;
 use crate::CliError;
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
-}
 
 /// Runs the soak: `customers` channels (half TCP, half HTTP) for `secs` seconds.
 pub async fn soak(customers: u32, secs: f64) -> Result<Value, CliError> {

@@ -18,6 +18,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 
 use super::common::{parse_amount, runtime, Common};
+use crate::error::fail;
 use crate::CliError;
 
 /// Spending caps, shared by `buy` and `proxy`.
@@ -74,10 +75,6 @@ pub struct ProxyArgs {
     listen: SocketAddr,
     #[command(flatten)]
     caps: CapArgs,
-}
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
 }
 
 /// Progress on stderr: opening a channel, waiting for its confirmation.

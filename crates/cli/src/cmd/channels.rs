@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::common::{parse_amount, runtime, Common};
 use super::node::parse_duration;
+use crate::error::fail;
 use crate::CliError;
 
 /// `paychan channels …`
@@ -72,10 +73,6 @@ pub enum ChannelsCommand {
     },
     /// Every channel.
     List,
-}
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
 }
 
 fn status_json(s: &ChannelStatus) -> Value {

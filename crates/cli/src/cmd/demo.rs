@@ -25,6 +25,7 @@ use paychan_wallet::{KeyChain, Wallet};
 use serde_json::json;
 
 use super::common::{parse_amount, runtime, Common};
+use crate::error::fail;
 use crate::CliError;
 
 /// Arguments of `paychan demo`.
@@ -45,10 +46,6 @@ pub struct DemoArgs {
     /// Keep the demo's files (wallets, stores) in this directory instead of a temporary one.
     #[arg(long)]
     keep: Option<PathBuf>,
-}
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
 }
 
 /// Removes the demo's temporary directory when dropped.

@@ -13,6 +13,7 @@ use paychan_core::policy::Policy;
 use serde_json::{json, Value};
 
 use super::common::{runtime, Common};
+use crate::error::fail;
 use crate::CliError;
 
 /// `paychan payment …` (the merchant's side).
@@ -42,10 +43,6 @@ pub enum PaymentCommand {
         #[arg(long, env = "PAYCHAN_ADMIN_TOKEN")]
         admin_token: Option<String>,
     },
-}
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
 }
 
 /// The file's JSON for a signed payment.

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::common::{parse_amount, runtime, Common};
+use crate::error::fail;
 use crate::CliError;
 
 /// Arguments of `paychan serve`; each may also be set in the `--config` TOML file (same names,
@@ -114,10 +115,6 @@ struct ServeFile {
     handshake_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     metrics: Option<String>,
-}
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
 }
 
 /// Runs the merchant until Ctrl-C or SIGTERM.

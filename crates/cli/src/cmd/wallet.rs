@@ -8,6 +8,7 @@ use paychan_wallet::Wallet;
 use serde_json::json;
 
 use super::common::{parse_amount, Common};
+use crate::error::fail;
 use crate::CliError;
 
 /// `paychan wallet …`
@@ -40,10 +41,6 @@ pub enum WalletCommand {
         #[arg(long, default_value_t = 101)]
         blocks: u32,
     },
-}
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
 }
 
 /// Runs a `paychan wallet` command.
