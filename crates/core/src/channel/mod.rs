@@ -14,6 +14,7 @@
 pub mod customer;
 pub mod merchant;
 mod record;
+pub mod settlement;
 
 use std::collections::VecDeque;
 

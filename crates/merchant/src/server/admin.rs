@@ -1,0 +1,95 @@
+//! Listings and metrics for the admin API.
+
+use std::collections::HashMap;
+
+use paychan_core::bitcoin::{Amount, OutPoint};
+use paychan_core::channel::merchant::MerchantState;
+use paychan_core::channel::Phase;
+use paychan_core::Error;
+use paychan_store::Role;
+
+use super::ChannelServer;
+use crate::MerchantError;
+
+/// A channel as the admin API lists it.
+fn listing(id: OutPoint, st: &MerchantState) -> (OutPoint, Phase, Amount, Amount, Amount, u32) {
+    (
+        id,
+        st.phase,
+        st.accepted,
+        st.charged,
+        st.params.capacity(),
+        st.params.script().expiry().to_consensus_u32(),
+    )
+}
+
+impl ChannelServer {
+    /// The Prometheus text exposition of the merchant's metrics.
+    pub async fn metrics_text(&self) -> String {
+        let slots: Vec<_> = self.slots().values().cloned().collect();
+        let mut by_phase: HashMap<&'static str, usize> = HashMap::new();
+        for slot in slots {
+            let phase = slot.lock().await.channel.phase();
+            *by_phase.entry(phase.as_str()).or_default() += 1;
+        }
+        let mut phases: Vec<(&str, usize)> = by_phase.into_iter().collect();
+        phases.sort_unstable();
+        self.metrics.render(&phases)
+    }
+
+    /// Every channel, live ones from memory and ended ones (settled, refunded, abandoned:
+    /// not kept in memory) from the store: (id, phase, accepted total, charged, capacity,
+    /// expiry).
+    ///
+    /// # Errors
+    /// The store's, or an undecodable row.
+    pub async fn channels(
+        &self,
+    ) -> Result<Vec<(OutPoint, Phase, Amount, Amount, Amount, u32)>, MerchantError> {
+        let slots: Vec<_> = self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for (id, slot) in slots {
+            let s = slot.lock().await;
+            out.push(listing(id, s.channel.state()));
+        }
+        let ended = self
+            .store
+            .list(paychan_store::Query {
+                role: Some(Role::Merchant),
+                phases: vec![Phase::Settled, Phase::Refunded, Phase::Abandoned],
+                ..Default::default()
+            })
+            .await?;
+        for row in ended {
+            if self.slots().contains_key(&row.id) {
+                continue;
+            }
+            out.push(listing(row.id, &MerchantState::decode(&row.state)?));
+        }
+        out.sort_by_key(|c| (c.5, c.0));
+        Ok(out)
+    }
+
+    /// A channel's phase and stored total; an ended channel's from the store.
+    ///
+    /// # Errors
+    /// [`Error::UnknownChannel`]; the store's.
+    pub async fn channel_status(&self, id: OutPoint) -> Result<(Phase, Amount), MerchantError> {
+        if let Ok(slot) = self.slot(&id) {
+            let s = slot.lock().await;
+            return Ok((s.channel.phase(), s.stored_total()));
+        }
+        let row = self.store.get(id, Role::Merchant).await?.ok_or(Error::UnknownChannel(id))?;
+        Ok((row.phase, row.total))
+    }
+
+    /// A channel's expiry (locktime value).
+    ///
+    /// # Errors
+    /// [`Error::UnknownChannel`].
+    pub async fn channel_expiry(&self, id: OutPoint) -> Result<u32, MerchantError> {
+        let slot = self.slot(&id)?;
+        let s = slot.lock().await;
+        Ok(s.channel.state().params.script().expiry().to_consensus_u32())
+    }
+}

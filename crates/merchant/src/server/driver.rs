@@ -1,0 +1,166 @@
+//! The driver's I/O for every duty: a channel's effects through the one persisted-channel
+//! driver ([`Persisted::drain`]), the broadcasts it releases, reloads after a failed write,
+//! and retries after a compare-and-swap conflict.
+
+use paychan_core::bitcoin::{OutPoint, Transaction};
+use paychan_core::channel::merchant::{MerchantChannel, MerchantState};
+use paychan_core::channel::{Event, Phase};
+use paychan_core::msg::Message;
+use paychan_core::Error;
+use paychan_store::{Role, Storage};
+use tracing::{info, warn};
+
+use super::{ChannelServer, Slot, CONFLICT_RETRIES};
+use crate::MerchantError;
+
+/// Runs a call to the chain (which may block) off the async runtime.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, paychan_chain::ChainError> + Send + 'static,
+) -> Result<T, MerchantError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| MerchantError::TaskFailed)?
+        .map_err(MerchantError::Chain)
+}
+
+impl ChannelServer {
+    /// Channel `id` locked, ready to take a payment: reloaded from the store if a write
+    /// failed, and its funding's confirmations looked at again while it awaits them.
+    pub(super) async fn payable(
+        &self,
+        id: OutPoint,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Slot>, MerchantError> {
+        let mut s = self.slot(&id)?.lock_owned().await;
+        self.reload(&mut s).await?;
+        if s.channel.phase() == Phase::AwaitingFunding {
+            self.refresh_confirmations(&mut s, id).await?;
+        }
+        Ok(s)
+    }
+
+    /// Runs `op`, and runs it again (up to [`CONFLICT_RETRIES`] times) when its write met a
+    /// compare-and-swap conflict: another writer (`paychan payment submit`, another instance
+    /// on the same database) moved the channel. The failed write already reloaded the channel
+    /// from the store, so the retry checks the request against what the store holds. Nothing
+    /// was acknowledged by the attempt that failed.
+    pub(super) async fn on_fresh_state<T, F, Fut>(&self, mut op: F) -> Result<T, MerchantError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, MerchantError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(MerchantError::Store(paychan_store::StoreError::Conflict {
+                    channel, ..
+                })) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    info!(%channel, attempt, "the channel moved in the store; checking again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(super) async fn refresh_confirmations(
+        &self,
+        s: &mut Slot,
+        id: OutPoint,
+    ) -> Result<(), MerchantError> {
+        let chain = self.chain.clone();
+        let status = blocking(move || chain.tx_status(&id.txid)).await?;
+        let confirmations = match status {
+            paychan_chain::TxStatus::Confirmed { confirmations, .. } => confirmations,
+            _ => 0,
+        };
+        s.sched.confirmations(confirmations);
+        s.channel.handle_funding_confirmations(confirmations);
+        self.drain(s).await?;
+        Ok(())
+    }
+
+    pub(super) async fn drain_events(&self, s: &mut Slot) -> Result<bool, MerchantError> {
+        let mut due = false;
+        let out = self
+            .drain_with(s, &mut |e| {
+                if matches!(e, Event::SettleDue { .. }) {
+                    due = true;
+                }
+            })
+            .await?;
+        drop(out);
+        Ok(due)
+    }
+
+    pub(super) async fn drain(&self, s: &mut Slot) -> Result<Vec<Message>, MerchantError> {
+        self.drain_with(s, &mut |_| {}).await
+    }
+
+    /// Runs the channel's effects through the one persisted-channel driver
+    /// ([`Persisted::drain`]: persists coalesced, written before anything held behind them),
+    /// then broadcasts what it released. Returns the messages for the peer.
+    pub(super) async fn drain_with(
+        &self,
+        s: &mut Slot,
+        on_event: &mut (dyn FnMut(&Event) + Send),
+    ) -> Result<Vec<Message>, MerchantError> {
+        let refunds = &self.metrics.refunds;
+        let mut events = |e: &Event| {
+            tracing::debug!(?e, "channel event");
+            if matches!(e, Event::Refunded { .. }) {
+                refunds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            on_event(e);
+        };
+        let restore = self.restorer();
+        // On a failed write the driver has reloaded the machine (or marked it stale).
+        let drained = s.p.drain(&self.storage(&restore), &mut events).await?;
+        for t in &drained.write_times {
+            self.metrics.store_commit.observe(*t);
+        }
+        for tx in drained.broadcasts {
+            let taken = self.broadcast(tx).await;
+            s.sched.broadcast(taken);
+        }
+        Ok(drained.sends)
+    }
+
+    /// Hands `tx` to the node; false (logged) when it did not take it.
+    pub(super) async fn broadcast(&self, tx: Transaction) -> bool {
+        let chain = self.chain.clone();
+        let txid = tx.compute_txid();
+        match blocking(move || chain.broadcast(&tx)).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(%txid, error = %e, "broadcast failed; will retry");
+                false
+            }
+        }
+    }
+
+    /// How a stored merchant state becomes a machine again.
+    pub(super) fn restorer(
+        &self,
+    ) -> impl Fn(&[u8]) -> Result<MerchantChannel, Error> + Send + Sync + '_ {
+        move |bytes: &[u8]| {
+            Ok(MerchantChannel::restore(MerchantState::decode(bytes)?, self.config.policy.clone()))
+        }
+    }
+
+    pub(super) fn storage<'a>(
+        &'a self,
+        restore: &'a (dyn Fn(&[u8]) -> Result<MerchantChannel, Error> + Send + Sync),
+    ) -> Storage<'a, MerchantChannel> {
+        Storage { store: &*self.store, role: Role::Merchant, restore }
+    }
+
+    /// Replaces a stale slot's machine with the channel as stored. A no-op for a fresh slot.
+    ///
+    /// # Errors
+    /// The store's; the slot then stays stale.
+    pub(super) async fn reload(&self, s: &mut Slot) -> Result<(), MerchantError> {
+        let restore = self.restorer();
+        s.p.reload(&self.storage(&restore)).await?;
+        Ok(())
+    }
+}

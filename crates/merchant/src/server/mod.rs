@@ -1,0 +1,393 @@
+//! The channel server: the driver between the core's merchant state machines, the store and
+//! the chain, split by duty:
+//!
+//! * this module: the channel registry and the protocol's operations (hello, open, pay,
+//!   resume, close);
+//! * [`paid`]: paid-request accounting (redeem a payment or a 21 token for a request, refund
+//!   a failed request);
+//! * [`settle`]: the settlement scheduler's I/O (the policy is the core's
+//!   [`settlement`](paychan_core::channel::settlement) module);
+//! * [`two1`]: the 21 (two1) channel operations the REST adapter calls;
+//! * [`admin`]: listings and metrics;
+//! * [`driver`]: effects through the one persisted-channel driver, broadcasts, reloads.
+
+mod admin;
+mod driver;
+mod paid;
+mod settle;
+mod two1;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use paychan_chain::ChainSource;
+use paychan_core::bitcoin::secp256k1::PublicKey;
+use paychan_core::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
+use paychan_core::channel::merchant::{params_from_open, MerchantChannel, MerchantState};
+use paychan_core::channel::settlement::Scheduler;
+use paychan_core::channel::{Event, Phase, SettleReason};
+use paychan_core::msg::{self, Message, Opened, PaymentAck, Resumed, Welcome};
+use paychan_core::policy::Policy;
+use paychan_core::{Error, Now};
+use paychan_store::{ChannelStore, Persisted, Role};
+use tracing::info;
+
+pub use two1::TWO1_KEY_INDEX;
+
+use crate::{KeyChain, MerchantError};
+use driver::blocking;
+
+/// The channel a message names.
+fn named(
+    channel: &Option<msg::ChannelRef>,
+    missing: &'static str,
+) -> Result<OutPoint, MerchantError> {
+    Ok(channel.as_ref().ok_or(Error::Decode(missing.into()))?.outpoint()?)
+}
+
+/// Where "now" comes from (the core reads no clock): wall time and the chain tip.
+pub type Clock = Arc<dyn Fn() -> Now + Send + Sync>;
+
+/// The server's settings.
+pub struct ServerConfig {
+    /// The channel policy.
+    pub policy: Policy,
+    /// Where settlements pay the merchant.
+    pub payout: ScriptBuf,
+    /// Confirmation target for settlement fee estimates.
+    pub settle_target_blocks: u32,
+}
+
+/// One live channel: the machine with its row, and its settlement scheduler.
+struct Slot {
+    /// The machine and its row.
+    p: Persisted<MerchantChannel>,
+    /// When settlement work is due, and the settlement out there.
+    sched: Scheduler,
+}
+
+impl Slot {
+    fn new(p: Persisted<MerchantChannel>) -> Self {
+        Slot { p, sched: Scheduler::default() }
+    }
+}
+
+/// `s.channel` is the machine.
+impl std::ops::Deref for Slot {
+    type Target = Persisted<MerchantChannel>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.p
+    }
+}
+
+impl std::ops::DerefMut for Slot {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.p
+    }
+}
+
+/// How many times a request is checked again after its write met a compare-and-swap conflict
+/// (another writer moved the channel) before the request fails.
+pub const CONFLICT_RETRIES: u32 = 3;
+
+/// Whether a drained event says a payment exhausted the channel (settle it now).
+fn exhausted(e: &Event) -> bool {
+    matches!(e, Event::SettleDue { reason: SettleReason::Exhausted, .. })
+}
+
+/// Drives every channel of one merchant.
+pub struct ChannelServer {
+    config: ServerConfig,
+    keys: KeyChain,
+    store: Arc<dyn ChannelStore>,
+    chain: Arc<dyn ChainSource>,
+    clock: Clock,
+    channels: Mutex<HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>>,
+    metrics: crate::metrics::Metrics,
+    payout_source: Option<PayoutSource>,
+    /// 21 tokens (payment txids) → their channel.
+    tokens: Mutex<HashMap<Txid, OutPoint>>,
+    /// The chain tip at the last tick.
+    last_tip: Mutex<Option<paychan_core::bitcoin::BlockHash>>,
+}
+
+/// Hands out a fresh payout script per settlement (the merchant's wallet).
+pub type PayoutSource = Arc<dyn Fn() -> Result<ScriptBuf, String> + Send + Sync>;
+
+impl std::fmt::Debug for ChannelServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelServer").finish_non_exhaustive()
+    }
+}
+
+impl ChannelServer {
+    /// A server; call [`ChannelServer::load`] to bring back stored channels.
+    ///
+    /// # Errors
+    /// [`MerchantError::Core`] for an invalid policy.
+    pub fn new(
+        config: ServerConfig,
+        keys: KeyChain,
+        store: Arc<dyn ChannelStore>,
+        chain: Arc<dyn ChainSource>,
+        clock: Clock,
+    ) -> Result<Self, MerchantError> {
+        config.policy.validate()?;
+        Ok(ChannelServer {
+            config,
+            keys,
+            store,
+            chain,
+            clock,
+            channels: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::Metrics::default(),
+            payout_source: None,
+            tokens: Mutex::new(HashMap::new()),
+            last_tip: Mutex::new(None),
+        })
+    }
+
+    /// Pays each settlement to a fresh script from `source` (falling back to the configured
+    /// payout if it fails), so settlements never reuse an address.
+    pub fn with_payout_source(mut self, source: PayoutSource) -> Self {
+        self.payout_source = Some(source);
+        self
+    }
+
+    /// Loads every stored live channel (after a restart).
+    ///
+    /// # Errors
+    /// [`MerchantError::Store`]; [`MerchantError::Core`] for an undecodable row.
+    pub async fn load(&self) -> Result<usize, MerchantError> {
+        let rows = self
+            .store
+            .list(paychan_store::Query { role: Some(Role::Merchant), ..Default::default() })
+            .await?;
+        let mut n = 0;
+        for row in rows.into_iter().filter(|r| !r.phase.is_final()) {
+            let state = MerchantState::decode(&row.state)?;
+            if let Some(tx) = &state.two1_tx {
+                self.token_index().insert(tx.compute_txid(), row.id);
+            }
+            let channel = MerchantChannel::restore(state, self.config.policy.clone());
+            let slot = Slot::new(Persisted::stored(channel, row.version, row.total));
+            self.slots().insert(row.id, Arc::new(tokio::sync::Mutex::new(slot)));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn token_index(&self) -> std::sync::MutexGuard<'_, HashMap<Txid, OutPoint>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slot(&self, id: &OutPoint) -> Result<Arc<tokio::sync::Mutex<Slot>>, MerchantError> {
+        self.slots().get(id).cloned().ok_or(MerchantError::Core(Error::UnknownChannel(*id)))
+    }
+
+    /// Answers a `Hello`: the version, the key a new channel would use, the policy. The key's
+    /// index is taken only when a channel is opened with it ([`ChannelServer::open`]), so a
+    /// handshake writes nothing and costs nothing; two peers greeted at once may be offered
+    /// the same key, and both may open with it (their channel scripts still differ).
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedVersion`]; key errors (every per-channel index used).
+    pub fn hello(&self, hello: &msg::Hello) -> Result<Welcome, MerchantError> {
+        let version = msg::negotiate(hello)?;
+        let (key_index, key) = self.keys.peek()?;
+        if key_index >= TWO1_KEY_INDEX {
+            return Err(MerchantError::KeysExhausted);
+        }
+        Ok(Welcome {
+            version,
+            merchant_pubkey: key.serialize().to_vec(),
+            policy: Some((&self.config.policy).into()),
+            key_index,
+        })
+    }
+
+    /// Accepts a channel: checks it against the policy, stores it, broadcasts its funding (the
+    /// node's acceptance proves the deposit is real), and answers `Opened`.
+    ///
+    /// # Errors
+    /// The policy or decoding error; [`MerchantError::Chain`] when the node refuses the funding.
+    pub async fn open(&self, open: &msg::Open) -> Result<Opened, MerchantError> {
+        // Only keys offered in a Welcome: at most the next one, never the 21 key's index.
+        let next = self.keys.next_index();
+        if open.key_index > next || open.key_index >= TWO1_KEY_INDEX {
+            return Err(Error::UnknownKeyIndex { index: open.key_index, next }.into());
+        }
+        let key = self.keys.secret(open.key_index)?;
+        let pubkey = PublicKey::from_secret_key(paychan_core::sig::secp(), &key);
+        let (params, funding_tx) = params_from_open(open, &pubkey, &self.config.policy)?;
+        let id = params.id();
+        self.ensure_new(id).await?;
+        let now = (self.clock)();
+        let channel =
+            MerchantChannel::open(params, self.config.policy.clone(), &now, open.key_index)?;
+        let out = self.admit(id, channel, funding_tx, Some(open.key_index)).await?;
+        info!(channel = %id, "channel opened");
+        out.into_iter()
+            .find_map(|m| if let Message::Opened(o) = m { Some(o) } else { None })
+            .ok_or(MerchantError::Internal("no Opened message"))
+    }
+
+    /// Refuses a deposit that already has a channel: live (in memory) or ended (in the store
+    /// only).
+    async fn ensure_new(&self, id: OutPoint) -> Result<(), MerchantError> {
+        if self.slots().contains_key(&id) || self.store.get(id, Role::Merchant).await?.is_some() {
+            return Err(Error::ChannelExists(id).into());
+        }
+        Ok(())
+    }
+
+    /// Broadcasts a new channel's funding (the node's acceptance proves the deposit is real),
+    /// takes its key index (`key_index`: only once the deposit is real, so opens with made-up
+    /// deposits cannot use up indexes), stores the channel, and registers it.
+    async fn admit(
+        &self,
+        id: OutPoint,
+        channel: MerchantChannel,
+        funding_tx: Transaction,
+        key_index: Option<u32>,
+    ) -> Result<Vec<Message>, MerchantError> {
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(Persisted::new(channel))));
+        let mut guard = slot.lock().await;
+        let chain = self.chain.clone();
+        blocking(move || chain.broadcast(&funding_tx)).await.map_err(|e| match e {
+            // The customer's own transaction: say why the node refused it.
+            MerchantError::Chain(paychan_chain::ChainError::Rejected { reason, .. }) => {
+                MerchantError::Core(Error::FundingRefused { reason })
+            }
+            other => other,
+        })?;
+        if let Some(index) = key_index {
+            self.keys.mark_used(index)?;
+        }
+        let out = self.drain(&mut guard).await?;
+        drop(guard);
+        self.slots().insert(id, slot);
+        Ok(out)
+    }
+
+    /// A payment: validated by the core, stored, then acknowledged.
+    ///
+    /// # Errors
+    /// The payment rule broken (the channel is unchanged), or a store failure.
+    pub async fn pay(&self, pay: &msg::Pay) -> Result<PaymentAck, MerchantError> {
+        let channel = named(&pay.channel, "payment without a channel")?;
+        self.pay_batch(channel, std::slice::from_ref(pay))
+            .await
+            .pop()
+            .ok_or(MerchantError::Internal("no answer"))?
+    }
+
+    /// Several payments on one channel, as they arrived pipelined: each is validated in turn,
+    /// the accepted ones are stored in one write, then acknowledged. Returns one answer per
+    /// payment, in order (a refused payment changes nothing and does not stop the others).
+    pub async fn pay_batch(
+        &self,
+        channel: OutPoint,
+        pays: &[msg::Pay],
+    ) -> Vec<Result<PaymentAck, MerchantError>> {
+        match self.on_fresh_state(|| self.pay_batch_once(channel, pays)).await {
+            Ok(answers) => answers,
+            Err(MerchantError::Core(e @ Error::UnknownChannel(_))) => {
+                pays.iter().map(|_| Err(e.clone().into())).collect()
+            }
+            Err(e) => {
+                let shared = std::sync::Arc::new(e);
+                pays.iter().map(|_| Err(MerchantError::Shared(shared.clone()))).collect()
+            }
+        }
+    }
+
+    /// One attempt of [`ChannelServer::pay_batch`]: `Err` when the driver failed (nothing
+    /// acknowledged), else one answer per payment.
+    async fn pay_batch_once(
+        &self,
+        channel: OutPoint,
+        pays: &[msg::Pay],
+    ) -> Result<Vec<Result<PaymentAck, MerchantError>>, MerchantError> {
+        let mut s = self.payable(channel).await?;
+        let started = std::time::Instant::now();
+        let now = (self.clock)();
+        let before = s.channel.accepted();
+        let mut results: Vec<Result<(), MerchantError>> = Vec::with_capacity(pays.len());
+        for p in pays {
+            results.push(
+                s.channel
+                    .handle_payment(&now, channel, Amount::from_sat(p.total_sat), &p.signature)
+                    .map_err(MerchantError::from),
+            );
+        }
+        let gained = s.channel.accepted().checked_sub(before).unwrap_or(Amount::ZERO);
+        let mut exhausted = false;
+        let acks = self.drain_with(&mut s, &mut |e| exhausted |= self::exhausted(e)).await?;
+        // Counted once stored (a retried attempt is not counted twice).
+        let accepted = results.iter().filter(|r| r.is_ok()).count() as u64;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.metrics.payments.fetch_add(accepted, relaxed);
+        self.metrics.rejections.fetch_add(results.len() as u64 - accepted, relaxed);
+        self.metrics.revenue_sat.fetch_add(gained.to_sat(), relaxed);
+        if exhausted && s.channel.phase() == Phase::Open {
+            // Too little left to be worth keeping open: settle now (after the payments are
+            // stored; the acknowledgements below do not wait for the settlement).
+            self.settle_exhausted(&mut s, channel, &now).await;
+        }
+        let elapsed = started.elapsed();
+        for _ in 0..pays.len() {
+            self.metrics.payment_latency.observe(elapsed);
+        }
+        let mut acks = acks.into_iter().filter_map(|m| match m {
+            Message::PaymentAck(a) => Some(a),
+            _ => None,
+        });
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                Ok(()) => acks.next().ok_or(MerchantError::Internal("no acknowledgement")),
+                Err(e) => Err(e),
+            })
+            .collect())
+    }
+
+    /// The merchant's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.config.policy
+    }
+
+    /// Checks a payment without accepting it: what it would add to the channel.
+    ///
+    /// # Errors
+    /// The payment rule it breaks.
+    pub async fn check_payment(&self, pay: &msg::Pay) -> Result<Amount, MerchantError> {
+        let channel = named(&pay.channel, "payment without a channel")?;
+        let s = self.payable(channel).await?;
+        let mut probe = s.channel.clone();
+        let before = probe.accepted();
+        let now = (self.clock)();
+        probe.handle_payment(&now, channel, Amount::from_sat(pay.total_sat), &pay.signature)?;
+        Ok(probe.accepted() - before)
+    }
+
+    /// Whether zero-confirmation channels are accepted.
+    pub fn zero_conf(&self) -> bool {
+        self.config.policy.zero_conf
+    }
+
+    /// A reconnecting customer asks for the latest stored total.
+    ///
+    /// # Errors
+    /// [`Error::UnknownChannel`].
+    pub async fn resume(&self, resume: &msg::Resume) -> Result<Resumed, MerchantError> {
+        let channel = named(&resume.channel, "resume without a channel")?;
+        let (_, total) = self.channel_status(channel).await?;
+        Ok(Resumed { channel: Some(channel.into()), total_sat: total.to_sat() })
+    }
+}

@@ -1,0 +1,271 @@
+//! The settlement scheduler's I/O. The policy (when work is due, the dust fallback, the
+//! replacement rule, the retry backoff) is the core's
+//! [`settlement`](paychan_core::channel::settlement) module; this module reads the chain,
+//! signs, broadcasts and reports the outcome back to each channel's [`Scheduler`].
+//!
+//! [`Scheduler`]: paychan_core::channel::settlement::Scheduler
+
+use paychan_chain::TxStatus;
+use paychan_core::bitcoin::{FeeRate, OutPoint, ScriptBuf};
+use paychan_core::channel::settlement::{
+    replacement_rate, settle_with_fallback, Broadcast, FollowUp, SettlementSeen,
+};
+use paychan_core::channel::Phase;
+use paychan_core::msg::{self, Closed, Message};
+use paychan_core::Now;
+use tracing::{info, warn};
+
+use super::{blocking, named, ChannelServer, Slot};
+use crate::MerchantError;
+
+impl ChannelServer {
+    /// Settles channel `id` now, at the merchant's own initiative; returns the txid.
+    ///
+    /// # Errors
+    /// State or chain errors (nothing paid yet, channel over).
+    pub async fn settle(&self, id: OutPoint) -> Result<Closed, MerchantError> {
+        let slot = self.slot(&id)?;
+        let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
+        self.settle_locked(&mut s).await
+    }
+
+    /// The customer asks to close: checks its signature, settles, answers with the txid.
+    ///
+    /// # Errors
+    /// Signature or state errors; chain errors.
+    pub async fn close(&self, close: &msg::Close) -> Result<Closed, MerchantError> {
+        let channel = named(&close.channel, "close without a channel")?;
+        let slot = self.slot(&channel)?;
+        let mut s = slot.lock().await;
+        self.reload(&mut s).await?;
+        s.channel.handle_close(&close.signature)?;
+        self.settle_locked(&mut s).await
+    }
+
+    /// Settles a channel a payment just exhausted, unless its settlement is backing off after
+    /// failures (then the tick retries it when due).
+    pub(super) async fn settle_exhausted(&self, s: &mut Slot, channel: OutPoint, now: &Now) {
+        if !s.sched.may_settle(now) {
+            return;
+        }
+        let r = self.settle_locked(s).await.map(|_| ());
+        self.record(s, channel, now, r, "settling an exhausted channel");
+    }
+
+    /// Reports the outcome of settlement work to the channel's scheduler; a failure is
+    /// counted and logged with the wait before the next try.
+    fn record(
+        &self,
+        s: &mut Slot,
+        channel: OutPoint,
+        now: &Now,
+        result: Result<(), MerchantError>,
+        what: &'static str,
+    ) {
+        let Some(wait) = s.sched.outcome(now, result.is_ok()) else { return };
+        self.metrics.settle_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let error = result.err().unwrap_or(MerchantError::BroadcastFailed);
+        let attempt = s.sched.backoff().failures();
+        warn!(%channel, %error, attempt, retry_in_secs = wait, "{what} failed; will retry");
+    }
+
+    /// Signs and broadcasts a settlement at the fee estimate (lower when the estimate would
+    /// leave dust: [`settle_with_fallback`]); blocks are counted from now.
+    pub(super) async fn settle_locked(&self, s: &mut Slot) -> Result<Closed, MerchantError> {
+        let estimate = self.estimate().await?;
+        let height = self.height().await?;
+        let (closed, fee_rate) = self.sign_and_send(s, estimate, None).await?;
+        s.sched.sent(Broadcast { height, fee_rate });
+        Ok(closed)
+    }
+
+    /// Signs the settlement at `fee_rate` (never at or below `floor`), stores it, then
+    /// broadcasts it; returns the `Closed` answer and the rate used.
+    async fn sign_and_send(
+        &self,
+        s: &mut Slot,
+        fee_rate: FeeRate,
+        floor: Option<FeeRate>,
+    ) -> Result<(Closed, FeeRate), MerchantError> {
+        let key = self.keys.secret(s.channel.state().key_index)?;
+        let payout = self.payout();
+        let (_, used) = settle_with_fallback(&mut s.channel, &key, &payout, fee_rate, floor)?;
+        if used < fee_rate {
+            info!(estimate = %fee_rate, %used, "settling below the fee estimate: a higher fee would leave the output as dust");
+        }
+        self.metrics.settlements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.sched.begin();
+        let out = self.drain(s).await?;
+        let closed = out
+            .into_iter()
+            .find_map(|m| if let Message::Closed(c) = m { Some(c) } else { None })
+            .ok_or(MerchantError::Internal("no Closed message"))?;
+        Ok((closed, used))
+    }
+
+    /// A fresh payout script from the wallet, or the configured one.
+    fn payout(&self) -> ScriptBuf {
+        match &self.payout_source {
+            Some(source) => source().unwrap_or_else(|e| {
+                warn!(error = %e, "no fresh payout address; using the configured one");
+                self.config.payout.clone()
+            }),
+            None => self.config.payout.clone(),
+        }
+    }
+
+    async fn estimate(&self) -> Result<FeeRate, MerchantError> {
+        let chain = self.chain.clone();
+        let target = self.config.settle_target_blocks;
+        blocking(move || chain.estimate_fee(target)).await
+    }
+
+    async fn height(&self) -> Result<u32, MerchantError> {
+        let chain = self.chain.clone();
+        Ok(blocking(move || chain.tip()).await?.height)
+    }
+
+    /// Checks the chain for every channel: funding confirmations, expiry deadlines (settling
+    /// when due), settlements out. Call it when a block arrives, or periodically. A channel's
+    /// failed settlement work is retried with exponential backoff (the core's
+    /// [`Backoff`](paychan_core::channel::settlement::Backoff)); one channel's failure does
+    /// not stop the others.
+    ///
+    /// # Errors
+    /// The first failure met (the chain unreachable, a store failure); every channel was still
+    /// visited.
+    pub async fn tick(&self) -> Result<(), MerchantError> {
+        let chain = self.chain.clone();
+        let tip = blocking(move || chain.tip()).await?;
+        let new_tip = {
+            let mut last = self.last_tip.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *last != Some(tip.hash);
+            *last = Some(tip.hash);
+            changed
+        };
+        let slots: Vec<_> = self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut first_error = None;
+        for (id, slot) in slots {
+            let mut s = slot.lock().await;
+            if let Err(e) = self.tick_one(&mut s, id, new_tip).await {
+                warn!(channel = %id, error = %e, "chain check failed; will retry");
+                first_error.get_or_insert(e);
+            }
+        }
+        if first_error.is_some() {
+            // Look at every channel again at the next tick, new block or not.
+            *self.last_tip.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn tick_one(
+        &self,
+        s: &mut Slot,
+        id: OutPoint,
+        new_tip: bool,
+    ) -> Result<(), MerchantError> {
+        self.reload(s).await?;
+        if s.channel.phase().is_final() {
+            return Ok(());
+        }
+        if s.sched.wants_confirmations(s.channel.phase(), new_tip) {
+            self.refresh_confirmations(s, id).await?;
+        }
+        let now = (self.clock)();
+        s.channel.handle_tick(&now);
+        let due = self.drain_events(s).await?;
+        let work = s.sched.handle_tick(&now, &s.channel, due, new_tip);
+        if work.settle {
+            let r = self.settle_locked(s).await.map(|_| ());
+            self.record(s, id, &now, r, "settlement");
+            // Followed from the next tick on.
+            return Ok(());
+        }
+        if work.look_for_spend {
+            if let Err(e) = self.notice_spend(s, id).await {
+                warn!(channel = %id, error = %e, "checking the funding's spend failed; will retry");
+            }
+        }
+        if work.follow && s.channel.phase() == Phase::Settling {
+            s.sched.begin();
+            let r = self.follow_settlement(s).await;
+            self.record(s, id, &now, r, "settlement follow-up");
+        }
+        Ok(())
+    }
+
+    /// If the funding output is spent in a block (by our settlement, or by the customer's
+    /// refund), records the spend: settled or refunded, with the winner's amounts.
+    async fn notice_spend(&self, s: &mut Slot, id: OutPoint) -> Result<(), MerchantError> {
+        let chain = self.chain.clone();
+        if blocking(move || chain.utxo(&id)).await?.is_some() {
+            return Ok(());
+        }
+        let chain = self.chain.clone();
+        let from = match blocking(move || chain.tx_status(&id.txid)).await? {
+            TxStatus::Confirmed { block, .. } => block.height,
+            _ => 0,
+        };
+        let chain = self.chain.clone();
+        let Some((txid, Some(_))) = blocking(move || chain.spent_by(&id, from)).await? else {
+            return Ok(());
+        };
+        let chain = self.chain.clone();
+        if let Some(tx) = blocking(move || chain.transaction(&txid)).await? {
+            s.channel.handle_funding_spent(&tx)?;
+            self.drain(s).await?;
+            info!(channel = %id, %txid, phase = s.channel.phase().as_str(), "the funding was spent");
+        }
+        Ok(())
+    }
+
+    /// A settlement out: recorded when it confirms; broadcast again when it left the mempool;
+    /// replaced at a higher fee rate when it stays unconfirmed (the customer's
+    /// `SINGLE|ANYONECANPAY` signature leaves the merchant's output and fee free). What to do
+    /// is the scheduler's [`follow`](paychan_core::channel::settlement::Scheduler::follow).
+    async fn follow_settlement(&self, s: &mut Slot) -> Result<(), MerchantError> {
+        let Some(txid) = s.channel.state().settlement_txid else { return Ok(()) };
+        let chain = self.chain.clone();
+        let seen = match blocking(move || chain.tx_status(&txid)).await? {
+            TxStatus::Confirmed { .. } => SettlementSeen::Confirmed,
+            TxStatus::InMempool => SettlementSeen::InMempool,
+            TxStatus::Unknown => SettlementSeen::Unknown,
+        };
+        let height = if seen == SettlementSeen::Confirmed { 0 } else { self.height().await? };
+        match s.sched.follow(seen, height) {
+            FollowUp::Confirmed => {
+                let chain = self.chain.clone();
+                if let Some(tx) = blocking(move || chain.transaction(&txid)).await? {
+                    s.channel.handle_funding_spent(&tx)?;
+                    self.drain(s).await?;
+                    info!(%txid, "settlement confirmed");
+                }
+            }
+            FollowUp::Wait => {}
+            FollowUp::Rebroadcast { fee_rate } => {
+                // The same transaction again; the blocks are still counted from the first.
+                self.sign_and_send(s, fee_rate, None).await?;
+            }
+            FollowUp::Replace { previous } => {
+                let bumped = replacement_rate(previous, self.estimate().await?);
+                info!(%txid, from = %previous, to = %bumped, "settlement unconfirmed: replacing it at a higher fee");
+                match self.sign_and_send(s, bumped, Some(previous)).await {
+                    Ok((_, fee_rate)) => s.sched.sent(Broadcast { height, fee_rate }),
+                    Err(e) => {
+                        // Keep the one out there; count the blocks again before the next try.
+                        s.sched.replacement_failed(height);
+                        return Err(e);
+                    }
+                }
+            }
+            // After a restart: sign it again at today's estimate (same inputs, so the same
+            // transaction or a replacement) and count from now.
+            FollowUp::Rebuild => {
+                self.settle_locked(s).await?;
+            }
+        }
+        Ok(())
+    }
+}
