@@ -77,6 +77,25 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// A value could not be encoded (a header's JSON).
+    #[error("cannot encode {what}: {reason}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An output script that Bitcoin Core would not relay (not P2PKH, P2SH, P2WPKH, P2WSH or
+    /// P2TR), given where a payout or change must go.
+    #[error("the {0} is not a standard P2PKH, P2SH, P2WPKH, P2WSH or P2TR output script")]
+    NonStandardScript(&'static str),
+    /// An open names a merchant key this merchant did not hand out at that index.
+    #[error("the merchant key is not the key this merchant handed out")]
+    NotOurKey,
+    /// The funding transaction pays the other output kind (P2SH for a P2WSH channel, or the
+    /// reverse).
+    #[error("the funding transaction pays the other output kind")]
+    WrongOutputKind,
     /// The policy is inconsistent.
     #[error("invalid policy: {0}")]
     InvalidPolicy(String),
@@ -282,6 +301,10 @@ impl Error {
             Error::FundingRefused { .. } => 17,
             Error::SettlementTooSmall { .. } => 18,
             Error::ReplacementWouldBeDust => 19,
+            Error::Encode { .. } => 20,
+            Error::NonStandardScript(_) => 21,
+            Error::NotOurKey => 22,
+            Error::WrongOutputKind => 23,
             Error::WrongChannel { .. } => 100,
             Error::UnknownChannel(_) => 101,
             Error::ChannelNotOpen { .. } => 102,
@@ -310,6 +333,7 @@ impl Error {
         (100..200).contains(&self.code())
     }
 
+    /// [`Error::Malformed`]: `what` did not decode, because of `reason`. Only decoding makes it.
     pub(crate) fn malformed(what: &'static str, reason: impl ToString) -> Self {
         Error::Malformed { what, reason: reason.to_string() }
     }

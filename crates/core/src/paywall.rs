@@ -257,9 +257,10 @@ pub struct PaymentResponse {
 /// A header value: base64 of the JSON of `value`.
 ///
 /// # Errors
-/// [`Error::Malformed`] if `value` does not serialise (never for this module's types).
+/// [`Error::Encode`] if `value` does not serialise (never for this module's types).
 pub fn encode_header<T: Serialize>(value: &T) -> Result<String, Error> {
-    let json = serde_json::to_vec(value).map_err(|e| Error::malformed("paywall header", e))?;
+    let json = serde_json::to_vec(value)
+        .map_err(|e| Error::Encode { what: "paywall header", reason: e.to_string() })?;
     Ok(base64::engine::general_purpose::STANDARD.encode(json))
 }
 

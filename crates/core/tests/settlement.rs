@@ -249,3 +249,35 @@ fn a_replacement_that_would_leave_dust_is_refused_and_changes_nothing() {
     assert!(rate > used);
     assert_eq!(m.state().settlement_txid, Some(second.tx.compute_txid()));
 }
+
+/// What the merchant's rules decide has its own variant: `Malformed` is left to bytes that do
+/// not decode.
+#[test]
+fn validation_failures_are_not_malformed() {
+    use paychan_core::tx::refund::build_refund;
+    use paychan_core::tx::ChannelParams;
+    // A bare OP_TRUE: valid, not standard.
+    let payout = paychan_core::bitcoin::ScriptBuf::from_bytes(vec![0x51]);
+    let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(CAPACITY), EXPIRY);
+    assert_eq!(
+        build_refund(&params, &customer_key(), payout.clone(), sat_vb(2)).unwrap_err(),
+        Error::NonStandardScript("refund destination")
+    );
+    let mut m = paid(20_000);
+    assert_eq!(
+        m.settle(&merchant_key(), payout.clone(), sat_vb(2), &[]).unwrap_err(),
+        Error::NonStandardScript("settlement destination")
+    );
+    let e = ChannelParams::new(
+        *params.script(),
+        *params.funding(),
+        payout,
+        Policy::default().dust_relay_fee,
+    )
+    .unwrap_err();
+    assert_eq!(e, Error::NonStandardScript("change script"));
+    assert_eq!(e.code(), 21);
+    // Bytes that do not decode are still Malformed.
+    let e = "p2pkh".parse::<OutputKind>().unwrap_err();
+    assert!(matches!(e, Error::Malformed { .. }), "{e}");
+}

@@ -51,15 +51,8 @@ impl IntoResponse for ApiError {
 
 impl From<MerchantError> for ApiError {
     fn from(e: MerchantError) -> Self {
-        let wire = e.to_wire(None);
-        let status = match &e {
-            MerchantError::Core(paychan_core::Error::UnknownChannel(_)) => StatusCode::NOT_FOUND,
-            MerchantError::Core(paychan_core::Error::ChannelExists(_)) => StatusCode::CONFLICT,
-            MerchantError::Core(c) if c.is_payment_rejection() => StatusCode::CONFLICT,
-            MerchantError::Core(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(status, wire.code, wire.message)
+        let a = e.answer(crate::answer::Op::Pay);
+        ApiError(a.status, a.code, a.message)
     }
 }
 

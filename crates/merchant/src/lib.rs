@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod answer;
 pub mod http;
 pub mod listen;
 pub mod metrics;
@@ -68,14 +69,11 @@ impl MerchantError {
         &self,
         channel: Option<paychan_core::bitcoin::OutPoint>,
     ) -> paychan_core::msg::ErrorMsg {
-        match self {
-            MerchantError::Core(e) => paychan_core::msg::ErrorMsg::from_error(e, channel),
-            MerchantError::Shared(e) => e.to_wire(channel),
-            _ => paychan_core::msg::ErrorMsg {
-                code: MERCHANT_FAILURE,
-                message: "merchant failure: try again later".into(),
-                channel: channel.map(Into::into),
-            },
+        let a = self.answer(answer::Op::Pay);
+        paychan_core::msg::ErrorMsg {
+            code: a.code,
+            message: a.message,
+            channel: channel.map(Into::into),
         }
     }
 }

@@ -35,6 +35,7 @@ use serde_json::json;
 use tower::{Layer, Service, ServiceExt};
 use tracing::{debug, warn};
 
+use crate::answer::Op;
 use crate::{ChannelServer, MerchantError};
 
 /// The 21 token header.
@@ -261,36 +262,20 @@ impl Paywall {
             let payment =
                 match decode_header::<PaymentSignature>(h.as_bytes()).and_then(|p| p.decode()) {
                     Ok(p) => p,
-                    Err(e) => return self.refused(&req, price, StatusCode::BAD_REQUEST, &e.into()),
+                    Err(e) => return self.refused(&req, price, &e.into(), Op::Redeem),
                 };
             let (channel, total, signature) = payment;
             match self.server.redeem(channel, total, &signature, price).await {
                 Ok(r) => (Paid::Payment { channel, total }, r),
-                Err(e) => return self.refused(&req, price, StatusCode::PAYMENT_REQUIRED, &e),
+                Err(e) => return self.refused(&req, price, &e, Op::Redeem),
             }
         } else if let Some(h) = headers.get(TOKEN_HEADER) {
             let Some(token) = h.to_str().ok().and_then(|t| t.trim().parse::<Txid>().ok()) else {
-                return two1_error("PaymentChannelNotFoundError('Payment not found.')");
+                return self.refused(&req, price, &Error::UnknownToken.into(), Op::RedeemToken);
             };
             match self.server.redeem_token(&token, price).await {
                 Ok((channel, r)) => (Paid::Token { channel }, r),
-                Err(MerchantError::Core(Error::UnknownToken)) => {
-                    return two1_error("PaymentChannelNotFoundError('Payment not found.')")
-                }
-                Err(MerchantError::Core(Error::AlreadyRedeemed { .. })) => {
-                    return two1_error("RedeemPaymentError('Payment already redeemed.')")
-                }
-                Err(MerchantError::Core(Error::ChannelNotOpen { phase })) => {
-                    return two1_error(if phase.is_final() {
-                        "Payment channel closed."
-                    } else {
-                        "Payment channel not ready."
-                    })
-                }
-                Err(e @ MerchantError::Core(_)) => {
-                    return self.refused(&req, price, StatusCode::PAYMENT_REQUIRED, &e)
-                }
-                Err(e) => return unavailable(&e),
+                Err(e) => return self.refused(&req, price, &e, Op::RedeemToken),
             }
         } else {
             return self.payment_required(&req, price, None, StatusCode::PAYMENT_REQUIRED);
@@ -336,19 +321,20 @@ impl Paywall {
 
     /// A payment that was refused: a new 402 saying why (or 400 for an unreadable header, or
     /// 503 for the merchant's own failure).
-    fn refused(
-        &self,
-        req: &Request<Body>,
-        price: Amount,
-        status: StatusCode,
-        e: &MerchantError,
-    ) -> Response {
-        match e {
-            MerchantError::Core(core) => {
-                self.payment_required(req, price, Some((core.to_string(), core.code())), status)
-            }
-            other => unavailable(other),
+    /// The answer to a paid request the merchant did not take (the one mapping,
+    /// [`MerchantError::answer`]): two1's own text where its 402 flow has one, a fresh 402
+    /// (or a 400 for a header that does not decode) with the reason, or a 503 for the
+    /// merchant's own failure.
+    fn refused(&self, req: &Request<Body>, price: Amount, e: &MerchantError, op: Op) -> Response {
+        let a = e.answer(op);
+        if let Some(text) = a.two1_text {
+            return (a.two1_status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], text)
+                .into_response();
         }
+        if !a.refused {
+            return unavailable(e);
+        }
+        self.payment_required(req, price, Some((a.message, a.code)), a.paywall_status)
     }
 
     fn requirement(&self, req: &Request<Body>, price: Amount) -> Requirement {
@@ -428,11 +414,6 @@ fn header_value<T: serde::Serialize>(v: &T) -> Option<HeaderValue> {
 pub(crate) fn bad_path(e: &crate::path::PathError) -> Response {
     debug!(error = %e, "request refused: no canonical path");
     (StatusCode::BAD_REQUEST, axum::Json(json!({"error": format!("bad request path: {e}")})))
-        .into_response()
-}
-
-fn two1_error(text: &'static str) -> Response {
-    (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], text)
         .into_response()
 }
 

@@ -23,6 +23,7 @@ use paychan_core::bitcoin::{OutPoint, ScriptBuf, Transaction, Txid};
 use paychan_core::channel::Phase;
 use serde_json::{json, Value};
 
+use crate::answer::Op;
 use crate::{ChannelServer, MerchantError};
 
 /// The `/payment` routes.
@@ -57,22 +58,10 @@ fn params(body: &[u8], query: Option<String>) -> HashMap<String, String> {
     out
 }
 
-fn message(e: &MerchantError) -> String {
-    match e {
-        MerchantError::Core(paychan_core::Error::Malformed { reason, .. }) => reason.clone(),
-        MerchantError::Core(paychan_core::Error::ChannelExists(_)) => {
-            "That deposit has already been used to create a channel.".into()
-        }
-        MerchantError::Core(c) => {
-            let s = c.to_string();
-            let mut chars = s.chars();
-            match chars.next() {
-                Some(f) => format!("{}{}.", f.to_uppercase(), chars.as_str()),
-                None => s,
-            }
-        }
-        _ => "Merchant failure: try again later.".into(),
-    }
+/// The 21 answer to `e` during `op` (the one mapping, [`MerchantError::answer`]).
+fn refused(e: &MerchantError, op: Op) -> Response {
+    let a = e.answer(op);
+    text(a.two1_status, a.two1_text.unwrap_or(a.message))
 }
 
 /// The 21 forms' parsing for the fuzzer: the parameters of a body and query, and each value
@@ -124,7 +113,7 @@ async fn open(State(s): State<Arc<ChannelServer>>, RawQuery(q): RawQuery, body: 
     };
     match s.two1_open(&deposit, &redeem).await {
         Ok(id) => Json(json!({"deposit_txid": id.txid.to_string()})).into_response(),
-        Err(e) => text(StatusCode::BAD_REQUEST, message(&e)),
+        Err(e) => refused(&e, Op::Open),
     }
 }
 
@@ -167,10 +156,7 @@ async fn pay(
     match s.two1_pay(id, &tx).await {
         // The token is the txid of the half-signed transaction as received.
         Ok(_) => Json(json!({"payment_txid": tx.compute_txid().to_string()})).into_response(),
-        Err(MerchantError::Core(paychan_core::Error::NotIncreasing { .. })) => {
-            text(StatusCode::BAD_REQUEST, "Payment must be greater than 0.")
-        }
-        Err(e) => text(StatusCode::BAD_REQUEST, message(&e)),
+        Err(e) => refused(&e, Op::Pay),
     }
 }
 
@@ -193,12 +179,6 @@ async fn close(
             Ok(txid) => Json(json!({"payment_txid": txid.to_string()})).into_response(),
             Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "Merchant failure."),
         },
-        Err(MerchantError::Core(paychan_core::Error::InvalidTransition { .. })) => {
-            text(StatusCode::BAD_REQUEST, "No payments made in channel.")
-        }
-        Err(MerchantError::Core(
-            paychan_core::Error::BadSignature | paychan_core::Error::SignatureNotDer,
-        )) => text(StatusCode::BAD_REQUEST, "Invalid signature."),
-        Err(e) => text(StatusCode::BAD_REQUEST, message(&e)),
+        Err(e) => refused(&e, Op::Close),
     }
 }

@@ -6,53 +6,23 @@
 
 mod common;
 
-use common::{setup, Setup};
+use common::{deposit_for, setup, Setup};
 
 use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::consensus::encode::serialize_hex;
 use paychan_core::bitcoin::hashes::{sha256, Hash};
 use paychan_core::bitcoin::hex::{DisplayHex, FromHex};
 use paychan_core::bitcoin::secp256k1::{Message as SecpMessage, PublicKey};
-use paychan_core::bitcoin::{Amount, CompressedPublicKey, OutPoint, ScriptBuf, TxOut};
+use paychan_core::bitcoin::{Amount, CompressedPublicKey, OutPoint, ScriptBuf};
 use paychan_core::policy::Policy;
-use paychan_core::script::{ChannelScript, OutputKind};
-use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey, spend_p2wpkh};
-use paychan_core::tx::two1::{build_payment, TWO1_FEE, TWO1_MIN_OUTPUT};
+use paychan_core::script::ChannelScript;
+use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey};
+use paychan_core::tx::two1::{build_payment, TWO1_FEE};
 use paychan_core::tx::{ChannelParams, FundingOutput};
 use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::two1;
 
 use serde_json::Value;
-
-/// A 21 deposit, as two1 builds it, from the coinbase of block `height`: P2SH of the channel
-/// script with the customer key, capacity 200,000 + 3,000 + 125,000 sat.
-fn deposit_for(
-    node: &paychan_node::Node,
-    merchant: PublicKey,
-    height: u32,
-) -> (paychan_core::bitcoin::Transaction, ChannelScript, u32) {
-    let expiry = node.now() as u32 + 5 * 86_400;
-    let script =
-        ChannelScript::new(merchant, pubkey(&customer_key()), LockTime::from_consensus(expiry))
-            .unwrap();
-    let capacity = 200_000 + TWO1_MIN_OUTPUT.to_sat() + TWO1_FEE.to_sat();
-    let (block, _) = node.block(&node.block_hash(height).unwrap()).unwrap();
-    let cb = &block.txdata[0];
-    let coin = (OutPoint { txid: cb.compute_txid(), vout: 0 }, cb.output[0].clone());
-    let change = coin.1.value - Amount::from_sat(capacity + 1_000);
-    let deposit = spend_p2wpkh(
-        &[coin],
-        vec![
-            TxOut {
-                value: Amount::from_sat(capacity),
-                script_pubkey: script.script_pubkey(OutputKind::P2sh),
-            },
-            TxOut { value: change, script_pubkey: p2wpkh(&key(0x77)) },
-        ],
-        &key(0x77),
-    );
-    (deposit, script, expiry)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two1_client_opens_pays_and_closes() {

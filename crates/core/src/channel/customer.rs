@@ -89,14 +89,14 @@ impl CustomerChannel {
     /// [`CustomerChannel::handle_funding_built`].
     ///
     /// # Errors
-    /// [`Error::Signing`] when `key` does not match; [`Error::Malformed`] for a non-standard
-    /// change script.
+    /// [`Error::Signing`] when `key` does not match; [`Error::NonStandardScript`] for a
+    /// non-standard change script.
     pub fn new(terms: CustomerTerms, key: SecretKey) -> Result<Self, Error> {
         if PublicKey::from_secret_key(sig::secp(), &key) != terms.script.customer() {
             return Err(Error::Signing("the key is not the channel's customer key"));
         }
         if !crate::tx::is_standard_destination(&terms.change_script) {
-            return Err(Error::malformed("change script", "not a standard output script"));
+            return Err(Error::NonStandardScript("change script"));
         }
         let state = CustomerState {
             terms,
@@ -171,7 +171,8 @@ impl CustomerChannel {
     ///
     /// # Errors
     /// [`Error::InvalidTransition`] outside [`Phase::Opening`]; [`Error::FundingOutputNotFound`]
-    /// or [`Error::FundingOutputAmbiguous`]; [`Error::Malformed`] when it pays the other kind.
+    /// or [`Error::FundingOutputAmbiguous`]; [`Error::WrongOutputKind`] when it pays the other
+    /// kind.
     pub fn handle_funding_built(&mut self, funding_tx: Transaction) -> Result<OutPoint, Error> {
         if self.state.phase != Phase::Opening {
             return Err(Error::InvalidTransition { phase: self.state.phase, event: "fund" });
@@ -179,7 +180,7 @@ impl CustomerChannel {
         let terms = &self.state.terms;
         let funding = FundingOutput::find(&funding_tx, &terms.script)?;
         if funding.kind != terms.kind {
-            return Err(Error::malformed("funding transaction", "pays the other output kind"));
+            return Err(Error::WrongOutputKind);
         }
         let params = ChannelParams::new(
             terms.script,

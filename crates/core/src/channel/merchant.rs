@@ -34,7 +34,8 @@ use crate::{sig, Error};
 /// Returns the parameters and the funding transaction (which the merchant may broadcast).
 ///
 /// # Errors
-/// [`Error::Malformed`] for undecodable fields or a merchant key that is not the one handed out;
+/// [`Error::Malformed`] for undecodable fields; [`Error::NotOurKey`] for a merchant key that is
+/// not the one handed out;
 /// the errors of [`ChannelScript::new`], [`FundingOutput::find`] and [`ChannelParams::new`].
 pub fn params_from_open(
     open: &crate::msg::Open,
@@ -46,7 +47,7 @@ pub fn params_from_open(
     let merchant = PublicKey::from_slice(&open.merchant_pubkey)
         .map_err(|e| Error::malformed("merchant key", e))?;
     if merchant != *merchant_pubkey {
-        return Err(Error::malformed("merchant key", "not the key this merchant handed out"));
+        return Err(Error::NotOurKey);
     }
     let customer = PublicKey::from_slice(&open.customer_pubkey)
         .map_err(|e| Error::malformed("customer key", e))?;

@@ -45,7 +45,7 @@ impl ChannelParams {
     /// signs `NONE|ANYONECANPAY` (DESIGN §2): Bitcoin Core's dust threshold of `change_script`.
     ///
     /// # Errors
-    /// [`Error::Malformed`] when `change_script` is not a standard output script (P2PKH, P2SH,
+    /// [`Error::NonStandardScript`] when `change_script` is not a standard output script (P2PKH, P2SH,
     /// P2WPKH, P2WSH or P2TR), which would make the settlement non-standard.
     pub fn new(
         script: ChannelScript,
@@ -54,10 +54,7 @@ impl ChannelParams {
         dust_relay_fee: FeeRate,
     ) -> Result<Self, Error> {
         if !is_standard_destination(&change_script) {
-            return Err(Error::malformed(
-                "change script",
-                "not a standard P2PKH, P2SH, P2WPKH, P2WSH or P2TR output script",
-            ));
+            return Err(Error::NonStandardScript("change script"));
         }
         let change_dust = dust_threshold(&change_script, dust_relay_fee);
         Ok(Self::from_parts(script, funding, change_script, change_dust))

@@ -22,7 +22,7 @@ pub const REFUND_SEQUENCE: Sequence = Sequence::ENABLE_LOCKTIME_NO_RBF;
 /// `fee_rate` to `destination`.
 ///
 /// # Errors
-/// [`Error::Signing`] when `customer` is not the channel's customer key; [`Error::Malformed`]
+/// [`Error::Signing`] when `customer` is not the channel's customer key; [`Error::NonStandardScript`]
 /// for a non-standard destination; [`Error::AmountOutOfRange`] for a fee rate below 1 sat/vB;
 /// [`Error::Dust`] when the fee leaves a dust output.
 pub fn build_refund(
@@ -50,7 +50,7 @@ pub fn build_refund_with(
         return Err(Error::Signing("the key is not the channel's customer key"));
     }
     if !is_standard_destination(&destination) {
-        return Err(Error::malformed("refund destination", "not a standard output script"));
+        return Err(Error::NonStandardScript("refund destination"));
     }
     if fee_rate < MIN_RELAY_FEE {
         return Err(Error::AmountOutOfRange("fee rate below the 1 sat/vB minimum relay fee"));

@@ -62,7 +62,7 @@ pub fn build_settlement(
         return Err(Error::Signing("the key is not the channel's merchant key"));
     }
     if !is_standard_destination(&destination) {
-        return Err(Error::malformed("settlement destination", "not a standard output script"));
+        return Err(Error::NonStandardScript("settlement destination"));
     }
     if fee_rate < MIN_RELAY_FEE {
         return Err(Error::AmountOutOfRange("fee rate below the 1 sat/vB minimum relay fee"));

@@ -188,3 +188,38 @@ pub async fn admin_get(
         .await
         .unwrap()
 }
+
+/// A 21 deposit, as two1 builds it, from the coinbase of block `height`: P2SH of the channel
+/// script with the customer key, capacity 200,000 + 3,000 + 125,000 sat.
+pub fn deposit_for(
+    node: &paychan_node::Node,
+    merchant: paychan_core::bitcoin::secp256k1::PublicKey,
+    height: u32,
+) -> (paychan_core::bitcoin::Transaction, paychan_core::script::ChannelScript, u32) {
+    use paychan_core::bitcoin::absolute::LockTime;
+    use paychan_core::bitcoin::Amount;
+    use paychan_core::script::{ChannelScript, OutputKind};
+    use paychan_core::testkit::{customer_key, pubkey, spend_p2wpkh};
+    use paychan_core::tx::two1::{TWO1_FEE, TWO1_MIN_OUTPUT};
+    let expiry = node.now() as u32 + 5 * 86_400;
+    let script =
+        ChannelScript::new(merchant, pubkey(&customer_key()), LockTime::from_consensus(expiry))
+            .unwrap();
+    let capacity = 200_000 + TWO1_MIN_OUTPUT.to_sat() + TWO1_FEE.to_sat();
+    let (block, _) = node.block(&node.block_hash(height).unwrap()).unwrap();
+    let cb = &block.txdata[0];
+    let coin = (OutPoint { txid: cb.compute_txid(), vout: 0 }, cb.output[0].clone());
+    let change = coin.1.value - Amount::from_sat(capacity + 1_000);
+    let deposit = spend_p2wpkh(
+        &[coin],
+        vec![
+            TxOut {
+                value: Amount::from_sat(capacity),
+                script_pubkey: script.script_pubkey(OutputKind::P2sh),
+            },
+            TxOut { value: change, script_pubkey: p2wpkh(&key(0x77)) },
+        ],
+        &key(0x77),
+    );
+    (deposit, script, expiry)
+}

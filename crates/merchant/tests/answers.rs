@@ -1,0 +1,163 @@
+//! One refused payment over every transport: the protocol over TCP, the JSON API, the
+//! paywall's 402 and the 21 REST protocol each answer what the one mapping
+//! ([`MerchantError::answer`]) says, so the code, the text and the HTTP status agree.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{deposit_for, open_channel, setup, Setup};
+
+use paychan_core::bitcoin::consensus::encode::serialize_hex;
+use paychan_core::bitcoin::hex::DisplayHex;
+use paychan_core::bitcoin::secp256k1::Keypair;
+use paychan_core::bitcoin::{Amount, CompressedPublicKey, ScriptBuf};
+use paychan_core::msg::{self, FrameDecoder, Message};
+use paychan_core::paywall::{encode_header, ChannelPayment, PaymentSignature};
+use paychan_core::policy::Policy;
+use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey};
+use paychan_core::tx::payment::sign_payment;
+use paychan_core::tx::two1::{build_payment, TWO1_FEE};
+use paychan_core::tx::{ChannelParams, FundingOutput};
+use paychan_core::Error;
+use paychan_merchant::answer::Op;
+use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
+use paychan_merchant::{http, listen::Limits, tcp, MerchantError};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One frame's exchange over a fresh connection: Hello, then `m`; the answer to `m`.
+async fn over_tcp(addr: std::net::SocketAddr, m: Message) -> Message {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let hello =
+        Message::Hello(msg::Hello { min_version: 1, max_version: 1, user_agent: "t".into() });
+    let mut bytes = msg::encode_frame(&hello);
+    bytes.extend(msg::encode_frame(&m));
+    stream.write_all(&bytes).await.unwrap();
+    let mut decoder = FrameDecoder::new(msg::MAX_FRAME_LEN);
+    let mut answers = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    while answers.len() < 2 {
+        while let Some(m) = decoder.next_message().unwrap() {
+            answers.push(m);
+        }
+        if answers.len() == 2 {
+            break;
+        }
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read(&mut buf));
+        let n = read.await.expect("answered within 20 s").unwrap();
+        assert!(n > 0, "the server closed early");
+        decoder.push(&buf[..n]);
+    }
+    answers.pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_refused_payment_gets_the_same_answer_on_every_transport() {
+    let Setup { node, server, dir: _dir, .. } = setup(101);
+    // TCP.
+    let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_addr = tcp_listener.local_addr().unwrap();
+    tokio::spawn(tcp::serve(server.clone(), tcp_listener, std::future::pending()));
+    // HTTP: the JSON API and the 21 REST protocol, with a paywalled resource behind them.
+    let paid = axum::Router::new()
+        .route("/resource", axum::routing::get(|| async { "paid content" }))
+        .layer(PaywallLayer::new(
+            server.clone(),
+            PaywallConfig::new(Pricing::new(Amount::from_sat(1_000)), "127.0.0.1:9735"),
+        ));
+    let app = http::app(server.clone(), None, Some(paid));
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", http_listener.local_addr().unwrap());
+    tokio::spawn(http::serve_app(app, http_listener, Limits::default(), std::future::pending()));
+    let client = reqwest::Client::new();
+
+    // A paychan channel, open, with 1,000 sat paid.
+    let customer = open_channel(&server, &node, 1).await;
+    node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let params = customer.state().params.clone().unwrap();
+    let id = params.id();
+    server.pay(&common::pay_msg(&customer, 1_000)).await.unwrap();
+
+    // The refused payment: 2,000 sat with the customer's signature of 1,500 sat.
+    let kp = Keypair::from_secret_key(paychan_core::sig::secp(), &customer_key());
+    let forged = sign_payment(&params, Amount::from_sat(1_500), &kp).unwrap();
+    let refusal = MerchantError::Core(Error::BadSignature);
+    let expected = refusal.answer(Op::Pay);
+    assert_eq!(expected.code, 110);
+
+    // The protocol over TCP: an ErrorMsg with the code and the text.
+    let pay = msg::Pay { channel: Some(id.into()), total_sat: 2_000, signature: forged.clone() };
+    let Message::Error(e) = over_tcp(tcp_addr, Message::Pay(pay)).await else {
+        panic!("an Error answers a refused payment")
+    };
+    assert_eq!((e.code, e.message.as_str()), (expected.code, expected.message.as_str()));
+
+    // The JSON API: the mapping's status, code and text.
+    let r = client
+        .post(format!("{base}/v1/channels/{id}/payments"))
+        .json(&json!({"total_sat": 2_000, "signature": forged.to_lower_hex_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), expected.status);
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["code"].as_u64(), v["message"].as_str()), (Some(110), Some(&*expected.message)));
+
+    // The paywall: a fresh 402 with the mapping's code and reason.
+    let at_paywall = refusal.answer(Op::Redeem);
+    let header = PaymentSignature {
+        x402_version: 2,
+        accepted: None,
+        payload: ChannelPayment::new(id, Amount::from_sat(2_000), &forged),
+    };
+    let r = client
+        .get(format!("{base}/resource"))
+        .header("payment-signature", encode_header(&header).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), at_paywall.paywall_status);
+    assert_eq!(r.status(), 402);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["code"].as_u64(), v["error"].as_str()), (Some(110), Some(&*expected.message)));
+
+    // Nothing changed on any of them.
+    assert_eq!(server.channel_status(id).await.unwrap().1, Amount::from_sat(1_000));
+
+    // The 21 REST protocol: a 21 channel, and a payment altered after it was signed.
+    let two1_key = server.two1_key().unwrap();
+    let (deposit, script, _) = deposit_for(&node, two1_key, 2);
+    let r = client
+        .post(format!("{base}/payment"))
+        .form(&[
+            ("deposit_tx", serialize_hex(&deposit)),
+            ("redeem_script", script.script().to_hex_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let funding = FundingOutput::find(&deposit, &script).unwrap();
+    let change = ScriptBuf::new_p2pkh(&CompressedPublicKey(pubkey(&customer_key())).pubkey_hash());
+    let two1_params =
+        ChannelParams::new(script, funding, change, Policy::default().dust_relay_fee).unwrap();
+    let mut tx =
+        build_payment(&two1_params, Amount::from_sat(5_000), TWO1_FEE, &customer_key()).unwrap();
+    tx.output[0].value += Amount::from_sat(1_000);
+    tx.output[1].value -= Amount::from_sat(1_000);
+    let r = client
+        .put(format!("{base}/payment/{}", deposit.compute_txid()))
+        .form(&[("payment_tx", serialize_hex(&tx))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), expected.two1_status);
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert_eq!(Some(text.as_str()), expected.two1_text.as_deref());
+    assert_eq!(text, "Signature does not verify under the customer key.");
+    assert_eq!(expected.message, "signature does not verify under the customer key");
+}
