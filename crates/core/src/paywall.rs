@@ -42,6 +42,17 @@ pub const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+/// The end-to-end headers of `headers`: all but [`HOP_BY_HOP`], for a proxy to forward.
+pub fn end_to_end(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// The largest request body a proxy (the merchant's reverse proxy, the customer's paying
 /// proxy) forwards.
 pub const MAX_PROXY_BODY: usize = 16 * 1024 * 1024;
@@ -305,6 +316,21 @@ mod tests {
         assert!(long.decode().is_err());
         let bad_channel = ChannelPayment { channel: "nope".into(), ..p.payload };
         assert!(bad_channel.decode().is_err());
+    }
+
+    #[test]
+    fn end_to_end_drops_hop_by_hop_headers_only() {
+        let mut h = http::HeaderMap::new();
+        for name in HOP_BY_HOP {
+            h.insert(*name, http::HeaderValue::from_static("x"));
+        }
+        h.append("x-kept", http::HeaderValue::from_static("1"));
+        h.append("x-kept", http::HeaderValue::from_static("2"));
+        h.insert("payment-signature", http::HeaderValue::from_static("abc"));
+        let out = end_to_end(&h);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out.get_all("x-kept").iter().count(), 2, "repeated headers kept");
+        assert!(HOP_BY_HOP.iter().all(|n| !out.contains_key(*n)));
     }
 
     #[test]

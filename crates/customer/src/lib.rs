@@ -10,6 +10,7 @@
 
 mod conn;
 pub mod paying;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -26,8 +26,8 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, St
 use axum::response::{IntoResponse, Response};
 use paychan_core::bitcoin::{Amount, Network, OutPoint, Txid};
 use paychan_core::paywall::{
-    caip2, decode_header, encode_header, Limits, PaychanExtra, PaymentRequired, PaymentResponse,
-    PaymentSignature, Requirement, Resource, HOP_BY_HOP, MAX_PROXY_BODY, PAYMENT_REQUIRED,
+    caip2, decode_header, encode_header, end_to_end, Limits, PaychanExtra, PaymentRequired,
+    PaymentResponse, PaymentSignature, Requirement, Resource, MAX_PROXY_BODY, PAYMENT_REQUIRED,
     PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME, X402_VERSION,
 };
 use paychan_core::Error;
@@ -480,12 +480,7 @@ async fn forward(client: &reqwest::Client, base: &str, req: Request<Body>) -> Re
     let Ok(method) = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) else {
         return (StatusCode::METHOD_NOT_ALLOWED, "unsupported method").into_response();
     };
-    let mut out = client.request(method, &url).body(body);
-    for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            out = out.header(name.as_str(), value.as_bytes());
-        }
-    }
+    let out = client.request(method, &url).headers(end_to_end(&parts.headers)).body(body);
     let resp = match out.send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
@@ -498,18 +493,7 @@ async fn forward(client: &reqwest::Client, base: &str, req: Request<Body>) -> Re
         }
     };
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut headers = HeaderMap::new();
-    for (name, value) in resp.headers() {
-        if HOP_BY_HOP.contains(&name.as_str()) {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            headers.append(n, v);
-        }
-    }
+    let headers = end_to_end(resp.headers());
     match resp.bytes().await {
         Ok(bytes) => {
             let mut r = (status, bytes).into_response();

@@ -30,8 +30,8 @@ use paychan_core::bitcoin::{
 
 pub use chain::{Coin, TxLocation};
 pub use error::{code, NodeError};
+pub use mempool::Accepted;
 pub use mempool::Entry as MempoolEntry;
-pub use state::Accepted;
 
 use state::State;
 

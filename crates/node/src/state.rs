@@ -1,35 +1,18 @@
 //! The node's state behind its lock: chain, mempool, clock, store; and the operations that
-//! change them (mempool acceptance, mining, reorgs).
+//! change them (mining, reorgs). Mempool acceptance is in [`crate::mempool`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use paychan_core::bitcoin::consensus::encode::serialize;
-use paychan_core::bitcoin::{
-    Amount, Block, BlockHash, FeeRate, ScriptBuf, Transaction, TxOut, Txid,
-};
-use paychan_core::verify::verify_input_raw;
+use paychan_core::bitcoin::{Amount, Block, BlockHash, FeeRate, ScriptBuf, Transaction, Txid};
 use tracing::{debug, info, warn};
 
-use crate::chain::{Chain, Coin, Finality};
+use crate::chain::Chain;
 use crate::mempool::{Entry, Mempool};
-use crate::policy::{check_standard, ANCESTOR_LIMIT, MIN_RELAY_FEE};
+use crate::policy::MIN_RELAY_FEE;
 use crate::store::Store;
 use crate::{mining, params, NodeError};
-
-/// What mempool acceptance reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    /// The transaction's id.
-    pub txid: Txid,
-    /// Its witness id.
-    pub wtxid: paychan_core::bitcoin::Wtxid,
-    /// The fee it pays.
-    pub fee: Amount,
-    /// Its virtual size.
-    pub vsize: u64,
-}
 
 pub(crate) struct State {
     pub chain: Chain,
@@ -64,202 +47,6 @@ impl State {
         self.mock_time.unwrap_or_else(|| {
             SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
         })
-    }
-
-    /// Bitcoin Core's `AcceptToMemoryPool` for the rules listed in `policy` and `chain`.
-    pub fn accept(&mut self, tx: Transaction, test_only: bool) -> Result<Accepted, NodeError> {
-        self.accept_with(tx, test_only, None)
-    }
-
-    /// [`State::accept`], refusing a fee rate above `max_fee_rate` before any script is run
-    /// (`sendrawtransaction`'s `maxfeerate`).
-    pub fn accept_with(
-        &mut self,
-        tx: Transaction,
-        test_only: bool,
-        max_fee_rate: Option<FeeRate>,
-    ) -> Result<Accepted, NodeError> {
-        let txid = tx.compute_txid();
-        if tx.input.is_empty() {
-            return Err(NodeError::rejected("bad-txns-vin-empty"));
-        }
-        if tx.output.is_empty() {
-            return Err(NodeError::rejected("bad-txns-vout-empty"));
-        }
-        if tx.is_coinbase() {
-            return Err(NodeError::rejected("coinbase"));
-        }
-        let mut seen = HashSet::new();
-        if !tx.input.iter().all(|i| seen.insert(i.previous_output)) {
-            return Err(NodeError::rejected("bad-txns-inputs-duplicate"));
-        }
-        let value_out = tx
-            .output
-            .iter()
-            .try_fold(Amount::ZERO, |a, o| a.checked_add(o.value))
-            .filter(|v| *v <= Amount::MAX_MONEY)
-            .ok_or_else(|| NodeError::rejected("bad-txns-txouttotal-toolarge"))?;
-        check_standard(&tx).map_err(NodeError::Rejected)?;
-        if self.mempool.entries.contains_key(&txid) {
-            return Err(NodeError::rejected("txn-already-in-mempool"));
-        }
-        let next_height = self.chain.height() + 1;
-        let tip_mtp = self.chain.mtp(self.chain.height());
-
-        // Conflicts: mempool transactions spending the same outputs.
-        let conflicts: HashSet<Txid> = tx
-            .input
-            .iter()
-            .filter_map(|i| self.mempool.spends.get(&i.previous_output).copied())
-            .collect();
-
-        // Inputs, from the UTXO set or the mempool.
-        let mut coins = Vec::with_capacity(tx.input.len());
-        for input in &tx.input {
-            let op = input.previous_output;
-            let coin = if let Some(c) = self.chain.utxos.get(&op) {
-                c.clone()
-            } else if let Some(parent) = self.mempool.entries.get(&op.txid) {
-                if conflicts.contains(&op.txid) {
-                    return Err(NodeError::rejected("bad-txns-spends-conflicting-tx"));
-                }
-                match parent.tx.output.get(op.vout as usize) {
-                    Some(out) => Coin { txout: out.clone(), height: next_height, coinbase: false },
-                    None => return Err(NodeError::MissingInputs),
-                }
-            } else {
-                let outputs_exist = (0..tx.output.len()).any(|v| {
-                    self.chain
-                        .utxos
-                        .contains_key(&paychan_core::bitcoin::OutPoint { txid, vout: v as u32 })
-                });
-                if outputs_exist || self.chain.tx_index.contains_key(&txid) {
-                    return Err(NodeError::AlreadyInChain);
-                }
-                return Err(NodeError::MissingInputs);
-            };
-            coins.push(coin);
-        }
-        for c in &coins {
-            if c.coinbase && next_height - c.height < params::COINBASE_MATURITY {
-                return Err(NodeError::rejected("bad-txns-premature-spend-of-coinbase"));
-            }
-        }
-        match self.chain.finality(&tx, next_height, tip_mtp, &coins) {
-            Finality::Final => {}
-            Finality::NonFinal => return Err(NodeError::rejected("non-final")),
-            Finality::NonBip68Final => return Err(NodeError::rejected("non-BIP68-final")),
-        }
-        let value_in: Amount = coins.iter().map(|c| c.txout.value).sum();
-        let fee = value_in.checked_sub(value_out).ok_or_else(|| {
-            NodeError::rejected(format!(
-                "bad-txns-in-belowout, value in ({value_in}) < value out ({value_out})"
-            ))
-        })?;
-        let vsize = tx.vsize() as u64;
-        let min_fee = MIN_RELAY_FEE.fee_vb(vsize).unwrap_or(Amount::MAX_MONEY);
-        if fee < min_fee {
-            return Err(NodeError::rejected(format!(
-                "min relay fee not met, {} < {}",
-                fee.to_sat(),
-                min_fee.to_sat()
-            )));
-        }
-        if let Some(max) = max_fee_rate.filter(|m| *m > FeeRate::ZERO) {
-            if fee.to_sat() * 250 / vsize.max(1) > max.to_sat_per_kwu() {
-                return Err(NodeError::MaxFeeExceeded);
-            }
-        }
-        let ancestors = self.mempool.ancestors_of(&tx);
-        if ancestors.len() + 1 > ANCESTOR_LIMIT {
-            return Err(NodeError::rejected(format!(
-                "too-long-mempool-chain, too many unconfirmed ancestors [limit: {ANCESTOR_LIMIT}]"
-            )));
-        }
-        // Replacement (full RBF, BIP 125 rules 3, 4 and 6).
-        let mut replaced: Vec<Txid> = Vec::new();
-        if !conflicts.is_empty() {
-            let new_rate = fee.to_sat() as f64 / vsize as f64;
-            let mut replaced_fees = Amount::ZERO;
-            for c in &conflicts {
-                for t in self.mempool.with_descendants(*c) {
-                    if ancestors.contains(&t) {
-                        return Err(NodeError::rejected("bad-txns-spends-conflicting-tx"));
-                    }
-                    if !replaced.contains(&t) {
-                        replaced.push(t);
-                    }
-                }
-                if let Some(e) = self.mempool.entries.get(c) {
-                    let old_rate = e.fee.to_sat() as f64 / e.vsize as f64;
-                    if new_rate <= old_rate {
-                        return Err(NodeError::rejected(format!(
-                            "insufficient fee, rejecting replacement {txid}; new feerate {:.8} <= old feerate {:.8}",
-                            new_rate * 1e-5,
-                            old_rate * 1e-5
-                        )));
-                    }
-                }
-            }
-            if replaced.len() > 100 {
-                return Err(NodeError::rejected("too many potential replacements"));
-            }
-            for t in &replaced {
-                if let Some(e) = self.mempool.entries.get(t) {
-                    replaced_fees += e.fee;
-                }
-            }
-            if fee < replaced_fees {
-                return Err(NodeError::rejected(format!(
-                    "insufficient fee, rejecting replacement {txid}, less fees than conflicting txs; {} < {}",
-                    fee.to_btc(),
-                    replaced_fees.to_btc()
-                )));
-            }
-            if fee - replaced_fees < min_fee {
-                return Err(NodeError::rejected(format!(
-                    "insufficient fee, rejecting replacement {txid}, not enough additional fees to relay; {} < {}",
-                    (fee - replaced_fees).to_btc(),
-                    min_fee.to_btc()
-                )));
-            }
-        }
-        // Scripts: consensus first, then the standardness rules.
-        if !self.script_ok.contains(&txid) {
-            let raw = serialize(&tx);
-            let outs: Vec<TxOut> = coins.iter().map(|c| c.txout.clone()).collect();
-            for (n, c) in coins.iter().enumerate() {
-                let v = verify_input_raw(&tx, &raw, n, &c.txout, Some(&outs));
-                if let Some(e) = v.error {
-                    return Err(NodeError::Rejected(e));
-                }
-            }
-        }
-        let accepted = Accepted { txid, wtxid: tx.compute_wtxid(), fee, vsize };
-        if test_only {
-            return Ok(accepted);
-        }
-        for t in replaced {
-            self.mempool.remove(&t);
-            self.script_ok.remove(&t);
-            debug!(%t, by = %txid, "replaced in mempool");
-        }
-        if let Some(store) = self.store.as_mut() {
-            store.append_mempool(&tx)?;
-        }
-        self.script_ok.insert(txid);
-        let now = self.now();
-        self.mempool.insert(Entry {
-            tx: Arc::new(tx),
-            txid,
-            wtxid: accepted.wtxid,
-            fee,
-            vsize,
-            time: now,
-            height: self.chain.height(),
-            seq: 0,
-        });
-        Ok(accepted)
     }
 
     /// The time for a new block: after the tip's median-time-past, and now.

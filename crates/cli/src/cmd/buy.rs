@@ -7,13 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use axum::response::{IntoResponse, Response};
 use clap::Args;
 use paychan_core::bitcoin::Amount;
-use paychan_core::paywall::{HOP_BY_HOP, MAX_PROXY_BODY};
-use paychan_customer::{Caps, CustomerError, PayingClient, Progress};
+use paychan_customer::{Caps, PayingClient, Progress};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 
@@ -185,78 +181,9 @@ pub fn proxy(a: ProxyArgs, common: &Common) -> Result<ExitCode, CliError> {
             &json!({"listen": addr.to_string()}),
             &format!("paychan proxy on http://{addr}: `curl -x http://{addr} http://merchant/…` pays 402s from your channels"),
         )?;
-        let app = axum::Router::new().fallback(move |req: Request<Body>| {
-            let client = client.clone();
-            async move { forward(&client, req).await }
-        });
+        let app = paychan_customer::proxy::router(client);
         axum::serve(listener, app).with_graceful_shutdown(super::serve::shutdown_signal()).await?;
         Ok::<_, CliError>(())
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn forward(client: &PayingClient, req: Request<Body>) -> Response {
-    if req.method() == axum::http::Method::CONNECT {
-        return (
-            StatusCode::NOT_IMPLEMENTED,
-            "paychan proxy cannot pay inside HTTPS (CONNECT): use an http:// URL, or `paychan buy`\n",
-        )
-            .into_response();
-    }
-    let (parts, body) = req.into_parts();
-    if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
-        return (
-            StatusCode::BAD_REQUEST,
-            "paychan proxy is an HTTP proxy: curl -x http://127.0.0.1:8402 http://merchant/path\n",
-        )
-            .into_response();
-    }
-    let body = match axum::body::to_bytes(body, MAX_PROXY_BODY).await {
-        Ok(b) => b.to_vec(),
-        Err(_) => {
-            return (StatusCode::PAYLOAD_TOO_LARGE, "request body above 16 MiB\n").into_response()
-        }
-    };
-    let Ok(method) = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) else {
-        return (StatusCode::METHOD_NOT_ALLOWED, "unsupported method\n").into_response();
-    };
-    let mut headers = HeaderMap::new();
-    for (name, value) in &parts.headers {
-        if HOP_BY_HOP.contains(&name.as_str()) {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            headers.append(n, v);
-        }
-    }
-    let url = parts.uri.to_string();
-    match client.request(method, &url, &headers, body).await {
-        Ok(r) => {
-            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            // The upstream's headers only (no Content-Type of our own beside theirs).
-            let mut resp = axum::response::Response::new(axum::body::Body::from(r.body));
-            *resp.status_mut() = status;
-            for (name, value) in &r.headers {
-                if HOP_BY_HOP.contains(&name.as_str()) {
-                    continue;
-                }
-                if let (Ok(n), Ok(v)) = (
-                    axum::http::HeaderName::from_bytes(name.as_str().as_bytes()),
-                    axum::http::HeaderValue::from_bytes(value.as_bytes()),
-                ) {
-                    resp.headers_mut().append(n, v);
-                }
-            }
-            resp.headers_mut()
-                .insert("x-paychan-paid-sat", axum::http::HeaderValue::from(r.paid.to_sat()));
-            resp
-        }
-        Err(e @ (CustomerError::PriceTooHigh { .. } | CustomerError::SpendingCap { .. })) => {
-            (StatusCode::PAYMENT_REQUIRED, format!("paychan proxy: {e}\n")).into_response()
-        }
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("paychan proxy: {e}\n")).into_response(),
-    }
 }
