@@ -74,12 +74,6 @@ impl ChannelStore for FaultyStore {
     fn update_state(&self, update: StateUpdate) -> StoreFuture<'_, u64> {
         self.write(self.inner.update_state(update))
     }
-    fn charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
-        self.write(self.inner.charge(id, role, price))
-    }
-    fn refund_charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
-        self.write(self.inner.refund_charge(id, role, price))
-    }
     fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>> {
         self.read(self.inner.get(id, role))
     }

@@ -67,16 +67,6 @@ pub enum StoreError {
     /// The channel exists already.
     #[error("channel {0} exists already")]
     AlreadyExists(OutPoint),
-    /// A charge would exceed the channel's paid total.
-    #[error("insufficient credit on channel {channel}: {available} left, {price} asked")]
-    InsufficientCredit {
-        /// The channel.
-        channel: OutPoint,
-        /// Paid but not yet charged.
-        available: Amount,
-        /// The price asked.
-        price: Amount,
-    },
     /// The database was written by a newer paychan.
     #[error("the database has schema version {found}, newer than this build's {supported}: upgrade paychan")]
     SchemaTooNew {
@@ -184,8 +174,6 @@ pub struct ChannelRow {
     pub phase: Phase,
     /// Highest total (merchant: accepted; customer: signed).
     pub total: Amount,
-    /// Sum of prices charged against it.
-    pub charged: Amount,
     /// The deposit.
     pub capacity: Amount,
     /// The expiry.
@@ -270,13 +258,6 @@ pub trait ChannelStore: Send + Sync {
 
     /// Writes a phase change; returns the new version. Durable when it resolves.
     fn update_state(&self, update: StateUpdate) -> StoreFuture<'_, u64>;
-
-    /// Charges `price` against the channel's paid total (`charged + price ≤ total`), atomically;
-    /// returns the credit left. Durable when it resolves.
-    fn charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount>;
-
-    /// Reverses a charge (the request it paid for failed); returns the credit left.
-    fn refund_charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount>;
 
     /// One channel.
     fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>>;

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, error, info, warn};
 
-use crate::ops::{credit, version, Done, Job, Op};
+use crate::ops::{version, Done, Job, Op};
 use crate::schema::{self, POSTGRES_MIGRATIONS};
 use crate::{
     parse_outpoint, parse_phase, phase_str, unix_now, ChannelRow, ChannelStore, NewChannel,
@@ -349,39 +349,6 @@ async fn apply(
                 None => Err(conflict_from(s.id, row.as_ref(), 1)),
             }
         }
-        Op::Charge { id, role, price, refund } => {
-            let sql = if *refund {
-                "WITH upd AS (
-                     UPDATE channels SET charged = charged - $1, version = version + 1,
-                                         updated_at = $2
-                     WHERE id = $3 AND role = $4 AND charged >= $1
-                     RETURNING total - charged AS credit)
-                 SELECT (SELECT credit FROM upd), c.total - c.charged
-                 FROM channels c WHERE c.id = $3 AND c.role = $4"
-            } else {
-                "WITH upd AS (
-                     UPDATE channels SET charged = charged + $1, version = version + 1,
-                                         updated_at = $2
-                     WHERE id = $3 AND role = $4 AND charged + $1 <= total
-                     RETURNING total - charged AS credit)
-                 SELECT (SELECT credit FROM upd), c.total - c.charged
-                 FROM channels c WHERE c.id = $3 AND c.role = $4"
-            };
-            let row = tx
-                .query_opt(sql, &[&(price.to_sat() as i64), &now, &id.to_string(), &role.as_str()])
-                .await?;
-            match row {
-                None => Err(StoreError::NotFound(*id)),
-                Some(r) => match r.get::<_, Option<i64>>(0) {
-                    Some(left) => Ok(Done::Credit(Amount::from_sat(left.max(0) as u64))),
-                    None => Err(StoreError::InsufficientCredit {
-                        channel: *id,
-                        available: Amount::from_sat(r.get::<_, i64>(1).max(0) as u64),
-                        price: *price,
-                    }),
-                },
-            }
-        }
         Op::Touch => {
             tx.execute(
                 "INSERT INTO paychan_meta (key, value) VALUES ('touch', $1)
@@ -395,24 +362,23 @@ async fn apply(
 }
 
 const COLUMNS: &str =
-    "id, role, phase, total, charged, capacity, expiry, customer_key, closing_txid, state, version";
+    "id, role, phase, total, capacity, expiry, customer_key, closing_txid, state, version";
 
 fn to_row(r: &tokio_postgres::Row) -> Result<ChannelRow, StoreError> {
-    let closing: Option<String> = r.get(8);
+    let closing: Option<String> = r.get(7);
     Ok(ChannelRow {
         id: parse_outpoint(r.get(0))?,
         role: Role::parse(r.get(1))?,
         phase: parse_phase(r.get(2))?,
         total: Amount::from_sat(r.get::<_, i64>(3) as u64),
-        charged: Amount::from_sat(r.get::<_, i64>(4) as u64),
-        capacity: Amount::from_sat(r.get::<_, i64>(5) as u64),
-        expiry: r.get::<_, i64>(6) as u32,
-        customer_key: r.get(7),
+        capacity: Amount::from_sat(r.get::<_, i64>(4) as u64),
+        expiry: r.get::<_, i64>(5) as u32,
+        customer_key: r.get(6),
         closing_txid: closing
             .map(|t| t.parse().map_err(|_| StoreError::Corrupt(format!("bad txid {t:?}"))))
             .transpose()?,
-        state: r.get(9),
-        version: r.get::<_, i64>(10) as u64,
+        state: r.get(8),
+        version: r.get::<_, i64>(9) as u64,
     })
 }
 
@@ -430,16 +396,6 @@ impl ChannelStore for PostgresStore {
     fn update_state(&self, update: crate::StateUpdate) -> StoreFuture<'_, u64> {
         let f = self.submit(Op::State(update));
         Box::pin(async move { version(f.await?) })
-    }
-
-    fn charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
-        let f = self.submit(Op::Charge { id, role, price, refund: false });
-        Box::pin(async move { credit(f.await?) })
-    }
-
-    fn refund_charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
-        let f = self.submit(Op::Charge { id, role, price, refund: true });
-        Box::pin(async move { credit(f.await?) })
     }
 
     fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>> {

@@ -4,7 +4,7 @@
 use crate::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Migration `n` (1-based) brings the schema from version `n − 1` to `n`.
 ///
@@ -14,7 +14,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// commit as there are channels in the commit, which costs group commit most of its gain; the
 /// linked list costs one extra write to a page the payment dirties anyway, and a channel's
 /// history is read by following the links (a recursive query over primary keys).
-pub(crate) const SQLITE_MIGRATIONS: &[&str] = &[r#"
+pub(crate) const SQLITE_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE channels (
     id              TEXT    NOT NULL,
     role            TEXT    NOT NULL,
@@ -44,10 +45,16 @@ CREATE TABLE payments (
     recorded_at     INTEGER NOT NULL,
     prev            INTEGER
 );
-"#];
+"#,
+    // 2: the `charged` column goes. Since ADR 0011 a channel's charges live in its state (the
+    // machine's books, written in the same row and the same commit as its payments); the
+    // column was a second copy nothing wrote.
+    "ALTER TABLE channels DROP COLUMN charged;",
+];
 
 /// The same for PostgreSQL.
-pub(crate) const POSTGRES_MIGRATIONS: &[&str] = &[r#"
+pub(crate) const POSTGRES_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE channels (
     id              TEXT    NOT NULL,
     role            TEXT    NOT NULL,
@@ -77,7 +84,10 @@ CREATE TABLE payments (
     recorded_at     BIGINT  NOT NULL,
     prev            BIGINT
 );
-"#];
+"#,
+    // 2: as for SQLite.
+    "ALTER TABLE channels DROP COLUMN charged;",
+];
 
 /// Checks a stored version against this build.
 pub(crate) fn check(found: u32) -> Result<(), StoreError> {

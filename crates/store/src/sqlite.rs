@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
-use crate::ops::{credit, version, Done, Job, Op};
+use crate::ops::{version, Done, Job, Op};
 use crate::schema::{self, SQLITE_MIGRATIONS};
 use crate::{
     parse_outpoint, parse_phase, phase_str, unix_now, ChannelRow, ChannelStore, NewChannel,
@@ -316,39 +316,6 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Done, StoreError> {
             }
             Ok(Done::Version(s.expected_version + 1))
         }
-        Op::Charge { id, role, price, refund } => {
-            let sql = if *refund {
-                "UPDATE channels SET charged = charged - ?1, version = version + 1, updated_at = ?2
-                 WHERE id = ?3 AND role = ?4 AND charged >= ?1"
-            } else {
-                "UPDATE channels SET charged = charged + ?1, version = version + 1, updated_at = ?2
-                 WHERE id = ?3 AND role = ?4 AND charged + ?1 <= total"
-            };
-            let n = tx
-                .prepare_cached(sql)
-                .and_then(|mut st| {
-                    st.execute(params![price.to_sat() as i64, now, id.to_string(), role.as_str()])
-                })
-                .map_err(db)?;
-            let row: Option<(i64, i64)> = tx
-                .query_row(
-                    "SELECT total, charged FROM channels WHERE id = ?1 AND role = ?2",
-                    params![id.to_string(), role.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(db)?;
-            let Some((total, charged)) = row else { return Err(StoreError::NotFound(*id)) };
-            let available = Amount::from_sat((total - charged).max(0) as u64);
-            if n == 0 {
-                return Err(StoreError::InsufficientCredit {
-                    channel: *id,
-                    available,
-                    price: *price,
-                });
-            }
-            Ok(Done::Credit(available))
-        }
         Op::Touch => {
             tx.execute(
                 "INSERT INTO paychan_meta (key, value) VALUES ('touch', ?1)
@@ -386,7 +353,7 @@ const HISTORY_SQL: &str = "
     ORDER BY p.seq";
 
 const COLUMNS: &str =
-    "id, role, phase, total, charged, capacity, expiry, customer_key, closing_txid, state, version";
+    "id, role, phase, total, capacity, expiry, customer_key, closing_txid, state, version";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
     Ok((
@@ -400,21 +367,18 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         r.get(7)?,
         r.get(8)?,
         r.get(9)?,
-        r.get(10)?,
     ))
 }
 
-type RawRow = (String, String, String, i64, i64, i64, i64, String, Option<String>, Vec<u8>, i64);
+type RawRow = (String, String, String, i64, i64, i64, String, Option<String>, Vec<u8>, i64);
 
 fn to_row(r: RawRow) -> Result<ChannelRow, StoreError> {
-    let (id, role, phase, total, charged, capacity, expiry, customer_key, closing, state, version) =
-        r;
+    let (id, role, phase, total, capacity, expiry, customer_key, closing, state, version) = r;
     Ok(ChannelRow {
         id: parse_outpoint(&id)?,
         role: Role::parse(&role)?,
         phase: parse_phase(&phase)?,
         total: Amount::from_sat(total as u64),
-        charged: Amount::from_sat(charged as u64),
         capacity: Amount::from_sat(capacity as u64),
         expiry: expiry as u32,
         customer_key,
@@ -440,16 +404,6 @@ impl ChannelStore for SqliteStore {
     fn update_state(&self, update: StateUpdate) -> StoreFuture<'_, u64> {
         let f = self.submit(Op::State(update));
         Box::pin(async move { version(f.await?) })
-    }
-
-    fn charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
-        let f = self.submit(Op::Charge { id, role, price, refund: false });
-        Box::pin(async move { credit(f.await?) })
-    }
-
-    fn refund_charge(&self, id: OutPoint, role: Role, price: Amount) -> StoreFuture<'_, Amount> {
-        let f = self.submit(Op::Charge { id, role, price, refund: true });
-        Box::pin(async move { credit(f.await?) })
     }
 
     fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>> {

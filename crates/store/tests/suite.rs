@@ -87,34 +87,6 @@ async fn phase_changes(s: &dyn ChannelStore) {
     assert_eq!(row.closing_txid, Some(txid), "a later change keeps the txid");
 }
 
-async fn charges(s: &dyn ChannelStore) {
-    s.create(new_channel(4, Role::Merchant)).await.unwrap();
-    let r = s.charge(channel_id(4), Role::Merchant, Amount::from_sat(1)).await;
-    assert!(matches!(r, Err(StoreError::InsufficientCredit { .. })), "{r:?}");
-    s.record_payment(pay(4, 100, 1)).await.unwrap();
-    assert_eq!(
-        s.charge(channel_id(4), Role::Merchant, Amount::from_sat(60)).await.unwrap(),
-        Amount::from_sat(40)
-    );
-    assert!(matches!(
-        s.charge(channel_id(4), Role::Merchant, Amount::from_sat(41)).await,
-        Err(StoreError::InsufficientCredit { available, .. }) if available == Amount::from_sat(40)
-    ));
-    assert_eq!(
-        s.charge(channel_id(4), Role::Merchant, Amount::from_sat(40)).await.unwrap(),
-        Amount::ZERO
-    );
-    assert_eq!(
-        s.refund_charge(channel_id(4), Role::Merchant, Amount::from_sat(10)).await.unwrap(),
-        Amount::from_sat(10)
-    );
-    let row = s.get(channel_id(4), Role::Merchant).await.unwrap().unwrap();
-    assert_eq!(row.charged, Amount::from_sat(90));
-    // A payment read before the charges now has a stale version: the caller re-reads.
-    assert!(matches!(s.record_payment(pay(4, 200, 2)).await, Err(StoreError::Conflict { .. })));
-    s.record_payment(pay(4, 200, row.version)).await.unwrap();
-}
-
 async fn queries(s: &dyn ChannelStore) {
     for n in 10..20 {
         s.create(new_channel(n, if n % 2 == 0 { Role::Merchant } else { Role::Customer }))
@@ -197,7 +169,6 @@ async fn whole_suite(s: Arc<dyn ChannelStore>) {
     create_and_get(&*s).await;
     payments_are_compare_and_swap(&*s).await;
     phase_changes(&*s).await;
-    charges(&*s).await;
     queries(&*s).await;
     race(s).await;
 }
@@ -249,6 +220,44 @@ async fn sqlite_data_survives_reopen_and_newer_schemas_are_refused() {
         }
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
+}
+
+/// A version 1 database (with the `charged` column no one wrote since ADR 0011) opens: the
+/// migration drops the column and keeps every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("paychan.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.create(new_channel(6, Role::Merchant)).await.unwrap();
+        s.record_payment(pay(6, 77, 1)).await.unwrap();
+    }
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "ALTER TABLE channels ADD COLUMN charged INTEGER NOT NULL DEFAULT 0;
+         UPDATE paychan_meta SET value = '1' WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    drop(c);
+    let s = SqliteStore::open(&path).unwrap();
+    let row = s.get(channel_id(6), Role::Merchant).await.unwrap().unwrap();
+    assert_eq!((row.total, row.version), (Amount::from_sat(77), 2));
+    drop(s);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let version: String = c
+        .query_row("SELECT value FROM paychan_meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, paychan_store::SCHEMA_VERSION.to_string());
+    assert_eq!(paychan_store::SCHEMA_VERSION, 2);
+    let charged: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('channels') WHERE name = 'charged'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(charged, 0, "the stale column is gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -379,32 +379,6 @@ impl MerchantChannel {
         }
     }
 
-    /// Charges `price` for a request against the accepted total (DESIGN §2 accounting): served
-    /// only when `charged + price ≤ accepted`. Queues a persist.
-    ///
-    /// # Errors
-    /// [`Error::InsufficientFunds`] when the channel's credit does not cover the price;
-    /// [`Error::ChannelNotOpen`] when the channel is not open.
-    pub fn charge(&mut self, price: Amount) -> Result<Amount, Error> {
-        if self.state.phase != Phase::Open {
-            return Err(Error::ChannelNotOpen { phase: self.state.phase });
-        }
-        let charged = self
-            .state
-            .charged
-            .checked_add(price)
-            .ok_or(Error::AmountOutOfRange("charged overflows"))?;
-        if charged > self.state.accepted {
-            return Err(Error::InsufficientFunds {
-                needed: price,
-                available: self.state.accepted - self.state.charged,
-            });
-        }
-        self.state.charged = charged;
-        self.outbox.persist(self.state.clone());
-        Ok(self.state.accepted - charged)
-    }
-
     /// A paid request (DESIGN §2 accounting): the customer's signature of `total` pays for a
     /// request costing `price`. Served when the signature is valid, `total` was never used for
     /// another request, and `charged + price ≤ max(accepted, total)`. A total above the highest
