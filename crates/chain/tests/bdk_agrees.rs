@@ -10,7 +10,7 @@ use bdk_bitcoind_rpc::bitcoincore_rpc::RpcApi;
 use bdk_bitcoind_rpc::{Emitter, NO_EXPECTED_MEMPOOL_TXS};
 use bdk_wallet::{KeychainKind, SignOptions, Wallet};
 use paychan_core::bitcoin::{Address, Amount, CompressedPublicKey, FeeRate, Network};
-use paychan_core::testkit::{key, pubkey};
+use paychan_harness::fixtures::{key, pubkey};
 
 // A BIP 84 test key (regtest), public test vector material: never for real funds.
 const XPRV: &str = "tprv8ZgxMBicQKsPd1EzCPZcQSPhsotX5HvRDCivA7ASNQFmjWuTsW3WWEwUNKFAZrnD9qpz55rtyLdphqkwRZUqNWYXwSEzd6P4pYvXGByRim3";

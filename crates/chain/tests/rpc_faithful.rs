@@ -7,7 +7,7 @@ mod common;
 
 use bitcoincore_rpc::RpcApi;
 use paychan_core::bitcoin::{Address, Amount, CompressedPublicKey, Network};
-use paychan_core::testkit::{key, pubkey};
+use paychan_harness::fixtures::{key, pubkey};
 use serde_json::{json, Value};
 
 fn address(n: u8) -> Address {
@@ -162,7 +162,7 @@ fn transactions_through_the_rpc() {
         value: prev.value - Amount::from_sat(1_000),
         script_pubkey: address(2).script_pubkey(),
     };
-    let tx = paychan_core::testkit::spend_p2wpkh(
+    let tx = paychan_harness::fixtures::spend_p2wpkh(
         &[(OutPoint { txid: cb.compute_txid(), vout: 0 }, prev)],
         vec![out],
         &key(1),

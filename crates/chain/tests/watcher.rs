@@ -6,7 +6,7 @@ mod common;
 
 use paychan_chain::{ChainEvent, ChainSource, ChainWatcher, EmbeddedChain};
 use paychan_core::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut};
-use paychan_core::testkit::{key, p2wpkh, spend_p2wpkh};
+use paychan_harness::fixtures::{key, p2wpkh, spend_p2wpkh};
 use paychan_node::Node;
 
 /// Spends the coinbase at `height` (P2WPKH of key 9) to one output; returns the tx.

@@ -7,9 +7,9 @@ use std::process::{Command, Output};
 use paychan_core::bitcoin::consensus::encode::serialize_hex;
 use paychan_core::bitcoin::{Amount, FeeRate};
 use paychan_core::script::OutputKind;
-use paychan_core::testkit::{customer_keypair, merchant_key, p2wpkh, params};
 use paychan_core::tx::payment::sign_payment;
 use paychan_core::tx::settlement::build_settlement;
+use paychan_harness::fixtures::{customer_keypair, merchant_key, p2wpkh, params};
 use serde_json::Value;
 
 fn vectors() -> Value {

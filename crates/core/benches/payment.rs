@@ -20,11 +20,11 @@ use paychan_core::channel::merchant::MerchantChannel;
 use paychan_core::channel::Phase;
 use paychan_core::policy::Policy;
 use paychan_core::script::OutputKind;
-use paychan_core::testkit::{customer_key, keypair, params_with, pubkey, EXPIRY, NOW};
 use paychan_core::tx::payment::sign_payment;
 use paychan_core::tx::ChannelParams;
 use paychan_core::validate::{validate_payment, ChannelView};
 use paychan_core::Now;
+use paychan_harness::fixtures::{customer_key, keypair, params_with, pubkey, EXPIRY, NOW};
 
 const PRESIGNED: u64 = 4_096;
 

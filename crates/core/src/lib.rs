@@ -24,8 +24,7 @@ pub mod paywall;
 pub mod policy;
 pub mod script;
 pub mod sig;
-#[doc(hidden)]
-pub mod testkit;
+
 pub mod time;
 pub mod tx;
 pub mod validate;

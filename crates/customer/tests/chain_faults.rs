@@ -12,14 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use paychan_chain::{BlockRef, ChainError, ChainSource, EmbeddedChain, TxStatus};
 use paychan_core::bitcoin::{
-    Amount, Block, BlockHash, FeeRate, Network, OutPoint, Transaction, TxOut, Txid,
+    Amount, Block, BlockHash, FeeRate, OutPoint, Transaction, TxOut, Txid,
 };
 use paychan_core::channel::Phase;
-use paychan_core::policy::Policy;
-use paychan_core::testkit::{key, p2wpkh};
-use paychan_core::Now;
-use paychan_customer::{Customer, CustomerError};
-use paychan_merchant::{tcp, ChannelServer, ServerConfig};
+use paychan_customer::CustomerError;
+use paychan_harness::fixtures::{key, p2wpkh};
 use paychan_node::Node;
 use paychan_store::{
     ChannelRow, ChannelStore, NewChannel, PaymentEntry, PaymentUpdate, Query, Role, SqliteStore,
@@ -84,7 +81,6 @@ impl ChannelStore for FaultyStore {
         self.read(self.inner.payments(id, role))
     }
 }
-use paychan_wallet::{KeyChain, Wallet};
 
 /// The merchant's view of the chain, which can be cut off.
 struct Flaky {
@@ -158,18 +154,26 @@ impl ChainSource for Flaky {
     }
 }
 
+/// The harness's world, the merchant on a chain that fails on demand, both stores faulting
+/// on demand.
 struct World {
-    node: Node,
+    h: paychan_harness::World,
     flaky: Arc<Flaky>,
-    server: Arc<ChannelServer>,
+    /// The merchant's store.
     store: Arc<dyn ChannelStore>,
     /// The merchant's store faults.
     faults: Arc<Faulty>,
     /// The customer's store faults.
     cfaults: Arc<Faulty>,
-    customer: Customer,
-    peer: String,
-    _dirs: Vec<tempfile::TempDir>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for World {
+    type Target = paychan_harness::World;
+
+    fn deref(&self) -> &Self::Target {
+        &self.h
+    }
 }
 
 async fn world() -> World {
@@ -181,47 +185,27 @@ async fn world() -> World {
         refuse_broadcast: AtomicBool::new(false),
         broadcasts: AtomicU32::new(0),
     });
-    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
-        let node = node.clone();
-        Arc::new(move || Now {
-            time: node.now(),
-            height: node.tip().0,
-            median_time_past: node.median_time_past(),
-        })
-    };
-    let (md, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let keys = Wallet::create(md.path(), Network::Regtest, None)
-        .unwrap()
-        .key_chain(KeyChain::MERCHANT)
-        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let faults = Arc::new(Faulty::default());
     let store: Arc<dyn ChannelStore> = Arc::new(FaultyStore {
-        inner: SqliteStore::open(&md.path().join("m.db")).unwrap(),
+        inner: SqliteStore::open(&dir.path().join("m.db")).unwrap(),
         faults: faults.clone(),
     });
-    let config = ServerConfig {
-        policy: Policy::default(),
-        payout: p2wpkh(&key(0x55)),
-        settle_target_blocks: 6,
-    };
-    let server = Arc::new(
-        ChannelServer::new(config, keys, store.clone(), flaky.clone(), clock.clone()).unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let peer = listener.local_addr().unwrap().to_string();
-    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
-    // The customer's own node connection stays up.
-    let cchain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let mut cwallet = Wallet::create(cd.path(), Network::Regtest, None).unwrap();
-    node.mine(101, &cwallet.new_address().unwrap().script_pubkey()).unwrap();
-    cwallet.sync(&*cchain).unwrap();
     let cfaults = Arc::new(Faulty::default());
     let cstore: Arc<dyn ChannelStore> = Arc::new(FaultyStore {
-        inner: SqliteStore::open(&cd.path().join("c.db")).unwrap(),
+        inner: SqliteStore::open(&dir.path().join("c.db")).unwrap(),
         faults: cfaults.clone(),
     });
-    let customer = Customer::new(cstore, cchain, Arc::new(Mutex::new(cwallet)), clock).unwrap();
-    World { node, flaky, server, store, faults, cfaults, customer, peer, _dirs: vec![md, cd] }
+    // The customer's own node connection stays up.
+    let h = paychan_harness::World::builder()
+        .node(node)
+        .merchant_chain(flaky.clone())
+        .merchant_store(store.clone())
+        .customer_store(cstore)
+        .start()
+        .await
+        .unwrap();
+    World { h, flaky, store, faults, cfaults, _dir: dir }
 }
 
 fn refused_with(r: Result<Amount, CustomerError>, code: u32) {

@@ -4,81 +4,35 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use paychan_chain::{ChainSource, EmbeddedChain};
-use paychan_core::bitcoin::{Amount, Network};
+use paychan_core::bitcoin::Amount;
 use paychan_core::channel::Phase;
 use paychan_core::policy::Policy;
-use paychan_core::testkit::{key, p2wpkh};
 use paychan_core::Now;
 use paychan_customer::{Customer, CustomerError};
-use paychan_merchant::{tcp, ChannelServer, ServerConfig};
-use paychan_node::Node;
-use paychan_store::{ChannelStore, Role, SqliteStore};
-use paychan_wallet::{KeyChain, Wallet};
+use paychan_harness::fixtures::{key, p2wpkh};
+use paychan_merchant::tcp;
+use paychan_store::Role;
 
+/// The harness's world, and how far the customer's clock runs behind the node's.
 struct World {
-    node: Node,
-    chain: Arc<dyn ChainSource>,
-    server: Arc<ChannelServer>,
-    merchant_store: Arc<dyn ChannelStore>,
-    addr: String,
-    customer_store: Arc<dyn ChannelStore>,
-    wallet: Arc<Mutex<Wallet>>,
-    clock: Arc<dyn Fn() -> Now + Send + Sync>,
+    h: paychan_harness::World,
     /// Seconds the customer's clock runs behind the node's.
     lag: Arc<std::sync::atomic::AtomicU64>,
-    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for World {
+    type Target = paychan_harness::World;
+
+    fn deref(&self) -> &Self::Target {
+        &self.h
+    }
 }
 
 async fn world() -> World {
-    let node = Node::in_memory();
-    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
-        let node = node.clone();
-        Arc::new(move || Now {
-            time: node.now(),
-            height: node.tip().0,
-            median_time_past: node.median_time_past(),
-        })
-    };
-    let (md, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mwallet = Wallet::create(md.path(), Network::Regtest, None).unwrap();
-    let keys = mwallet.key_chain(KeyChain::MERCHANT).unwrap();
-    let merchant_store: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&md.path().join("m.db")).unwrap());
-    let config = ServerConfig {
-        policy: Policy::default(),
-        payout: p2wpkh(&key(0x55)),
-        settle_target_blocks: 6,
-    };
-    let server = Arc::new(
-        ChannelServer::new(config, keys, merchant_store.clone(), chain.clone(), clock.clone())
-            .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
-
-    let mut cwallet = Wallet::create(cd.path(), Network::Regtest, None).unwrap();
-    let a = cwallet.new_address().unwrap();
-    node.mine(101, &a.script_pubkey()).unwrap();
-    cwallet.sync(&*chain).unwrap();
-    let customer_store: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&cd.path().join("c.db")).unwrap());
-    World {
-        node,
-        chain,
-        server,
-        merchant_store,
-        addr,
-        customer_store,
-        wallet: Arc::new(Mutex::new(cwallet)),
-        clock,
-        lag: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-        _dirs: vec![md, cd],
-    }
+    let h = paychan_harness::World::builder().start().await.unwrap();
+    World { h, lag: Arc::new(std::sync::atomic::AtomicU64::new(0)) }
 }
 
 fn customer(w: &World) -> Customer {
@@ -88,14 +42,14 @@ fn customer(w: &World) -> Customer {
         n.time -= lag.load(std::sync::atomic::Ordering::SeqCst);
         n
     });
-    Customer::new(w.customer_store.clone(), w.chain.clone(), w.wallet.clone(), lagging).unwrap()
+    w.customer_with(lagging).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_pay_resume_close_settle() {
     let w = world().await;
     let c = customer(&w);
-    let id = c.open(&w.addr, Amount::from_sat(100_000), None).await.unwrap();
+    let id = c.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
     assert!(w.node.mempool_txids().contains(&id.txid));
     w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
     w.server.tick().await.unwrap();
@@ -140,7 +94,7 @@ async fn open_pay_resume_close_settle() {
     c.tick().await.unwrap();
     assert_eq!(c.status(id).await.unwrap().phase, Phase::Settled);
     // The change came back to the customer's wallet.
-    let mut wallet = w.wallet.lock().unwrap();
+    let mut wallet = w.customer_wallet.lock().unwrap();
     wallet.sync(&*w.chain).unwrap();
     assert!(wallet.is_mine(&settlement.output[0].script_pubkey));
 }
@@ -150,18 +104,22 @@ async fn a_refused_open_never_broadcasts_and_an_expired_channel_is_refunded() {
     let w = world().await;
     let c = customer(&w);
     let mempool_before = w.node.mempool_txids();
-    let balance_before = w.wallet.lock().unwrap().balance();
-    match c.open(&w.addr, Amount::from_sat(5_000), None).await {
+    let balance_before = w.customer_wallet.lock().unwrap().balance();
+    match c.open(&w.peer, Amount::from_sat(5_000), None).await {
         Err(CustomerError::Rejected { code, .. }) => {
             assert_eq!(code, 5, "deposit below the minimum")
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(w.node.mempool_txids(), mempool_before, "the refused funding was never broadcast");
-    assert_eq!(w.wallet.lock().unwrap().balance(), balance_before, "its coins are free again");
+    assert_eq!(
+        w.customer_wallet.lock().unwrap().balance(),
+        balance_before,
+        "its coins are free again"
+    );
 
     // A 7-hour channel, never paid: after the expiry the customer takes its deposit back.
-    let id = c.open(&w.addr, Amount::from_sat(50_000), Some(7 * 3_600)).await.unwrap();
+    let id = c.open(&w.peer, Amount::from_sat(50_000), Some(7 * 3_600)).await.unwrap();
     w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
     assert!(c.tick().await.unwrap().is_empty(), "no refund before the expiry");
     let expiry = c.status(id).await.unwrap().expiry;
@@ -179,7 +137,7 @@ async fn a_refused_open_never_broadcasts_and_an_expired_channel_is_refunded() {
 async fn the_merchant_settles_before_the_expiry_and_refuses_payments_past_the_cutoff() {
     let w = world().await;
     let c = customer(&w);
-    let id = c.open(&w.addr, Amount::from_sat(100_000), Some(86_400)).await.unwrap();
+    let id = c.open(&w.peer, Amount::from_sat(100_000), Some(86_400)).await.unwrap();
     w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
     c.pay(id, Amount::from_sat(4_000)).await.unwrap();
     let expiry = u64::from(c.status(id).await.unwrap().expiry);
@@ -226,7 +184,7 @@ async fn the_merchant_settles_before_the_expiry_and_refuses_payments_past_the_cu
 async fn an_unconfirmed_settlement_is_replaced_at_a_higher_fee() {
     let w = world().await;
     let c = customer(&w);
-    let id = c.open(&w.addr, Amount::from_sat(100_000), None).await.unwrap();
+    let id = c.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
     w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
     c.pay(id, Amount::from_sat(20_000)).await.unwrap();
     let first = c.close(id).await.unwrap();
@@ -263,7 +221,7 @@ async fn an_unconfirmed_settlement_is_replaced_at_a_higher_fee() {
 async fn an_exhausted_channel_is_settled_by_the_merchant() {
     let w = world().await;
     let c = customer(&w);
-    let id = c.open(&w.addr, Amount::from_sat(20_000), None).await.unwrap();
+    let id = c.open(&w.peer, Amount::from_sat(20_000), None).await.unwrap();
     w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
     c.pay(id, Amount::from_sat(19_500)).await.unwrap();
     // 500 sat left, below the 1,000 sat close-out: the merchant settles by itself.
@@ -284,7 +242,7 @@ async fn an_exhausted_channel_is_settled_by_the_merchant() {
 async fn a_refused_payment_is_not_counted() {
     let w = world().await;
     let c = customer(&w);
-    let id = c.open(&w.addr, Amount::from_sat(100_000), None).await.unwrap();
+    let id = c.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
 
     // Not confirmed: refused, and nothing counted.
     match c.pay(id, Amount::from_sat(500)).await {
@@ -362,7 +320,7 @@ async fn a_life_outside_the_merchants_range_funds_nothing() {
     let w = world().await;
     let c = customer(&w);
     let before = w.node.mempool_txids().len();
-    match c.open(&w.addr, Amount::from_sat(100_000), Some(5 * 3_600 + 59 * 60)).await {
+    match c.open(&w.peer, Amount::from_sat(100_000), Some(5 * 3_600 + 59 * 60)).await {
         Err(e @ CustomerError::LifeOutOfRange { .. }) => {
             assert!(e.to_string().contains("21600"), "{e}");
         }
@@ -371,7 +329,7 @@ async fn a_life_outside_the_merchants_range_funds_nothing() {
     assert_eq!(w.node.mempool_txids().len(), before);
     assert!(c.list().await.is_empty());
     // A little over six hours is fine.
-    c.open(&w.addr, Amount::from_sat(100_000), Some(6 * 3_600 + 600)).await.unwrap();
+    c.open(&w.peer, Amount::from_sat(100_000), Some(6 * 3_600 + 600)).await.unwrap();
 }
 
 /// A merchant closes connections idle for long; the customer's next payment reconnects and

@@ -4,100 +4,36 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use paychan_chain::{ChainSource, EmbeddedChain};
-use paychan_core::bitcoin::{Amount, Network, OutPoint};
+use paychan_core::bitcoin::{Amount, OutPoint};
 use paychan_core::paywall::{
     decode_header, encode_header, ChannelPayment, PaymentRequired, PaymentResponse,
     PaymentSignature, SCHEME,
 };
-use paychan_core::policy::Policy;
-use paychan_core::testkit::{key, p2wpkh};
-use paychan_core::Now;
-use paychan_customer::{Caps, Customer, CustomerError, PayingClient};
+use paychan_customer::{Caps, CustomerError, PayingClient};
 use paychan_merchant::paywall::{reverse_proxy, PaywallConfig, PaywallLayer, Pricing};
-use paychan_merchant::{http, tcp, ChannelServer, ServerConfig};
-use paychan_node::Node;
-use paychan_store::{ChannelStore, SqliteStore};
-use paychan_wallet::{KeyChain, Wallet};
+use paychan_merchant::{http, ChannelServer};
 
-struct World {
-    node: Node,
-    server: Arc<ChannelServer>,
-    store: Arc<dyn ChannelStore>,
-    peer: String,
-    customer: Arc<Customer>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-async fn world() -> World {
-    let node = Node::in_memory();
-    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let clock: Arc<dyn Fn() -> Now + Send + Sync> = {
-        let node = node.clone();
-        Arc::new(move || Now {
-            time: node.now(),
-            height: node.tip().0,
-            median_time_past: node.median_time_past(),
-        })
-    };
-    let (md, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mwallet = Wallet::create(md.path(), Network::Regtest, None).unwrap();
-    let keys = mwallet.key_chain(KeyChain::MERCHANT).unwrap();
-    let store: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&md.path().join("m.db")).unwrap());
-    let config = ServerConfig {
-        policy: Policy::default(),
-        payout: p2wpkh(&key(0x55)),
-        settle_target_blocks: 6,
-    };
-    let server = Arc::new(
-        ChannelServer::new(config, keys, store.clone(), chain.clone(), clock.clone()).unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let peer = listener.local_addr().unwrap().to_string();
-    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
-
-    let mut cwallet = Wallet::create(cd.path(), Network::Regtest, None).unwrap();
-    node.mine(101, &cwallet.new_address().unwrap().script_pubkey()).unwrap();
-    cwallet.sync(&*chain).unwrap();
-    let cstore: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&cd.path().join("c.db")).unwrap());
-    let customer =
-        Arc::new(Customer::new(cstore, chain, Arc::new(Mutex::new(cwallet)), clock).unwrap());
-    // The miner: confirms whatever waits in the mempool, as a chain would.
-    let miner = node.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if !miner.mempool_txids().is_empty() {
-                let _ = miner.mine(1, &p2wpkh(&key(0x77)));
-            }
-        }
-    });
-    World { node, server, store, peer, customer, _dirs: vec![md, cd] }
+/// The harness's world, with a miner that confirms whatever waits in the mempool.
+async fn world() -> paychan_harness::World {
+    let w = paychan_harness::World::builder().start().await.unwrap();
+    w.spawn_miner(Duration::from_millis(200));
+    w
 }
 
 /// An app with a paid `/hello` (10 sat), a paid `/fail` that answers 500, and a free `/free`,
 /// served on loopback; returns its base URL.
-async fn paid_app(w: &World) -> String {
+async fn paid_app(w: &paychan_harness::World) -> String {
     let app = Router::new()
         .route("/hello", get(|| async { "hello, paid world" }))
         .route("/fail", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "upstream broke") }))
-        .route("/free", get(|| async { "free" }))
-        .layer(PaywallLayer::new(
-            w.server.clone(),
-            PaywallConfig::new(Pricing::new(Amount::from_sat(10)).free("/free"), w.peer.clone()),
-        ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+        .route("/free", get(|| async { "free" }));
+    w.serve_paywalled(app, Pricing::new(Amount::from_sat(10)).free("/free")).await.unwrap()
 }
 
 async fn charged(server: &ChannelServer, id: OutPoint) -> (Amount, Amount) {
@@ -105,7 +41,7 @@ async fn charged(server: &ChannelServer, id: OutPoint) -> (Amount, Amount) {
     (c.2, c.3)
 }
 
-fn client(w: &World) -> PayingClient {
+fn client(w: &paychan_harness::World) -> PayingClient {
     let caps = Caps { confirm_timeout: Duration::from_secs(60), ..Caps::default() };
     PayingClient::new(w.customer.clone(), caps)
 }
@@ -350,7 +286,7 @@ async fn the_charge_is_durable_before_the_handler_runs() {
     use paychan_core::channel::merchant::MerchantState;
     let w = world().await;
     // The handler reads the merchant's store: the charge for this very request must be there.
-    let store = w.store.clone();
+    let store = w.merchant_store.clone();
     let app = Router::new()
         .route(
             "/audit",

@@ -17,8 +17,10 @@ use paychan_core::channel::{Effect, Phase};
 use paychan_core::msg::{Message, Resumed};
 use paychan_core::policy::Policy;
 use paychan_core::script::{ChannelScript, OutputKind};
-use paychan_core::testkit::{customer_key, funding_tx, merchant_key, p2wpkh, pubkey, EXPIRY, NOW};
 use paychan_core::Now;
+use paychan_harness::fixtures::{
+    customer_key, funding_tx, merchant_key, p2wpkh, pubkey, EXPIRY, NOW,
+};
 
 const DEPOSIT: u64 = 1_000_000;
 

@@ -16,8 +16,8 @@ use paychan_core::bitcoin::{Amount, Transaction};
 use paychan_core::msg::{self, FrameDecoder, Message, MAX_FRAME_LEN};
 use paychan_core::paywall::{decode_header, PaymentRequired, PaymentResponse, PaymentSignature};
 use paychan_core::script::OutputKind;
-use paychan_core::testkit::{params_with, EXPIRY};
 use paychan_core::tx::ChannelParams;
+use paychan_harness::fixtures::{params_with, EXPIRY};
 
 mod channels;
 
@@ -51,8 +51,9 @@ pub fn frames(data: &[u8]) {
                         msg::decode_one(&frame, MAX_FRAME_LEN).expect("a frame we encoded decodes");
                     assert_eq!(back, m, "frame round trip");
                     if let Message::Open(open) = &m {
-                        let key =
-                            paychan_core::testkit::pubkey(&paychan_core::testkit::merchant_key());
+                        let key = paychan_harness::fixtures::pubkey(
+                            &paychan_harness::fixtures::merchant_key(),
+                        );
                         let _ = paychan_core::channel::merchant::params_from_open(
                             open,
                             &key,
@@ -135,7 +136,7 @@ pub fn rpc(data: &[u8]) {
     static NODE: OnceLock<paychan_node::Node> = OnceLock::new();
     let node = NODE.get_or_init(|| {
         let n = paychan_node::Node::in_memory();
-        let spk = paychan_core::testkit::p2wpkh(&paychan_core::testkit::key(1));
+        let spk = paychan_harness::fixtures::p2wpkh(&paychan_harness::fixtures::key(1));
         n.mine(101, &spk).expect("mining on a fresh node");
         n
     });

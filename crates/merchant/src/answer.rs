@@ -46,7 +46,8 @@ pub struct Answer {
     /// The JSON API's status: 404 unknown channel, 409 a payment refused or a deposit used,
     /// 400 other bad input, 500 the merchant's failure.
     pub status: StatusCode,
-    /// The paywall's status: 400 for a payment header that does not decode, 402 (with a fresh
+    /// The paywall's status: 400 for a payment header that does not decode (or of another
+    /// protocol version), 402 (with a fresh
     /// requirement and this answer's code and message) for a refused payment, 503 for the
     /// merchant's failure.
     pub paywall_status: StatusCode,
@@ -85,8 +86,12 @@ fn refusal(e: &Error, op: Op) -> Answer {
         e if e.is_payment_rejection() => StatusCode::CONFLICT,
         _ => StatusCode::BAD_REQUEST,
     };
+    // A payment header that does not decode, or speaks another protocol version (the
+    // protocol errors, codes 200–299), is a bad request; a payment that decodes but is
+    // refused gets a fresh 402.
     let paywall_status = match e {
-        Error::Malformed { .. } | Error::Decode(_) => StatusCode::BAD_REQUEST,
+        Error::Malformed { .. } => StatusCode::BAD_REQUEST,
+        e if (200..300).contains(&e.code()) => StatusCode::BAD_REQUEST,
         _ => StatusCode::PAYMENT_REQUIRED,
     };
     let two1_status = match e {

@@ -66,7 +66,7 @@ fn refused(e: &MerchantError, op: Op) -> Response {
 
 /// The 21 forms' parsing for the fuzzer: the parameters of a body and query, and each value
 /// read as a transaction, a script and a signature, as the handlers do.
-#[doc(hidden)]
+#[cfg(feature = "fuzz")]
 pub fn fuzz_forms(body: &[u8], query: Option<String>) -> usize {
     let p = params(body, query);
     let mut n = p.len();

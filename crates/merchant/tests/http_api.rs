@@ -12,8 +12,8 @@ use paychan_core::bitcoin::secp256k1::{Keypair, Message as SecpMessage, PublicKe
 use paychan_core::bitcoin::{Amount, OutPoint};
 use paychan_core::msg::{self, Message};
 use paychan_core::policy::Policy;
-use paychan_core::testkit::{customer_key, key, p2wpkh};
 use paychan_core::tx::payment::sign_payment;
+use paychan_harness::fixtures::{customer_key, key, p2wpkh};
 use paychan_merchant::http;
 use paychan_store::Role;
 use serde_json::{json, Value};

@@ -16,9 +16,9 @@ use paychan_core::bitcoin::secp256k1::{Message as SecpMessage, PublicKey};
 use paychan_core::bitcoin::{Amount, CompressedPublicKey, OutPoint, ScriptBuf};
 use paychan_core::policy::Policy;
 use paychan_core::script::ChannelScript;
-use paychan_core::testkit::{customer_key, key, p2wpkh, pubkey};
 use paychan_core::tx::two1::{build_payment, TWO1_FEE};
 use paychan_core::tx::{ChannelParams, FundingOutput};
+use paychan_harness::fixtures::{customer_key, key, p2wpkh, pubkey};
 use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::two1;
 

@@ -19,8 +19,8 @@ use paychan_core::bitcoin::transaction::Version;
 use paychan_core::bitcoin::{
     Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
 };
-use paychan_core::testkit::{key, p2wpkh, sign_p2wpkh};
 use paychan_core::verify::verify_consensus;
+use paychan_harness::fixtures::{key, p2wpkh, sign_p2wpkh};
 use paychan_node::Node;
 
 const N: usize = 2_000;

@@ -9,11 +9,13 @@ use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::transaction::Version;
 use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, Sequence, TxOut};
 use paychan_core::script::OutputKind;
-use paychan_core::testkit::{channel_script, customer_key, customer_keypair, merchant_key, p2wpkh};
 use paychan_core::tx::payment::sign_payment;
 use paychan_core::tx::refund::build_refund;
 use paychan_core::tx::settlement::build_settlement;
 use paychan_core::tx::{ChannelParams, FundingOutput};
+use paychan_harness::fixtures::{
+    channel_script, customer_key, customer_keypair, merchant_key, p2wpkh,
+};
 use paychan_node::{Node, NodeError};
 
 fn rejected(r: Result<impl std::fmt::Debug, NodeError>) -> String {

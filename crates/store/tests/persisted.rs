@@ -10,9 +10,9 @@ use paychan_core::channel::merchant::{MerchantChannel, MerchantState};
 use paychan_core::msg::Message;
 use paychan_core::policy::Policy;
 use paychan_core::script::OutputKind;
-use paychan_core::testkit::{customer_keypair, params_with, EXPIRY, NOW};
 use paychan_core::tx::payment::sign_payment;
 use paychan_core::Now;
+use paychan_harness::fixtures::{customer_keypair, params_with, EXPIRY, NOW};
 use paychan_store::{ChannelStore, Persisted, Role, SqliteStore, Storage, StoreError};
 
 fn restore(bytes: &[u8]) -> Result<MerchantChannel, paychan_core::Error> {

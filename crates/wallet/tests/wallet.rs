@@ -5,8 +5,8 @@
 use paychan_chain::{ChainSource, EmbeddedChain};
 use paychan_core::bitcoin::{Amount, FeeRate, Network, OutPoint};
 use paychan_core::script::OutputKind;
-use paychan_core::testkit::{channel_script, key, p2wpkh};
 use paychan_core::tx::FundingOutput;
+use paychan_harness::fixtures::{channel_script, key, p2wpkh};
 use paychan_node::Node;
 use paychan_wallet::{Wallet, WalletError};
 

@@ -8,25 +8,22 @@
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use clap::Subcommand;
-use paychan_chain::{ChainSource, EmbeddedChain};
 use paychan_core::bitcoin::secp256k1::Message;
-use paychan_core::bitcoin::{Amount, Network, OutPoint};
+use paychan_core::bitcoin::{Amount, OutPoint};
 use paychan_core::paywall::{encode_header, ChannelPayment, PaymentSignature, X402_VERSION};
 use paychan_core::policy::Policy;
 use paychan_core::script::OutputKind;
-use paychan_core::testkit::{customer_keypair, params_with, EXPIRY};
 use paychan_core::tx::payment::{sign_payment, verify_payment};
-use paychan_customer::Customer;
-use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
-use paychan_merchant::{http, tcp, ChannelServer, ServerConfig};
+use paychan_harness::fixtures::{customer_keypair, params_with, EXPIRY};
+use paychan_harness::{Payout, World};
+use paychan_merchant::paywall::Pricing;
+use paychan_merchant::ChannelServer;
 use paychan_node::Node;
-use paychan_store::{ChannelStore, SqliteStore};
-use paychan_wallet::{KeyChain, Wallet};
 use serde_json::json;
 
 use super::common::{runtime, Common};
@@ -335,41 +332,18 @@ async fn bench_http_in(
 
     // A merchant (zero-conf, so the bench needs no blocks) with one paid and one free path to
     // the same handler, both through the Layer.
-    let node = Node::in_memory();
-    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let clock = paychan_chain::node_clock(&node);
-    let mwallet = Wallet::create(&dir.join("merchant"), Network::Regtest, None).map_err(fail)?;
-    let mut cwallet =
-        Wallet::create(&dir.join("customer"), Network::Regtest, None).map_err(fail)?;
-    let keys = mwallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
-    let policy = Policy { zero_conf: true, ..Policy::default() };
-    let store: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&dir.join("merchant.db")).map_err(fail)?);
-    let payout = paychan_core::bitcoin::ScriptBuf::new_op_return([]);
-    let config = ServerConfig { policy, payout, settle_target_blocks: 6 };
-    let server = Arc::new(
-        ChannelServer::new(config, keys, store, chain.clone(), clock.clone()).map_err(fail)?,
-    );
-    let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let peer = tcp_listener.local_addr()?.to_string();
-    tokio::spawn(tcp::serve(server.clone(), tcp_listener, std::future::pending()));
+    let w = World::builder()
+        .dir(dir)
+        .policy(Policy { zero_conf: true, ..Policy::default() })
+        .payout(Payout::Script(paychan_core::bitcoin::ScriptBuf::new_op_return([])))
+        .start()
+        .await
+        .map_err(fail)?;
+    let (node, server, peer) = (&w.node, &w.server, &w.peer);
     let price = Amount::from_sat(1);
     let handler = || async { "a result worth one satoshi\n" };
-    let app = axum::Router::new().route("/paid", get(handler)).route("/free", get(handler)).layer(
-        PaywallLayer::new(
-            server.clone(),
-            PaywallConfig::new(Pricing::new(price).free("/free"), peer.clone()),
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(http::serve_with(
-        server.clone(),
-        listener,
-        None,
-        Some(app),
-        std::future::pending(),
-    ));
+    let routes = axum::Router::new().route("/paid", get(handler)).route("/free", get(handler));
+    let base = w.serve_paywalled(routes, Pricing::new(price).free("/free")).await.map_err(fail)?;
 
     // One client per connection, so each connection is its own TCP stream.
     let clients: Vec<reqwest::Client> = (0..connections)
@@ -406,19 +380,13 @@ async fn bench_http_in(
         "opening {connections} channels and pre-signing {} payments…",
         u64::from(connections) * u64::from(requests)
     ));
-    node.mine(101, &cwallet.new_address().map_err(fail)?.script_pubkey()).map_err(fail)?;
-    cwallet.sync(&*chain).map_err(fail)?;
-    let cstore: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&dir.join("customer.db")).map_err(fail)?);
-    let customer = Arc::new(
-        Customer::new(cstore, chain.clone(), Arc::new(Mutex::new(cwallet)), clock).map_err(fail)?,
-    );
+    let customer = &w.customer;
     let deposit = Amount::from_sat(
         (u64::from(requests) * price.to_sat() + 20_000).max(Policy::default().min_deposit.to_sat()),
     );
     let mut channels: Vec<OutPoint> = Vec::new();
     for i in 0..connections {
-        channels.push(customer.open(&peer, deposit, None).await.map_err(fail)?);
+        channels.push(customer.open(peer, deposit, None).await.map_err(fail)?);
         if i % 10 == 9 {
             node.mine(1, &paychan_core::bitcoin::ScriptBuf::new_op_return([])).map_err(fail)?;
         }

@@ -3,20 +3,16 @@
 //! measured first in the same process: the payments/s all cores reach doing nothing but the
 //! customer's sign and the merchant's validate.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paychan_chain::{ChainSource, EmbeddedChain};
-use paychan_core::bitcoin::{Amount, Network, ScriptBuf};
+use paychan_core::bitcoin::{Amount, ScriptBuf};
 use paychan_core::policy::Policy;
 use paychan_core::script::OutputKind;
-use paychan_core::testkit::{customer_keypair, params_with, EXPIRY};
 use paychan_core::tx::payment::{sign_payment, verify_payment};
-use paychan_customer::Customer;
-use paychan_merchant::{tcp, ChannelServer, ServerConfig};
-use paychan_node::Node;
+use paychan_harness::fixtures::{customer_keypair, params_with, EXPIRY};
+use paychan_harness::{Payout, World};
 use paychan_store::{ChannelStore, PostgresStore, Role, SqliteStore};
-use paychan_wallet::{KeyChain, Wallet};
 use serde_json::{json, Value};
 
 use super::bench::{on_all_cores, peak_rss_mib, percentile, say};
@@ -113,40 +109,22 @@ async fn run(
     let bound =
         tokio::task::spawn_blocking(move || sign_validate_bound(secs)).await.map_err(fail)?;
 
-    let node = Node::in_memory();
-    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let clock = paychan_chain::node_clock(&node);
-    let mwallet = Wallet::create(&dir.join("merchant"), Network::Regtest, None).map_err(fail)?;
-    let mut cwallet =
-        Wallet::create(&dir.join("customer"), Network::Regtest, None).map_err(fail)?;
-    let keys = mwallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
     let policy = Policy::default();
-    let mstore = store(kind, dir, "merchant").await?;
-    let config = ServerConfig {
-        policy: policy.clone(),
-        payout: ScriptBuf::new_op_return([]),
-        settle_target_blocks: 6,
-    };
-    let server = Arc::new(
-        ChannelServer::new(config, keys, mstore.clone(), chain.clone(), clock.clone())
-            .map_err(fail)?,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let peer = listener.local_addr()?.to_string();
-    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
-
-    node.mine(101, &cwallet.new_address().map_err(fail)?.script_pubkey()).map_err(fail)?;
-    cwallet.sync(&*chain).map_err(fail)?;
-    let cstore = store(kind, dir, "customer").await?;
-    let customer = Arc::new(
-        Customer::new(cstore, chain.clone(), Arc::new(Mutex::new(cwallet)), clock).map_err(fail)?,
-    );
+    let w = World::builder()
+        .dir(dir)
+        .policy(policy.clone())
+        .payout(Payout::Script(ScriptBuf::new_op_return([])))
+        .merchant_store(store(kind, dir, "merchant").await?)
+        .customer_store(store(kind, dir, "customer").await?)
+        .start()
+        .await
+        .map_err(fail)?;
+    let (node, server, peer, customer) = (&w.node, &w.server, &w.peer, &w.customer);
     say(&format!("opening {channels} channels…"));
     let deposit = Amount::from_sat(
         (u64::from(payments) + policy.close_out.to_sat() + 1_000).max(policy.min_deposit.to_sat()),
     );
-    let ids =
-        super::bench::open_channels(&customer, &node, &server, &peer, channels, deposit).await?;
+    let ids = super::bench::open_channels(customer, node, server, peer, channels, deposit).await?;
 
     say(&format!(
         "paying: {channels} channels × {payments} payments of 1 sat, {window} in flight per channel…"
@@ -186,7 +164,8 @@ async fn run(
     let per_s = total as f64 / elapsed;
     // Nothing acknowledged is missing from the merchant's store.
     for id in &ids {
-        let row = mstore
+        let row = w
+            .merchant_store
             .get(*id, Role::Merchant)
             .await
             .map_err(fail)?

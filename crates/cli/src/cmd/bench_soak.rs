@@ -4,22 +4,17 @@
 //! merchant's store and that every paid request was charged once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
-use paychan_chain::{ChainSource, EmbeddedChain};
-use paychan_core::bitcoin::{Amount, Network, ScriptBuf};
+use paychan_core::bitcoin::{Amount, ScriptBuf};
 use paychan_core::paywall::{
     decode_header, encode_header, ChannelPayment, PaymentResponse, PaymentSignature, X402_VERSION,
 };
-use paychan_core::policy::Policy;
-use paychan_customer::Customer;
-use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
-use paychan_merchant::{http, tcp, ChannelServer, ServerConfig};
-use paychan_node::Node;
-use paychan_store::{ChannelStore, Role, SqliteStore};
-use paychan_wallet::{KeyChain, Wallet};
+use paychan_harness::{Payout, World};
+use paychan_merchant::paywall::Pricing;
+use paychan_store::Role;
 use serde_json::{json, Value};
 
 use super::bench::{peak_rss_mib, rss_mib, say};
@@ -37,48 +32,23 @@ pub async fn soak(customers: u32, secs: f64) -> Result<Value, CliError> {
 }
 
 async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, CliError> {
-    let node = Node::in_memory();
-    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let clock = paychan_chain::node_clock(&node);
-    let mwallet = Wallet::create(&dir.join("merchant"), Network::Regtest, None).map_err(fail)?;
-    let mut cwallet =
-        Wallet::create(&dir.join("customer"), Network::Regtest, None).map_err(fail)?;
-    let keys = mwallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
-    let mstore: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&dir.join("merchant.db")).map_err(fail)?);
-    let config = ServerConfig {
-        policy: Policy::default(),
-        payout: ScriptBuf::new_op_return([]),
-        settle_target_blocks: 6,
-    };
-    let server = Arc::new(
-        ChannelServer::new(config, keys, mstore.clone(), chain.clone(), clock.clone())
-            .map_err(fail)?,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let peer = listener.local_addr()?.to_string();
-    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
+    let w = World::builder()
+        .dir(dir)
+        .payout(Payout::Script(ScriptBuf::new_op_return([])))
+        // Coins for the customers' deposits: one coinbase each, at most.
+        .customer_blocks(100 + customers / 40 + 1)
+        .start()
+        .await
+        .map_err(fail)?;
     let price = Amount::from_sat(1);
-    let app = axum::Router::new().route("/api", get(|| async { "paid\n" })).layer(
-        PaywallLayer::new(server.clone(), PaywallConfig::new(Pricing::new(price), peer.clone())),
-    );
-    let hl = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/api", hl.local_addr()?);
-    tokio::spawn(http::serve_with(server.clone(), hl, None, Some(app), std::future::pending()));
-
-    // Coins for the customers' deposits: one coinbase each, at most.
-    let spk = cwallet.new_address().map_err(fail)?.script_pubkey();
-    node.mine(100 + customers / 40 + 1, &spk).map_err(fail)?;
-    cwallet.sync(&*chain).map_err(fail)?;
-    let cstore: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&dir.join("customer.db")).map_err(fail)?);
-    let customer = Arc::new(
-        Customer::new(cstore, chain.clone(), Arc::new(Mutex::new(cwallet)), clock).map_err(fail)?,
-    );
+    let routes = axum::Router::new().route("/api", get(|| async { "paid\n" }));
+    let url =
+        format!("{}/api", w.serve_paywalled(routes, Pricing::new(price)).await.map_err(fail)?);
+    let (node, server, peer, customer, mstore) =
+        (&w.node, &w.server, &w.peer, &w.customer, &w.merchant_store);
     say(&format!("opening {customers} channels…"));
     let deposit = Amount::from_sat(1_000_000);
-    let ids =
-        super::bench::open_channels(&customer, &node, &server, &peer, customers, deposit).await?;
+    let ids = super::bench::open_channels(customer, node, server, peer, customers, deposit).await?;
 
     say(&format!(
         "paying for {secs} s: {} over TCP, {} over HTTP…",

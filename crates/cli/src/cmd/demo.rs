@@ -13,15 +13,11 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use clap::Args;
-use paychan_chain::{ChainSource, EmbeddedChain};
-use paychan_core::bitcoin::{Amount, Network};
+use paychan_core::bitcoin::Amount;
 use paychan_core::policy::Policy;
-use paychan_customer::{Caps, Customer, PayingClient};
-use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, Pricing};
-use paychan_merchant::{http, tcp, ChannelServer, PayoutSource, ServerConfig};
-use paychan_node::Node;
-use paychan_store::{ChannelStore, SqliteStore};
-use paychan_wallet::{KeyChain, Wallet};
+use paychan_customer::{Caps, PayingClient};
+use paychan_harness::{Payout, World};
+use paychan_merchant::paywall::Pricing;
 use serde_json::json;
 
 use super::common::{parse_amount, runtime, Common};
@@ -132,6 +128,21 @@ pub fn run(a: DemoArgs, common: &Common) -> Result<ExitCode, CliError> {
     runtime()?.block_on(demo(a, policy, dir, common))
 }
 
+/// What the paid part of the demo did.
+struct Paid {
+    channel: paychan_core::bitcoin::OutPoint,
+    requests: u64,
+    failures: u64,
+    seconds: f64,
+}
+
+/// What the settlement did.
+struct Settled {
+    txid: paychan_core::bitcoin::Txid,
+    tx: paychan_core::bitcoin::Transaction,
+    height: u32,
+}
+
 async fn demo(
     a: DemoArgs,
     policy: Policy,
@@ -139,119 +150,85 @@ async fn demo(
     common: &Common,
 ) -> Result<ExitCode, CliError> {
     let began = Instant::now();
-    // 1. The chain: the embedded regtest node, in this process.
-    let node = Node::in_memory();
-    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    let clock = paychan_chain::node_clock(&node);
-    say("paychan demo: starting the embedded regtest node");
+    let w = start(&dir, policy).await?;
+    let served = Arc::new(AtomicU64::new(0));
+    let url = paid_endpoint(&w, a.price, served.clone()).await?;
+    // The chain moves: a block whenever something waits in the mempool.
+    let miner = w.spawn_miner(Duration::from_millis(250));
+    let client = Arc::new(PayingClient::new(
+        w.customer.clone(),
+        Caps {
+            max_price: a.price,
+            max_per_merchant: a.deposit,
+            deposit: Some(a.deposit),
+            confirm_timeout: Duration::from_secs(60),
+        },
+    ));
+    let paid = pay(&client, &url, &a).await?;
+    let settled = close(&w, paid.channel).await?;
+    miner.abort();
+    let books = check(&w, &a, &paid, &settled, served.load(Ordering::Relaxed)).await?;
+    report(common, &a, &paid, &settled, &books, began)
+}
 
-    // 2. Two wallets, funded by mining.
-    let mut mwallet =
-        Wallet::create(&dir.join("merchant"), Network::Regtest, None).map_err(fail)?;
-    let mut cwallet =
-        Wallet::create(&dir.join("customer"), Network::Regtest, None).map_err(fail)?;
-    node.mine(1, &mwallet.new_address().map_err(fail)?.script_pubkey()).map_err(fail)?;
-    node.mine(101, &cwallet.new_address().map_err(fail)?.script_pubkey()).map_err(fail)?;
-    mwallet.sync(&*chain).map_err(fail)?;
-    cwallet.sync(&*chain).map_err(fail)?;
-    let cbalance = cwallet.balance().confirmed;
+/// Step 1: the embedded regtest node, two wallets funded by mining, the merchant (channel
+/// server on TCP, its store, payouts to fresh wallet addresses), the customer.
+async fn start(dir: &std::path::Path, policy: Policy) -> Result<World, CliError> {
+    say("paychan demo: starting the embedded regtest node");
+    let w = World::builder()
+        .dir(dir)
+        .policy(policy)
+        .payout(Payout::Wallet)
+        .merchant_blocks(1)
+        .start()
+        .await
+        .map_err(fail)?;
+    let balance = |wallet: &Mutex<paychan_wallet::Wallet>| {
+        wallet.lock().unwrap_or_else(|p| p.into_inner()).balance().confirmed.to_sat()
+    };
     say(&format!(
         "  funded   customer wallet {} sat, merchant wallet {} sat",
-        cbalance.to_sat(),
-        mwallet.balance().confirmed.to_sat()
+        balance(&w.customer_wallet),
+        balance(&w.merchant_wallet)
     ));
+    Ok(w)
+}
 
-    // 3. The merchant: channel server, store, paid endpoint.
-    let keys = mwallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
-    let payout = mwallet.new_address().map_err(fail)?.script_pubkey();
-    let mwallet = Arc::new(Mutex::new(mwallet));
-    let source: PayoutSource = {
-        let w = mwallet.clone();
-        Arc::new(move || {
-            let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
-            w.new_address().map(|a| a.script_pubkey()).map_err(|e| e.to_string())
-        })
-    };
-    let mstore: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&dir.join("merchant.db")).map_err(fail)?);
-    let config = ServerConfig { policy: policy.clone(), payout, settle_target_blocks: 6 };
-    let server = Arc::new(
-        ChannelServer::new(config, keys, mstore, chain.clone(), clock.clone())
-            .map_err(fail)?
-            .with_payout_source(source),
+/// Step 2: the merchant's paid endpoint, behind the paywall; returns its URL.
+async fn paid_endpoint(
+    w: &World,
+    price: Amount,
+    served: Arc<AtomicU64>,
+) -> Result<String, CliError> {
+    let routes = axum::Router::new().route(
+        "/api/fortune",
+        get(move || {
+            let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+            async move { format!("fortune #{n}: a satoshi saved is a satoshi earned\n") }
+        }),
     );
-    let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let peer = tcp_listener.local_addr()?.to_string();
-    tokio::spawn(tcp::serve(server.clone(), tcp_listener, std::future::pending()));
-    let served = Arc::new(AtomicU64::new(0));
-    let app = {
-        let served = served.clone();
-        axum::Router::new()
-            .route(
-                "/api/fortune",
-                get(move || {
-                    let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-                    async move { format!("fortune #{n}: a satoshi saved is a satoshi earned\n") }
-                }),
-            )
-            .layer(PaywallLayer::new(
-                server.clone(),
-                PaywallConfig::new(Pricing::new(a.price), peer.clone()),
-            ))
-    };
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", http_listener.local_addr()?);
-    tokio::spawn(http::serve_with(
-        server.clone(),
-        http_listener,
-        None,
-        Some(app),
-        std::future::pending(),
-    ));
+    let base = w.serve_paywalled(routes, Pricing::new(price)).await.map_err(fail)?;
     say(&format!(
-        "  merchant channels on {peer}, paid endpoint {base}/api/fortune at {} sat",
-        a.price.to_sat()
+        "  merchant channels on {}, paid endpoint {base}/api/fortune at {} sat",
+        w.peer,
+        price.to_sat()
     ));
+    Ok(format!("{base}/api/fortune"))
+}
 
-    // The chain moves: a block whenever something waits in the mempool; the merchant ticks.
-    let miner = {
-        let node = node.clone();
-        let spk = paychan_core::bitcoin::ScriptBuf::new_op_return([]);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                if !node.mempool_txids().is_empty() {
-                    let _ = node.mine(1, &spk);
-                }
-            }
-        })
-    };
-
-    // 4. The customer: pays on 402, opening a channel on the first one.
-    let cstore: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&dir.join("customer.db")).map_err(fail)?);
-    let cwallet = Arc::new(Mutex::new(cwallet));
-    let customer =
-        Arc::new(Customer::new(cstore, chain.clone(), cwallet.clone(), clock).map_err(fail)?);
-    let caps = Caps {
-        max_price: a.price,
-        max_per_merchant: a.deposit,
-        deposit: Some(a.deposit),
-        confirm_timeout: Duration::from_secs(60),
-    };
-    let client = Arc::new(PayingClient::new(customer.clone(), caps));
-    let url = format!("{base}/api/fortune");
-    let first = client.get(&url).await.map_err(fail)?;
+/// Step 3: the customer pays on 402 (opening a channel on the first one), `a.requests`
+/// requests with `a.concurrency` in flight.
+async fn pay(client: &Arc<PayingClient>, url: &str, a: &DemoArgs) -> Result<Paid, CliError> {
+    let first = client.get(url).await.map_err(fail)?;
     if first.status != 200 {
         return Err(fail(format!("the first paid request got HTTP {}", first.status)));
     }
-    let id = first.channel.ok_or_else(|| fail("the first request was not paid"))?;
+    let channel = first.channel.ok_or_else(|| fail("the first request was not paid"))?;
     say(&format!(
-        "  opened   channel {id} with {} sat; first answer: {}",
+        "  opened   channel {channel} with {} sat; first answer: {}",
         a.deposit.to_sat(),
         String::from_utf8_lossy(&first.body).trim()
     ));
-
     let total = u64::from(a.requests);
     let bar = Arc::new(Bar {
         total,
@@ -264,7 +241,7 @@ async fn demo(
     let mut tasks = Vec::new();
     for _ in 0..a.concurrency.min(a.requests) {
         let (client, url, next, bar, failures) =
-            (client.clone(), url.clone(), next.clone(), bar.clone(), failures.clone());
+            (client.clone(), url.to_string(), next.clone(), bar.clone(), failures.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -290,22 +267,20 @@ async fn demo(
     for t in tasks {
         t.await.map_err(fail)?.map_err(fail)?;
     }
-    let pay_secs = bar.started.elapsed().as_secs_f64();
-    let status = customer.status(id).await.map_err(fail)?;
-    let charged = server
-        .channels()
-        .await
-        .map_err(fail)?
-        .into_iter()
-        .find(|c| c.0 == id)
-        .map(|c| (c.2, c.3))
-        .ok_or_else(|| fail("the merchant lost the channel"))?;
+    Ok(Paid {
+        channel,
+        requests: total,
+        failures: failures.load(Ordering::Relaxed),
+        seconds: bar.started.elapsed().as_secs_f64(),
+    })
+}
 
-    // 5. Close: the merchant settles; a block confirms it.
-    let txid = customer.close(id).await.map_err(fail)?;
+/// Step 4: the customer closes; the merchant settles; a block confirms it; both sides see it.
+async fn close(w: &World, channel: paychan_core::bitcoin::OutPoint) -> Result<Settled, CliError> {
+    let txid = w.customer.close(channel).await.map_err(fail)?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (settlement, confirmed) = loop {
-        if let Some((tx, Some(loc))) = node.transaction(&txid) {
+    let (tx, height) = loop {
+        if let Some((tx, Some(loc))) = w.node.transaction(&txid) {
             break (tx, loc.height);
         }
         if Instant::now() > deadline {
@@ -313,21 +288,50 @@ async fn demo(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    miner.abort();
-    server.tick().await.map_err(fail)?;
-    customer.tick().await.map_err(fail)?;
+    w.server.tick().await.map_err(fail)?;
+    w.customer.tick().await.map_err(fail)?;
+    Ok(Settled { txid, tx, height })
+}
 
-    // 6. The books against the chain.
-    let funding_value = status.capacity;
-    let outputs: Amount = settlement.output.iter().map(|o| o.value).sum();
-    let fee = funding_value - outputs;
+/// The books as the chain shows them.
+struct Books {
+    deposit: Amount,
+    paid: Amount,
+    charged: Amount,
+    fee: Amount,
+    to_merchant: Amount,
+    to_customer: Amount,
+    problems: Vec<String>,
+}
+
+/// Step 5: the books (the customer's and the merchant's) against the chain.
+async fn check(
+    w: &World,
+    a: &DemoArgs,
+    paid: &Paid,
+    settled: &Settled,
+    served: u64,
+) -> Result<Books, CliError> {
+    let status = w.customer.status(paid.channel).await.map_err(fail)?;
+    let (merchant_paid, charged) = w
+        .server
+        .channels()
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .find(|c| c.0 == paid.channel)
+        .map(|c| (c.2, c.3))
+        .ok_or_else(|| fail("the merchant lost the channel"))?;
+    let deposit = status.capacity;
+    let outputs: Amount = settled.tx.output.iter().map(|o| o.value).sum();
+    let fee = deposit - outputs;
     let (to_merchant, to_customer) = {
-        let mut mw = mwallet.lock().unwrap_or_else(|p| p.into_inner());
-        mw.sync(&*chain).map_err(fail)?;
-        let cw = cwallet.lock().unwrap_or_else(|p| p.into_inner());
+        let mut mw = w.merchant_wallet.lock().unwrap_or_else(|p| p.into_inner());
+        mw.sync(&*w.chain).map_err(fail)?;
+        let cw = w.customer_wallet.lock().unwrap_or_else(|p| p.into_inner());
         let mut m = Amount::ZERO;
         let mut c = Amount::ZERO;
-        for o in &settlement.output {
+        for o in &settled.tx.output {
             if mw.is_mine(&o.script_pubkey) {
                 m += o.value;
             } else if cw.is_mine(&o.script_pubkey) {
@@ -336,68 +340,79 @@ async fn demo(
         }
         (m, c)
     };
-    let requests = total;
-    let paid = status.signed;
+    let requests = paid.requests;
+    let signed = status.signed;
     let expected_charged = a.price * requests;
     let mut problems = Vec::new();
-    if failures.load(Ordering::Relaxed) != 0 {
+    if paid.failures != 0 {
         problems.push("some requests failed".to_string());
     }
-    if served.load(Ordering::Relaxed) != requests {
+    if served != requests {
+        problems.push(format!("the endpoint served {served} requests, not {requests}"));
+    }
+    if (merchant_paid, charged) != (signed, expected_charged) {
+        problems.push(format!("the merchant's books (paid, charged) = ({merchant_paid}, {charged}), expected ({signed}, {expected_charged})"));
+    }
+    if to_merchant + fee != signed {
         problems.push(format!(
-            "the endpoint served {} requests, not {requests}",
-            served.load(Ordering::Relaxed)
+            "the settlement pays the merchant {to_merchant} + fee {fee}, not the paid {signed}"
         ));
     }
-    if charged != (paid, expected_charged) {
-        problems.push(format!("the merchant's books (paid, charged) = {charged:?}, expected ({paid}, {expected_charged})"));
-    }
-    if to_merchant + fee != paid {
-        problems.push(format!(
-            "the settlement pays the merchant {to_merchant} + fee {fee}, not the paid {paid}"
-        ));
-    }
-    if to_customer != funding_value - paid {
+    if to_customer != deposit - signed {
         problems.push(format!(
             "the settlement returns {to_customer} to the customer, not {}",
-            funding_value - paid
+            deposit - signed
         ));
     }
+    Ok(Books { deposit, paid: signed, charged, fee, to_merchant, to_customer, problems })
+}
+
+/// Step 6: the summary, as text or JSON; fails when the chain does not match the books.
+fn report(
+    common: &Common,
+    a: &DemoArgs,
+    paid: &Paid,
+    settled: &Settled,
+    books: &Books,
+    began: Instant,
+) -> Result<ExitCode, CliError> {
+    let (requests, pay_secs, txid, confirmed) =
+        (paid.requests, paid.seconds, settled.txid, settled.height);
     let summary = json!({
         "requests": requests,
         "price_sat": a.price.to_sat(),
-        "paid_sat": paid.to_sat(),
-        "charged_sat": charged.1.to_sat(),
-        "channel": id.to_string(),
-        "deposit_sat": funding_value.to_sat(),
+        "paid_sat": books.paid.to_sat(),
+        "charged_sat": books.charged.to_sat(),
+        "channel": paid.channel.to_string(),
+        "deposit_sat": books.deposit.to_sat(),
         "settlement_txid": txid.to_string(),
         "settlement_height": confirmed,
-        "fee_sat": fee.to_sat(),
-        "merchant_received_sat": to_merchant.to_sat(),
-        "customer_change_sat": to_customer.to_sat(),
+        "fee_sat": books.fee.to_sat(),
+        "merchant_received_sat": books.to_merchant.to_sat(),
+        "customer_change_sat": books.to_customer.to_sat(),
         "pay_seconds": (pay_secs * 1000.0).round() / 1000.0,
         "requests_per_second": (requests as f64 / pay_secs).round(),
         "total_seconds": (began.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-        "chain_matches_books": problems.is_empty(),
+        "chain_matches_books": books.problems.is_empty(),
     });
     let text = format!(
         "\npaychan demo: done\n  requests          {requests} paid, {} sat each\n  paid              {} sat (charged {} sat)\n  settlement        {txid} (block {confirmed})\n  fee               {} sat\n  merchant received {} sat\n  customer change   {} sat of {} sat\n  speed             {:.0} paid requests/s ({:.1} s), {:.1} s in all\n  check             {}",
         a.price.to_sat(),
-        paid.to_sat(),
-        charged.1.to_sat(),
-        fee.to_sat(),
-        to_merchant.to_sat(),
-        to_customer.to_sat(),
-        funding_value.to_sat(),
+        books.paid.to_sat(),
+        books.charged.to_sat(),
+        books.fee.to_sat(),
+        books.to_merchant.to_sat(),
+        books.to_customer.to_sat(),
+        books.deposit.to_sat(),
         requests as f64 / pay_secs,
         pay_secs,
         began.elapsed().as_secs_f64(),
-        if problems.is_empty() { "the chain matches the books".to_string() } else { problems.join("; ") },
+        if books.problems.is_empty() { "the chain matches the books".to_string() } else { books.problems.join("; ") },
     );
     common.print(&summary, &text)?;
-    if problems.is_empty() {
+    if books.problems.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
-        Err(fail(format!("the chain does not match the books: {}", problems.join("; "))))
+        Err(fail(format!("the chain does not match the books: {}", books.problems.join("; "))))
     }
 }

@@ -1,3 +1,3 @@
 //! Shared fixtures for the core's integration tests: the crate's own test kit.
 
-pub use paychan_core::testkit::*;
+pub use paychan_harness::fixtures::*;

@@ -9,8 +9,8 @@ use paychan_core::channel::customer::CustomerChannel;
 use paychan_core::channel::Effect;
 use paychan_core::msg::Message;
 use paychan_core::policy::Policy;
-use paychan_core::testkit::{key, p2wpkh};
 use paychan_core::Now;
+use paychan_harness::fixtures::{key, p2wpkh};
 use paychan_merchant::{ChannelServer, Clock, KeyChain, ServerConfig};
 use paychan_node::Node;
 use paychan_store::{ChannelStore, SqliteStore};
@@ -94,7 +94,7 @@ pub fn funded_customer(
     use paychan_core::bitcoin::Amount;
     use paychan_core::channel::customer::CustomerTerms;
     use paychan_core::script::{ChannelScript, OutputKind};
-    use paychan_core::testkit::{customer_key, pubkey, spend_p2wpkh};
+    use paychan_harness::fixtures::{customer_key, pubkey, spend_p2wpkh};
     let terms = CustomerTerms {
         script: ChannelScript::new(
             merchant,
@@ -156,7 +156,7 @@ pub fn pay_msg(c: &CustomerChannel, total: u64) -> paychan_core::msg::Pay {
     let params = c.state().params.clone().unwrap();
     let kp = paychan_core::bitcoin::secp256k1::Keypair::from_secret_key(
         paychan_core::sig::secp(),
-        &paychan_core::testkit::customer_key(),
+        &paychan_harness::fixtures::customer_key(),
     );
     let amount = paychan_core::bitcoin::Amount::from_sat(total);
     paychan_core::msg::Pay {
@@ -199,8 +199,8 @@ pub fn deposit_for(
     use paychan_core::bitcoin::absolute::LockTime;
     use paychan_core::bitcoin::Amount;
     use paychan_core::script::{ChannelScript, OutputKind};
-    use paychan_core::testkit::{customer_key, pubkey, spend_p2wpkh};
     use paychan_core::tx::two1::{TWO1_FEE, TWO1_MIN_OUTPUT};
+    use paychan_harness::fixtures::{customer_key, pubkey, spend_p2wpkh};
     let expiry = node.now() as u32 + 5 * 86_400;
     let script =
         ChannelScript::new(merchant, pubkey(&customer_key()), LockTime::from_consensus(expiry))

@@ -231,7 +231,7 @@ fn answer(node: &Node, stop: &Notify, body: &[u8]) -> (StatusCode, Value) {
 }
 
 /// [`answer`] for the fuzzer: any bytes in, a status and a reply out, never a panic.
-#[doc(hidden)]
+#[cfg(feature = "fuzz")]
 pub fn fuzz_answer(node: &Node, body: &[u8]) -> (u16, Value) {
     let (status, v) = answer(node, &Notify::new(), body);
     (status.as_u16(), v)

@@ -5,7 +5,7 @@ use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::secp256k1::SecretKey;
 use paychan_core::bitcoin::transaction::Version;
 use paychan_core::bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut};
-use paychan_core::testkit::{key, p2wpkh, spend_p2wpkh, spend_p2wpkh_with};
+use paychan_harness::fixtures::{key, p2wpkh, spend_p2wpkh, spend_p2wpkh_with};
 use paychan_node::Node;
 
 pub fn miner_key() -> SecretKey {

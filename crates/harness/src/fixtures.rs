@@ -3,20 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use bitcoin::absolute::LockTime;
-use bitcoin::hashes::Hash;
-use bitcoin::secp256k1::{Keypair, Message, PublicKey, SecretKey};
-use bitcoin::sighash::{EcdsaSighashType, SighashCache};
-use bitcoin::transaction::Version;
-use bitcoin::{
+use paychan_core::bitcoin::absolute::LockTime;
+use paychan_core::bitcoin::hashes::Hash;
+use paychan_core::bitcoin::secp256k1::{Keypair, Message, PublicKey, SecretKey};
+use paychan_core::bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use paychan_core::bitcoin::transaction::Version;
+use paychan_core::bitcoin::{
     Amount, CompressedPublicKey, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
     WPubkeyHash, Witness,
 };
 
-use crate::policy::DEFAULT_DUST_RELAY_FEE;
-use crate::script::{ChannelScript, OutputKind};
-use crate::sig::secp;
-use crate::tx::{ChannelParams, FundingOutput};
+use paychan_core::policy::DEFAULT_DUST_RELAY_FEE;
+use paychan_core::script::{ChannelScript, OutputKind};
+use paychan_core::sig::secp;
+use paychan_core::tx::{ChannelParams, FundingOutput};
 
 /// The expiry of the fixtures' channels (a Unix time in 2027).
 pub const EXPIRY: u32 = 1_800_000_000;
