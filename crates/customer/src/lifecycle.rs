@@ -1,0 +1,185 @@
+//! A channel's life on chain: open (funding stored before it is sent), close (the merchant
+//! settles), and the tick that follows the chain (confirmations, settlement, the refund after
+//! the expiry).
+
+use std::sync::Arc;
+
+use paychan_core::bitcoin::absolute::LockTime;
+use paychan_core::bitcoin::secp256k1::PublicKey;
+use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, Txid};
+use paychan_core::channel::customer::{CustomerChannel, CustomerTerms};
+use paychan_core::msg::Message;
+use paychan_core::script::{ChannelScript, OutputKind};
+use paychan_store::Persisted;
+use tracing::info;
+
+use crate::driver::blocking;
+use crate::{Connection, Customer, CustomerError, Entry};
+
+impl Customer {
+    /// Opens a channel of `deposit` with the merchant at `peer` (`host:port`), living
+    /// `life_secs` (the merchant's default when `None`). The funding is built by the wallet,
+    /// stored, sent to the merchant, and broadcast once the merchant accepts.
+    ///
+    /// # Errors
+    /// The merchant's refusal; wallet, store or connection errors.
+    pub async fn open(
+        &self,
+        peer: &str,
+        deposit: Amount,
+        life_secs: Option<u32>,
+    ) -> Result<OutPoint, CustomerError> {
+        let (mut conn, welcome) = Connection::connect(peer).await?;
+        let merchant = PublicKey::from_slice(&welcome.merchant_pubkey)
+            .map_err(|_| CustomerError::Protocol("the merchant's key is not a valid public key"))?;
+        let policy = welcome
+            .policy
+            .ok_or(CustomerError::Protocol("the merchant sent no policy"))?
+            .to_policy()?;
+        let now = (self.clock)();
+        let life = life_secs.unwrap_or(policy.default_expiry_secs);
+        if life < policy.min_channel_life_secs || life > policy.max_channel_life_secs {
+            // Said before any coin is touched (the merchant would refuse the open).
+            return Err(CustomerError::LifeOutOfRange {
+                life,
+                min: policy.min_channel_life_secs,
+                max: policy.max_channel_life_secs,
+            });
+        }
+        let expiry = LockTime::from_consensus(
+            u32::try_from(now.time + u64::from(life))
+                .map_err(|_| CustomerError::Protocol("expiry out of range"))?,
+        );
+        let (key_index, customer_pub) = self.keys.issue()?;
+        let key = self.keys.secret(key_index)?;
+        let change = {
+            let mut w = self.wallet.lock().unwrap_or_else(|p| p.into_inner());
+            w.new_address()?.script_pubkey()
+        };
+        let terms = CustomerTerms {
+            script: ChannelScript::new(merchant, customer_pub, expiry)?,
+            kind: OutputKind::P2wsh,
+            change_script: change,
+            dust_relay_fee: policy.dust_relay_fee,
+            cutoff_distance: policy.cutoff_distance(false),
+            key_index: welcome.key_index,
+            customer_key_index: key_index,
+            peer: peer.to_string(),
+        };
+        let mut channel = CustomerChannel::new(terms, key)?;
+        let spk = channel.funding_script_pubkey();
+        let chain = self.chain.clone();
+        let target = self.fee_target_blocks;
+        let fee_rate: FeeRate = blocking(move || chain.estimate_fee(target)).await?;
+        let wallet = self.wallet.clone();
+        let (funding, _fee) = blocking(move || {
+            wallet.lock().unwrap_or_else(|p| p.into_inner()).build_payment(spk, deposit, fee_rate)
+        })
+        .await?;
+        let funding_txid = funding.compute_txid();
+        let id = channel.handle_funding_built(funding)?;
+        let mut entry = Entry::new(Persisted::new(channel));
+        let msgs = self.drain(&mut entry).await?;
+        let answer = match conn.send(&msgs).await {
+            Ok(()) => conn.recv().await,
+            Err(e) => Err(e),
+        };
+        let refusal = match answer {
+            Ok(Message::Opened(_)) => None,
+            Ok(Message::Error(e)) => {
+                Some(CustomerError::Rejected { code: e.code, message: e.message })
+            }
+            Ok(_) => Some(CustomerError::Protocol("expected Opened")),
+            Err(e) => Some(e),
+        };
+        if let Some(err) = refusal {
+            // Not broadcast by us; the merchant broadcasts only channels it accepts. Free the
+            // funding's coins in the wallet and mark the channel abandoned.
+            let (code, message) = match &err {
+                CustomerError::Rejected { code, message } => (*code, message.clone()),
+                other => (0, other.to_string()),
+            };
+            entry.channel.handle_open_refused(code, message);
+            self.drain(&mut entry).await?;
+            let wallet = self.wallet.clone();
+            blocking(move || wallet.lock().unwrap_or_else(|p| p.into_inner()).forget(funding_txid))
+                .await?;
+            return Err(err);
+        }
+        entry.channel.handle_opened()?;
+        self.drain(&mut entry).await?;
+        entry.conn = Some(conn);
+        self.map().insert(id, Arc::new(tokio::sync::Mutex::new(entry)));
+        info!(channel = %id, %deposit, "channel opened");
+        Ok(id)
+    }
+
+    /// Asks the merchant to settle now; returns the settlement's txid.
+    ///
+    /// # Errors
+    /// The merchant's refusal; connection errors.
+    pub async fn close(&self, id: OutPoint) -> Result<Txid, CustomerError> {
+        let mut e = self.locked(&id).await?;
+        self.ensure_connected(&mut e).await?;
+        e.channel.close()?;
+        let msgs = self.drain(&mut e).await?;
+        let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+        conn.send(&msgs).await?;
+        match conn.recv().await? {
+            Message::Closed(c) => {
+                let txid = c.txid()?;
+                e.channel.handle_closed(txid)?;
+                self.drain(&mut e).await?;
+                Ok(txid)
+            }
+            Message::Error(err) => {
+                Err(CustomerError::Rejected { code: err.code, message: err.message })
+            }
+            _ => Err(CustomerError::Protocol("expected Closed")),
+        }
+    }
+
+    /// Periodic check: notices funding spends (settled or refunded) and broadcasts the refund
+    /// of every channel whose expiry has passed unsettled. Returns the refunds broadcast.
+    ///
+    /// # Errors
+    /// Chain, wallet or store errors.
+    pub async fn tick(&self) -> Result<Vec<Txid>, CustomerError> {
+        let entries: Vec<_> = self.map().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut refunds = Vec::new();
+        for (id, e) in entries {
+            let mut e = e.lock_owned().await;
+            self.reload(&mut e).await?;
+            if e.channel.phase().is_final() {
+                continue;
+            }
+            let chain = self.chain.clone();
+            let from = 0;
+            let spent = blocking(move || chain.spent_by(&id, from)).await?;
+            if let Some((txid, Some(_))) = spent {
+                let chain = self.chain.clone();
+                if let Some(tx) = blocking(move || chain.transaction(&txid)).await? {
+                    e.channel.handle_funding_spent(&tx)?;
+                    self.drain(&mut e).await?;
+                    continue;
+                }
+            }
+            let now = (self.clock)();
+            e.channel.handle_tick(&now);
+            let due = self.drain_events(&mut e).await?;
+            if due {
+                let destination = {
+                    let mut w = self.wallet.lock().unwrap_or_else(|p| p.into_inner());
+                    w.new_address()?.script_pubkey()
+                };
+                let chain = self.chain.clone();
+                let target = self.fee_target_blocks;
+                let fee_rate = blocking(move || chain.estimate_fee(target)).await?;
+                let tx = e.channel.refund(destination, fee_rate)?;
+                self.drain(&mut e).await?;
+                refunds.push(tx.compute_txid());
+            }
+        }
+        Ok(refunds)
+    }
+}
