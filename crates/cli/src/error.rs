@@ -12,10 +12,37 @@ pub enum CliError {
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+    /// The core refused (a rule, a transaction, a policy).
+    #[error(transparent)]
+    Core(#[from] paychan_core::Error),
+    /// The embedded node refused.
+    #[error(transparent)]
+    Node(#[from] paychan_node::NodeError),
+    /// The chain source failed.
+    #[error(transparent)]
+    Chain(#[from] paychan_chain::ChainError),
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] paychan_store::StoreError),
+    /// The wallet failed.
+    #[error(transparent)]
+    Wallet(#[from] paychan_wallet::WalletError),
+    /// The merchant failed.
+    #[error(transparent)]
+    Merchant(#[from] paychan_merchant::MerchantError),
+    /// The customer failed.
+    #[error(transparent)]
+    Customer(#[from] paychan_customer::CustomerError),
+    /// The bench or demo world could not be built.
+    #[error(transparent)]
+    Harness(#[from] paychan_harness::HarnessError),
+    /// A task panicked or was cancelled.
+    #[error("a task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-/// The command failed with `e` (exit code 1): `.map_err(fail)?` for any error whose text
-/// says what went wrong.
+/// The command failed with `e` (exit code 1): for a message of the command's own (the errors
+/// of paychan's crates convert with `?`).
 pub fn fail(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
 }
@@ -25,7 +52,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
-            CliError::Io(_) | CliError::Failed(_) => 1,
+            _ => 1,
         }
     }
 }

@@ -110,7 +110,7 @@ pub async fn customer(common: &Common) -> Result<(Customer, Arc<dyn ChainSource>
     let dir = common.wallet_dir();
     let c = chain.clone();
     let wallet = tokio::task::spawn_blocking(move || {
-        let mut wallet = Wallet::open(&dir, Network::Regtest).map_err(fail)?;
+        let mut wallet = Wallet::open(&dir, Network::Regtest)?;
         // Paying, resuming and closing need no chain: with the node unreachable the wallet
         // keeps what it knew (opening a channel then fails on the chain, with its reason).
         if let Err(e) = wallet.sync(&*c) {
@@ -118,15 +118,13 @@ pub async fn customer(common: &Common) -> Result<(Customer, Arc<dyn ChainSource>
         }
         Ok::<_, CliError>(wallet)
     })
-    .await
-    .map_err(fail)??;
+    .await??;
     let wallet = Arc::new(Mutex::new(wallet));
     let home = common.home();
     let clock = common.clock(chain.clone());
-    let store: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&home.join("channels.db")).map_err(fail)?);
-    let customer = Customer::new(store, chain.clone(), wallet, clock).map_err(fail)?;
-    customer.load().await.map_err(fail)?;
+    let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(&home.join("channels.db"))?);
+    let customer = Customer::new(store, chain.clone(), wallet, clock)?;
+    customer.load().await?;
     Ok((customer, chain))
 }
 
@@ -137,11 +135,11 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
         match cmd {
             ChannelsCommand::Open { merchant, deposit, life, wait } => {
                 let life = life.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
-                let id = customer.open(&merchant, deposit, life).await.map_err(fail)?;
+                let id = customer.open(&merchant, deposit, life).await?;
                 if wait {
                     let mut waited = 0u64;
                     loop {
-                        match chain.tx_status(&id.txid).map_err(fail)? {
+                        match chain.tx_status(&id.txid)? {
                             paychan_chain::TxStatus::Confirmed { .. } => break,
                             _ => {
                                 if waited % 10 == 0 {
@@ -153,11 +151,11 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
                         }
                     }
                 }
-                let s = customer.status(id).await.map_err(fail)?;
+                let s = customer.status(id).await?;
                 common.print(&status_json(&s), &format!("opened {id}\n{HEADER}\n{}", status_line(&s)))?;
             }
             ChannelsCommand::Pay { channel, amount, out: Some(file), .. } => {
-                let pay = customer.sign_payment(channel, amount).await.map_err(fail)?;
+                let pay = customer.sign_payment(channel, amount).await?;
                 let v = super::payment::to_json(&pay)?;
                 std::fs::write(&file, format!("{v:#}\n")).map_err(|e| fail(format!("{}: {e}", file.display())))?;
                 common.print(
@@ -174,8 +172,8 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
                     let paid = customer.pay_many(channel, &batch).await;
                     // What the merchant acknowledged is stored even when a payment failed.
                     let stored = customer.checkpoint(channel).await;
-                    acked = paid.map_err(fail)?;
-                    stored.map_err(fail)?;
+                    acked = paid?;
+                    stored?;
                     left -= n;
                     if progress {
                         use std::io::Write;
@@ -190,18 +188,18 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
                 )?;
             }
             ChannelsCommand::Status { channel } => {
-                let s = customer.status(channel).await.map_err(fail)?;
+                let s = customer.status(channel).await?;
                 common.print(&status_json(&s), &format!("{HEADER}\n{}", status_line(&s)))?;
             }
             ChannelsCommand::Sync { channel } => {
-                let acked = customer.sync(channel).await.map_err(fail)?;
+                let acked = customer.sync(channel).await?;
                 common.print(
                     &json!({"channel": channel.to_string(), "acked_sat": acked.to_sat()}),
                     &format!("in sync: {} sat acknowledged", acked.to_sat()),
                 )?;
             }
             ChannelsCommand::Close { channel } => {
-                let txid = customer.close(channel).await.map_err(fail)?;
+                let txid = customer.close(channel).await?;
                 common.print(
                     &json!({"channel": channel.to_string(), "settlement_txid": txid.to_string()}),
                     &format!("closed: settlement {txid}"),

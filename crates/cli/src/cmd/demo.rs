@@ -181,8 +181,7 @@ async fn start(dir: &std::path::Path, policy: Policy) -> Result<World, CliError>
         .payout(Payout::Wallet)
         .merchant_blocks(1)
         .start()
-        .await
-        .map_err(fail)?;
+        .await?;
     let balance = |wallet: &Mutex<paychan_wallet::Wallet>| {
         wallet.lock().unwrap_or_else(|p| p.into_inner()).balance().confirmed.to_sat()
     };
@@ -207,7 +206,7 @@ async fn paid_endpoint(
             async move { format!("fortune #{n}: a satoshi saved is a satoshi earned\n") }
         }),
     );
-    let base = w.serve_paywalled(routes, Pricing::new(price)).await.map_err(fail)?;
+    let base = w.serve_paywalled(routes, Pricing::new(price)).await?;
     say(&format!(
         "  merchant channels on {}, paid endpoint {base}/api/fortune at {} sat",
         w.peer,
@@ -219,7 +218,7 @@ async fn paid_endpoint(
 /// Step 3: the customer pays on 402 (opening a channel on the first one), `a.requests`
 /// requests with `a.concurrency` in flight.
 async fn pay(client: &Arc<PayingClient>, url: &str, a: &DemoArgs) -> Result<Paid, CliError> {
-    let first = client.get(url).await.map_err(fail)?;
+    let first = client.get(url).await?;
     if first.status != 200 {
         return Err(fail(format!("the first paid request got HTTP {}", first.status)));
     }
@@ -265,7 +264,7 @@ async fn pay(client: &Arc<PayingClient>, url: &str, a: &DemoArgs) -> Result<Paid
     }
     bar.show(1);
     for t in tasks {
-        t.await.map_err(fail)?.map_err(fail)?;
+        t.await?.map_err(fail)?;
     }
     Ok(Paid {
         channel,
@@ -277,7 +276,7 @@ async fn pay(client: &Arc<PayingClient>, url: &str, a: &DemoArgs) -> Result<Paid
 
 /// Step 4: the customer closes; the merchant settles; a block confirms it; both sides see it.
 async fn close(w: &World, channel: paychan_core::bitcoin::OutPoint) -> Result<Settled, CliError> {
-    let txid = w.customer.close(channel).await.map_err(fail)?;
+    let txid = w.customer.close(channel).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let (tx, height) = loop {
         if let Some((tx, Some(loc))) = w.node.transaction(&txid) {
@@ -288,8 +287,8 @@ async fn close(w: &World, channel: paychan_core::bitcoin::OutPoint) -> Result<Se
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    w.server.tick().await.map_err(fail)?;
-    w.customer.tick().await.map_err(fail)?;
+    w.server.tick().await?;
+    w.customer.tick().await?;
     Ok(Settled { txid, tx, height })
 }
 
@@ -312,12 +311,11 @@ async fn check(
     settled: &Settled,
     served: u64,
 ) -> Result<Books, CliError> {
-    let status = w.customer.status(paid.channel).await.map_err(fail)?;
+    let status = w.customer.status(paid.channel).await?;
     let (merchant_paid, charged) = w
         .server
         .channels()
-        .await
-        .map_err(fail)?
+        .await?
         .into_iter()
         .find(|c| c.0 == paid.channel)
         .map(|c| (c.2, c.3))
@@ -327,7 +325,7 @@ async fn check(
     let fee = deposit - outputs;
     let (to_merchant, to_customer) = {
         let mut mw = w.merchant_wallet.lock().unwrap_or_else(|p| p.into_inner());
-        mw.sync(&*w.chain).map_err(fail)?;
+        mw.sync(&*w.chain)?;
         let cw = w.customer_wallet.lock().unwrap_or_else(|p| p.into_inner());
         let mut m = Amount::ZERO;
         let mut c = Amount::ZERO;

@@ -1,10 +1,6 @@
 //! The subcommands.
 
 pub mod bench;
-pub mod bench_memory;
-pub mod bench_node;
-pub mod bench_pay;
-pub mod bench_soak;
 pub mod buy;
 pub mod channels;
 pub mod common;

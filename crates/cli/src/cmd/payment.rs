@@ -47,12 +47,8 @@ pub enum PaymentCommand {
 
 /// The file's JSON for a signed payment.
 pub fn to_json(pay: &Pay) -> Result<Value, CliError> {
-    let channel = pay
-        .channel
-        .as_ref()
-        .ok_or_else(|| fail("payment without a channel"))?
-        .outpoint()
-        .map_err(fail)?;
+    let channel =
+        pay.channel.as_ref().ok_or_else(|| fail("payment without a channel"))?.outpoint()?;
     Ok(json!({
         "paychan_payment": 1,
         "channel": channel.to_string(),
@@ -176,8 +172,8 @@ pub fn run(cmd: PaymentCommand, common: &Common) -> Result<ExitCode, CliError> {
                 let mut out = json!({"accepted": true, "total_sat": ack.total_sat});
                 let mut text = format!("accepted: the channel's total is now {} sat", ack.total_sat);
                 if settle {
-                    let closed = server.settle(channel).await.map_err(fail)?;
-                    let txid = closed.txid().map_err(fail)?;
+                    let closed = server.settle(channel).await?;
+                    let txid = closed.txid()?;
                     out["settlement_txid"] = json!(txid.to_string());
                     text.push_str(&format!("\nsettled: {txid}"));
                 }

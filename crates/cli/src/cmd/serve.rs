@@ -139,7 +139,7 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     if let Some(n) = a.min_confirmations.or(file.min_confirmations) {
         policy.min_confirmations = n;
     }
-    policy.validate().map_err(fail)?;
+    policy.validate()?;
     let tick = Duration::from_secs(a.tick_secs.or(file.tick_secs).unwrap_or(2).max(1));
     let admin_token = a.admin_token;
     let upstream = a.upstream.or(file.upstream);
@@ -269,7 +269,7 @@ impl RunningFile {
         listen: SocketAddr,
         http: SocketAddr,
     ) -> Result<Self, CliError> {
-        std::fs::create_dir_all(home).map_err(fail)?;
+        std::fs::create_dir_all(home)?;
         let path = home.join(RUNNING_FILE);
         let body = json!({"listen": listen.to_string(), "http": http.to_string(), "pid": std::process::id()});
         std::fs::write(&path, body.to_string())
@@ -310,7 +310,7 @@ pub fn read_or_make_token(path: &std::path::Path) -> Result<String, CliError> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-    std::io::Write::write_all(&mut f, token.as_bytes()).map_err(fail)?;
+    std::io::Write::write_all(&mut f, token.as_bytes())?;
     Ok(token)
 }
 
@@ -323,21 +323,20 @@ pub async fn merchant(
 ) -> Result<(Arc<ChannelServer>, paychan_core::bitcoin::Address, usize), CliError> {
     let home = common.home();
     let chain = common.chain()?;
-    let mut wallet =
-        Wallet::open_or_create(&common.wallet_dir(), Network::Regtest).map_err(fail)?;
-    let keys = wallet.key_chain(KeyChain::MERCHANT).map_err(fail)?;
-    let payout = wallet.new_address().map_err(fail)?;
+    let mut wallet = Wallet::open_or_create(&common.wallet_dir(), Network::Regtest)?;
+    let keys = wallet.key_chain(KeyChain::MERCHANT)?;
+    let payout = wallet.new_address()?;
     let clock = common.clock(chain.clone());
     let store: Arc<dyn ChannelStore> =
         if store_spec.starts_with("postgres://") || store_spec.starts_with("postgresql://") {
-            Arc::new(PostgresStore::connect(store_spec).await.map_err(fail)?)
+            Arc::new(PostgresStore::connect(store_spec).await?)
         } else {
             let path = match store_spec.strip_prefix("sqlite:") {
                 Some(p) => PathBuf::from(p),
                 None => home.join("merchant.db"),
             };
-            std::fs::create_dir_all(&home).map_err(fail)?;
-            Arc::new(SqliteStore::open(&path).map_err(fail)?)
+            std::fs::create_dir_all(&home)?;
+            Arc::new(SqliteStore::open(&path)?)
         };
     let config = ServerConfig { policy, payout: payout.script_pubkey(), settle_target_blocks: 6 };
     // Each settlement pays a fresh address of the merchant's wallet.
@@ -346,12 +345,9 @@ pub async fn merchant(
         let mut w = wallet.lock().unwrap_or_else(|p| p.into_inner());
         w.new_address().map(|a| a.script_pubkey()).map_err(|e| e.to_string())
     });
-    let server = Arc::new(
-        ChannelServer::new(config, keys, store, chain, clock)
-            .map_err(fail)?
-            .with_payout_source(source),
-    );
-    let loaded = server.load().await.map_err(fail)?;
+    let server =
+        Arc::new(ChannelServer::new(config, keys, store, chain, clock)?.with_payout_source(source));
+    let loaded = server.load().await?;
     Ok((server, payout, loaded))
 }
 

@@ -48,7 +48,7 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
     let dir = common.wallet_dir();
     match cmd {
         WalletCommand::New { mnemonic } => {
-            let w = Wallet::create(&dir, Network::Regtest, mnemonic.as_deref()).map_err(fail)?;
+            let w = Wallet::create(&dir, Network::Regtest, mnemonic.as_deref())?;
             common.print(
                 &json!({"wallet": w.dir().display().to_string(), "mnemonic_file": w.dir().join("mnemonic").display().to_string()}),
                 &format!(
@@ -59,14 +59,14 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
             )?;
         }
         WalletCommand::Address => {
-            let mut w = Wallet::open(&dir, Network::Regtest).map_err(fail)?;
-            let a = w.new_address().map_err(fail)?;
+            let mut w = Wallet::open(&dir, Network::Regtest)?;
+            let a = w.new_address()?;
             common.print(&json!({"address": a.to_string()}), &a.to_string())?;
         }
         WalletCommand::Balance => {
             let chain = common.chain()?;
-            let mut w = Wallet::open(&dir, Network::Regtest).map_err(fail)?;
-            let r = w.sync(&*chain).map_err(fail)?;
+            let mut w = Wallet::open(&dir, Network::Regtest)?;
+            let r = w.sync(&*chain)?;
             let b = w.balance();
             common.print(
                 &json!({
@@ -86,8 +86,8 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
         }
         WalletCommand::Send { address, amount, fee_rate } => {
             let chain = common.chain()?;
-            let mut w = Wallet::open(&dir, Network::Regtest).map_err(fail)?;
-            w.sync(&*chain).map_err(fail)?;
+            let mut w = Wallet::open(&dir, Network::Regtest)?;
+            w.sync(&*chain)?;
             let address: Address = address
                 .parse::<Address<_>>()
                 .map_err(fail)?
@@ -95,15 +95,15 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
                 .map_err(fail)?;
             let rate = match fee_rate {
                 Some(r) => FeeRate::from_sat_per_vb(r).ok_or_else(|| fail("fee rate too high"))?,
-                None => chain.estimate_fee(6).map_err(fail)?,
+                None => chain.estimate_fee(6)?,
             };
-            let txid = w.send(&*chain, &address, amount, rate).map_err(fail)?;
+            let txid = w.send(&*chain, &address, amount, rate)?;
             common.print(&json!({"txid": txid.to_string()}), &txid.to_string())?;
         }
         WalletCommand::Faucet { blocks } => {
             let chain = common.chain()?;
-            let mut w = Wallet::open(&dir, Network::Regtest).map_err(fail)?;
-            let a = w.new_address().map_err(fail)?;
+            let mut w = Wallet::open(&dir, Network::Regtest)?;
+            let a = w.new_address()?;
             let rpc = paychan_chain::BitcoindRpc::new(
                 &common.rpc_url,
                 match (&common.rpc_user, &common.rpc_password) {
@@ -115,12 +115,10 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
                             .unwrap_or_else(|| common.home().join("node").join(".cookie")),
                     ),
                 },
-            )
-            .map_err(fail)?;
-            let _: serde_json::Value = rpc
-                .call("generatetoaddress", &[json!(blocks), json!(a.to_string())])
-                .map_err(fail)?;
-            w.sync(&*chain).map_err(fail)?;
+            )?;
+            let _: serde_json::Value =
+                rpc.call("generatetoaddress", &[json!(blocks), json!(a.to_string())])?;
+            w.sync(&*chain)?;
             let b = w.balance();
             common.print(
                 &json!({"address": a.to_string(), "blocks": blocks, "confirmed_sat": b.confirmed.to_sat()}),

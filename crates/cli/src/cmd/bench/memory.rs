@@ -23,19 +23,18 @@ use paychan_store::{ChannelStore, NewChannel, Role, SqliteStore};
 use paychan_wallet::KeyChain;
 use serde_json::{json, Value};
 
-use super::bench::{peak_rss_mib, say};
+use super::measure::{peak_rss_mib, say};
 use crate::error::fail;
 use crate::CliError;
 
 /// Writes `n` open merchant channels, each with a payment, into the SQLite store at `path`.
 async fn fill(path: &Path, n: u32) -> Result<(), CliError> {
-    let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(path).map_err(fail)?);
+    let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(path)?);
     let script = ChannelScript::new(
         pubkey(&key(0x11)),
         customer_keypair().public_key(),
         LockTime::from_consensus(EXPIRY),
-    )
-    .map_err(fail)?;
+    )?;
     let policy = Policy::default();
     let mut done = 0u32;
     while done < n {
@@ -50,10 +49,9 @@ async fn fill(path: &Path, n: u32) -> Result<(), CliError> {
                 kind: OutputKind::P2wsh,
             };
             let params =
-                ChannelParams::new(script, funding, p2wpkh(&key(0x12)), policy.dust_relay_fee)
-                    .map_err(fail)?;
+                ChannelParams::new(script, funding, p2wpkh(&key(0x12)), policy.dust_relay_fee)?;
             let total = Amount::from_sat(1_000 + u64::from(i % 1_000));
-            let signature = sign_payment(&params, total, &customer_keypair()).map_err(fail)?;
+            let signature = sign_payment(&params, total, &customer_keypair())?;
             let mut state = MerchantState::new(params);
             state.phase = Phase::Open;
             state.accepted = total;
@@ -74,7 +72,7 @@ async fn fill(path: &Path, n: u32) -> Result<(), CliError> {
             }));
         }
         for t in tasks {
-            t.await.map_err(fail)?.map_err(fail)?;
+            t.await??;
         }
         done += chunk;
         if done % 20_000 == 0 || done == n {
@@ -130,16 +128,15 @@ pub async fn load(store_path: &Path, keys_dir: &Path) -> Result<Value, CliError>
     let node = Node::in_memory();
     let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
     let clock = paychan_chain::node_clock(&node);
-    let keys =
-        KeyChain::open(keys_dir, &[7; 32], Network::Regtest, KeyChain::MERCHANT).map_err(fail)?;
-    let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(store_path).map_err(fail)?);
+    let keys = KeyChain::open(keys_dir, &[7; 32], Network::Regtest, KeyChain::MERCHANT)?;
+    let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(store_path)?);
     let config = ServerConfig {
         policy: Policy::default(),
         payout: ScriptBuf::new_op_return([]),
         settle_target_blocks: 6,
     };
-    let server = ChannelServer::new(config, keys, store, chain, clock).map_err(fail)?;
-    let loaded = server.load().await.map_err(fail)?;
+    let server = ChannelServer::new(config, keys, store, chain, clock)?;
+    let loaded = server.load().await?;
     Ok(json!({
         "loaded": loaded,
         "load_seconds": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,

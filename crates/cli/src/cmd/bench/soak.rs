@@ -17,7 +17,7 @@ use paychan_merchant::paywall::Pricing;
 use paychan_store::Role;
 use serde_json::{json, Value};
 
-use super::bench::{peak_rss_mib, rss_mib, say};
+use super::measure::{peak_rss_mib, rss_mib, say};
 use crate::error::fail;
 use crate::CliError;
 
@@ -38,17 +38,16 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
         // Coins for the customers' deposits: one coinbase each, at most.
         .customer_blocks(100 + customers / 40 + 1)
         .start()
-        .await
-        .map_err(fail)?;
+        .await?;
     let price = Amount::from_sat(1);
     let routes = axum::Router::new().route("/api", get(|| async { "paid\n" }));
-    let url =
-        format!("{}/api", w.serve_paywalled(routes, Pricing::new(price)).await.map_err(fail)?);
+    let url = format!("{}/api", w.serve_paywalled(routes, Pricing::new(price)).await?);
     let (node, server, peer, customer, mstore) =
         (&w.node, &w.server, &w.peer, &w.customer, &w.merchant_store);
     say(&format!("opening {customers} channels…"));
     let deposit = Amount::from_sat(1_000_000);
-    let ids = super::bench::open_channels(customer, node, server, peer, customers, deposit).await?;
+    let ids =
+        super::measure::open_channels(customer, node, server, peer, customers, deposit).await?;
 
     say(&format!(
         "paying for {secs} s: {} over TCP, {} over HTTP…",
@@ -156,13 +155,13 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
     let mut lost = 0u64;
     let mut charged_total = Amount::ZERO;
     for s in customer.list().await {
-        let row = mstore.get(s.id, Role::Merchant).await.map_err(fail)?;
+        let row = mstore.get(s.id, Role::Merchant).await?;
         let stored = row.as_ref().map_or(Amount::ZERO, |r| r.total);
         if s.acked > stored {
             lost += 1;
         }
     }
-    for c in server.channels().await.map_err(fail)? {
+    for c in server.channels().await? {
         charged_total += c.3;
     }
     let http_n = http_requests.load(Ordering::Relaxed);

@@ -15,7 +15,7 @@ use paychan_harness::{Payout, World};
 use paychan_store::{ChannelStore, PostgresStore, Role, SqliteStore};
 use serde_json::{json, Value};
 
-use super::bench::{on_all_cores, peak_rss_mib, percentile, say};
+use super::measure::{on_all_cores, peak_rss_mib, percentile, say};
 use crate::error::fail;
 use crate::CliError;
 
@@ -71,9 +71,9 @@ async fn store(
 ) -> Result<Arc<dyn ChannelStore>, CliError> {
     Ok(match kind {
         StoreKind::Sqlite | StoreKind::Memory => {
-            Arc::new(SqliteStore::open(&dir.join(format!("{name}.db"))).map_err(fail)?)
+            Arc::new(SqliteStore::open(&dir.join(format!("{name}.db")))?)
         }
-        StoreKind::Postgres(url) => Arc::new(PostgresStore::connect(url).await.map_err(fail)?),
+        StoreKind::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
     })
 }
 
@@ -106,8 +106,7 @@ async fn run(
     secs: f64,
 ) -> Result<Value, CliError> {
     say("measuring the bound (customer sign + merchant validate) on all cores…");
-    let bound =
-        tokio::task::spawn_blocking(move || sign_validate_bound(secs)).await.map_err(fail)?;
+    let bound = tokio::task::spawn_blocking(move || sign_validate_bound(secs)).await?;
 
     let policy = Policy::default();
     let w = World::builder()
@@ -117,14 +116,14 @@ async fn run(
         .merchant_store(store(kind, dir, "merchant").await?)
         .customer_store(store(kind, dir, "customer").await?)
         .start()
-        .await
-        .map_err(fail)?;
+        .await?;
     let (node, server, peer, customer) = (&w.node, &w.server, &w.peer, &w.customer);
     say(&format!("opening {channels} channels…"));
     let deposit = Amount::from_sat(
         (u64::from(payments) + policy.close_out.to_sat() + 1_000).max(policy.min_deposit.to_sat()),
     );
-    let ids = super::bench::open_channels(customer, node, server, peer, channels, deposit).await?;
+    let ids =
+        super::measure::open_channels(customer, node, server, peer, channels, deposit).await?;
 
     say(&format!(
         "paying: {channels} channels × {payments} payments of 1 sat, {window} in flight per channel…"
@@ -156,7 +155,7 @@ async fn run(
     }
     let mut latencies: Vec<Duration> = Vec::new();
     for t in tasks {
-        latencies.extend(t.await.map_err(fail)?.map_err(fail)?);
+        latencies.extend(t.await?.map_err(fail)?);
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
@@ -167,8 +166,7 @@ async fn run(
         let row = w
             .merchant_store
             .get(*id, Role::Merchant)
-            .await
-            .map_err(fail)?
+            .await?
             .ok_or_else(|| fail("a channel vanished"))?;
         if row.total != Amount::from_sat(u64::from(payments)) {
             return Err(fail(format!("channel {id}: stored {} not {payments} sat", row.total)));

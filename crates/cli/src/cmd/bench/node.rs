@@ -38,7 +38,7 @@ fn spend(prev: OutPoint, prev_out: &TxOut, outputs: Vec<TxOut>) -> Transaction {
 pub fn bench_node(n: usize) -> Result<Value, CliError> {
     let spk = p2wpkh(&key(0x42));
     let a = Node::in_memory();
-    a.mine(101, &spk).map_err(fail)?;
+    a.mine(101, &spk)?;
     // Split one coinbase into n confirmed coins.
     let hash = a.block_hash(1).ok_or_else(|| fail("no block 1"))?;
     let (cb_block, _) = a.block(&hash).ok_or_else(|| fail("no block 1"))?;
@@ -50,8 +50,8 @@ pub fn bench_node(n: usize) -> Result<Value, CliError> {
         &cb.output[0],
         (0..n).map(|_| TxOut { value, script_pubkey: spk.clone() }).collect(),
     );
-    let split_id = a.submit(split.clone(), None).map_err(fail)?;
-    a.mine(1, &spk).map_err(fail)?;
+    let split_id = a.submit(split.clone(), None)?;
+    a.mine(1, &spk)?;
     let spends: Vec<Transaction> = (0..n)
         .map(|v| {
             spend(
@@ -69,7 +69,7 @@ pub fn bench_node(n: usize) -> Result<Value, CliError> {
     for h in 1..=a.tip().0 {
         let hash = a.block_hash(h).ok_or_else(|| fail("missing block"))?;
         let (blk, _) = a.block(&hash).ok_or_else(|| fail("missing block"))?;
-        b.submit_block((*blk).clone()).map_err(fail)?;
+        b.submit_block((*blk).clone())?;
     }
 
     // The bound: raw verifications of the same inputs.
@@ -84,14 +84,14 @@ pub fn bench_node(n: usize) -> Result<Value, CliError> {
     let t = Instant::now();
     for tx in &spends {
         let one = Instant::now();
-        a.submit(tx.clone(), None).map_err(fail)?;
+        a.submit(tx.clone(), None)?;
         latencies.push(one.elapsed());
     }
     let accept_per_s = n as f64 / t.elapsed().as_secs_f64();
     latencies.sort_unstable();
 
     let t = Instant::now();
-    let hash = *a.mine(1, &spk).map_err(fail)?.first().ok_or_else(|| fail("no block mined"))?;
+    let hash = *a.mine(1, &spk)?.first().ok_or_else(|| fail("no block mined"))?;
     let assemble = t.elapsed();
     let (blk, _) = a.block(&hash).ok_or_else(|| fail("the block vanished"))?;
     if blk.txdata.len() != n + 1 {
@@ -102,7 +102,7 @@ pub fn bench_node(n: usize) -> Result<Value, CliError> {
         )));
     }
     let t = Instant::now();
-    b.submit_block((*blk).clone()).map_err(fail)?;
+    b.submit_block((*blk).clone())?;
     let connect = t.elapsed();
     let connect_per_s = n as f64 / connect.as_secs_f64();
     let pct = |p: f64| {
@@ -119,6 +119,6 @@ pub fn bench_node(n: usize) -> Result<Value, CliError> {
         "assemble_and_connect_ms": (assemble.as_secs_f64() * 1e4).round() / 10.0,
         "connect_verifying_ms": (connect.as_secs_f64() * 1e4).round() / 10.0,
         "connect_verifying_ratio": (connect_per_s / raw_per_s * 1000.0).round() / 1000.0,
-        "peak_rss_mib": super::bench::peak_rss_mib(),
+        "peak_rss_mib": super::measure::peak_rss_mib(),
     }))
 }
