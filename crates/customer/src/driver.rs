@@ -39,8 +39,8 @@ impl Customer {
     /// The store's; the entry then stays stale.
     pub(crate) async fn reload(&self, e: &mut Entry) -> Result<(), CustomerError> {
         let restore = self.restorer();
-        let r = e.p.reload(&self.storage(&restore)).await;
-        e.after_reload();
+        let r = e.reload(&self.storage(&restore)).await;
+        crate::after_reload(e);
         Ok(r?)
     }
 
@@ -84,11 +84,11 @@ impl Customer {
         on_event: &mut (dyn FnMut(&Event) + Send),
     ) -> Result<Vec<Message>, CustomerError> {
         let restore = self.restorer();
-        let drained = e.p.drain(&self.storage(&restore), on_event).await;
-        e.after_reload();
+        let drained = e.drain(&self.storage(&restore), on_event).await;
+        crate::after_reload(e);
         let drained = drained?;
         if let Some(written) = &drained.written {
-            e.stored_acked = written.acked;
+            e.ext.stored_acked = written.acked;
         }
         for tx in drained.broadcasts {
             let chain = self.chain.clone();

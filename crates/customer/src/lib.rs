@@ -119,42 +119,48 @@ pub struct ChannelStatus {
     pub closing_txid: Option<Txid>,
 }
 
-struct Entry {
-    /// The machine and its row.
-    p: Persisted<CustomerChannel>,
+/// What the customer keeps beside each channel: its connection to the merchant, and the
+/// acknowledged total as last written to the store.
+#[derive(Debug, Default)]
+struct Link {
     conn: Option<Connection>,
     /// The acknowledged total as last written to the store.
     stored_acked: Amount,
 }
 
-impl Entry {
-    fn new(p: Persisted<CustomerChannel>) -> Self {
-        let stored_acked = p.channel.state().acked;
-        Entry { p, conn: None, stored_acked }
+impl Link {
+    /// The open connection.
+    fn conn(&mut self) -> Result<&mut Connection, CustomerError> {
+        self.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))
     }
 
-    /// After the driver replaced the machine with the stored one: what was derived from the
-    /// old one goes too (reconnect and resume before the next payment).
-    fn after_reload(&mut self) {
-        if self.p.take_reloaded() {
-            self.stored_acked = self.p.channel.state().acked;
+    /// The next message from the merchant; a broken connection is dropped (the next use
+    /// reconnects and resumes).
+    async fn recv(&mut self) -> Result<paychan_core::msg::Message, CustomerError> {
+        let r = self.conn()?.recv().await;
+        if r.is_err() {
             self.conn = None;
         }
+        r
     }
 }
 
-/// `e.channel` is the machine.
-impl std::ops::Deref for Entry {
-    type Target = Persisted<CustomerChannel>;
+/// One channel: the machine with its row, and (`ext`) its link to the merchant.
+type Entry = Persisted<CustomerChannel, Link>;
 
-    fn deref(&self) -> &Self::Target {
-        &self.p
-    }
+/// A channel as loaded or opened: its acknowledged total is the stored one.
+fn entry(p: Entry) -> Entry {
+    let mut e = p;
+    e.ext.stored_acked = e.channel.state().acked;
+    e
 }
 
-impl std::ops::DerefMut for Entry {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.p
+/// After the driver replaced the machine with the stored one: what was derived from the old
+/// one goes too (reconnect and resume before the next payment).
+fn after_reload(e: &mut Entry) {
+    if e.take_reloaded() {
+        e.ext.stored_acked = e.channel.state().acked;
+        e.ext.conn = None;
     }
 }
 
@@ -212,17 +218,14 @@ impl Customer {
     /// # Errors
     /// Store or decoding errors.
     pub async fn load(&self) -> Result<usize, CustomerError> {
-        let rows = self
-            .store
-            .list(paychan_store::Query { role: Some(Role::Customer), ..Default::default() })
-            .await?;
+        let rows = self.store.list(paychan_store::Query::role(Role::Customer)).await?;
         let mut live = 0;
         for row in rows {
             let state = CustomerState::decode(&row.state)?;
             let key = self.keys.secret(state.terms.customer_key_index)?;
             let channel = CustomerChannel::restore(state, key)?;
             live += usize::from(!channel.phase().is_final());
-            let e = Entry::new(Persisted::stored(channel, row.version, row.total));
+            let e = entry(Entry::stored(channel, row.version, row.total));
             self.map().insert(row.id, Arc::new(tokio::sync::Mutex::new(e)));
         }
         Ok(live)

@@ -10,7 +10,6 @@ use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, Txid};
 use paychan_core::channel::customer::{CustomerChannel, CustomerTerms};
 use paychan_core::msg::Message;
 use paychan_core::script::{ChannelScript, OutputKind};
-use paychan_store::Persisted;
 use tracing::info;
 
 use crate::driver::blocking;
@@ -78,7 +77,7 @@ impl Customer {
         .await?;
         let funding_txid = funding.compute_txid();
         let id = channel.handle_funding_built(funding)?;
-        let mut entry = Entry::new(Persisted::new(channel));
+        let mut entry = crate::entry(Entry::new(channel));
         let msgs = self.drain(&mut entry).await?;
         let answer = match conn.send(&msgs).await {
             Ok(()) => conn.recv().await,
@@ -108,7 +107,7 @@ impl Customer {
         }
         entry.channel.handle_opened()?;
         self.drain(&mut entry).await?;
-        entry.conn = Some(conn);
+        entry.ext.conn = Some(conn);
         self.map().insert(id, Arc::new(tokio::sync::Mutex::new(entry)));
         info!(channel = %id, %deposit, "channel opened");
         Ok(id)
@@ -123,7 +122,7 @@ impl Customer {
         self.ensure_connected(&mut e).await?;
         e.channel.close()?;
         let msgs = self.drain(&mut e).await?;
-        let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+        let conn = e.ext.conn()?;
         conn.send(&msgs).await?;
         match conn.recv().await? {
             Message::Closed(c) => {

@@ -49,7 +49,7 @@ impl Customer {
             }
         }
         let msgs = self.drain(&mut e).await?;
-        let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+        let conn = e.ext.conn()?;
         let answered = match conn.send(&msgs).await {
             Ok(()) => self.await_acks(&mut e, last).await,
             Err(err) => Err(err),
@@ -59,7 +59,7 @@ impl Customer {
             // restarted): once more on a fresh one, whose resume delivers what was signed.
             Err(CustomerError::Io(why)) => {
                 info!(channel = %id, %why, "connection lost while paying; reconnecting");
-                e.conn = None;
+                e.ext.conn = None;
                 self.ensure_connected(&mut e).await?;
                 Ok(e.channel.state().acked)
             }
@@ -102,20 +102,13 @@ impl Customer {
                 left -= n;
                 // One durable write for the chunk, then one send.
                 let msgs = self.drain(&mut e).await?;
-                let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+                let conn = e.ext.conn()?;
                 conn.send(&msgs).await?;
             }
             if in_flight.is_empty() {
                 return Ok(e.channel.state().acked);
             }
-            let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
-            let m = match conn.recv().await {
-                Ok(m) => m,
-                Err(err) => {
-                    e.conn = None;
-                    return Err(err);
-                }
-            };
+            let m = e.ext.recv().await?;
             match m {
                 Message::PaymentAck(a) => e.channel.handle_ack(Amount::from_sat(a.total_sat))?,
                 Message::Error(err) => return Err(self.refused(&mut e, err).await),
@@ -158,14 +151,7 @@ impl Customer {
             if e.channel.state().acked >= target {
                 return Ok(e.channel.state().acked);
             }
-            let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
-            let m = match conn.recv().await {
-                Ok(m) => m,
-                Err(err) => {
-                    e.conn = None;
-                    return Err(err);
-                }
-            };
+            let m = e.ext.recv().await?;
             match m {
                 Message::PaymentAck(a) => e.channel.handle_ack(Amount::from_sat(a.total_sat))?,
                 Message::Resumed(r) => e.channel.handle_resumed(Amount::from_sat(r.total_sat))?,
@@ -174,7 +160,7 @@ impl Customer {
             }
             let msgs = self.drain(e).await?;
             if !msgs.is_empty() {
-                let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+                let conn = e.ext.conn()?;
                 conn.send(&msgs).await?;
             }
         }
@@ -185,7 +171,7 @@ impl Customer {
     /// stored), so the caller's "failed" is true and none of them leaves later with another
     /// payment. Returns the refusal.
     pub(crate) async fn unsign(&self, e: &mut Entry, err: paychan_core::Error) -> CustomerError {
-        e.p.mark_stale();
+        e.mark_stale();
         if let Err(other) = self.reload(e).await {
             warn!(error = %other, "reloading the channel failed; will reload before its next use");
         }
@@ -211,7 +197,7 @@ impl Customer {
             }
             Err(other) => {
                 warn!(error = %other, "cannot learn what the merchant holds after a refusal; the refused payment counts as spent until the next sync");
-                e.conn = None;
+                e.ext.conn = None;
             }
         }
         refusal
@@ -220,9 +206,9 @@ impl Customer {
     pub(crate) async fn roll_back_refused(&self, e: &mut Entry) -> Result<Amount, CustomerError> {
         e.channel.resume()?;
         let msgs = self.drain(e).await?;
-        e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?.send(&msgs).await?;
+        e.ext.conn()?.send(&msgs).await?;
         loop {
-            let m = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?.recv().await?;
+            let m = e.ext.conn()?.recv().await?;
             match m {
                 Message::PaymentAck(a) => e.channel.handle_ack(Amount::from_sat(a.total_sat))?,
                 // The answers to other payments that were in flight.
@@ -241,7 +227,7 @@ impl Customer {
     /// Writes the acknowledged total if it moved since the last write (acknowledgements alone
     /// are not written on the payment path, to keep it at one write per run of payments).
     pub(crate) async fn store_acks(&self, e: &mut Entry) -> Result<(), CustomerError> {
-        if e.channel.state().acked > e.stored_acked {
+        if e.channel.state().acked > e.ext.stored_acked {
             e.channel.checkpoint();
             self.drain(e).await?;
         }
@@ -261,14 +247,14 @@ impl Customer {
     /// (Re)connects and resumes: the merchant tells its latest total; a payment it lacks is
     /// sent again with the same signature.
     pub(crate) async fn ensure_connected(&self, e: &mut Entry) -> Result<(), CustomerError> {
-        if e.conn.is_some() {
+        if e.ext.conn.is_some() {
             return Ok(());
         }
         let (conn, _) = Connection::connect(&e.channel.state().terms.peer).await?;
-        e.conn = Some(conn);
+        e.ext.conn = Some(conn);
         e.channel.resume()?;
         let msgs = self.drain(e).await?;
-        let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+        let conn = e.ext.conn()?;
         conn.send(&msgs).await?;
         match conn.recv().await? {
             Message::Resumed(r) => e.channel.handle_resumed(Amount::from_sat(r.total_sat))?,
@@ -280,7 +266,7 @@ impl Customer {
         let signed = e.channel.state().signed;
         let msgs = self.drain(e).await?;
         if !msgs.is_empty() {
-            let conn = e.conn.as_mut().ok_or(CustomerError::Protocol("not connected"))?;
+            let conn = e.ext.conn()?;
             conn.send(&msgs).await?;
             self.await_acks(e, signed).await?;
         }
@@ -307,7 +293,7 @@ impl Customer {
     /// Connection or protocol errors.
     pub async fn sync(&self, id: OutPoint) -> Result<Amount, CustomerError> {
         let mut e = self.locked(&id).await?;
-        e.conn = None;
+        e.ext.conn = None;
         self.ensure_connected(&mut e).await?;
         self.store_acks(&mut e).await?;
         Ok(e.channel.state().acked)

@@ -191,14 +191,17 @@ fn deliver_to_customer(w: &mut World, msg: Message) {
     collect_customer(w);
 }
 
-fn complete(pending: &[(u64, Box<impl Clone>)], which: u8) -> Option<(u64, usize)> {
-    if pending.is_empty() {
+/// Completes the oldest pending persists (in order: one writer per channel); `which` picks how
+/// many at once. The newest of them is now the durable state; returns its id.
+fn complete<S>(side: &mut Side<S>, which: u8) -> Option<u64> {
+    if side.pending.is_empty() {
         return None;
     }
-    // Persists complete in order (one writer per channel); `which` picks how many at once.
-    let n = usize::from(which) % pending.len() + 1;
-    let id = pending[n - 1].0;
-    Some((id, n))
+    let n = usize::from(which) % side.pending.len() + 1;
+    let done: Vec<_> = side.pending.drain(..n).collect();
+    let id = done.last().map(|(id, _)| *id)?;
+    side.durable = done.into_iter().last().map(|(_, s)| s);
+    Some(id)
 }
 
 fn restart_merchant(w: &mut World) {
@@ -269,18 +272,14 @@ pub fn channels(data: &[u8]) {
             }
             2 => {
                 let which = input.byte().unwrap_or(0);
-                if let Some((id, n)) = complete(&w.c.pending, which) {
-                    let done: Vec<_> = w.c.pending.drain(..n).collect();
-                    w.c.durable = done.into_iter().last().map(|(_, s)| s);
+                if let Some(id) = complete(&mut w.c, which) {
                     w.customer.persisted(id).expect("a pending persist");
                     collect_customer(&mut w);
                 }
             }
             3 => {
                 let which = input.byte().unwrap_or(0);
-                if let Some((id, n)) = complete(&w.m.pending, which) {
-                    let done: Vec<_> = w.m.pending.drain(..n).collect();
-                    w.m.durable = done.into_iter().last().map(|(_, s)| s);
+                if let Some(id) = complete(&mut w.m, which) {
                     w.merchant.persisted(id).expect("a pending persist");
                     collect_merchant(&mut w);
                 }
@@ -358,23 +357,10 @@ fn quiesce_and_agree(w: &mut World) {
             w.c.pending.clear();
             w.customer.persisted(id).expect("persisted");
         }
-        if let Some((id, _)) = w.m.pending.last().map(|(id, s)| (*id, s.clone())) {
-            w.m.durable = w.m.pending.pop().map(|(_, s)| s);
-            w.m.pending.clear();
-            w.merchant.persisted(id).expect("persisted");
-        }
+        complete_all_merchant(w);
         collect_customer(w);
         collect_merchant(w);
-        while !w.to_merchant.is_empty() || !w.to_customer.is_empty() {
-            if !w.to_merchant.is_empty() {
-                let m = w.to_merchant.remove(0);
-                deliver_to_merchant(w, m);
-            }
-            if !w.to_customer.is_empty() {
-                let m = w.to_customer.remove(0);
-                deliver_to_customer(w, m);
-            }
-        }
+        deliver_all(w);
         if w.c.pending.is_empty() && w.m.pending.is_empty() {
             break;
         }
@@ -384,25 +370,13 @@ fn quiesce_and_agree(w: &mut World) {
     if w.customer.resume().is_ok() {
         collect_customer(w);
         for _ in 0..8 {
-            if let Some((id, _)) = w.m.pending.last().map(|(id, s)| (*id, s.clone())) {
-                w.m.durable = w.m.pending.pop().map(|(_, s)| s);
-                w.m.pending.clear();
-                w.merchant.persisted(id).expect("persisted");
+            if complete_all_merchant(w) {
                 collect_merchant(w);
             }
             if w.to_merchant.is_empty() && w.to_customer.is_empty() && w.m.pending.is_empty() {
                 break;
             }
-            while !w.to_merchant.is_empty() || !w.to_customer.is_empty() {
-                if !w.to_merchant.is_empty() {
-                    let m = w.to_merchant.remove(0);
-                    deliver_to_merchant(w, m);
-                }
-                if !w.to_customer.is_empty() {
-                    let m = w.to_customer.remove(0);
-                    deliver_to_customer(w, m);
-                }
-            }
+            deliver_all(w);
         }
         check(w);
         let c = w.customer.state();
@@ -423,4 +397,28 @@ fn quiesce_and_agree(w: &mut World) {
             None => {}
         }
     }
+}
+
+/// Delivers every message in flight, both ways, until none is left.
+fn deliver_all(w: &mut World) {
+    while !w.to_merchant.is_empty() || !w.to_customer.is_empty() {
+        if !w.to_merchant.is_empty() {
+            let m = w.to_merchant.remove(0);
+            deliver_to_merchant(w, m);
+        }
+        if !w.to_customer.is_empty() {
+            let m = w.to_customer.remove(0);
+            deliver_to_customer(w, m);
+        }
+    }
+}
+
+/// Completes every pending merchant persist at once (the newest is durable); whether there
+/// was one.
+fn complete_all_merchant(w: &mut World) -> bool {
+    let Some((id, _)) = w.m.pending.last().map(|(id, s)| (*id, s.clone())) else { return false };
+    w.m.durable = w.m.pending.pop().map(|(_, s)| s);
+    w.m.pending.clear();
+    w.merchant.persisted(id).expect("persisted");
+    true
 }

@@ -140,13 +140,19 @@ async fn status(
     ))
 }
 
+/// The channel a `/v1/channels/{id}/…` path names and the request's JSON body.
+fn channel_body(id: &str, body: Option<Json<Value>>) -> Result<(OutPoint, Value), ApiError> {
+    let id = channel_id(id)?;
+    let Json(v) = body.ok_or_else(|| bad("the body must be JSON"))?;
+    Ok((id, v))
+}
+
 async fn pay(
     State(s): State<Arc<ChannelServer>>,
     Path(id): Path<String>,
     body: Option<Json<Value>>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = channel_id(&id)?;
-    let Json(v) = body.ok_or_else(|| bad("the body must be JSON"))?;
+    let (id, v) = channel_body(&id, body)?;
     let pay = msg::Pay {
         channel: Some(id.into()),
         total_sat: u64_field(&v, "total_sat")?,
@@ -165,8 +171,7 @@ async fn close(
     Path(id): Path<String>,
     body: Option<Json<Value>>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = channel_id(&id)?;
-    let Json(v) = body.ok_or_else(|| bad("the body must be JSON"))?;
+    let (id, v) = channel_body(&id, body)?;
     let close = msg::Close { channel: Some(id.into()), signature: hex_field(&v, "signature")? };
     let closed = s.close(&close).await?;
     let txid = closed.txid().map_err(|_| bad("bad txid"))?;

@@ -84,6 +84,22 @@ fn tx_param(hex: &str) -> Option<Transaction> {
     Vec::<u8>::from_hex(hex).ok().and_then(|b| deserialize::<Transaction>(&b).ok())
 }
 
+/// The channel a `/payment/<txid>` path names and the parameter `name` of the request; else
+/// the answer: 404 for an unknown channel, 400 with `missing` for an absent parameter.
+fn channel_and(
+    server: &ChannelServer,
+    txid: &str,
+    body: &[u8],
+    query: Option<String>,
+    name: &str,
+    missing: &'static str,
+) -> Result<(OutPoint, String), Box<Response>> {
+    let id = channel_of(server, txid).ok_or_else(|| Box::new(not_found()))?;
+    let mut p = params(body, query);
+    let value = p.remove(name).ok_or_else(|| Box::new(text(StatusCode::BAD_REQUEST, missing)))?;
+    Ok((id, value))
+}
+
 fn channel_of(server: &ChannelServer, txid: &str) -> Option<OutPoint> {
     let txid: Txid = txid.parse().ok()?;
     server.find_by_txid(&txid)
@@ -140,12 +156,12 @@ async fn pay(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    let Some(id) = channel_of(&s, &txid) else { return not_found() };
-    let p = params(&body, q);
-    let Some(payment) = p.get("payment_tx") else {
-        return text(StatusCode::BAD_REQUEST, "No payment provided.");
+    let (id, payment) = match channel_and(&s, &txid, &body, q, "payment_tx", "No payment provided.")
+    {
+        Ok(x) => x,
+        Err(answer) => return *answer,
     };
-    let Some(tx) = tx_param(payment) else {
+    let Some(tx) = tx_param(&payment) else {
         return text(StatusCode::BAD_REQUEST, "The payment is not a hex-encoded transaction.");
     };
     if let Ok((phase, _)) = s.channel_status(id).await {
@@ -166,12 +182,11 @@ async fn close(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    let Some(id) = channel_of(&s, &txid) else { return not_found() };
-    let p = params(&body, q);
-    let Some(sig) = p.get("signature") else {
-        return text(StatusCode::BAD_REQUEST, "No signature provided.");
+    let (id, sig) = match channel_and(&s, &txid, &body, q, "signature", "No signature provided.") {
+        Ok(x) => x,
+        Err(answer) => return *answer,
     };
-    let Ok(sig) = Vec::<u8>::from_hex(sig) else {
+    let Ok(sig) = Vec::<u8>::from_hex(&sig) else {
         return text(StatusCode::BAD_REQUEST, "Invalid signature.");
     };
     match s.two1_close(id, &sig).await {

@@ -237,6 +237,13 @@ pub struct Query {
     pub limit: usize,
 }
 
+impl Query {
+    /// Every channel of `role`.
+    pub fn role(role: Role) -> Self {
+        Query { role: Some(role), ..Query::default() }
+    }
+}
+
 /// One entry of a channel's payment history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentEntry {

@@ -42,28 +42,40 @@ pub struct Drained<S> {
     pub write_times: Vec<Duration>,
 }
 
-/// A channel machine with the version and total of its row.
+/// A channel machine with the version and total of its row, and `ext`: what the driver keeps
+/// beside each channel (the merchant's settlement scheduler, the customer's connection).
 #[derive(Debug, Clone)]
-pub struct Persisted<M> {
+pub struct Persisted<M, X = ()> {
     /// The machine.
     pub channel: M,
+    /// The driver's own data for this channel.
+    pub ext: X,
     version: u64,
     stored_total: Amount,
     stale: bool,
     reloaded: bool,
 }
 
-impl<M: Machine> Persisted<M> {
+impl<M: Machine, X: Default> Persisted<M, X> {
     /// A machine with no row yet (its first persist creates it).
     pub fn new(channel: M) -> Self {
-        Persisted { channel, version: 0, stored_total: Amount::ZERO, stale: false, reloaded: false }
+        Self::stored(channel, 0, Amount::ZERO)
     }
 
     /// A machine restored from its row, read at `version` with `total`.
     pub fn stored(channel: M, version: u64, total: Amount) -> Self {
-        Persisted { channel, version, stored_total: total, stale: false, reloaded: false }
+        Persisted {
+            channel,
+            ext: X::default(),
+            version,
+            stored_total: total,
+            stale: false,
+            reloaded: false,
+        }
     }
+}
 
+impl<M: Machine, X> Persisted<M, X> {
     /// The row's version (0 before the row exists).
     pub fn version(&self) -> u64 {
         self.version

@@ -11,7 +11,7 @@ use tokio_postgres::{Client, NoTls};
 use tracing::{debug, error, info, warn};
 
 use crate::ops::{version, Done, Job, Op};
-use crate::schema::{self, POSTGRES_MIGRATIONS};
+use crate::schema::{self, Dialect};
 use crate::{
     parse_outpoint, parse_phase, phase_str, unix_now, ChannelRow, ChannelStore, NewChannel,
     PaymentEntry, Query, Role, StoreError, StoreFuture,
@@ -73,7 +73,7 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         .map(|r| r.get::<_, String>(0).parse().unwrap_or(u32::MAX))
         .unwrap_or(0);
     schema::check(found)?;
-    for (i, sql) in POSTGRES_MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (i, sql) in schema::migrations(Dialect::Postgres).iter().enumerate().skip(found as usize) {
         tx.batch_execute(sql).await.map_err(db)?;
         tx.execute(
             "INSERT INTO paychan_meta (key, value) VALUES ('schema_version', $1)

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error};
 
 use crate::ops::{version, Done, Job, Op};
-use crate::schema::{self, SQLITE_MIGRATIONS};
+use crate::schema::{self, Dialect};
 use crate::{
     parse_outpoint, parse_phase, phase_str, unix_now, ChannelRow, ChannelStore, NewChannel,
     PaymentEntry, PaymentUpdate, Query, Role, StateUpdate, StoreError, StoreFuture,
@@ -86,7 +86,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .map(|v| v.parse().unwrap_or(u32::MAX))
         .unwrap_or(0);
     schema::check(found)?;
-    for (i, sql) in SQLITE_MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (i, sql) in schema::migrations(Dialect::Sqlite).iter().enumerate().skip(found as usize) {
         let tx = conn.transaction().map_err(db)?;
         tx.execute_batch(sql).map_err(db)?;
         tx.execute(

@@ -73,27 +73,10 @@ impl ChannelServer {
             paychan_chain::TxStatus::Confirmed { confirmations, .. } => confirmations,
             _ => 0,
         };
-        s.sched.confirmations(confirmations);
+        s.ext.confirmations(confirmations);
         s.channel.handle_funding_confirmations(confirmations);
         self.drain(s).await?;
         Ok(())
-    }
-
-    pub(super) async fn drain_events(&self, s: &mut Slot) -> Result<bool, MerchantError> {
-        let mut due = false;
-        let out = self
-            .drain_with(s, &mut |e| {
-                if matches!(e, Event::SettleDue { .. }) {
-                    due = true;
-                }
-            })
-            .await?;
-        drop(out);
-        Ok(due)
-    }
-
-    pub(super) async fn drain(&self, s: &mut Slot) -> Result<Vec<Message>, MerchantError> {
-        self.drain_with(s, &mut |_| {}).await
     }
 
     /// Runs the channel's effects through the one persisted-channel driver
@@ -114,15 +97,27 @@ impl ChannelServer {
         };
         let restore = self.restorer();
         // On a failed write the driver has reloaded the machine (or marked it stale).
-        let drained = s.p.drain(&self.storage(&restore), &mut events).await?;
+        let drained = s.drain(&self.storage(&restore), &mut events).await?;
         for t in &drained.write_times {
             self.metrics.store_commit.observe(*t);
         }
         for tx in drained.broadcasts {
             let taken = self.broadcast(tx).await;
-            s.sched.broadcast(taken);
+            s.ext.broadcast(taken);
         }
         Ok(drained.sends)
+    }
+
+    /// [`Self::drain_with`] where no event matters beyond the logs and metrics.
+    pub(super) async fn drain(&self, s: &mut Slot) -> Result<Vec<Message>, MerchantError> {
+        self.drain_with(s, &mut |_| {}).await
+    }
+
+    /// [`Self::drain_with`]; whether the machine said a settlement is due.
+    pub(super) async fn drain_events(&self, s: &mut Slot) -> Result<bool, MerchantError> {
+        let mut due = false;
+        self.drain_with(s, &mut |e| due |= matches!(e, Event::SettleDue { .. })).await?;
+        Ok(due)
     }
 
     /// Hands `tx` to the node; false (logged) when it did not take it.
@@ -160,7 +155,7 @@ impl ChannelServer {
     /// The store's; the slot then stays stale.
     pub(super) async fn reload(&self, s: &mut Slot) -> Result<(), MerchantError> {
         let restore = self.restorer();
-        s.p.reload(&self.storage(&restore)).await?;
+        s.reload(&self.storage(&restore)).await?;
         Ok(())
     }
 }

@@ -58,34 +58,8 @@ pub struct ServerConfig {
     pub settle_target_blocks: u32,
 }
 
-/// One live channel: the machine with its row, and its settlement scheduler.
-struct Slot {
-    /// The machine and its row.
-    p: Persisted<MerchantChannel>,
-    /// When settlement work is due, and the settlement out there.
-    sched: Scheduler,
-}
-
-impl Slot {
-    fn new(p: Persisted<MerchantChannel>) -> Self {
-        Slot { p, sched: Scheduler::default() }
-    }
-}
-
-/// `s.channel` is the machine.
-impl std::ops::Deref for Slot {
-    type Target = Persisted<MerchantChannel>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.p
-    }
-}
-
-impl std::ops::DerefMut for Slot {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.p
-    }
-}
+/// One live channel: the machine with its row, and (`ext`) its settlement scheduler.
+type Slot = Persisted<MerchantChannel, Scheduler>;
 
 /// How many times a request is checked again after its write met a compare-and-swap conflict
 /// (another writer moved the channel) before the request fails.
@@ -160,10 +134,7 @@ impl ChannelServer {
     /// # Errors
     /// [`MerchantError::Store`]; [`MerchantError::Core`] for an undecodable row.
     pub async fn load(&self) -> Result<usize, MerchantError> {
-        let rows = self
-            .store
-            .list(paychan_store::Query { role: Some(Role::Merchant), ..Default::default() })
-            .await?;
+        let rows = self.store.list(paychan_store::Query::role(Role::Merchant)).await?;
         let mut n = 0;
         for row in rows.into_iter().filter(|r| !r.phase.is_final()) {
             let state = MerchantState::decode(&row.state)?;
@@ -171,7 +142,7 @@ impl ChannelServer {
                 self.token_index().insert(tx.compute_txid(), row.id);
             }
             let channel = MerchantChannel::restore(state, self.config.policy.clone());
-            let slot = Slot::new(Persisted::stored(channel, row.version, row.total));
+            let slot = Slot::stored(channel, row.version, row.total);
             self.slots().insert(row.id, Arc::new(tokio::sync::Mutex::new(slot)));
             n += 1;
         }
@@ -256,7 +227,7 @@ impl ChannelServer {
         funding_tx: Transaction,
         key_index: Option<u32>,
     ) -> Result<Vec<Message>, MerchantError> {
-        let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(Persisted::new(channel))));
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(channel)));
         let mut guard = slot.lock().await;
         let chain = self.chain.clone();
         blocking(move || chain.broadcast(&funding_tx)).await.map_err(|e| match e {

@@ -25,35 +25,28 @@ impl ChannelServer {
         signature: &[u8],
         price: Amount,
     ) -> Result<Redeemed, MerchantError> {
-        self.on_fresh_state(|| self.redeem_once(channel, total, signature, price)).await
-    }
-
-    pub(super) async fn redeem_once(
-        &self,
-        channel: OutPoint,
-        total: Amount,
-        signature: &[u8],
-        price: Amount,
-    ) -> Result<Redeemed, MerchantError> {
-        let started = std::time::Instant::now();
-        let mut s = self.payable(channel).await?;
-        let now = (self.clock)();
-        let r = match s.channel.redeem(&now, channel, total, signature, price) {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics.rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Err(e.into());
-            }
-        };
-        self.drain_paid(&mut s, channel).await?;
-        // Counted once stored (a retried attempt is not counted twice).
-        self.metrics.payments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.metrics
-            .revenue_sat
-            .fetch_add(r.increment.to_sat(), std::sync::atomic::Ordering::Relaxed);
-        self.metrics.requests_charged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.payment_latency.observe(started.elapsed());
-        Ok(r)
+        self.on_fresh_state(|| async {
+            let started = std::time::Instant::now();
+            let mut s = self.payable(channel).await?;
+            let now = (self.clock)();
+            let r = match s.channel.redeem(&now, channel, total, signature, price) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.metrics.rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(e.into());
+                }
+            };
+            self.drain_paid(&mut s, channel).await?;
+            // Counted once stored (a retried attempt is not counted twice).
+            self.metrics.payments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .revenue_sat
+                .fetch_add(r.increment.to_sat(), std::sync::atomic::Ordering::Relaxed);
+            self.metrics.requests_charged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.payment_latency.observe(started.elapsed());
+            Ok(r)
+        })
+        .await
     }
 
     /// Redeems a 21 token (the txid a `PUT /payment/…` answered) for a request of `price`.

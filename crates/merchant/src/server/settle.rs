@@ -46,7 +46,7 @@ impl ChannelServer {
     /// Settles a channel a payment just exhausted, unless its settlement is backing off after
     /// failures (then the tick retries it when due).
     pub(super) async fn settle_exhausted(&self, s: &mut Slot, channel: OutPoint, now: &Now) {
-        if !s.sched.may_settle(now) {
+        if !s.ext.may_settle(now) {
             return;
         }
         let r = self.settle_locked(s).await.map(|_| ());
@@ -63,10 +63,10 @@ impl ChannelServer {
         result: Result<(), MerchantError>,
         what: &'static str,
     ) {
-        let Some(wait) = s.sched.outcome(now, result.is_ok()) else { return };
+        let Some(wait) = s.ext.outcome(now, result.is_ok()) else { return };
         self.metrics.settle_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let error = result.err().unwrap_or(MerchantError::BroadcastFailed);
-        let attempt = s.sched.backoff().failures();
+        let attempt = s.ext.backoff().failures();
         warn!(%channel, %error, attempt, retry_in_secs = wait, "{what} failed; will retry");
     }
 
@@ -76,7 +76,7 @@ impl ChannelServer {
         let estimate = self.estimate().await?;
         let height = self.height().await?;
         let (closed, fee_rate) = self.sign_and_send(s, estimate, None).await?;
-        s.sched.sent(Broadcast { height, fee_rate });
+        s.ext.sent(Broadcast { height, fee_rate });
         Ok(closed)
     }
 
@@ -95,7 +95,7 @@ impl ChannelServer {
             info!(estimate = %fee_rate, %used, "settling below the fee estimate: a higher fee would leave the output as dust");
         }
         self.metrics.settlements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        s.sched.begin();
+        s.ext.begin();
         let out = self.drain(s).await?;
         let closed = out
             .into_iter()
@@ -170,13 +170,13 @@ impl ChannelServer {
         if s.channel.phase().is_final() {
             return Ok(());
         }
-        if s.sched.wants_confirmations(s.channel.phase(), new_tip) {
+        if s.ext.wants_confirmations(s.channel.phase(), new_tip) {
             self.refresh_confirmations(s, id).await?;
         }
         let now = (self.clock)();
         s.channel.handle_tick(&now);
         let due = self.drain_events(s).await?;
-        let work = s.sched.handle_tick(&now, &s.channel, due, new_tip);
+        let work = s.ext.handle_tick(&now, &s.channel, due, new_tip);
         if work.settle {
             let r = self.settle_locked(s).await.map(|_| ());
             self.record(s, id, &now, r, "settlement");
@@ -189,7 +189,7 @@ impl ChannelServer {
             }
         }
         if work.follow && s.channel.phase() == Phase::Settling {
-            s.sched.begin();
+            s.ext.begin();
             let r = self.follow_settlement(s).await;
             self.record(s, id, &now, r, "settlement follow-up");
         }
@@ -234,7 +234,7 @@ impl ChannelServer {
             TxStatus::Unknown => SettlementSeen::Unknown,
         };
         let height = if seen == SettlementSeen::Confirmed { 0 } else { self.height().await? };
-        match s.sched.follow(seen, height) {
+        match s.ext.follow(seen, height) {
             FollowUp::Confirmed => {
                 let chain = self.chain.clone();
                 if let Some(tx) = blocking(move || chain.transaction(&txid)).await? {
@@ -252,10 +252,10 @@ impl ChannelServer {
                 let bumped = replacement_rate(previous, self.estimate().await?);
                 info!(%txid, from = %previous, to = %bumped, "settlement unconfirmed: replacing it at a higher fee");
                 match self.sign_and_send(s, bumped, Some(previous)).await {
-                    Ok((_, fee_rate)) => s.sched.sent(Broadcast { height, fee_rate }),
+                    Ok((_, fee_rate)) => s.ext.sent(Broadcast { height, fee_rate }),
                     Err(e) => {
                         // Keep the one out there; count the blocks again before the next try.
-                        s.sched.replacement_failed(height);
+                        s.ext.replacement_failed(height);
                         return Err(e);
                     }
                 }
