@@ -52,14 +52,29 @@ async fn over_tcp(addr: std::net::SocketAddr, m: Message) -> Message {
     answers.pop().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_refused_payment_gets_the_same_answer_on_every_transport() {
-    let Setup { node, server, dir: _dir, .. } = setup(101);
-    // TCP.
+/// A merchant serving TCP and HTTP (the JSON API and the 21 REST protocol, with a paywalled
+/// resource behind them), an open paychan channel with 1,000 sat paid, and the refused
+/// payment: 2,000 sat with the customer's signature of 1,500 sat.
+struct World {
+    setup: Setup,
+    tcp: std::net::SocketAddr,
+    base: String,
+    client: reqwest::Client,
+    id: paychan_core::bitcoin::OutPoint,
+    forged: Vec<u8>,
+}
+
+/// What the one mapping answers for the refused payment.
+fn refusal() -> MerchantError {
+    MerchantError::Core(Error::BadSignature)
+}
+
+async fn world() -> World {
+    let setup = setup(101);
+    let server = setup.server.clone();
     let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tcp_addr = tcp_listener.local_addr().unwrap();
+    let tcp = tcp_listener.local_addr().unwrap();
     tokio::spawn(tcp::serve(server.clone(), tcp_listener, std::future::pending()));
-    // HTTP: the JSON API and the 21 REST protocol, with a paywalled resource behind them.
     let paid = axum::Router::new()
         .route("/resource", axum::routing::get(|| async { "paid content" }))
         .layer(PaywallLayer::new(
@@ -70,33 +85,47 @@ async fn the_same_refused_payment_gets_the_same_answer_on_every_transport() {
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", http_listener.local_addr().unwrap());
     tokio::spawn(http::serve_app(app, http_listener, Limits::default(), std::future::pending()));
-    let client = reqwest::Client::new();
 
-    // A paychan channel, open, with 1,000 sat paid.
-    let customer = open_channel(&server, &node, 1).await;
-    node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let customer = open_channel(&server, &setup.node, 1).await;
+    setup.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
     let params = customer.state().params.clone().unwrap();
-    let id = params.id();
     server.pay(&common::pay_msg(&customer, 1_000)).await.unwrap();
-
-    // The refused payment: 2,000 sat with the customer's signature of 1,500 sat.
     let kp = Keypair::from_secret_key(paychan_core::sig::secp(), &customer_key());
     let forged = sign_payment(&params, Amount::from_sat(1_500), &kp).unwrap();
-    let refusal = MerchantError::Core(Error::BadSignature);
-    let expected = refusal.answer(Op::Pay);
-    assert_eq!(expected.code, 110);
+    World { setup, tcp, base, client: reqwest::Client::new(), id: params.id(), forged }
+}
 
-    // The protocol over TCP: an ErrorMsg with the code and the text.
-    let pay = msg::Pay { channel: Some(id.into()), total_sat: 2_000, signature: forged.clone() };
-    let Message::Error(e) = over_tcp(tcp_addr, Message::Pay(pay)).await else {
+impl World {
+    /// Nothing changed: the channel holds the 1,000 sat paid before.
+    async fn unchanged(&self) {
+        let (_, total) = self.setup.server.channel_status(self.id).await.unwrap();
+        assert_eq!(total, Amount::from_sat(1_000));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_answers_the_mappings_code_and_text() {
+    let w = world().await;
+    let expected = refusal().answer(Op::Pay);
+    assert_eq!(expected.code, 110);
+    assert_eq!(expected.message, "signature does not verify under the customer key");
+    let pay =
+        msg::Pay { channel: Some(w.id.into()), total_sat: 2_000, signature: w.forged.clone() };
+    let Message::Error(e) = over_tcp(w.tcp, Message::Pay(pay)).await else {
         panic!("an Error answers a refused payment")
     };
     assert_eq!((e.code, e.message.as_str()), (expected.code, expected.message.as_str()));
+    w.unchanged().await;
+}
 
-    // The JSON API: the mapping's status, code and text.
-    let r = client
-        .post(format!("{base}/v1/channels/{id}/payments"))
-        .json(&json!({"total_sat": 2_000, "signature": forged.to_lower_hex_string()}))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_api_answers_the_mappings_status_code_and_text() {
+    let w = world().await;
+    let expected = refusal().answer(Op::Pay);
+    let r = w
+        .client
+        .post(format!("{}/v1/channels/{}/payments", w.base, w.id))
+        .json(&json!({"total_sat": 2_000, "signature": w.forged.to_lower_hex_string()}))
         .send()
         .await
         .unwrap();
@@ -104,31 +133,40 @@ async fn the_same_refused_payment_gets_the_same_answer_on_every_transport() {
     assert_eq!(r.status(), 409);
     let v: Value = r.json().await.unwrap();
     assert_eq!((v["code"].as_u64(), v["message"].as_str()), (Some(110), Some(&*expected.message)));
+    w.unchanged().await;
+}
 
-    // The paywall: a fresh 402 with the mapping's code and reason.
-    let at_paywall = refusal.answer(Op::Redeem);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paywall_answers_a_402_with_the_mappings_code_and_reason() {
+    let w = world().await;
+    let expected = refusal().answer(Op::Redeem);
+    assert_eq!(expected.message, refusal().answer(Op::Pay).message, "the same text");
     let header = PaymentSignature {
         x402_version: 2,
         accepted: None,
-        payload: ChannelPayment::new(id, Amount::from_sat(2_000), &forged),
+        payload: ChannelPayment::new(w.id, Amount::from_sat(2_000), &w.forged),
     };
-    let r = client
-        .get(format!("{base}/resource"))
+    let r = w
+        .client
+        .get(format!("{}/resource", w.base))
         .header("payment-signature", encode_header(&header).unwrap())
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), at_paywall.paywall_status);
+    assert_eq!(r.status(), expected.paywall_status);
     assert_eq!(r.status(), 402);
     let v: Value = r.json().await.unwrap();
     assert_eq!((v["code"].as_u64(), v["error"].as_str()), (Some(110), Some(&*expected.message)));
+    w.unchanged().await;
+}
 
-    // Nothing changed on any of them.
-    assert_eq!(server.channel_status(id).await.unwrap().1, Amount::from_sat(1_000));
-
-    // The 21 REST protocol: a 21 channel, and a payment altered after it was signed.
-    let two1_key = server.two1_key().unwrap();
-    let (deposit, script, _) = deposit_for(&node, two1_key, 2);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_21_rest_protocol_answers_the_mappings_status_and_21_text() {
+    let w = world().await;
+    let expected = refusal().answer(Op::Pay);
+    let (node, server, client, base) = (&w.setup.node, &w.setup.server, &w.client, &w.base);
+    // A 21 channel, and a payment altered after it was signed.
+    let (deposit, script, _) = deposit_for(node, server.two1_key().unwrap(), 2);
     let r = client
         .post(format!("{base}/payment"))
         .form(&[
@@ -142,10 +180,10 @@ async fn the_same_refused_payment_gets_the_same_answer_on_every_transport() {
     node.mine(1, &p2wpkh(&key(0x77))).unwrap();
     let funding = FundingOutput::find(&deposit, &script).unwrap();
     let change = ScriptBuf::new_p2pkh(&CompressedPublicKey(pubkey(&customer_key())).pubkey_hash());
-    let two1_params =
+    let params =
         ChannelParams::new(script, funding, change, Policy::default().dust_relay_fee).unwrap();
     let mut tx =
-        build_payment(&two1_params, Amount::from_sat(5_000), TWO1_FEE, &customer_key()).unwrap();
+        build_payment(&params, Amount::from_sat(5_000), TWO1_FEE, &customer_key()).unwrap();
     tx.output[0].value += Amount::from_sat(1_000);
     tx.output[1].value -= Amount::from_sat(1_000);
     let r = client
@@ -159,5 +197,6 @@ async fn the_same_refused_payment_gets_the_same_answer_on_every_transport() {
     let text = r.text().await.unwrap();
     assert_eq!(Some(text.as_str()), expected.two1_text.as_deref());
     assert_eq!(text, "Signature does not verify under the customer key.");
-    assert_eq!(expected.message, "signature does not verify under the customer key");
+    let (_, total) = server.channel_status(params.id()).await.unwrap();
+    assert_eq!(total, Amount::ZERO, "the 21 channel is unchanged");
 }

@@ -221,6 +221,22 @@ fn push_bytes(b: &[u8]) -> Result<PushBytesBuf, Error> {
     PushBytesBuf::try_from(b.to_vec()).map_err(|_| Error::Signing("push larger than 4 GiB"))
 }
 
+/// What every transaction paying out of the channel checks first: its destination (`what`
+/// names it) is a standard output script, and it pays at least the 1 sat/vB relay fee.
+pub(crate) fn check_payout(
+    destination: &Script,
+    what: &'static str,
+    fee_rate: FeeRate,
+) -> Result<(), Error> {
+    if !is_standard_destination(destination) {
+        return Err(Error::NonStandardScript(what));
+    }
+    if fee_rate < crate::policy::MIN_RELAY_FEE {
+        return Err(Error::AmountOutOfRange("fee rate below the 1 sat/vB minimum relay fee"));
+    }
+    Ok(())
+}
+
 /// Whether `spk` is an output script every node relays: P2PKH, P2SH, P2WPKH, P2WSH or P2TR.
 pub fn is_standard_destination(spk: &Script) -> bool {
     spk.is_p2pkh() || spk.is_p2sh() || spk.is_p2wpkh() || spk.is_p2wsh() || spk.is_p2tr()

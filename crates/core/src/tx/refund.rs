@@ -11,8 +11,8 @@ use bitcoin::sighash::EcdsaSighashType;
 use bitcoin::transaction::Version;
 use bitcoin::{FeeRate, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
 
-use super::{dummy_sig, fee_for, is_standard_destination, Branch, ChannelParams};
-use crate::policy::{dust_threshold, DEFAULT_DUST_RELAY_FEE, MIN_RELAY_FEE};
+use super::{check_payout, dummy_sig, fee_for, Branch, ChannelParams};
+use crate::policy::{dust_threshold, DEFAULT_DUST_RELAY_FEE};
 use crate::Error;
 
 /// The refund's input sequence: non-final (CLTV requires it), no BIP 125 signal.
@@ -49,12 +49,7 @@ pub fn build_refund_with(
     if !params.is_customer(customer) {
         return Err(Error::Signing("the key is not the channel's customer key"));
     }
-    if !is_standard_destination(&destination) {
-        return Err(Error::NonStandardScript("refund destination"));
-    }
-    if fee_rate < MIN_RELAY_FEE {
-        return Err(Error::AmountOutOfRange("fee rate below the 1 sat/vB minimum relay fee"));
-    }
+    check_payout(&destination, "refund destination", fee_rate)?;
     let mut tx = Transaction {
         version: Version::TWO,
         lock_time,

@@ -11,8 +11,8 @@ use bitcoin::sighash::EcdsaSighashType;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, Weight};
 
 use super::payment::{payment_template, verify_payment, PAYMENT_SEQUENCE};
-use super::{dummy_sig, fee_for, is_standard_destination, Branch, ChannelParams};
-use crate::policy::{dust_threshold, DEFAULT_DUST_RELAY_FEE, MIN_RELAY_FEE};
+use super::{check_payout, dummy_sig, fee_for, Branch, ChannelParams};
+use crate::policy::{dust_threshold, DEFAULT_DUST_RELAY_FEE};
 use crate::Error;
 
 /// A wallet input the merchant adds to a settlement to pay its fee. The caller's wallet signs it
@@ -61,12 +61,7 @@ pub fn build_settlement(
     if !params.is_merchant(merchant) {
         return Err(Error::Signing("the key is not the channel's merchant key"));
     }
-    if !is_standard_destination(&destination) {
-        return Err(Error::NonStandardScript("settlement destination"));
-    }
-    if fee_rate < MIN_RELAY_FEE {
-        return Err(Error::AmountOutOfRange("fee rate below the 1 sat/vB minimum relay fee"));
-    }
+    check_payout(&destination, "settlement destination", fee_rate)?;
     verify_payment(params, total, customer_sig)?;
     let (mut tx, flag) = payment_template(params, total)?;
     // Under SINGLE the customer's change stays at output 0; under NONE the merchant takes all.
