@@ -4,22 +4,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
+mod common;
 
-use paychan_chain::{ChainSource, EmbeddedChain};
+use paychan_chain::ChainSource;
 use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::secp256k1::PublicKey;
-use paychan_core::bitcoin::{Amount, Network, OutPoint, TxOut};
+use paychan_core::bitcoin::{Amount, OutPoint, TxOut};
 use paychan_core::channel::customer::{CustomerChannel, CustomerTerms};
 use paychan_core::channel::Effect;
 use paychan_core::msg::{self, FrameDecoder, Message, MAX_FRAME_LEN};
-use paychan_core::policy::Policy;
 use paychan_core::script::{ChannelScript, OutputKind};
-use paychan_core::Now;
 use paychan_harness::fixtures::{customer_key, key, p2wpkh, pubkey, spend_p2wpkh};
-use paychan_merchant::{tcp, ChannelServer, Clock, KeyChain, ServerConfig};
-use paychan_node::Node;
-use paychan_store::{ChannelStore, Role, SqliteStore};
+use paychan_merchant::tcp;
+use paychan_store::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -76,29 +73,7 @@ fn drain(c: &mut CustomerChannel, chain: &dyn ChainSource) -> Vec<Message> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_pay_pipelined_and_close_over_tcp() {
-    let node = Node::in_memory();
-    let chain: Arc<dyn ChainSource> = Arc::new(EmbeddedChain::new(node.clone()));
-    node.mine(101, &p2wpkh(&key(0x77))).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ChannelStore> =
-        Arc::new(SqliteStore::open(&dir.path().join("merchant.db")).unwrap());
-    let clock: Clock = {
-        let node = node.clone();
-        Arc::new(move || Now {
-            time: node.now(),
-            height: node.tip().0,
-            median_time_past: node.median_time_past(),
-        })
-    };
-    let config = || ServerConfig {
-        policy: Policy::default(),
-        payout: p2wpkh(&key(0x55)),
-        settle_target_blocks: 6,
-    };
-    let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
-    let server = Arc::new(
-        ChannelServer::new(config(), keys, store.clone(), chain.clone(), clock.clone()).unwrap(),
-    );
+    let common::Setup { node, chain, store, clock, server, dir } = common::setup(101);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
@@ -187,9 +162,7 @@ async fn open_pay_pipelined_and_close_over_tcp() {
     assert_eq!(row.total, Amount::from_sat(10_000), "every acknowledged payment is stored");
 
     // A restarted server knows the channel from the store.
-    let keys2 = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
-    let again =
-        ChannelServer::new(config(), keys2, store.clone(), chain.clone(), clock.clone()).unwrap();
+    let again = common::server_on(&dir, store.clone(), chain.clone(), clock.clone());
     assert_eq!(again.load().await.unwrap(), 1);
     let r = again.resume(&msg::Resume { channel: Some(id.into()) }).await.unwrap();
     assert_eq!(r.total_sat, 10_000);
