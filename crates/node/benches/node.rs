@@ -20,7 +20,7 @@ use paychan_core::bitcoin::{
     Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
 };
 use paychan_core::verify::verify_consensus;
-use paychan_harness::fixtures::{key, p2wpkh, sign_p2wpkh};
+use paychan_harness::fixtures::{key, p2wpkh, sign_p2wpkh, spend_p2wpkh};
 use paychan_node::Node;
 
 const N: usize = 2_000;
@@ -30,19 +30,8 @@ fn sign(tx: &mut Transaction, prev: &TxOut) {
 }
 
 fn one_in_one_out(prev: OutPoint, prev_out: &TxOut, to: ScriptBuf) -> Transaction {
-    let mut tx = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: prev,
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut { value: prev_out.value - Amount::from_sat(500), script_pubkey: to }],
-    };
-    sign(&mut tx, prev_out);
-    tx
+    let out = TxOut { value: prev_out.value - Amount::from_sat(500), script_pubkey: to };
+    spend_p2wpkh(&[(prev, prev_out.clone())], vec![out], &key(0x42))
 }
 
 fn main() {

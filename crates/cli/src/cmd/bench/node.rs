@@ -4,34 +4,19 @@
 
 use std::time::Instant;
 
-use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::consensus::encode::serialize;
-use paychan_core::bitcoin::transaction::Version;
-use paychan_core::bitcoin::{
-    Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
-};
+use paychan_core::bitcoin::{Amount, OutPoint, Transaction, TxOut};
 use paychan_core::verify::verify_consensus;
-use paychan_harness::fixtures::{key, p2wpkh, sign_p2wpkh};
+use paychan_harness::fixtures::{key, p2wpkh, spend_p2wpkh};
 use paychan_node::Node;
 use serde_json::{json, Value};
 
 use crate::error::fail;
 use crate::CliError;
 
+/// A one-input transaction spending `prev` (key 0x42's P2WPKH coin) to `outputs`.
 fn spend(prev: OutPoint, prev_out: &TxOut, outputs: Vec<TxOut>) -> Transaction {
-    let mut tx = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: prev,
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-            witness: Witness::new(),
-        }],
-        output: outputs,
-    };
-    sign_p2wpkh(&mut tx, 0, prev_out, &key(0x42));
-    tx
+    spend_p2wpkh(&[(prev, prev_out.clone())], outputs, &key(0x42))
 }
 
 /// Runs the node bench with `n` one-input P2WPKH transactions.
