@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a, &cli.common),
         Command::Node(c) => cmd::node::run(c, &cli.common),
-        Command::Tx(c) => cmd::tx::run(c),
+        Command::Tx(c) => cmd::tx::run(c, &cli.common),
         Command::Wallet(c) => cmd::wallet::run(c, &cli.common),
         Command::Serve(a) => cmd::serve::run(a, &cli.common),
         Command::Channels(c) => cmd::channels::run(c, &cli.common),
@@ -83,5 +83,16 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stderr().lock(), "error: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of the whole command tree (a global flag and a subcommand's flag
+    /// with the same name, for one, would panic only when that subcommand runs).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -96,6 +96,9 @@ pub enum Error {
     /// reverse).
     #[error("the funding transaction pays the other output kind")]
     WrongOutputKind,
+    /// A network paychan does not run on (`testnet` is testnet3: use `testnet4`).
+    #[error("unsupported network {0:?}: use bitcoin, testnet4, signet or regtest")]
+    UnsupportedNetwork(String),
     /// The policy is inconsistent.
     #[error("invalid policy: {0}")]
     InvalidPolicy(String),
@@ -305,6 +308,7 @@ impl Error {
             Error::NonStandardScript(_) => 21,
             Error::NotOurKey => 22,
             Error::WrongOutputKind => 23,
+            Error::UnsupportedNetwork(_) => 24,
             Error::WrongChannel { .. } => 100,
             Error::UnknownChannel(_) => 101,
             Error::ChannelNotOpen { .. } => 102,

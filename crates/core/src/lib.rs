@@ -20,6 +20,7 @@
 pub mod channel;
 mod error;
 pub mod msg;
+pub mod network;
 pub mod paywall;
 pub mod policy;
 pub mod script;

@@ -216,6 +216,11 @@ impl Wallet {
         &self.dir
     }
 
+    /// The receiving descriptor, with public keys only (`wpkh([fingerprint/84'/coin'/0']xpub…/0/*)`).
+    pub fn public_descriptor(&self) -> String {
+        self.inner.public_descriptor(KeychainKind::External).to_string()
+    }
+
     fn persist(&mut self) -> Result<(), WalletError> {
         self.inner.persist(&mut self.db).map_err(database)?;
         Ok(())

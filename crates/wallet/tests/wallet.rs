@@ -136,3 +136,31 @@ fn channel_keys_are_never_issued_twice() {
         k1
     );
 }
+
+/// Each network's wallet: BIP 84 coin type 0 on mainnet and 1 elsewhere, and the network's
+/// address prefix.
+#[test]
+fn each_network_has_its_coin_type_and_address_prefix() {
+    use paychan_core::network::NetworkParams;
+    for (name, hrp) in
+        [("bitcoin", "bc1q"), ("testnet4", "tb1q"), ("signet", "tb1q"), ("regtest", "bcrt1q")]
+    {
+        let n = NetworkParams::parse(name).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = paychan_wallet::Wallet::create(dir.path(), n.network, None).unwrap();
+        let descriptor = w.public_descriptor();
+        assert!(descriptor.contains(&format!("/84'/{}'/0']", n.coin_type)), "{name}: {descriptor}");
+        let prefix = if n.coin_type == 0 { "xpub" } else { "tpub" };
+        assert!(descriptor.contains(prefix), "{name}: {descriptor}");
+        let a = w.new_address().unwrap().to_string();
+        assert!(a.starts_with(hrp), "{name}: {a}");
+        // Reopened on another network: refused.
+        drop(w);
+        let other = if n.network == paychan_core::bitcoin::Network::Bitcoin {
+            paychan_core::bitcoin::Network::Regtest
+        } else {
+            paychan_core::bitcoin::Network::Bitcoin
+        };
+        assert!(paychan_wallet::Wallet::open(dir.path(), other).is_err(), "{name}");
+    }
+}

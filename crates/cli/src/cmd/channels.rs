@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use paychan_chain::ChainSource;
-use paychan_core::bitcoin::{Amount, Network, OutPoint};
+use paychan_core::bitcoin::{Amount, OutPoint};
 use paychan_customer::{ChannelStatus, Customer};
 use paychan_store::{ChannelStore, SqliteStore};
 use paychan_wallet::Wallet;
@@ -106,11 +106,12 @@ const HEADER: &str = "CHANNEL                                                   
 /// The customer of `<home>`: its wallet synced with the node, its channels
 /// (`<home>/channels.db`) loaded. Returns it with the chain client.
 pub async fn customer(common: &Common) -> Result<(Customer, Arc<dyn ChainSource>), CliError> {
+    let network = common.claim_network(false)?.network;
     let chain = common.chain()?;
     let dir = common.wallet_dir();
     let c = chain.clone();
     let wallet = tokio::task::spawn_blocking(move || {
-        let mut wallet = Wallet::open(&dir, Network::Regtest)?;
+        let mut wallet = Wallet::open(&dir, network)?;
         // Paying, resuming and closing need no chain: with the node unreachable the wallet
         // keeps what it knew (opening a channel then fails on the chain, with its reason).
         if let Err(e) = wallet.sync(&*c) {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use clap::Args;
 use paychan_chain::{BitcoindRpc, ChainSource, RpcAuth};
-use paychan_core::bitcoin::Amount;
+use paychan_core::bitcoin::{Amount, Network};
+use paychan_core::network::NetworkParams;
 use paychan_core::Now;
 use serde_json::Value;
 
@@ -18,10 +19,20 @@ pub struct Common {
     /// paychan's home directory (wallet, channel stores).
     #[arg(long, env = "PAYCHAN_HOME", global = true)]
     pub home: Option<PathBuf>,
-    /// The node's RPC URL (`paychan node start` or bitcoind).
-    #[arg(long, default_value = "http://127.0.0.1:18443", global = true)]
-    pub rpc_url: String,
-    /// The node's cookie file (default: <home>/node/.cookie).
+    /// The network: bitcoin, testnet4, signet or regtest (default: the one the home was made
+    /// on, else regtest). A home stays on the network it was made on.
+    #[arg(long, env = "PAYCHAN_NETWORK", global = true, value_parser = parse_network)]
+    pub network: Option<NetworkParams>,
+    /// On mainnet, paychan moves real money: this says you mean it (required with
+    /// `--network bitcoin`; `serve` also takes `i_understand_mainnet = true` in its config).
+    #[arg(long, env = "PAYCHAN_I_UNDERSTAND_MAINNET", global = true)]
+    pub i_understand_mainnet: bool,
+    /// The node's RPC URL (default: http://127.0.0.1 and Bitcoin Core's port for the network:
+    /// 8332, 48332, 38332, 18443).
+    #[arg(long, global = true)]
+    pub rpc_url: Option<String>,
+    /// The node's cookie file (default: <home>/node/.cookie on regtest, the embedded node's;
+    /// ~/.bitcoin/<network>/.cookie elsewhere, bitcoind's).
     #[arg(long, global = true)]
     pub rpc_cookie: Option<PathBuf>,
     /// RPC user (instead of the cookie).
@@ -50,26 +61,132 @@ impl Common {
         self.home().join("wallet")
     }
 
-    /// A chain client.
-    pub fn chain(&self) -> Result<Arc<dyn ChainSource>, CliError> {
+    /// The network this command runs on: `--network` (or `PAYCHAN_NETWORK`), which must be
+    /// the home's if the home has one; else the home's; else regtest.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] when `--network` names another network than the home's.
+    pub fn network(&self) -> Result<NetworkParams, CliError> {
+        let file = self.home().join(NETWORK_FILE);
+        let recorded = match std::fs::read_to_string(&file) {
+            Ok(text) => Some(
+                NetworkParams::parse(&text)
+                    .map_err(|e| CliError::Failed(format!("{}: {e}", file.display())))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(CliError::Failed(format!("{}: {e}", file.display()))),
+        };
+        match (self.network, recorded) {
+            (Some(asked), Some(home)) if asked != home => Err(CliError::Usage(format!(
+                "the home {} is on {home}; --network {asked} names another network: give another --home",
+                self.home().display()
+            ))),
+            (Some(n), _) | (None, Some(n)) => Ok(n),
+            (None, None) => Ok(NetworkParams::regtest()),
+        }
+    }
+
+    /// The network to show addresses for, when nothing is at stake (`tx decode`): `--network`,
+    /// else the home's, else regtest. Never an error.
+    pub fn network_for_display(&self) -> NetworkParams {
+        self.network.or_else(|| self.network().ok()).unwrap_or_else(NetworkParams::regtest)
+    }
+
+    /// [`Common::network`], binding the home to it the first time (`<home>/network`). On
+    /// mainnet only with the explicit confirmation: `--i-understand-mainnet`, or
+    /// `mainnet_confirmed` (a config file's `i_understand_mainnet = true`).
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] for another network than the home's, or mainnet without the
+    /// confirmation; [`CliError::Io`] when the home cannot be written.
+    pub fn claim_network(&self, mainnet_confirmed: bool) -> Result<NetworkParams, CliError> {
+        let n = self.network()?;
+        self.check_mainnet(&n, mainnet_confirmed)?;
+        let home = self.home();
+        let file = home.join(NETWORK_FILE);
+        if !file.exists() {
+            std::fs::create_dir_all(&home)?;
+            let tmp = home.join(format!("{NETWORK_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{}\n", n.name))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &file)?;
+        }
+        Ok(n)
+    }
+
+    /// Refuses mainnet without the explicit confirmation (`--i-understand-mainnet`, or
+    /// `mainnet_confirmed` from a config file).
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] saying how to confirm.
+    pub fn check_mainnet(
+        &self,
+        n: &NetworkParams,
+        mainnet_confirmed: bool,
+    ) -> Result<(), CliError> {
+        if n.network == Network::Bitcoin && !(self.i_understand_mainnet || mainnet_confirmed) {
+            return Err(CliError::Usage(
+                "paychan on mainnet moves real money: give --i-understand-mainnet (or set i_understand_mainnet = true in the serve config) once you have read the README's safety section".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node's RPC URL: `--rpc-url`, else Bitcoin Core's default for the network.
+    pub fn rpc_url(&self, n: &NetworkParams) -> String {
+        self.rpc_url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", n.rpc_port))
+    }
+
+    /// The node's cookie file: `--rpc-cookie`, else the embedded node's on regtest
+    /// (`<home>/node/.cookie`), else bitcoind's (`~/.bitcoin/<network dir>/.cookie`).
+    pub fn rpc_cookie(&self, n: &NetworkParams) -> PathBuf {
+        if let Some(c) = &self.rpc_cookie {
+            return c.clone();
+        }
+        if n.network == Network::Regtest {
+            return self.home().join("node").join(".cookie");
+        }
+        let bitcoin = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".bitcoin"))
+            .unwrap_or_else(|| PathBuf::from(".bitcoin"));
+        bitcoin.join(n.datadir).join(".cookie")
+    }
+
+    /// An RPC client of the node for network `n` (user and password, or the cookie).
+    ///
+    /// # Errors
+    /// [`CliError::Failed`] when there is no cookie where it should be.
+    pub fn rpc(&self, n: &NetworkParams) -> Result<BitcoindRpc, CliError> {
         let auth = match (&self.rpc_user, &self.rpc_password) {
             (Some(u), Some(p)) => RpcAuth::UserPass(u.clone(), p.clone()),
             _ => {
-                let cookie = self
-                    .rpc_cookie
-                    .clone()
-                    .unwrap_or_else(|| self.home().join("node").join(".cookie"));
+                let cookie = self.rpc_cookie(n);
                 if !cookie.exists() {
+                    let start = if n.network == Network::Regtest {
+                        "start `paychan node start`"
+                    } else {
+                        "start bitcoind"
+                    };
                     return Err(CliError::Failed(format!(
-                        "no node cookie at {}: start `paychan node start`, or give --rpc-cookie or --rpc-user",
+                        "no node cookie at {}: {start}, or give --rpc-cookie or --rpc-user",
                         cookie.display()
                     )));
                 }
                 RpcAuth::CookieFile(cookie)
             }
         };
-        let rpc =
-            BitcoindRpc::new(&self.rpc_url, auth).map_err(|e| CliError::Failed(e.to_string()))?;
+        Ok(BitcoindRpc::new(&self.rpc_url(n), auth)?)
+    }
+
+    /// A chain client for the command's network, checked to be on it (its genesis block).
+    ///
+    /// # Errors
+    /// As [`Common::network`] and [`Common::rpc`]; [`CliError::Failed`] for a node on another
+    /// chain, naming both.
+    pub fn chain(&self) -> Result<Arc<dyn ChainSource>, CliError> {
+        let n = self.network()?;
+        let rpc = self.rpc(&n)?;
+        check_chain(&rpc, &n, &self.rpc_url(&n))?;
         Ok(Arc::new(rpc))
     }
 
@@ -115,6 +232,34 @@ impl Common {
         out.flush()?;
         Ok(())
     }
+}
+
+/// The file in a home that names its network.
+const NETWORK_FILE: &str = "network";
+
+/// Parses `--network`.
+fn parse_network(s: &str) -> Result<NetworkParams, String> {
+    NetworkParams::parse(s).map_err(|e| e.to_string())
+}
+
+/// Checks that the node `chain` (at `url`) is on network `n`: its genesis block is `n`'s.
+///
+/// # Errors
+/// [`CliError::Failed`] naming the node's chain and `n`; the chain's error when the node
+/// cannot be asked (unreachable nodes are reported by the command that needs them).
+pub fn check_chain(chain: &dyn ChainSource, n: &NetworkParams, url: &str) -> Result<(), CliError> {
+    let genesis = match chain.block_hash(0) {
+        Ok(Some(h)) => h,
+        // An unreachable node is the command's to report, when it needs the node.
+        Ok(None) | Err(paychan_chain::ChainError::Transport(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if genesis == n.genesis() {
+        return Ok(());
+    }
+    let found = NetworkParams::by_genesis(&genesis)
+        .map_or_else(|| format!("an unknown chain (genesis {genesis})"), |p| p.name.to_string());
+    Err(CliError::Failed(format!("the node at {url} is on {found}, not {n}: give the --rpc-url of a {n} node, or --network {}", found.split(' ').next().unwrap_or("?"))))
 }
 
 /// Parses an amount: `10sat`, `0.001btc`, or plain satoshis.

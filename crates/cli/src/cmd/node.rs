@@ -15,6 +15,8 @@ use paychan_node::rpc::{cookie_path, Auth, RpcServer};
 use paychan_node::Node;
 use serde_json::{json, Value};
 
+use paychan_core::network::NetworkParams;
+
 use super::common::Common;
 use crate::CliError;
 
@@ -146,6 +148,7 @@ fn print(v: &Value, json: bool, text: &str) -> Result<(), CliError> {
 }
 
 fn start(a: StartArgs, common: &Common) -> Result<ExitCode, CliError> {
+    embedded_network(common)?;
     let datadir = a.datadir.unwrap_or_else(|| common.home().join("node"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -229,24 +232,32 @@ fn start(a: StartArgs, common: &Common) -> Result<ExitCode, CliError> {
 }
 
 fn client(c: &Connect, common: &Common) -> Result<BitcoindRpc, CliError> {
-    let auth = match (&common.rpc_user, &common.rpc_password) {
-        (Some(u), Some(p)) => RpcAuth::UserPass(u.clone(), p.clone()),
-        _ => {
-            let cookie = match (&c.datadir, &common.rpc_cookie) {
-                (Some(dir), _) => cookie_path(dir),
-                (None, Some(cookie)) => cookie.clone(),
-                (None, None) => cookie_path(&common.home().join("node")),
-            };
+    let n = embedded_network(common)?;
+    match &c.datadir {
+        // The node started with that --datadir: its cookie.
+        Some(dir) if common.rpc_user.is_none() => {
+            let cookie = cookie_path(dir);
             if !cookie.exists() {
                 return Err(CliError::Failed(format!(
                     "no cookie at {}: is `paychan node start` running with that --datadir?",
                     cookie.display()
                 )));
             }
-            RpcAuth::CookieFile(cookie)
+            Ok(BitcoindRpc::new(&common.rpc_url(&n), RpcAuth::CookieFile(cookie))?)
         }
-    };
-    BitcoindRpc::new(&common.rpc_url, auth).map_err(|e| CliError::Failed(e.to_string()))
+        _ => common.rpc(&n),
+    }
+}
+
+/// The embedded node runs regtest only.
+fn embedded_network(common: &Common) -> Result<NetworkParams, CliError> {
+    let n = common.network()?;
+    if n.network != paychan_core::bitcoin::Network::Regtest {
+        return Err(CliError::Usage(format!(
+            "the embedded node runs regtest only, not {n}: run bitcoind for {n}"
+        )));
+    }
+    Ok(n)
 }
 
 fn mine(a: MineArgs, common: &Common) -> Result<ExitCode, CliError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use paychan_core::bitcoin::Amount;
-use paychan_core::bitcoin::Network;
+use paychan_core::network::NetworkParams;
 use paychan_core::policy::Policy;
 use paychan_merchant::http::MetricsAccess;
 use paychan_merchant::listen::Limits;
@@ -115,6 +115,10 @@ struct ServeFile {
     handshake_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     metrics: Option<String>,
+    /// The network (as `--network`; the flag wins).
+    network: Option<String>,
+    /// Confirms mainnet (as `--i-understand-mainnet`).
+    i_understand_mainnet: Option<bool>,
 }
 
 /// Runs the merchant until Ctrl-C or SIGTERM.
@@ -132,7 +136,22 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     let http_listen =
         a.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9736)));
     let store_spec = a.store.or(file.store).unwrap_or_else(|| "sqlite".into());
-    let mut policy = Policy::default();
+    let common = &match (&common.network, &file.network) {
+        (None, Some(name)) => Common {
+            network: Some(NetworkParams::parse(name).map_err(|e| CliError::Usage(e.to_string()))?),
+            ..common.clone()
+        },
+        _ => common.clone(),
+    };
+    let mainnet_confirmed = file.i_understand_mainnet.unwrap_or(false);
+    let n = common.network()?;
+    common.check_mainnet(&n, mainnet_confirmed)?;
+    // The network's defaults; flags and the file win.
+    let mut policy = Policy {
+        min_confirmations: n.min_confirmations,
+        max_deposit: Policy::default().max_deposit.min(n.max_deposit),
+        ..Policy::default()
+    };
     if let Some(z) = a.zero_conf.or(file.zero_conf) {
         policy.zero_conf = z;
     }
@@ -192,7 +211,8 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             .await
             .map_err(|e| fail(format!("cannot listen on {http_listen}: {e}")))?;
         let http_addr = http_listener.local_addr()?;
-        let (server, payout, loaded) = merchant(common, &store_spec, policy).await?;
+        let (server, payout, loaded) =
+            merchant(common, mainnet_confirmed, &store_spec, policy).await?;
         common.print(
             &json!({"listen": addr.to_string(), "http": http_addr.to_string(), "payout": payout.to_string(), "channels": loaded}),
             &format!(
@@ -208,7 +228,8 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             None => read_or_make_token(&token_path)?,
         };
         let fallback = upstream.as_ref().map(|u| {
-            let config = PaywallConfig::new(pricing.clone(), addr.to_string());
+            let mut config = PaywallConfig::new(pricing.clone(), addr.to_string());
+            config.network = n.network;
             reverse_proxy(u.clone(), upstream_timeout).layer(PaywallLayer::new(server.clone(), config))
         });
         if let Some(u) = &upstream {
@@ -318,12 +339,14 @@ pub fn read_or_make_token(path: &std::path::Path) -> Result<String, CliError> {
 /// store, chain; its stored channels loaded.
 pub async fn merchant(
     common: &Common,
+    mainnet_confirmed: bool,
     store_spec: &str,
     policy: Policy,
 ) -> Result<(Arc<ChannelServer>, paychan_core::bitcoin::Address, usize), CliError> {
     let home = common.home();
+    let network = common.claim_network(mainnet_confirmed)?.network;
     let chain = common.chain()?;
-    let mut wallet = Wallet::open_or_create(&common.wallet_dir(), Network::Regtest)?;
+    let mut wallet = Wallet::open_or_create(&common.wallet_dir(), network)?;
     let keys = wallet.key_chain(KeyChain::MERCHANT)?;
     let payout = wallet.new_address()?;
     let clock = common.clock(chain.clone());

@@ -17,6 +17,7 @@ use paychan_core::tx::recognise::{find_channel_spend, find_funding, Role};
 use paychan_core::verify::verify_input_raw;
 use serde_json::{json, Value};
 
+use super::common::Common;
 use crate::CliError;
 
 /// `paychan tx …`
@@ -42,9 +43,6 @@ pub struct DecodeArgs {
     /// A channel script (hex) to recognise the funding output of.
     #[arg(long = "script", value_name = "SCRIPT_HEX")]
     script: Option<String>,
-    /// Network for addresses: bitcoin, testnet, signet or regtest.
-    #[arg(long, default_value = "regtest")]
-    network: Network,
 }
 
 /// Arguments of `paychan tx verify`.
@@ -61,10 +59,10 @@ pub struct VerifyArgs {
 }
 
 /// Runs a `paychan tx` command.
-pub fn run(cmd: TxCommand) -> Result<ExitCode, CliError> {
+pub fn run(cmd: TxCommand, common: &Common) -> Result<ExitCode, CliError> {
     match cmd {
         TxCommand::Decode(a) => {
-            let v = decode(&a)?;
+            let v = decode(&a, common.network_for_display().network)?;
             print_json(&v)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -125,7 +123,7 @@ fn channel_json(tx: &Transaction, role: Role, script: &ChannelScript, extra: Val
     v
 }
 
-fn decode(a: &DecodeArgs) -> Result<Value, CliError> {
+fn decode(a: &DecodeArgs, network: Network) -> Result<Value, CliError> {
     let tx = parse_tx("TX", &a.tx)?;
     let hint = a
         .script
@@ -158,7 +156,7 @@ fn decode(a: &DecodeArgs) -> Result<Value, CliError> {
                 "n": n,
                 "value_sat": o.value.to_sat(),
                 "script_pubkey": o.script_pubkey.to_hex_string(),
-                "address": address(&o.script_pubkey, a.network),
+                "address": address(&o.script_pubkey, network),
             })
         })
         .collect();

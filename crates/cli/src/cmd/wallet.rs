@@ -46,9 +46,11 @@ pub enum WalletCommand {
 /// Runs a `paychan wallet` command.
 pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
     let dir = common.wallet_dir();
+    let n = common.claim_network(false)?;
+    let network = n.network;
     match cmd {
         WalletCommand::New { mnemonic } => {
-            let w = Wallet::create(&dir, Network::Regtest, mnemonic.as_deref())?;
+            let w = Wallet::create(&dir, network, mnemonic.as_deref())?;
             common.print(
                 &json!({"wallet": w.dir().display().to_string(), "mnemonic_file": w.dir().join("mnemonic").display().to_string()}),
                 &format!(
@@ -59,13 +61,13 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
             )?;
         }
         WalletCommand::Address => {
-            let mut w = Wallet::open(&dir, Network::Regtest)?;
+            let mut w = Wallet::open(&dir, network)?;
             let a = w.new_address()?;
             common.print(&json!({"address": a.to_string()}), &a.to_string())?;
         }
         WalletCommand::Balance => {
             let chain = common.chain()?;
-            let mut w = Wallet::open(&dir, Network::Regtest)?;
+            let mut w = Wallet::open(&dir, network)?;
             let r = w.sync(&*chain)?;
             let b = w.balance();
             common.print(
@@ -86,12 +88,12 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
         }
         WalletCommand::Send { address, amount, fee_rate } => {
             let chain = common.chain()?;
-            let mut w = Wallet::open(&dir, Network::Regtest)?;
+            let mut w = Wallet::open(&dir, network)?;
             w.sync(&*chain)?;
             let address: Address = address
                 .parse::<Address<_>>()
                 .map_err(fail)?
-                .require_network(Network::Regtest)
+                .require_network(network)
                 .map_err(fail)?;
             let rate = match fee_rate {
                 Some(r) => FeeRate::from_sat_per_vb(r).ok_or_else(|| fail("fee rate too high"))?,
@@ -101,21 +103,15 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
             common.print(&json!({"txid": txid.to_string()}), &txid.to_string())?;
         }
         WalletCommand::Faucet { blocks } => {
+            if network != Network::Regtest {
+                return Err(CliError::Usage(format!(
+                    "the faucet mines regtest blocks; on {n}, send coins to `paychan wallet address`"
+                )));
+            }
             let chain = common.chain()?;
-            let mut w = Wallet::open(&dir, Network::Regtest)?;
+            let mut w = Wallet::open(&dir, network)?;
             let a = w.new_address()?;
-            let rpc = paychan_chain::BitcoindRpc::new(
-                &common.rpc_url,
-                match (&common.rpc_user, &common.rpc_password) {
-                    (Some(u), Some(p)) => paychan_chain::RpcAuth::UserPass(u.clone(), p.clone()),
-                    _ => paychan_chain::RpcAuth::CookieFile(
-                        common
-                            .rpc_cookie
-                            .clone()
-                            .unwrap_or_else(|| common.home().join("node").join(".cookie")),
-                    ),
-                },
-            )?;
+            let rpc = common.rpc(&n)?;
             let _: serde_json::Value =
                 rpc.call("generatetoaddress", &[json!(blocks), json!(a.to_string())])?;
             w.sync(&*chain)?;
