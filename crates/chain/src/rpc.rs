@@ -25,6 +25,8 @@ pub struct BitcoindRpc {
     /// With cookie authentication: the file and the cookie the client was built with. bitcoind
     /// writes a new cookie at every start, so the client is rebuilt when the file changes.
     cookie: Option<(PathBuf, std::sync::Mutex<String>)>,
+    /// The rate used when the node has no fee estimate (a fresh node): Core's `-fallbackfee`.
+    fallback_fee: FeeRate,
 }
 
 impl std::fmt::Debug for BitcoindRpc {
@@ -69,7 +71,16 @@ impl BitcoindRpc {
             client: std::sync::RwLock::new(std::sync::Arc::new(client)),
             url: url.to_string(),
             cookie,
+            fallback_fee: FeeRate::BROADCAST_MIN,
         })
+    }
+
+    /// Uses `rate` when the node has no fee estimate (a fresh node, "Insufficient data or no
+    /// feerate found"), with a warning each time; 1 sat/vB by default.
+    #[must_use]
+    pub fn with_fallback_fee(mut self, rate: FeeRate) -> Self {
+        self.fallback_fee = rate.max(FeeRate::BROADCAST_MIN);
+        self
     }
 
     /// The underlying client, for calls this trait does not cover. With cookie
@@ -190,8 +201,12 @@ impl ChainSource for BitcoindRpc {
             .client()
             .estimate_smart_fee(target_blocks.clamp(1, 1008) as u16, None)
             .map_err(map)?;
+        let Some(per_kvb) = r.fee_rate else {
+            let why = r.errors.unwrap_or_default().join("; ");
+            tracing::warn!(target_blocks, fallback = %self.fallback_fee, node_says = %why, "the node has no fee estimate; using the fallback fee rate");
+            return Ok(self.fallback_fee);
+        };
         // BTC per 1,000 vbytes → sat per 1,000 weight units; at least 1 sat/vB.
-        let per_kvb = r.fee_rate.map_or(1_000, |a| a.to_sat());
-        Ok(FeeRate::from_sat_per_kwu((per_kvb / 4).max(250)))
+        Ok(FeeRate::from_sat_per_kwu((per_kvb.to_sat() / 4).max(250)))
     }
 }

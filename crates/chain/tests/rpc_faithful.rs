@@ -49,8 +49,11 @@ fn typed_results_deserialise() {
     assert_eq!(out.confirmations, 101);
     assert!(c.get_tx_out(&coinbase, 7, Some(true)).unwrap().is_none());
 
+    // A chain of coinbases only: no estimate, as Core answers it (the typed result still
+    // deserialises).
     let fee = c.estimate_smart_fee(6, None).unwrap();
-    assert!(fee.fee_rate.unwrap() >= Amount::from_sat(1_000), "at least 1 sat/vB");
+    assert!(fee.fee_rate.is_none());
+    assert_eq!(fee.errors, Some(vec!["Insufficient data or no feerate found".to_string()]));
     let net = c.get_network_info().unwrap();
     assert!(net.version >= 270_000);
     assert!(c.get_raw_mempool().unwrap().is_empty());
@@ -271,4 +274,89 @@ fn oversized_bodies_and_batches_get_json_rpc_errors() {
     assert_eq!(status, 400);
     assert_eq!(v["error"]["code"], -32600, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("at most 1000"), "{v}");
+}
+
+/// Without `-txindex` (as a stock bitcoind) `getrawtransaction` finds a confirmed
+/// transaction only with its block hash, and fails with -5 and Core's words otherwise; the
+/// mempool is always searched. With the index, the txid alone finds it. `getindexinfo` says
+/// which.
+#[test]
+fn getrawtransaction_needs_the_index_or_a_block_hash_for_confirmed_transactions() {
+    use paychan_chain::ChainError;
+    use paychan_harness::fixtures::{p2wpkh, spend_p2wpkh};
+    let r = common::start();
+    let rpc = r.rpc();
+    let hashes = rpc.client().generate_to_address(101, &address(1)).unwrap();
+    let block = rpc.client().get_block(&hashes[0]).unwrap();
+    let coinbase = &block.txdata[0];
+    let txid = coinbase.compute_txid();
+    // A transaction in the mempool.
+    let coin = (paychan_core::bitcoin::OutPoint { txid, vout: 0 }, coinbase.output[0].clone());
+    let out = paychan_core::bitcoin::TxOut {
+        value: coin.1.value - Amount::from_sat(1_000),
+        script_pubkey: p2wpkh(&key(2)),
+    };
+    let pending = spend_p2wpkh(&[coin], vec![out], &key(1));
+    let pending_id = rpc.client().send_raw_transaction(&pending).unwrap();
+
+    r.node.set_txindex(false);
+    let e = rpc.call::<Value>("getrawtransaction", &[json!(txid.to_string())]).unwrap_err();
+    let ChainError::Node { code, message } = e else { panic!("{e}") };
+    assert_eq!(code, -5);
+    assert_eq!(message, "No such mempool transaction. Use -txindex or provide a block hash to enable blockchain transaction queries. Use gettransaction for wallet transactions.");
+    let found: Value = rpc
+        .call(
+            "getrawtransaction",
+            &[json!(txid.to_string()), json!(true), json!(hashes[0].to_string())],
+        )
+        .unwrap();
+    assert_eq!(found["txid"], txid.to_string());
+    assert_eq!(found["in_active_chain"], true);
+    let mempool: Value = rpc.call("getrawtransaction", &[json!(pending_id.to_string())]).unwrap();
+    assert!(mempool.is_string(), "the mempool is searched without the index");
+    assert_eq!(rpc.call::<Value>("getindexinfo", &[]).unwrap(), json!({}));
+
+    r.node.set_txindex(true);
+    let found: Value =
+        rpc.call("getrawtransaction", &[json!(txid.to_string()), json!(true)]).unwrap();
+    assert_eq!(found["confirmations"], 101);
+    let info: Value = rpc.call("getindexinfo", &[]).unwrap();
+    assert_eq!(info["txindex"]["synced"], true);
+    assert_eq!(info["txindex"]["best_block_height"], 101);
+    assert_eq!(rpc.call::<Value>("getindexinfo", &[json!("coinstatsindex")]).unwrap(), json!({}));
+}
+
+/// A fresh node has no fee estimate: `estimatesmartfee` says so in Core's words, and the
+/// client uses its configured fallback rate; once the chain has transactions, the estimate.
+#[test]
+fn without_an_estimate_the_fallback_fee_rate_is_used() {
+    use paychan_chain::ChainSource;
+    use paychan_core::bitcoin::FeeRate;
+    use paychan_harness::fixtures::{p2wpkh, spend_p2wpkh};
+    let r = common::start();
+    let fallback = FeeRate::from_sat_per_vb(7).unwrap();
+    let rpc = r.rpc().with_fallback_fee(fallback);
+    let hashes = rpc.client().generate_to_address(101, &address(1)).unwrap();
+    let raw: Value = rpc.call("estimatesmartfee", &[json!(6)]).unwrap();
+    assert_eq!(raw, json!({"errors": ["Insufficient data or no feerate found"], "blocks": 0}));
+    assert_eq!(rpc.estimate_fee(6).unwrap(), fallback);
+    assert!(rpc.client().estimate_smart_fee(6, None).unwrap().fee_rate.is_none());
+
+    // A block with a transaction paying 5 sat/vB: the estimate is that.
+    let cb = rpc.client().get_block(&hashes[0]).unwrap().txdata[0].clone();
+    let coin = (
+        paychan_core::bitcoin::OutPoint { txid: cb.compute_txid(), vout: 0 },
+        cb.output[0].clone(),
+    );
+    let out = |fee: u64| paychan_core::bitcoin::TxOut {
+        value: coin.1.value - Amount::from_sat(fee),
+        script_pubkey: p2wpkh(&key(2)),
+    };
+    let probe = spend_p2wpkh(std::slice::from_ref(&coin), vec![out(0)], &key(1));
+    let fee = 5 * probe.vsize() as u64;
+    let tx = spend_p2wpkh(std::slice::from_ref(&coin), vec![out(fee)], &key(1));
+    rpc.client().send_raw_transaction(&tx).unwrap();
+    rpc.client().generate_to_address(1, &address(1)).unwrap();
+    let estimate = rpc.estimate_fee(6).unwrap();
+    assert_eq!(estimate.to_sat_per_vb_floor(), 5, "{estimate}");
 }

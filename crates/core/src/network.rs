@@ -35,6 +35,8 @@ pub struct NetworkParams {
     /// The highest fee rate paychan should pay for its own transactions (settlements,
     /// refunds): a broken fee estimate must not burn a channel. Not enforced yet (issue 15).
     pub max_fee_rate: FeeRate,
+    /// The fee rate used when the node has no estimate (a fresh node): Core's `-fallbackfee`.
+    pub fallback_fee_rate: FeeRate,
     /// The largest deposit a channel takes by default.
     pub max_deposit: Amount,
     /// How far median-time-past lags wall time, in seconds, at most (BIP 113 locks are checked
@@ -59,6 +61,7 @@ impl NetworkParams {
                 coin_type: 0,
                 min_confirmations: 3,
                 max_fee_rate: FeeRate::from_sat_per_vb_u32(500),
+                fallback_fee_rate: FeeRate::from_sat_per_vb_u32(10),
                 max_deposit: Amount::from_sat(10_000_000),
                 ..base
             },
@@ -92,6 +95,7 @@ impl NetworkParams {
             coin_type: 1,
             min_confirmations: 1,
             max_fee_rate: FeeRate::from_sat_per_vb_u32(1_000),
+            fallback_fee_rate: FeeRate::from_sat_per_vb_u32(1),
             max_deposit: Amount::from_sat(100_000_000),
             mtp_lag_secs: 2 * 3_600,
         }

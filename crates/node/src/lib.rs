@@ -161,6 +161,17 @@ impl Node {
         st.save_state()
     }
 
+    /// Serve confirmed transactions by txid alone over RPC (`getrawtransaction` without a block
+    /// hash), as Core does with `-txindex`; off, such a call fails with -5 as on a stock node.
+    pub fn set_txindex(&self, on: bool) {
+        self.lock().txindex = on;
+    }
+
+    /// Whether the RPC serves confirmed transactions by txid alone (Core's `-txindex`).
+    pub fn txindex(&self) -> bool {
+        self.lock().txindex
+    }
+
     /// Sets the largest block weight the miner assembles (Core's `-blockmaxweight`), at most the
     /// consensus limit.
     pub fn set_block_max_weight(&self, weight: u64) {
@@ -326,8 +337,16 @@ impl Node {
         (st.mempool.entries.len(), st.mempool.entries.values().map(|e| e.fee).sum())
     }
 
-    /// A fee-rate estimate for confirmation within `blocks`.
+    /// A fee-rate estimate for confirmation within `blocks` (the relay minimum when the node
+    /// has seen no transaction to estimate from).
     pub fn estimate_fee(&self, blocks: u32) -> FeeRate {
+        self.estimate_smart_fee(blocks).unwrap_or(policy::MIN_RELAY_FEE)
+    }
+
+    /// A fee-rate estimate for confirmation within `blocks`: the median rate paid in the last
+    /// `3 × blocks` blocks, else in the mempool; `None` without any (a fresh chain), where
+    /// Core's `estimatesmartfee` answers "Insufficient data or no feerate found".
+    pub fn estimate_smart_fee(&self, blocks: u32) -> Option<FeeRate> {
         self.lock().estimate_fee(blocks)
     }
 

@@ -26,6 +26,9 @@ pub(crate) struct State {
     pub stored: HashSet<BlockHash>,
     /// Largest block weight the miner assembles (Core's `-blockmaxweight`).
     pub block_max_weight: u64,
+    /// Whether the RPC answers `getrawtransaction` for confirmed transactions without a block
+    /// hash (Core's `-txindex`). The node itself always knows where a transaction is.
+    pub txindex: bool,
 }
 
 impl State {
@@ -39,6 +42,7 @@ impl State {
             started: Instant::now(),
             stored: HashSet::new(),
             block_max_weight: params::MAX_BLOCK_WEIGHT,
+            txindex: true,
         }
     }
 
@@ -287,7 +291,7 @@ impl State {
 
     /// A fee-rate estimate: the median fee rate of the transactions in the last `blocks`
     /// blocks (or the mempool when they had none), never below 1 sat/vB.
-    pub fn estimate_fee(&self, blocks: u32) -> FeeRate {
+    pub fn estimate_fee(&self, blocks: u32) -> Option<FeeRate> {
         let mut rates: Vec<u64> = Vec::new();
         let h = self.chain.height();
         for height in h.saturating_sub(blocks.max(1) * 3 - 1)..=h {
@@ -301,8 +305,8 @@ impl State {
             rates = self.mempool.entries.values().map(|e| e.fee_rate().to_sat_per_kwu()).collect();
         }
         rates.sort_unstable();
-        let median = rates.get(rates.len() / 2).copied().unwrap_or(0);
-        FeeRate::from_sat_per_kwu(median).max(MIN_RELAY_FEE)
+        let median = rates.get(rates.len() / 2).copied()?;
+        Some(FeeRate::from_sat_per_kwu(median).max(MIN_RELAY_FEE))
     }
 
     fn confirmed_fee(&self, tx: &Transaction) -> u64 {

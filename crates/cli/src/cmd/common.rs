@@ -35,6 +35,10 @@ pub struct Common {
     /// ~/.bitcoin/<network>/.cookie elsewhere, bitcoind's).
     #[arg(long, global = true)]
     pub rpc_cookie: Option<PathBuf>,
+    /// The fee rate (sat/vB) used when the node has no estimate yet (a fresh node); default
+    /// 10 on mainnet, 1 elsewhere. A warning is logged each time it is used.
+    #[arg(long, global = true, value_name = "SAT_PER_VB")]
+    pub fallback_fee_rate: Option<u64>,
     /// RPC user (instead of the cookie).
     #[arg(long, requires = "rpc_password", global = true)]
     pub rpc_user: Option<String>,
@@ -175,7 +179,13 @@ impl Common {
                 RpcAuth::CookieFile(cookie)
             }
         };
-        Ok(BitcoindRpc::new(&self.rpc_url(n), auth)?)
+        let fallback = match self.fallback_fee_rate {
+            Some(r) => paychan_core::bitcoin::FeeRate::from_sat_per_vb(r).ok_or_else(|| {
+                CliError::Usage(format!("--fallback-fee-rate {r} sat/vB is out of range"))
+            })?,
+            None => n.fallback_fee_rate,
+        };
+        Ok(BitcoindRpc::new(&self.rpc_url(n), auth)?.with_fallback_fee(fallback))
     }
 
     /// A chain client for the command's network, checked to be on it (its genesis block).

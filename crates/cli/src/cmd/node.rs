@@ -52,6 +52,10 @@ pub struct StartArgs {
     /// Mine a block every SECS seconds (0: only on request).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     block_interval: u64,
+    /// Serve confirmed transactions by txid over RPC (Core's `-txindex`): `true` (the default
+    /// until paychan's chain client needs no index, issue 15) or `false`, as a stock bitcoind.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    txindex: bool,
 }
 
 /// Arguments of `paychan node mine`.
@@ -160,6 +164,7 @@ fn start(a: StartArgs, common: &Common) -> Result<ExitCode, CliError> {
         .block_on(tokio::net::TcpListener::bind(a.rpc_bind))
         .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", a.rpc_bind)))?;
     let node = Node::open(&datadir).map_err(|e| CliError::Failed(e.to_string()))?;
+    node.set_txindex(a.txindex);
     let cookie = cookie_path(&datadir);
     let mut auth =
         Auth::default().with_new_cookie(&cookie).map_err(|e| CliError::Failed(e.to_string()))?;

@@ -41,6 +41,7 @@ pub(super) const METHODS: &[(&str, &[&str], Handler)] = &[
     ("invalidateblock", &["blockhash"], invalidateblock),
     ("reconsiderblock", &["blockhash"], reconsiderblock),
     ("getnetworkinfo", &[], getnetworkinfo),
+    ("getindexinfo", &["index_name"], getindexinfo),
     ("uptime", &[], uptime),
     ("ping", &[], ping),
     ("stop", &[], stop),
@@ -158,8 +159,17 @@ fn getrawtransaction(node: &Node, _stop: &Notify, p: &Params) -> RpcResult {
         };
         (tx.clone(), Some((bh, info, index)), Some(info.confirmations > 0))
     } else {
-        let (tx, loc) = node.transaction(&txid).ok_or_else(|| {
-            RpcError::new(code::INVALID_ADDRESS_OR_KEY, "No such mempool or blockchain transaction. Use gettransaction for wallet transactions.")
+        // Without the index only the mempool is searched, as in Bitcoin Core.
+        let found = node.transaction(&txid).filter(|(_, loc)| loc.is_none() || node.txindex());
+        let (tx, loc) = found.ok_or_else(|| {
+            RpcError::new(
+                code::INVALID_ADDRESS_OR_KEY,
+                if node.txindex() {
+                    "No such mempool or blockchain transaction. Use gettransaction for wallet transactions."
+                } else {
+                    "No such mempool transaction. Use -txindex or provide a block hash to enable blockchain transaction queries. Use gettransaction for wallet transactions."
+                },
+            )
         })?;
         let loc = loc.and_then(|l| node.block(&l.block).map(|(_, i)| (l.block, i, l.index)));
         (tx, loc, None)
@@ -309,7 +319,10 @@ fn estimatesmartfee(node: &Node, _stop: &Notify, p: &Params) -> RpcResult {
         ));
     }
     let target = target as u32;
-    Ok(json!({"feerate": fee_rate_btc_kvb(node.estimate_fee(target)), "blocks": target.max(2)}))
+    Ok(match node.estimate_smart_fee(target) {
+        Some(rate) => json!({"feerate": fee_rate_btc_kvb(rate), "blocks": target.max(2)}),
+        None => json!({"errors": ["Insufficient data or no feerate found"], "blocks": 0}),
+    })
 }
 
 /// `generatetoaddress`.
@@ -412,6 +425,21 @@ fn getnetworkinfo(_node: &Node, _stop: &Notify, _p: &Params) -> RpcResult {
         "localaddresses": [],
         "warnings": "",
     }))
+}
+
+/// `getindexinfo`: the transaction index, when it is on (`-txindex`); `{}` otherwise.
+fn getindexinfo(node: &Node, _stop: &Notify, p: &Params) -> RpcResult {
+    let name = match p.get(0) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str().ok_or_else(|| RpcError::new(code::TYPE, "index_name must be a string"))?,
+        ),
+    };
+    let mut out = Map::new();
+    if node.txindex() && name.is_none_or(|n| n == "txindex") {
+        out.insert("txindex".into(), json!({"synced": true, "best_block_height": node.tip().0}));
+    }
+    Ok(Value::Object(out))
 }
 
 /// `uptime`.
