@@ -42,6 +42,9 @@ enum Command {
     /// Payments as files, on the merchant's side: verify, submit.
     #[command(subcommand)]
     Payment(cmd::payment::PaymentCommand),
+    /// Backups: the merchant's store (export), the customer's channels (list, refund).
+    #[command(subcommand)]
+    Backup(cmd::backup::BackupCommand),
     /// Speed beside its physical bound, measured in one run.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Channels(c) => cmd::channels::run(c, &cli.common),
         Command::Payment(c) => cmd::payment::run(c, &cli.common),
         Command::Bench(c) => cmd::bench::run(c, &cli.common),
+        Command::Backup(c) => cmd::backup::run(c, &cli.common),
         Command::Buy(a) => cmd::buy::buy(a, &cli.common),
         Command::Proxy(a) => cmd::buy::proxy(a, &cli.common),
     };

@@ -37,6 +37,25 @@ fn open_pay_1000_times_close_and_settle_with_real_processes() {
     let paid = run(c);
     assert_eq!(paid["acked_sat"], 10_000);
 
+    // The customer's channel was backed up at its open; the merchant copies its store while
+    // serving, and the copy holds the 10,000 sat.
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["backup", "list"]);
+    let backups = run(c);
+    assert_eq!(backups[0]["funding"], channel.as_str());
+    assert_eq!(backups[0]["value_sat"], 100_000);
+    let copy = w.tmp.path().join("merchant-backup.db");
+    let mut c = paychan(&merchant_home, &url, &cookie);
+    c.args(["backup", "export"]).arg(&copy);
+    run(c);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let row = rt.block_on(async {
+        let s = paychan_store::SqliteStore::open(&copy).unwrap();
+        let id: paychan_core::bitcoin::OutPoint = channel.parse().unwrap();
+        paychan_store::ChannelStore::get(&s, id, paychan_store::Role::Merchant).await.unwrap()
+    });
+    assert_eq!(row.unwrap().total.to_sat(), 10_000);
+
     let mut c = paychan(&customer_home, &url, &cookie);
     c.args(["channels", "close", "--channel", &channel]);
     let closed = run(c);

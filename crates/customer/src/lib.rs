@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backup;
 mod conn;
 mod driver;
 mod lifecycle;
@@ -53,6 +54,9 @@ pub enum CustomerError {
     /// The wallet failed.
     #[error(transparent)]
     Wallet(#[from] paychan_wallet::WalletError),
+    /// A channel backup could not be written or read.
+    #[error("channel backup: {0}")]
+    Backup(String),
     /// The connection failed.
     #[error("connection: {0}")]
     Io(String),
@@ -173,6 +177,8 @@ pub struct Customer {
     clock: Clock,
     fee_target_blocks: u32,
     channels: std::sync::Mutex<HashMap<OutPoint, Arc<tokio::sync::Mutex<Entry>>>>,
+    /// Where each channel's backup is written at its open ([`backup`]), if anywhere.
+    backups: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Customer {
@@ -202,7 +208,17 @@ impl Customer {
             clock,
             fee_target_blocks: 6,
             channels: std::sync::Mutex::new(HashMap::new()),
+            backups: None,
         })
+    }
+
+    /// Writes a backup of each channel into `dir` when it is opened, before its funding can
+    /// reach the chain ([`backup::write`]): with the wallet's mnemonic, enough to refund it
+    /// after the expiry if the channel store is lost ([`backup::refund_from_backups`]).
+    #[must_use]
+    pub fn with_backups(mut self, dir: &std::path::Path) -> Self {
+        self.backups = Some(dir.to_path_buf());
+        self
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<OutPoint, Arc<tokio::sync::Mutex<Entry>>>> {

@@ -77,6 +77,23 @@ impl Customer {
         .await?;
         let funding_txid = funding.compute_txid();
         let id = channel.handle_funding_built(funding)?;
+        if let Some(dir) = &self.backups {
+            // Before the funding can reach the chain: the merchant broadcasts it on `Open`.
+            let b = crate::backup::ChannelBackup {
+                funding: id,
+                value: deposit,
+                kind: OutputKind::P2wsh,
+                merchant,
+                customer: customer_pub,
+                customer_key_index: key_index,
+                expiry,
+                peer: peer.to_string(),
+            };
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || crate::backup::write(&dir, &b))
+                .await
+                .map_err(|_| CustomerError::Io("a blocking task failed".into()))??;
+        }
         let mut entry = crate::entry(Entry::new(channel));
         let msgs = self.drain(&mut entry).await?;
         let answer = match conn.send(&msgs).await {

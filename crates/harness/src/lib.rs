@@ -80,6 +80,7 @@ pub struct Builder {
     merchant_store: Option<Arc<dyn ChannelStore>>,
     customer_store: Option<Arc<dyn ChannelStore>>,
     customer_clock: Option<Clock>,
+    customer_backups: bool,
     merchant_blocks: u32,
     customer_blocks: u32,
 }
@@ -136,6 +137,12 @@ impl Builder {
     /// The customer's clock (default: the node's).
     pub fn customer_clock(mut self, clock: Clock) -> Self {
         self.customer_clock = Some(clock);
+        self
+    }
+
+    /// The customer writes a backup of each channel it opens into `<dir>/backups`.
+    pub fn customer_backups(mut self) -> Self {
+        self.customer_backups = true;
         self
     }
 
@@ -219,12 +226,16 @@ impl Builder {
         let customer_chain = self.customer_chain.unwrap_or_else(|| chain.clone());
         let customer_wallet = Arc::new(Mutex::new(cwallet));
         let customer_clock = self.customer_clock.unwrap_or_else(|| clock.clone());
-        let customer = Arc::new(Customer::new(
+        let mut customer = Customer::new(
             customer_store.clone(),
             customer_chain.clone(),
             customer_wallet.clone(),
             customer_clock,
-        )?);
+        )?;
+        if self.customer_backups {
+            customer = customer.with_backups(&dir.join("backups"));
+        }
+        let customer = Arc::new(customer);
         Ok(World {
             node,
             chain,
@@ -292,6 +303,7 @@ impl World {
             merchant_store: None,
             customer_store: None,
             customer_clock: None,
+            customer_backups: false,
             merchant_blocks: 0,
             customer_blocks: 101,
         }

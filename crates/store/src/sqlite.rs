@@ -151,6 +151,29 @@ impl SqliteStore {
         })
     }
 
+    /// Writes a consistent copy of the whole database to `dest` while the store runs
+    /// (`VACUUM INTO`: one read transaction, so the copy is the database as of one commit,
+    /// never half a write). `dest` must not exist.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when `dest` exists or cannot be written.
+    pub fn backup_to(&self, dest: &Path) -> StoreFuture<'_, ()> {
+        let dest = dest.to_path_buf();
+        self.read(move |c| {
+            if dest.exists() {
+                return Err(StoreError::Database(format!("{} exists already", dest.display())));
+            }
+            let path = dest
+                .to_str()
+                .ok_or_else(|| StoreError::Database(format!("{} is not UTF-8", dest.display())))?;
+            c.execute("VACUUM INTO ?1", params![path]).map_err(db)?;
+            std::fs::File::open(&dest)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StoreError::Database(format!("{}: {e}", dest.display())))?;
+            Ok(())
+        })
+    }
+
     /// A bare single-row write through the same writer: the baseline of one durable commit.
     #[doc(hidden)]
     pub fn touch(&self) -> StoreFuture<'_, ()> {

@@ -343,3 +343,25 @@ async fn postgres_writer_connects_again_after_the_server_drops_it() {
     assert_eq!(totals, [100, 200]);
     db.drop_db().await;
 }
+
+/// An online backup is the database as of one commit, and opens as a store with every row;
+/// writes after it are not in it; an existing destination is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_sqlite_backup_opens_with_every_row_as_of_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("merchant.db")).unwrap();
+    s.create(new_channel(7, Role::Merchant)).await.unwrap();
+    s.record_payment(pay(7, 500, 1)).await.unwrap();
+    let copy = dir.path().join("backup.db");
+    s.backup_to(&copy).await.unwrap();
+    s.record_payment(pay(7, 900, 2)).await.unwrap();
+    assert!(s.backup_to(&copy).await.is_err(), "never over an existing file");
+
+    let restored = SqliteStore::open(&copy).unwrap();
+    let row = restored.get(channel_id(7), Role::Merchant).await.unwrap().unwrap();
+    assert_eq!((row.total, row.version), (Amount::from_sat(500), 2));
+    assert_eq!(restored.payments(channel_id(7), Role::Merchant).await.unwrap().len(), 1);
+    // The live store went on.
+    let live = s.get(channel_id(7), Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(live.total, Amount::from_sat(900));
+}

@@ -124,7 +124,8 @@ pub async fn customer(common: &Common) -> Result<(Customer, Arc<dyn ChainSource>
     let home = common.home();
     let clock = common.clock(chain.clone());
     let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(&home.join("channels.db"))?);
-    let customer = Customer::new(store, chain.clone(), wallet, clock)?;
+    let customer = Customer::new(store, chain.clone(), wallet, clock)?
+        .with_backups(&super::backup::backup_dir(common));
     customer.load().await?;
     Ok((customer, chain))
 }

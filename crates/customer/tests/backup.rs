@@ -1,0 +1,68 @@
+//! Losing the channel store loses no deposit: with the wallet's mnemonic and the backup
+//! written at each open, a customer refunds its channels after the expiry, with no store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use paychan_core::bitcoin::{Amount, FeeRate, Network};
+use paychan_customer::backup::{read_all, refund_from_backups, Restored};
+use paychan_harness::fixtures::{key, p2wpkh};
+use paychan_wallet::Wallet;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_store_is_recovered_from_the_mnemonic_and_the_backups() {
+    let w = paychan_harness::World::builder().customer_backups().start().await.unwrap();
+    let id = w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.customer.pay(id, Amount::from_sat(5_000)).await.unwrap();
+
+    // The backup was written at the open: the channel's script and funding, no secret.
+    let dir = w.dir.join("backups");
+    let backups = read_all(&dir).unwrap();
+    assert_eq!(backups.len(), 1);
+    assert_eq!((backups[0].funding, backups[0].value), (id, Amount::from_sat(100_000)));
+    let text =
+        std::fs::read_to_string(std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path())
+            .unwrap();
+    let mnemonic = std::fs::read_to_string(w.dir.join("customer").join("mnemonic")).unwrap();
+    assert!(!text.contains(mnemonic.trim()) && !text.contains("prv"), "no secret: {text}");
+
+    // The store and the wallet are lost; a new wallet from the mnemonic alone.
+    let lost = tempfile::tempdir().unwrap();
+    let mut wallet = Wallet::create(lost.path(), Network::Regtest, Some(mnemonic.trim())).unwrap();
+    wallet.sync(&*w.chain).unwrap();
+    let fee_rate = FeeRate::from_sat_per_vb(2).unwrap();
+
+    // Before the expiry the deposit is locked: nothing is broadcast.
+    let r = refund_from_backups(&dir, &mut wallet, &*w.chain, fee_rate).unwrap();
+    assert!(matches!(r[..], [Restored::Locked { funding, .. }] if funding == id), "{r:?}");
+    assert!(w.node.mempool_txids().is_empty());
+
+    // Past the expiry (median-time-past included): the refund goes out and is mined, to the
+    // restored wallet.
+    let expiry = u64::from(backups[0].expiry.to_consensus_u32());
+    w.node.set_mock_time(expiry + 2 * 3_600).unwrap();
+    for _ in 0..11 {
+        w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    }
+    let r = refund_from_backups(&dir, &mut wallet, &*w.chain, fee_rate).unwrap();
+    let [Restored::Refunded { funding, txid }] = r[..] else { panic!("{r:?}") };
+    assert_eq!(funding, id);
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let (tx, at) = w.node.transaction(&txid).unwrap();
+    assert!(at.is_some(), "the refund is mined");
+    wallet.sync(&*w.chain).unwrap();
+    assert!(wallet.is_mine(&tx.output[0].script_pubkey), "paid to the restored wallet");
+    assert!(tx.output[0].value > Amount::from_sat(99_000), "the whole deposit less the fee");
+
+    // Again: nothing left to refund.
+    let r = refund_from_backups(&dir, &mut wallet, &*w.chain, fee_rate).unwrap();
+    assert!(matches!(r[..], [Restored::Spent { funding }] if funding == id), "{r:?}");
+}
+
+#[test]
+fn a_malformed_backup_is_refused_naming_the_file_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.json"), "{\"paychan_channel_backup\": 1}").unwrap();
+    let e = read_all(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("x.json") && e.contains("funding"), "{e}");
+}
