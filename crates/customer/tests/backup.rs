@@ -66,3 +66,76 @@ fn a_malformed_backup_is_refused_naming_the_file_and_the_field() {
     let e = read_all(dir.path()).unwrap_err().to_string();
     assert!(e.contains("x.json") && e.contains("funding"), "{e}");
 }
+
+/// A merchant restored from a copy of its store older than its last payments gets them back:
+/// each customer, resuming, sends its latest signed total; the settlement mined pays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_restored_from_an_older_copy_gets_the_newer_payments_back() {
+    use std::sync::Arc;
+
+    use paychan_core::policy::Policy;
+    use paychan_merchant::{tcp, ChannelServer, ServerConfig};
+    use paychan_store::{ChannelStore, Role, SqliteStore};
+    use paychan_wallet::KeyChain;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("merchant.db")).unwrap());
+    let w = paychan_harness::World::builder().merchant_store(store.clone()).start().await.unwrap();
+    let id = w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.customer.pay(id, Amount::from_sat(5_000)).await.unwrap();
+    let copy = dir.path().join("copy.db");
+    store.backup_to(&copy).await.unwrap();
+    // Payments after the copy: 8,000 sat in all, acknowledged.
+    w.customer.pay_many(id, &[Amount::from_sat(1_000); 3]).await.unwrap();
+
+    // The merchant's disk is lost; it comes back from the copy (5,000 sat), same keys, same
+    // address.
+    w.stop_merchant().await;
+    let restored: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(&copy).unwrap());
+    assert_eq!(
+        restored.get(id, Role::Merchant).await.unwrap().unwrap().total,
+        Amount::from_sat(5_000)
+    );
+    let keys = w.merchant_wallet.lock().unwrap().key_chain(KeyChain::MERCHANT).unwrap();
+    let config = ServerConfig {
+        policy: Policy::default(),
+        payout: p2wpkh(&key(0x55)),
+        settle_target_blocks: 6,
+    };
+    let server = Arc::new(
+        ChannelServer::new(config, keys, restored.clone(), w.chain.clone(), w.clock.clone())
+            .unwrap(),
+    );
+    assert_eq!(server.load().await.unwrap(), 1);
+    let listener = tokio::net::TcpListener::bind(&w.peer).await.unwrap();
+    tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
+
+    // The customer resumes (no new payment): it sends its latest signed total, which the
+    // restored merchant stores.
+    w.customer.sync(id).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while restored.get(id, Role::Merchant).await.unwrap().unwrap().total < Amount::from_sat(8_000) {
+        assert!(std::time::Instant::now() < deadline, "the latest total came back");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        restored.get(id, Role::Merchant).await.unwrap().unwrap().total,
+        Amount::from_sat(8_000)
+    );
+    // Payments go on from there.
+    assert_eq!(w.customer.pay(id, Amount::from_sat(1_000)).await.unwrap(), Amount::from_sat(9_000));
+    assert_eq!(
+        restored.get(id, Role::Merchant).await.unwrap().unwrap().total,
+        Amount::from_sat(9_000)
+    );
+
+    // The settlement pays the latest total.
+    let txid = w.customer.close(id).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let (tx, at) = w.node.transaction(&txid).unwrap();
+    assert!(at.is_some(), "mined");
+    let to_merchant = tx.output.iter().find(|o| o.script_pubkey == p2wpkh(&key(0x55))).unwrap();
+    let fee = Amount::from_sat(100_000) - tx.output.iter().map(|o| o.value).sum::<Amount>();
+    assert_eq!(to_merchant.value + fee, Amount::from_sat(9_000));
+}

@@ -217,7 +217,10 @@ impl Builder {
         let server = Arc::new(server);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let peer = listener.local_addr()?.to_string();
-        tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(tcp::serve(server.clone(), listener, async move {
+            let _ = stopped.await;
+        }));
 
         let customer_store = match self.customer_store {
             Some(s) => s,
@@ -249,10 +252,15 @@ impl Builder {
             customer_chain,
             customer_wallet,
             dir,
+            merchant_task: Mutex::new(Some((stop, serving))),
             _temp: temp,
         })
     }
 }
+
+/// The merchant's TCP server: what stops it, and its task.
+type MerchantTask =
+    (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>);
 
 /// A node, a merchant and a customer (see the crate's documentation).
 pub struct World {
@@ -280,6 +288,8 @@ pub struct World {
     pub customer_wallet: Arc<Mutex<Wallet>>,
     /// Where the wallets and stores live.
     pub dir: PathBuf,
+    /// Stops the merchant's TCP server, and its task.
+    merchant_task: Mutex<Option<MerchantTask>>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -320,6 +330,16 @@ impl World {
             self.customer_wallet.clone(),
             clock,
         )?)
+    }
+
+    /// Stops the merchant's TCP server (a merchant that goes away: its connections close once
+    /// their requests are answered) and waits until it has; its port is free again.
+    pub async fn stop_merchant(&self) {
+        let task = self.merchant_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, serving)) = task {
+            let _ = stop.send(());
+            let _ = serving.await;
+        }
     }
 
     /// Serves `routes` behind the paywall at `pricing` (beside the merchant's own HTTP API)
