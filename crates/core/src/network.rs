@@ -32,8 +32,9 @@ pub struct NetworkParams {
     /// Confirmations a channel's funding needs before payments (a reorg on mainnet costs real
     /// money; test networks and regtest take one).
     pub min_confirmations: u32,
-    /// The highest fee rate paychan should pay for its own transactions (settlements,
-    /// refunds): a broken fee estimate must not burn a channel. Not enforced yet (issue 15).
+    /// The highest fee rate paychan pays for a settlement (first or replacement): a broken
+    /// fee estimate must not burn a channel (`settlement::FeeCap`; the wallet's own sends and
+    /// fundings are not capped yet).
     pub max_fee_rate: FeeRate,
     /// The fee rate used when the node has no estimate (a fresh node): Core's `-fallbackfee`.
     pub fallback_fee_rate: FeeRate,

@@ -10,8 +10,8 @@ use common::*;
 use paychan_core::bitcoin::{Amount, FeeRate};
 use paychan_core::channel::merchant::MerchantChannel;
 use paychan_core::channel::settlement::{
-    replacement_rate, settle_with_fallback, Broadcast, FollowUp, Scheduler, SettlementSeen, Work,
-    BUMP_AFTER_BLOCKS, REORG_SAFETY_DEPTH, RETRY_FIRST_SECS, RETRY_MAX_SECS,
+    replacement_rate, settle_with_fallback, Broadcast, FeeCap, FollowUp, Scheduler, SettlementSeen,
+    Work, BUMP_AFTER_BLOCKS, REORG_SAFETY_DEPTH, RETRY_FIRST_SECS, RETRY_MAX_SECS,
 };
 use paychan_core::channel::{Effect, Event, Phase};
 use paychan_core::policy::Policy;
@@ -280,4 +280,25 @@ fn validation_failures_are_not_malformed() {
     // Bytes that do not decode are still Malformed.
     let e = "p2pkh".parse::<OutputKind>().unwrap_err();
     assert!(matches!(e, Error::Malformed { .. }), "{e}");
+}
+
+/// The fee cap: a first settlement pays at most the cap, replacements climb to it and stop
+/// there (the one out there waits).
+#[test]
+fn settlements_never_pay_above_the_fee_cap() {
+    let cap = FeeCap(sat_vb(20));
+    assert_eq!(cap.first(sat_vb(5)), sat_vb(5));
+    assert_eq!(cap.first(sat_vb(500)), sat_vb(20), "a broken estimate is capped");
+    // 4 → 6 → 9 → 13.5 → 20 (capped) → none.
+    let mut rate = sat_vb(4);
+    let mut steps = vec![rate];
+    while let Some(next) = cap.replacement(rate, sat_vb(1)) {
+        assert!(next > rate && next <= sat_vb(20), "{next}");
+        rate = next;
+        steps.push(rate);
+    }
+    assert_eq!(rate, sat_vb(20));
+    assert_eq!(steps.len(), 5, "{steps:?}");
+    assert_eq!(cap.replacement(sat_vb(20), sat_vb(80)), None, "not even for a higher estimate");
+    assert_eq!(cap.replacement(sat_vb(25), sat_vb(1)), None, "above the cap already");
 }

@@ -98,11 +98,7 @@ async fn a_merchant_restored_from_an_older_copy_gets_the_newer_payments_back() {
         Amount::from_sat(5_000)
     );
     let keys = w.merchant_wallet.lock().unwrap().key_chain(KeyChain::MERCHANT).unwrap();
-    let config = ServerConfig {
-        policy: Policy::default(),
-        payout: p2wpkh(&key(0x55)),
-        settle_target_blocks: 6,
-    };
+    let config = ServerConfig::new(Policy::default(), p2wpkh(&key(0x55)));
     let server = Arc::new(
         ChannelServer::new(config, keys, restored.clone(), w.chain.clone(), w.clock.clone())
             .unwrap(),

@@ -177,6 +177,11 @@ impl std::ops::Deref for World {
 }
 
 async fn world() -> World {
+    world_capped(None).await
+}
+
+/// [`world`] with the merchant's settlements capped at `cap`.
+async fn world_capped(cap: Option<FeeRate>) -> World {
     let node = Node::in_memory();
     let flaky = Arc::new(Flaky {
         inner: EmbeddedChain::new(node.clone()),
@@ -197,7 +202,11 @@ async fn world() -> World {
         faults: cfaults.clone(),
     });
     // The customer's own node connection stays up.
-    let h = paychan_harness::World::builder()
+    let mut builder = paychan_harness::World::builder();
+    if let Some(cap) = cap {
+        builder = builder.max_fee_rate(cap);
+    }
+    let h = builder
         .node(node)
         .merchant_chain(flaky.clone())
         .merchant_store(store.clone())
@@ -503,4 +512,19 @@ async fn refund_and_settlement_race_at_the_expiry_and_both_sides_agree_on_the_wi
             assert_eq!(merchant.phase, Phase::Refunded, "the refund went out first");
         }
     }
+}
+
+/// A fee estimate far above the network's cap: the settlement pays the cap, not the estimate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_never_pays_above_the_fee_cap() {
+    let w = world_capped(Some(FeeRate::from_sat_per_vb(20).unwrap())).await;
+    let id = w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.customer.pay(id, Amount::from_sat(50_000)).await.unwrap();
+    *w.flaky.fee.lock().unwrap() = Some(FeeRate::from_sat_per_vb(400).unwrap());
+    let txid = w.server.settle(id).await.unwrap().txid().unwrap();
+    let (tx, _) = w.node.transaction(&txid).unwrap();
+    let fee = Amount::from_sat(100_000) - tx.output.iter().map(|o| o.value).sum::<Amount>();
+    let rate = fee.to_sat() as f64 / tx.vsize() as f64;
+    assert!((19.0..=20.5).contains(&rate), "{rate} sat/vB: the cap, not the 400 estimated");
 }

@@ -81,6 +81,7 @@ pub struct Builder {
     customer_store: Option<Arc<dyn ChannelStore>>,
     customer_clock: Option<Clock>,
     customer_backups: bool,
+    max_fee_rate: Option<paychan_core::bitcoin::FeeRate>,
     merchant_blocks: u32,
     customer_blocks: u32,
 }
@@ -146,6 +147,12 @@ impl Builder {
         self
     }
 
+    /// The highest fee rate the merchant's settlements pay (default: regtest's cap).
+    pub fn max_fee_rate(mut self, rate: paychan_core::bitcoin::FeeRate) -> Self {
+        self.max_fee_rate = Some(rate);
+        self
+    }
+
     /// Blocks mined to the merchant's wallet first (default 0).
     pub fn merchant_blocks(mut self, n: u32) -> Self {
         self.merchant_blocks = n;
@@ -197,7 +204,10 @@ impl Builder {
             Some(s) => s,
             None => Arc::new(SqliteStore::open(&dir.join("merchant.db"))?),
         };
-        let config = ServerConfig { policy: self.policy, payout, settle_target_blocks: 6 };
+        let mut config = ServerConfig::new(self.policy, payout);
+        if let Some(cap) = self.max_fee_rate {
+            config.max_fee_rate = cap;
+        }
         let merchant_chain = self.merchant_chain.unwrap_or_else(|| chain.clone());
         let mut server = ChannelServer::new(
             config,
@@ -314,6 +324,7 @@ impl World {
             customer_store: None,
             customer_clock: None,
             customer_backups: false,
+            max_fee_rate: None,
             merchant_blocks: 0,
             customer_blocks: 101,
         }

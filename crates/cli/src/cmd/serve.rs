@@ -344,7 +344,8 @@ pub async fn merchant(
     policy: Policy,
 ) -> Result<(Arc<ChannelServer>, paychan_core::bitcoin::Address, usize), CliError> {
     let home = common.home();
-    let network = common.claim_network(mainnet_confirmed)?.network;
+    let n = common.claim_network(mainnet_confirmed)?;
+    let network = n.network;
     let chain = common.chain()?;
     let mut wallet = Wallet::open_or_create(&common.wallet_dir(), network)?;
     let keys = wallet.key_chain(KeyChain::MERCHANT)?;
@@ -361,7 +362,10 @@ pub async fn merchant(
             std::fs::create_dir_all(&home)?;
             Arc::new(SqliteStore::open(&path)?)
         };
-    let config = ServerConfig { policy, payout: payout.script_pubkey(), settle_target_blocks: 6 };
+    let config = ServerConfig {
+        max_fee_rate: n.max_fee_rate,
+        ..ServerConfig::new(policy, payout.script_pubkey())
+    };
     // Each settlement pays a fresh address of the merchant's wallet.
     let wallet = Arc::new(std::sync::Mutex::new(wallet));
     let source: paychan_merchant::PayoutSource = Arc::new(move || {

@@ -252,6 +252,26 @@ pub fn replacement_rate(previous: FeeRate, estimate: FeeRate) -> FeeRate {
         .max(estimate)
 }
 
+/// The highest fee rate a merchant pays for its settlements (the network's cap, ADR 0018): a
+/// broken estimate, or replacements piling up, must not burn the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeeCap(pub FeeRate);
+
+impl FeeCap {
+    /// The rate of a first settlement: the estimate, at most the cap.
+    pub fn first(&self, estimate: FeeRate) -> FeeRate {
+        estimate.min(self.0)
+    }
+
+    /// The rate of a replacement for a settlement paying `previous` ([`replacement_rate`],
+    /// at most the cap); `None` once `previous` is at the cap: nothing more is paid, the one
+    /// out there waits.
+    pub fn replacement(&self, previous: FeeRate, estimate: FeeRate) -> Option<FeeRate> {
+        let rate = replacement_rate(previous, estimate).min(self.0);
+        (rate > previous).then_some(rate)
+    }
+}
+
 /// Signs `channel`'s settlement paying `destination` at `fee_rate`, or, when that fee would
 /// leave the merchant's output below the dust threshold (a small total at a high fee rate), at
 /// the highest rate that leaves it above, halving down to the 1 sat/vB relay minimum: a

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use paychan_chain::ChainSource;
 use paychan_core::bitcoin::secp256k1::PublicKey;
-use paychan_core::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
+use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use paychan_core::channel::merchant::{params_from_open, MerchantChannel, MerchantState};
 use paychan_core::channel::settlement::Scheduler;
 use paychan_core::channel::{Event, Phase, SettleReason};
@@ -56,6 +56,21 @@ pub struct ServerConfig {
     pub payout: ScriptBuf,
     /// Confirmation target for settlement fee estimates.
     pub settle_target_blocks: u32,
+    /// The highest fee rate a settlement pays (first or replacement).
+    pub max_fee_rate: FeeRate,
+}
+
+impl ServerConfig {
+    /// Settings with `policy` and `payout`: fee estimates for 6 blocks, and regtest's fee cap
+    /// (1,000 sat/vB; `serve` takes its network's).
+    pub fn new(policy: Policy, payout: ScriptBuf) -> Self {
+        ServerConfig {
+            policy,
+            payout,
+            settle_target_blocks: 6,
+            max_fee_rate: paychan_core::network::NetworkParams::regtest().max_fee_rate,
+        }
+    }
 }
 
 /// One live channel: the machine with its row, and (`ext`) its settlement scheduler.

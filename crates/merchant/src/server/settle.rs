@@ -8,7 +8,7 @@
 use paychan_chain::TxStatus;
 use paychan_core::bitcoin::{FeeRate, OutPoint, ScriptBuf};
 use paychan_core::channel::settlement::{
-    replacement_rate, settle_with_fallback, Broadcast, FollowUp, SettlementSeen,
+    settle_with_fallback, Broadcast, FeeCap, FollowUp, SettlementSeen,
 };
 use paychan_core::channel::Phase;
 use paychan_core::msg::{self, Closed, Message};
@@ -73,7 +73,7 @@ impl ChannelServer {
     /// Signs and broadcasts a settlement at the fee estimate (lower when the estimate would
     /// leave dust: [`settle_with_fallback`]); blocks are counted from now.
     pub(super) async fn settle_locked(&self, s: &mut Slot) -> Result<Closed, MerchantError> {
-        let estimate = self.estimate().await?;
+        let estimate = self.cap().first(self.estimate().await?);
         let height = self.height().await?;
         let (closed, fee_rate) = self.sign_and_send(s, estimate, None).await?;
         s.ext.sent(Broadcast { height, fee_rate });
@@ -113,6 +113,10 @@ impl ChannelServer {
             }),
             None => self.config.payout.clone(),
         }
+    }
+
+    fn cap(&self) -> FeeCap {
+        FeeCap(self.config.max_fee_rate)
     }
 
     async fn estimate(&self) -> Result<FeeRate, MerchantError> {
@@ -249,7 +253,11 @@ impl ChannelServer {
                 self.sign_and_send(s, fee_rate, None).await?;
             }
             FollowUp::Replace { previous } => {
-                let bumped = replacement_rate(previous, self.estimate().await?);
+                let Some(bumped) = self.cap().replacement(previous, self.estimate().await?) else {
+                    info!(%txid, rate = %previous, "settlement unconfirmed at the fee cap: waiting");
+                    s.ext.replacement_failed(height);
+                    return Ok(());
+                };
                 info!(%txid, from = %previous, to = %bumped, "settlement unconfirmed: replacing it at a higher fee");
                 match self.sign_and_send(s, bumped, Some(previous)).await {
                     Ok((_, fee_rate)) => s.ext.sent(Broadcast { height, fee_rate }),

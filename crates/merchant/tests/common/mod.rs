@@ -52,11 +52,7 @@ pub fn server_on(
     clock: Clock,
 ) -> ChannelServer {
     let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
-    let config = ServerConfig {
-        policy: Policy::default(),
-        payout: p2wpkh(&key(0x55)),
-        settle_target_blocks: 6,
-    };
+    let config = ServerConfig::new(Policy::default(), p2wpkh(&key(0x55)));
     ChannelServer::new(config, keys, store, chain, clock).unwrap()
 }
 

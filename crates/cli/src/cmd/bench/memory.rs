@@ -130,11 +130,7 @@ pub async fn load(store_path: &Path, keys_dir: &Path) -> Result<Value, CliError>
     let clock = paychan_chain::node_clock(&node);
     let keys = KeyChain::open(keys_dir, &[7; 32], Network::Regtest, KeyChain::MERCHANT)?;
     let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(store_path)?);
-    let config = ServerConfig {
-        policy: Policy::default(),
-        payout: ScriptBuf::new_op_return([]),
-        settle_target_blocks: 6,
-    };
+    let config = ServerConfig::new(Policy::default(), ScriptBuf::new_op_return([]));
     let server = ChannelServer::new(config, keys, store, chain, clock)?;
     let loaded = server.load().await?;
     Ok(json!({
