@@ -88,6 +88,26 @@ fn a_node_on_another_chain_is_refused_naming_both() {
         &["--rpc-url", &url, "--rpc-cookie", cookie, "wallet", "faucet", "--blocks", "1"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
+
+    // A fee rate above the network's cap is refused before anything is built.
+    let to = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+    let o = paychan(
+        &regtest,
+        &[
+            "--rpc-url",
+            &url,
+            "--rpc-cookie",
+            cookie,
+            "wallet",
+            "send",
+            to,
+            "1000sat",
+            "--fee-rate",
+            "2000",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("above regtest's cap of 1000 sat/vB"), "{}", stderr(&o));
 }
 
 #[test]

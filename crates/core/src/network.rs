@@ -32,9 +32,9 @@ pub struct NetworkParams {
     /// Confirmations a channel's funding needs before payments (a reorg on mainnet costs real
     /// money; test networks and regtest take one).
     pub min_confirmations: u32,
-    /// The highest fee rate paychan pays for a settlement (first or replacement): a broken
-    /// fee estimate must not burn a channel (`settlement::FeeCap`; the wallet's own sends and
-    /// fundings are not capped yet).
+    /// The highest fee rate paychan pays for its own transactions: settlements (first or
+    /// replacement, `settlement::FeeCap`), fundings and the wallet's sends. A broken fee
+    /// estimate must not burn a channel or a wallet.
     pub max_fee_rate: FeeRate,
     /// The fee rate used when the node has no estimate (a fresh node): Core's `-fallbackfee`.
     pub fallback_fee_rate: FeeRate,

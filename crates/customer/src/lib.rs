@@ -179,6 +179,8 @@ pub struct Customer {
     channels: std::sync::Mutex<HashMap<OutPoint, Arc<tokio::sync::Mutex<Entry>>>>,
     /// Where each channel's backup is written at its open ([`backup`]), if anywhere.
     backups: Option<std::path::PathBuf>,
+    /// The highest fee rate a funding pays.
+    max_fee_rate: paychan_core::bitcoin::FeeRate,
 }
 
 impl std::fmt::Debug for Customer {
@@ -209,7 +211,16 @@ impl Customer {
             fee_target_blocks: 6,
             channels: std::sync::Mutex::new(HashMap::new()),
             backups: None,
+            max_fee_rate: paychan_core::network::NetworkParams::regtest().max_fee_rate,
         })
+    }
+
+    /// Pays at most `rate` for a channel's funding, whatever the node estimates (the
+    /// network's cap; regtest's by default).
+    #[must_use]
+    pub fn with_max_fee_rate(mut self, rate: paychan_core::bitcoin::FeeRate) -> Self {
+        self.max_fee_rate = rate;
+        self
     }
 
     /// Writes a backup of each channel into `dir` when it is opened, before its funding can

@@ -69,7 +69,8 @@ impl Customer {
         let spk = channel.funding_script_pubkey();
         let chain = self.chain.clone();
         let target = self.fee_target_blocks;
-        let fee_rate: FeeRate = blocking(move || chain.estimate_fee(target)).await?;
+        let estimate: FeeRate = blocking(move || chain.estimate_fee(target)).await?;
+        let fee_rate = estimate.min(self.max_fee_rate);
         let wallet = self.wallet.clone();
         let (funding, _fee) = blocking(move || {
             wallet.lock().unwrap_or_else(|p| p.into_inner()).build_payment(spk, deposit, fee_rate)

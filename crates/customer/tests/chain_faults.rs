@@ -15,7 +15,7 @@ use paychan_core::bitcoin::{
     Amount, Block, BlockHash, FeeRate, OutPoint, Transaction, TxOut, Txid,
 };
 use paychan_core::channel::Phase;
-use paychan_customer::CustomerError;
+use paychan_customer::{Customer, CustomerError};
 use paychan_harness::fixtures::{key, p2wpkh};
 use paychan_node::Node;
 use paychan_store::{
@@ -527,4 +527,23 @@ async fn a_settlement_never_pays_above_the_fee_cap() {
     let fee = Amount::from_sat(100_000) - tx.output.iter().map(|o| o.value).sum::<Amount>();
     let rate = fee.to_sat() as f64 / tx.vsize() as f64;
     assert!((19.0..=20.5).contains(&rate), "{rate} sat/vB: the cap, not the 400 estimated");
+}
+
+/// A funding pays at most the customer's fee cap, whatever the node estimates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_funding_never_pays_above_the_fee_cap() {
+    let w = world().await;
+    *w.flaky.fee.lock().unwrap() = Some(FeeRate::from_sat_per_vb(400).unwrap());
+    let customer = Customer::new(
+        w.customer_store.clone(),
+        w.flaky.clone(),
+        w.customer_wallet.clone(),
+        w.clock.clone(),
+    )
+    .unwrap()
+    .with_max_fee_rate(FeeRate::from_sat_per_vb(5).unwrap());
+    let id = customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
+    let mempool = w.node.mempool_entry(&id.txid).unwrap().0;
+    let rate = mempool.fee.to_sat() as f64 / mempool.vsize as f64;
+    assert!(rate <= 5.01, "{rate} sat/vB: the cap, not the 400 estimated");
 }

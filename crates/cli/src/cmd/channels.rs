@@ -106,7 +106,8 @@ const HEADER: &str = "CHANNEL                                                   
 /// The customer of `<home>`: its wallet synced with the node, its channels
 /// (`<home>/channels.db`) loaded. Returns it with the chain client.
 pub async fn customer(common: &Common) -> Result<(Customer, Arc<dyn ChainSource>), CliError> {
-    let network = common.claim_network(false)?.network;
+    let n = common.claim_network(false)?;
+    let network = n.network;
     let chain = common.chain()?;
     let dir = common.wallet_dir();
     let c = chain.clone();
@@ -125,7 +126,8 @@ pub async fn customer(common: &Common) -> Result<(Customer, Arc<dyn ChainSource>
     let clock = common.clock(chain.clone());
     let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(&home.join("channels.db"))?);
     let customer = Customer::new(store, chain.clone(), wallet, clock)?
-        .with_backups(&super::backup::backup_dir(common));
+        .with_backups(&super::backup::backup_dir(common))
+        .with_max_fee_rate(n.max_fee_rate);
     customer.load().await?;
     Ok((customer, chain))
 }

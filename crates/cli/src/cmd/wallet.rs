@@ -96,8 +96,19 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
                 .require_network(network)
                 .map_err(fail)?;
             let rate = match fee_rate {
-                Some(r) => FeeRate::from_sat_per_vb(r).ok_or_else(|| fail("fee rate too high"))?,
-                None => chain.estimate_fee(6)?,
+                Some(r) => {
+                    let rate =
+                        FeeRate::from_sat_per_vb(r).ok_or_else(|| fail("fee rate too high"))?;
+                    if rate > n.max_fee_rate {
+                        return Err(CliError::Usage(format!(
+                            "--fee-rate {r} sat/vB is above {n}'s cap of {} sat/vB",
+                            n.max_fee_rate.to_sat_per_vb_floor()
+                        )));
+                    }
+                    rate
+                }
+                // A broken estimate must not burn the coins.
+                None => chain.estimate_fee(6)?.min(n.max_fee_rate),
             };
             let txid = w.send(&*chain, &address, amount, rate)?;
             common.print(&json!({"txid": txid.to_string()}), &txid.to_string())?;
