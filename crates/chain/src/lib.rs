@@ -24,7 +24,7 @@ use paychan_core::bitcoin::{Block, BlockHash, FeeRate, OutPoint, Transaction, Tx
 #[cfg(feature = "embedded")]
 pub use embedded::{node_clock, EmbeddedChain};
 pub use rpc::{BitcoindRpc, RpcAuth};
-pub use watcher::{ChainEvent, ChainWatcher};
+pub use watcher::{ChainEvent, ChainWatcher, Cursor};
 
 /// Errors of a chain source.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,9 @@ pub enum ChainError {
     /// The node could not be reached or answered garbage.
     #[error("cannot reach the node: {0}")]
     Transport(String),
+    /// A watcher's stored cursor could not be read or written.
+    #[error("watcher cursor: {0}")]
+    Cursor(String),
 }
 
 /// The tip of the chain, or any block's place.

@@ -46,6 +46,76 @@ pub enum ChainEvent {
     },
 }
 
+/// Where a watcher is: the last blocks it processed, newest last (enough to notice a reorg of
+/// up to [`Cursor::KEEP`] blocks when it resumes). Save it after each poll
+/// ([`Cursor::save`]); after a restart, [`ChainWatcher::resume`] from it reads only the blocks
+/// that came since, and walks back first if the chain reorganised across it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// The blocks, oldest first.
+    pub blocks: Vec<BlockRef>,
+}
+
+impl Cursor {
+    /// Blocks a cursor keeps: a day of blocks, deeper than any reorg seen on mainnet.
+    pub const KEEP: usize = 144;
+
+    /// The cursor as text: one `height hash` line per block.
+    pub fn encode(&self) -> String {
+        self.blocks.iter().map(|b| format!("{} {}\n", b.height, b.hash)).collect()
+    }
+
+    /// Reads [`Cursor::encode`]'s text.
+    ///
+    /// # Errors
+    /// [`ChainError::Cursor`] naming the line that does not parse, or heights that do not
+    /// follow one another.
+    pub fn decode(text: &str) -> Result<Self, ChainError> {
+        let mut blocks: Vec<BlockRef> = Vec::new();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let bad = || ChainError::Cursor(format!("line {}: {line:?}", n + 1));
+            let (h, hash) = line.trim().split_once(' ').ok_or_else(bad)?;
+            let b = BlockRef {
+                height: h.parse().map_err(|_| bad())?,
+                hash: hash.parse().map_err(|_| bad())?,
+            };
+            if blocks.last().is_some_and(|p| p.height + 1 != b.height) {
+                return Err(bad());
+            }
+            blocks.push(b);
+        }
+        Ok(Cursor { blocks })
+    }
+
+    /// Writes the cursor to `path` atomically (temporary file, fsync, rename).
+    ///
+    /// # Errors
+    /// [`ChainError::Cursor`] when the file cannot be written.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), ChainError> {
+        let io = |e: std::io::Error| ChainError::Cursor(format!("{}: {e}", path.display()));
+        let tmp = path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(self.encode().as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// The cursor saved at `path`; `None` when there is none yet.
+    ///
+    /// # Errors
+    /// [`ChainError::Cursor`] when it cannot be read or parsed.
+    pub fn load(path: &std::path::Path) -> Result<Option<Self>, ChainError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(Self::decode(&text)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ChainError::Cursor(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
 /// Follows a [`ChainSource`]; call [`ChainWatcher::poll`] when a new block may have arrived.
 #[derive(Debug)]
 pub struct ChainWatcher<C> {
@@ -69,6 +139,22 @@ impl<C: ChainSource> ChainWatcher<C> {
             outpoints: HashMap::new(),
             max_depth: max_depth.max(1),
         }
+    }
+
+    /// A watcher that resumes from `cursor` (saved by an earlier one): its next poll reads
+    /// only the blocks after the cursor, after walking back over any of the cursor's blocks
+    /// the chain no longer has. Watches are not part of the cursor: register them again.
+    pub fn resume(source: C, cursor: Cursor, max_depth: u32) -> Self {
+        let start = cursor.blocks.first().map_or(0, |b| b.height);
+        let mut w = Self::new(source, start, max_depth);
+        w.seen = cursor.blocks;
+        w
+    }
+
+    /// Where the watcher is, to save for a restart.
+    pub fn cursor(&self) -> Cursor {
+        let from = self.seen.len().saturating_sub(Cursor::KEEP);
+        Cursor { blocks: self.seen[from..].to_vec() }
     }
 
     /// The source.

@@ -89,3 +89,142 @@ fn watcher_follows_a_reorg_over_rpc() {
     let r = common::start();
     run_reorg_scenario(&r.node, r.rpc());
 }
+
+/// The embedded chain, counting the blocks fetched.
+struct Counting {
+    inner: EmbeddedChain,
+    fetched: std::sync::Mutex<Vec<paychan_core::bitcoin::BlockHash>>,
+}
+
+impl ChainSource for Counting {
+    fn tip(&self) -> Result<paychan_chain::BlockRef, paychan_chain::ChainError> {
+        self.inner.tip()
+    }
+    fn block_hash(
+        &self,
+        height: u32,
+    ) -> Result<Option<paychan_core::bitcoin::BlockHash>, paychan_chain::ChainError> {
+        self.inner.block_hash(height)
+    }
+    fn block(
+        &self,
+        hash: &paychan_core::bitcoin::BlockHash,
+    ) -> Result<paychan_core::bitcoin::Block, paychan_chain::ChainError> {
+        self.fetched.lock().unwrap().push(*hash);
+        self.inner.block(hash)
+    }
+    fn median_time_past(&self) -> Result<u32, paychan_chain::ChainError> {
+        self.inner.median_time_past()
+    }
+    fn broadcast(
+        &self,
+        tx: &Transaction,
+    ) -> Result<paychan_core::bitcoin::Txid, paychan_chain::ChainError> {
+        self.inner.broadcast(tx)
+    }
+    fn tx_status(
+        &self,
+        txid: &paychan_core::bitcoin::Txid,
+    ) -> Result<paychan_chain::TxStatus, paychan_chain::ChainError> {
+        self.inner.tx_status(txid)
+    }
+    fn transaction(
+        &self,
+        txid: &paychan_core::bitcoin::Txid,
+    ) -> Result<Option<Transaction>, paychan_chain::ChainError> {
+        self.inner.transaction(txid)
+    }
+    fn mempool(&self) -> Result<Vec<paychan_core::bitcoin::Txid>, paychan_chain::ChainError> {
+        self.inner.mempool()
+    }
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, paychan_chain::ChainError> {
+        self.inner.utxo(outpoint)
+    }
+    fn estimate_fee(
+        &self,
+        target_blocks: u32,
+    ) -> Result<paychan_core::bitcoin::FeeRate, paychan_chain::ChainError> {
+        self.inner.estimate_fee(target_blocks)
+    }
+}
+
+fn counting(node: &Node) -> Counting {
+    Counting { inner: EmbeddedChain::new(node.clone()), fetched: Default::default() }
+}
+
+/// A watcher stopped and resumed from its saved cursor reads only the blocks mined while it
+/// was down, each once; a reorg across the cursor is walked back, and a spend in the new
+/// branch is reported.
+#[test]
+fn a_resumed_watcher_reads_each_block_once_and_follows_a_reorg_across_its_cursor() {
+    use paychan_chain::Cursor;
+    let node = Node::in_memory();
+    node.mine(101, &p2wpkh(&key(9))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cursor");
+    assert_eq!(Cursor::load(&path).unwrap(), None);
+
+    let mut w = ChainWatcher::new(counting(&node), 0, 6);
+    w.poll().unwrap();
+    assert_eq!(w.source().fetched.lock().unwrap().len(), 102, "genesis and 101 blocks, once");
+    w.cursor().save(&path).unwrap();
+    let saved_tip = w.tip().unwrap();
+    drop(w);
+
+    // Down while 50 blocks are mined.
+    node.mine(50, &p2wpkh(&key(8))).unwrap();
+    let cursor = Cursor::load(&path).unwrap().unwrap();
+    assert_eq!(cursor.blocks.len(), 102, "every block seen, fewer than Cursor::KEEP");
+    assert_eq!(cursor.blocks.last().copied(), Some(saved_tip));
+    let mut w = ChainWatcher::resume(counting(&node), cursor, 6);
+    let ev = w.poll().unwrap();
+    let fetched = w.source().fetched.lock().unwrap().clone();
+    assert_eq!(fetched.len(), 50, "only the new blocks");
+    let mut unique = fetched.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 50, "each once");
+    assert_eq!(ev.iter().filter(|e| matches!(e, ChainEvent::BlockConnected(_))).count(), 50);
+    assert!(!ev.iter().any(|e| matches!(e, ChainEvent::BlockDisconnected(_))));
+    w.cursor().save(&path).unwrap();
+    assert_eq!(w.cursor().blocks.len(), Cursor::KEEP, "the newest blocks only");
+    drop(w);
+
+    // Down again; the chain reorganises across the saved cursor: its last 3 blocks are
+    // replaced by a longer branch in which a watched outpoint is spent.
+    let tip = node.tip();
+    let fork = node.block_hash(tip.0 - 2).unwrap();
+    node.invalidate_block(fork).unwrap();
+    let spend = spend_coinbase(&node, 2, p2wpkh(&key(7)));
+    let coin = spend.input[0].previous_output;
+    node.submit(spend.clone(), None).unwrap();
+    let new_branch = node.mine(5, &p2wpkh(&key(6))).unwrap();
+    let mut w = ChainWatcher::resume(counting(&node), Cursor::load(&path).unwrap().unwrap(), 6);
+    w.watch_outpoint(coin);
+    let ev = w.poll().unwrap();
+    let gone: Vec<_> = ev
+        .iter()
+        .filter_map(
+            |e| if let ChainEvent::BlockDisconnected(b) = e { Some(b.height) } else { None },
+        )
+        .collect();
+    assert_eq!(gone, [tip.0, tip.0 - 1, tip.0 - 2], "walked back over the cursor's stale blocks");
+    let fetched = w.source().fetched.lock().unwrap().clone();
+    assert_eq!(fetched, new_branch, "only the new branch, each block once");
+    assert!(
+        ev.iter().any(|e| matches!(e, ChainEvent::Spent { outpoint, by, .. } if *outpoint == coin && *by == spend.compute_txid())),
+        "{ev:?}"
+    );
+    assert_eq!(w.tip().map(|b| b.hash), new_branch.last().copied());
+}
+
+#[test]
+fn a_damaged_cursor_is_refused_naming_the_line() {
+    use paychan_chain::Cursor;
+    let hash = "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206";
+    assert!(Cursor::decode(&format!("0 {hash}\n")).is_ok());
+    for bad in [format!("0 {hash}\n2 {hash}\n"), "x y\n".to_string(), "7\n".to_string()] {
+        let e = Cursor::decode(&bad).unwrap_err().to_string();
+        assert!(e.contains("line"), "{e}");
+    }
+}
