@@ -91,9 +91,7 @@ impl Customer {
                 peer: peer.to_string(),
             };
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || crate::backup::write(&dir, &b))
-                .await
-                .map_err(|_| CustomerError::Io("a blocking task failed".into()))??;
+            blocking(move || crate::backup::write(&dir, &b)).await?;
         }
         let mut entry = crate::entry(Entry::new(channel));
         let msgs = self.drain(&mut entry).await?;

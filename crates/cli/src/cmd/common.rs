@@ -267,9 +267,14 @@ pub fn check_chain(chain: &dyn ChainSource, n: &NetworkParams, url: &str) -> Res
     if genesis == n.genesis() {
         return Ok(());
     }
-    let found = NetworkParams::by_genesis(&genesis)
-        .map_or_else(|| format!("an unknown chain (genesis {genesis})"), |p| p.name.to_string());
-    Err(CliError::Failed(format!("the node at {url} is on {found}, not {n}: give the --rpc-url of a {n} node, or --network {}", found.split(' ').next().unwrap_or("?"))))
+    Err(CliError::Failed(match NetworkParams::by_genesis(&genesis) {
+        Some(found) => format!(
+            "the node at {url} is on {found}, not {n}: give the --rpc-url of a {n} node, or --network {found}"
+        ),
+        None => format!(
+            "the node at {url} is on an unknown chain (genesis {genesis}), not {n}: give the --rpc-url of a {n} node"
+        ),
+    }))
 }
 
 /// Parses an amount: `10sat`, `0.001btc`, or plain satoshis.

@@ -152,7 +152,7 @@ impl ChannelServer {
         let mut first_error = None;
         for (id, slot) in slots {
             let mut s = slot.lock().await;
-            if let Err(e) = self.tick_one(&mut s, id, new_tip).await {
+            if let Err(e) = self.tick_one(&mut s, id, tip.height, new_tip).await {
                 warn!(channel = %id, error = %e, "chain check failed; will retry");
                 first_error.get_or_insert(e);
             }
@@ -168,6 +168,7 @@ impl ChannelServer {
         &self,
         s: &mut Slot,
         id: OutPoint,
+        height: u32,
         new_tip: bool,
     ) -> Result<(), MerchantError> {
         self.reload(s).await?;
@@ -194,7 +195,7 @@ impl ChannelServer {
         }
         if work.follow && s.channel.phase() == Phase::Settling {
             s.ext.begin();
-            let r = self.follow_settlement(s).await;
+            let r = self.follow_settlement(s, height).await;
             self.record(s, id, &now, r, "settlement follow-up");
         }
         Ok(())
@@ -229,7 +230,8 @@ impl ChannelServer {
     /// replaced at a higher fee rate when it stays unconfirmed (the customer's
     /// `SINGLE|ANYONECANPAY` signature leaves the merchant's output and fee free). What to do
     /// is the scheduler's [`follow`](paychan_core::channel::settlement::Scheduler::follow).
-    async fn follow_settlement(&self, s: &mut Slot) -> Result<(), MerchantError> {
+    /// `height` is the tip the tick read (one RPC per tick, not one per settling channel).
+    async fn follow_settlement(&self, s: &mut Slot, height: u32) -> Result<(), MerchantError> {
         let Some(txid) = s.channel.state().settlement_txid else { return Ok(()) };
         let chain = self.chain.clone();
         let seen = match blocking(move || chain.tx_status(&txid)).await? {
@@ -237,7 +239,6 @@ impl ChannelServer {
             TxStatus::InMempool => SettlementSeen::InMempool,
             TxStatus::Unknown => SettlementSeen::Unknown,
         };
-        let height = if seen == SettlementSeen::Confirmed { 0 } else { self.height().await? };
         match s.ext.follow(seen, height) {
             FollowUp::Confirmed => {
                 let chain = self.chain.clone();
