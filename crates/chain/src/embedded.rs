@@ -1,9 +1,9 @@
 //! [`ChainSource`] over the in-process embedded node.
 
-use paychan_core::bitcoin::{Block, BlockHash, FeeRate, OutPoint, Transaction, TxOut, Txid};
+use paychan_core::bitcoin::{Block, BlockHash, FeeRate, OutPoint, Transaction, Txid};
 use paychan_node::{Node, NodeError};
 
-use crate::{BlockRef, ChainError, ChainSource, TxStatus};
+use crate::{BlockRef, ChainError, ChainSource, Utxo};
 
 /// The embedded node as a chain source, without RPC.
 #[derive(Debug, Clone)]
@@ -65,27 +65,25 @@ impl ChainSource for EmbeddedChain {
         }
     }
 
-    fn tx_status(&self, txid: &Txid) -> Result<TxStatus, ChainError> {
-        Ok(match self.node.transaction(txid) {
-            None => TxStatus::Unknown,
-            Some((_, None)) => TxStatus::InMempool,
-            Some((_, Some(loc))) => TxStatus::Confirmed {
-                block: BlockRef { height: loc.height, hash: loc.block },
-                confirmations: self.node.tip().0 - loc.height + 1,
-            },
-        })
+    fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
+        Ok(self.node.transaction(txid).and_then(|(t, at)| at.is_none().then_some(t)))
     }
 
-    fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
-        Ok(self.node.transaction(txid).map(|(t, _)| t))
+    fn in_mempool(&self, txid: &Txid) -> Result<bool, ChainError> {
+        Ok(self.node.mempool_entry(txid).is_some())
     }
 
     fn mempool(&self) -> Result<Vec<Txid>, ChainError> {
         Ok(self.node.mempool_txids())
     }
 
-    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, ChainError> {
-        Ok(self.node.utxo(outpoint, true).map(|(o, _, _)| o))
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, ChainError> {
+        // One lock for the output and the tip, so that the depth and the tip agree.
+        Ok(self.node.utxo_at_tip(outpoint).map(|(output, confirmations, best_block)| Utxo {
+            output,
+            confirmations,
+            best_block,
+        }))
     }
 
     fn estimate_fee(&self, target_blocks: u32) -> Result<FeeRate, ChainError> {

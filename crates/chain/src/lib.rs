@@ -3,17 +3,21 @@
 //! How paychan sees the chain (DESIGN §4, §5):
 //!
 //! * [`ChainSource`] — a small, synchronous trait: tip, blocks, broadcast, transaction status,
-//!   unspent outputs, fee estimates, median-time-past, who spent an outpoint.
+//!   unspent outputs, fee estimates, median-time-past. Nothing a stock `bitcoind` (no
+//!   `-txindex`, no wallet, pruned) cannot answer: no confirmed transaction by txid.
 //! * [`BitcoindRpc`] — the trait over bitcoind's JSON-RPC; it talks to `paychan node` and to a
 //!   real `bitcoind` alike.
 //! * [`EmbeddedChain`] (feature `embedded`) — the trait over the in-process embedded node, for
 //!   tests and the demo.
 //! * [`ChainWatcher`] — turns new blocks into events (confirmed at depth N, outpoint spent,
-//!   block disconnected) and follows reorgs.
+//!   block disconnected) and follows reorgs, from a durable [`Cursor`].
+//! * [`ChainView`] — what the channel drivers ask: a funding's confirmations, who spent it,
+//!   from the blocks the watcher read once each (DESIGN §3d).
 
 #![deny(missing_docs)]
 
 mod rpc;
+mod view;
 mod watcher;
 
 #[cfg(feature = "embedded")]
@@ -24,6 +28,7 @@ use paychan_core::bitcoin::{Block, BlockHash, FeeRate, OutPoint, Transaction, Tx
 #[cfg(feature = "embedded")]
 pub use embedded::{node_clock, EmbeddedChain};
 pub use rpc::{BitcoindRpc, RpcAuth};
+pub use view::{ChainView, Lookback, Spend};
 pub use watcher::{ChainEvent, ChainWatcher, Cursor};
 
 /// Errors of a chain source.
@@ -49,6 +54,14 @@ pub enum ChainError {
     /// The node could not be reached or answered garbage.
     #[error("cannot reach the node: {0}")]
     Transport(String),
+    /// The node pruned a block paychan needs (a pruned node keeps only recent blocks).
+    #[error("the node has pruned block {hash}{}, which paychan needs to follow its channels: give the node a larger -prune, or resync it without pruning", height.map(|h| format!(" (height {h})")).unwrap_or_default())]
+    Pruned {
+        /// The block.
+        hash: BlockHash,
+        /// Its height, when known.
+        height: Option<u32>,
+    },
     /// A watcher's stored cursor could not be read or written.
     #[error("watcher cursor: {0}")]
     Cursor(String),
@@ -63,20 +76,16 @@ pub struct BlockRef {
     pub hash: BlockHash,
 }
 
-/// Where a transaction stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxStatus {
-    /// Neither in the mempool nor (as far as the source can tell) in the chain.
-    Unknown,
-    /// In the mempool.
-    InMempool,
-    /// In the active chain.
-    Confirmed {
-        /// The block.
-        block: BlockRef,
-        /// Confirmations (1 = in the tip).
-        confirmations: u32,
-    },
+/// An unspent output as `gettxout` reports it: the output, its depth, and the tip the depth
+/// was counted from (so that the caller can tell which block confirmed it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Utxo {
+    /// The output.
+    pub output: TxOut,
+    /// Confirmations: 0 for an output of a mempool transaction, 1 in the tip.
+    pub confirmations: u32,
+    /// The tip the confirmations were counted from.
+    pub best_block: BlockHash,
 }
 
 /// A source of chain data. Implementations are synchronous and may block on I/O: call them from
@@ -101,7 +110,8 @@ pub trait ChainSource: Send + Sync {
     /// A block by hash.
     ///
     /// # Errors
-    /// As [`ChainSource::tip`]; [`ChainError::Node`] for an unknown block.
+    /// As [`ChainSource::tip`]; [`ChainError::Node`] for an unknown block;
+    /// [`ChainError::Pruned`] for a block a pruned node no longer has.
     fn block(&self, hash: &BlockHash) -> Result<Block, ChainError>;
 
     /// Median-time-past of the tip (BIP 113): the clock locktimes are checked against.
@@ -116,17 +126,19 @@ pub trait ChainSource: Send + Sync {
     /// [`ChainError::Rejected`] with Core's reason.
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError>;
 
-    /// Where a transaction stands.
+    /// A transaction in the mempool (never a confirmed one: a node without `-txindex` cannot
+    /// find those, so paychan never asks; confirmations and spends come from blocks, through
+    /// [`ChainView`]).
     ///
     /// # Errors
     /// As [`ChainSource::tip`].
-    fn tx_status(&self, txid: &Txid) -> Result<TxStatus, ChainError>;
+    fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError>;
 
-    /// A transaction from the mempool or the chain, if the node can find it.
+    /// Whether the mempool holds `txid` (`getmempoolentry`).
     ///
     /// # Errors
     /// As [`ChainSource::tip`].
-    fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError>;
+    fn in_mempool(&self, txid: &Txid) -> Result<bool, ChainError>;
 
     /// The mempool's txids.
     ///
@@ -134,45 +146,49 @@ pub trait ChainSource: Send + Sync {
     /// As [`ChainSource::tip`].
     fn mempool(&self) -> Result<Vec<Txid>, ChainError>;
 
-    /// An output unspent in the chain and not spent in the mempool.
+    /// An output unspent in the chain (or created by a mempool transaction) and not spent in
+    /// the mempool, with its depth: `gettxout` with `include_mempool`.
     ///
     /// # Errors
     /// As [`ChainSource::tip`].
-    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, ChainError>;
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, ChainError>;
 
     /// A fee rate expected to confirm within `target_blocks`.
     ///
     /// # Errors
     /// As [`ChainSource::tip`].
     fn estimate_fee(&self, target_blocks: u32) -> Result<FeeRate, ChainError>;
+}
 
-    /// Who spent `outpoint`: a mempool transaction (height `None`), or a transaction in a block
-    /// from `from_height` on. bitcoind has no index for this, so the default scans.
-    ///
-    /// # Errors
-    /// As [`ChainSource::tip`].
-    fn spent_by(
-        &self,
-        outpoint: &OutPoint,
-        from_height: u32,
-    ) -> Result<Option<(Txid, Option<u32>)>, ChainError> {
-        for txid in self.mempool()? {
-            if let Some(tx) = self.transaction(&txid)? {
-                if tx.input.iter().any(|i| i.previous_output == *outpoint) {
-                    return Ok(Some((txid, None)));
-                }
-            }
-        }
-        let tip = self.tip()?;
-        for h in from_height..=tip.height {
-            let Some(hash) = self.block_hash(h)? else { break };
-            let block = self.block(&hash)?;
-            for tx in &block.txdata {
-                if tx.input.iter().any(|i| i.previous_output == *outpoint) {
-                    return Ok(Some((tx.compute_txid(), Some(h))));
-                }
-            }
-        }
-        Ok(None)
+impl<T: ChainSource + ?Sized> ChainSource for std::sync::Arc<T> {
+    fn tip(&self) -> Result<BlockRef, ChainError> {
+        (**self).tip()
+    }
+    fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, ChainError> {
+        (**self).block_hash(height)
+    }
+    fn block(&self, hash: &BlockHash) -> Result<Block, ChainError> {
+        (**self).block(hash)
+    }
+    fn median_time_past(&self) -> Result<u32, ChainError> {
+        (**self).median_time_past()
+    }
+    fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
+        (**self).broadcast(tx)
+    }
+    fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
+        (**self).mempool_transaction(txid)
+    }
+    fn in_mempool(&self, txid: &Txid) -> Result<bool, ChainError> {
+        (**self).in_mempool(txid)
+    }
+    fn mempool(&self) -> Result<Vec<Txid>, ChainError> {
+        (**self).mempool()
+    }
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, ChainError> {
+        (**self).utxo(outpoint)
+    }
+    fn estimate_fee(&self, target_blocks: u32) -> Result<FeeRate, ChainError> {
+        (**self).estimate_fee(target_blocks)
     }
 }

@@ -7,7 +7,7 @@ use bitcoincore_rpc::jsonrpc::error::Error as JsonRpcError;
 use bitcoincore_rpc::{Auth, Client, Error as RpcClientError, RpcApi};
 use paychan_core::bitcoin::{Block, BlockHash, FeeRate, OutPoint, Transaction, TxOut, Txid};
 
-use crate::{BlockRef, ChainError, ChainSource, TxStatus};
+use crate::{BlockRef, ChainError, ChainSource, Utxo};
 
 /// How to authenticate to the node.
 #[derive(Debug, Clone)]
@@ -45,6 +45,17 @@ fn map(e: RpcClientError) -> ChainError {
             ChainError::Node { code: r.code, message: r.message }
         }
         other => ChainError::Transport(other.to_string()),
+    }
+}
+
+/// `getblock`'s errors: a pruned block is [`ChainError::Pruned`] (Core: code -1, "Block not
+/// available (pruned data)").
+fn block_error(hash: BlockHash, e: ChainError) -> ChainError {
+    match e {
+        ChainError::Node { message, .. } if message.contains("pruned data") => {
+            ChainError::Pruned { hash, height: None }
+        }
+        other => other,
     }
 }
 
@@ -132,7 +143,7 @@ impl ChainSource for BitcoindRpc {
     }
 
     fn block(&self, hash: &BlockHash) -> Result<Block, ChainError> {
-        self.client().get_block(hash).map_err(map)
+        self.client().get_block(hash).map_err(|e| block_error(*hash, map(e)))
     }
 
     fn median_time_past(&self) -> Result<u32, ChainError> {
@@ -157,29 +168,26 @@ impl ChainSource for BitcoindRpc {
         }
     }
 
-    fn tx_status(&self, txid: &Txid) -> Result<TxStatus, ChainError> {
+    fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
+        // Without a block hash, a node without -txindex searches only its mempool; a node with
+        // one (or a wallet transaction) answers for confirmed ones too, which is not asked.
         match self.client().get_raw_transaction_info(txid, None) {
-            Ok(info) => match (info.blockhash, info.confirmations) {
-                (Some(hash), Some(c)) if c > 0 => {
-                    let header = self.client().get_block_header_info(&hash).map_err(map)?;
-                    Ok(TxStatus::Confirmed {
-                        block: BlockRef { height: header.height as u32, hash },
-                        confirmations: c,
-                    })
-                }
-                _ => Ok(TxStatus::InMempool),
-            },
-            Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) if r.code == NOT_FOUND => {
-                Ok(TxStatus::Unknown)
-            }
+            Ok(info) if info.blockhash.is_none() => info
+                .transaction()
+                .map(Some)
+                .map_err(|e| ChainError::Transport(format!("undecodable transaction: {e}"))),
+            Ok(_) => Ok(None),
+            Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) if r.code == NOT_FOUND => Ok(None),
             Err(e) => Err(map(e)),
         }
     }
 
-    fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
-        match self.client().get_raw_transaction(txid, None) {
-            Ok(tx) => Ok(Some(tx)),
-            Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) if r.code == NOT_FOUND => Ok(None),
+    fn in_mempool(&self, txid: &Txid) -> Result<bool, ChainError> {
+        // Untyped: the entry's fields vary between Core versions; only its presence matters.
+        match self.client().call::<serde_json::Value>("getmempoolentry", &[txid.to_string().into()])
+        {
+            Ok(_) => Ok(true),
+            Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) if r.code == NOT_FOUND => Ok(false),
             Err(e) => Err(map(e)),
         }
     }
@@ -188,11 +196,15 @@ impl ChainSource for BitcoindRpc {
         self.client().get_raw_mempool().map_err(map)
     }
 
-    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, ChainError> {
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, ChainError> {
         let r = self.client().get_tx_out(&outpoint.txid, outpoint.vout, Some(true)).map_err(map)?;
-        Ok(r.map(|o| TxOut {
-            value: o.value,
-            script_pubkey: paychan_core::bitcoin::ScriptBuf::from_bytes(o.script_pub_key.hex),
+        Ok(r.map(|o| Utxo {
+            output: TxOut {
+                value: o.value,
+                script_pubkey: paychan_core::bitcoin::ScriptBuf::from_bytes(o.script_pub_key.hex),
+            },
+            confirmations: o.confirmations,
+            best_block: o.bestblock,
         }))
     }
 
@@ -208,5 +220,23 @@ impl ChainSource for BitcoindRpc {
         };
         // BTC per 1,000 vbytes → sat per 1,000 weight units; at least 1 sat/vB.
         Ok(FeeRate::from_sat_per_kwu((per_kvb.to_sat() / 4).max(250)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pruned_block_is_named_as_such() {
+        use paychan_core::bitcoin::hashes::Hash;
+        let hash = BlockHash::all_zeros();
+        let pruned =
+            ChainError::Node { code: -1, message: "Block not available (pruned data)".into() };
+        let e = block_error(hash, pruned);
+        assert!(matches!(e, ChainError::Pruned { height: None, .. }), "{e:?}");
+        assert!(e.to_string().contains("-prune"), "{e}");
+        let other = ChainError::Node { code: -5, message: "Block not found".into() };
+        assert!(matches!(block_error(hash, other), ChainError::Node { code: -5, .. }));
     }
 }

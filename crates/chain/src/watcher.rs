@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use paychan_core::bitcoin::{BlockHash, OutPoint, Txid};
+use paychan_core::bitcoin::{Block, BlockHash, OutPoint, Transaction, Txid};
 use tracing::debug;
 
 use crate::{BlockRef, ChainError, ChainSource};
@@ -34,8 +34,10 @@ pub enum ChainEvent {
     Spent {
         /// The outpoint.
         outpoint: OutPoint,
-        /// The spending transaction.
+        /// The spending transaction's id.
         by: Txid,
+        /// The spending transaction, from the block (no transaction index needed).
+        tx: Box<Transaction>,
         /// The block.
         block: BlockRef,
     },
@@ -123,6 +125,7 @@ pub struct ChainWatcher<C> {
     /// The active chain as the watcher last saw it, from its start height on.
     seen: Vec<BlockRef>,
     start: u32,
+    reads_from: u32,
     txs: HashMap<Txid, Option<(BlockRef, u32)>>,
     outpoints: HashMap<OutPoint, Option<(Txid, BlockRef)>>,
     max_depth: u32,
@@ -135,6 +138,7 @@ impl<C: ChainSource> ChainWatcher<C> {
             source,
             seen: Vec::new(),
             start: start_height,
+            reads_from: start_height,
             txs: HashMap::new(),
             outpoints: HashMap::new(),
             max_depth: max_depth.max(1),
@@ -147,6 +151,7 @@ impl<C: ChainSource> ChainWatcher<C> {
     pub fn resume(source: C, cursor: Cursor, max_depth: u32) -> Self {
         let start = cursor.blocks.first().map_or(0, |b| b.height);
         let mut w = Self::new(source, start, max_depth);
+        w.reads_from = cursor.blocks.last().map_or(start, |b| b.height + 1);
         w.seen = cursor.blocks;
         w
     }
@@ -178,6 +183,17 @@ impl<C: ChainSource> ChainWatcher<C> {
         self.txs.remove(txid);
     }
 
+    /// Stops watching an outpoint.
+    pub fn unwatch_outpoint(&mut self, outpoint: &OutPoint) {
+        self.outpoints.remove(outpoint);
+    }
+
+    /// The first height this watcher reads itself: the blocks below it were read by an
+    /// earlier watcher (the cursor's), if at all.
+    pub fn reads_from(&self) -> u32 {
+        self.reads_from
+    }
+
     /// The last block the watcher processed.
     pub fn tip(&self) -> Option<BlockRef> {
         self.seen.last().copied()
@@ -185,60 +201,75 @@ impl<C: ChainSource> ChainWatcher<C> {
 
     /// Brings the watcher to the source's tip and returns what happened, in order.
     ///
+    /// Each new block is read once (`getblock`, plus `getblockhash` for all but the tip), and
+    /// a poll with nothing new costs one call (the tip). A reorg is noticed when a new block
+    /// does not build on the last one seen (or the tip is no higher and differs); the watcher
+    /// then walks back by block hashes alone, without reading the stale blocks.
+    ///
     /// # Errors
-    /// Any error of the source; the watcher stays consistent and the next poll resumes.
+    /// Any error of the source ([`ChainError::Pruned`] with the height when the node no longer
+    /// has a block the watcher needs); the watcher stays consistent and the next poll resumes.
     pub fn poll(&mut self) -> Result<Vec<ChainEvent>, ChainError> {
         let mut events = Vec::new();
-        // Walk back until our view agrees with the source (a reorg, or nothing).
-        while let Some(last) = self.seen.last().copied() {
-            if self.source.block_hash(last.height)? == Some(last.hash) {
-                break;
-            }
-            self.seen.pop();
-            debug!(height = last.height, hash = %last.hash, "block disconnected");
-            events.push(ChainEvent::BlockDisconnected(last));
-            for (txid, conf) in self.txs.iter_mut() {
-                if conf.is_some_and(|(b, _)| b == last) {
-                    *conf = None;
-                    events.push(ChainEvent::Unconfirmed { txid: *txid });
-                }
-            }
-            for (op, spent) in self.outpoints.iter_mut() {
-                if spent.is_some_and(|(_, b)| b == last) {
-                    *spent = None;
-                    events.push(ChainEvent::Unspent { outpoint: *op });
-                }
-            }
-        }
         let tip = self.source.tip()?;
-        let mut height = self.seen.last().map_or(self.start, |b| b.height + 1);
-        while height <= tip.height {
-            let Some(hash) = self.source.block_hash(height)? else { break };
-            let block = self.source.block(&hash)?;
-            if self.seen.last().is_some_and(|p| p.hash != block.header.prev_blockhash) {
-                // The chain moved under us mid-poll; the next poll walks back.
+        // A block read while finding a fork, kept to connect without reading it again.
+        let mut held: Option<(BlockHash, Block)> = None;
+        loop {
+            let last = self.seen.last().copied();
+            if last.is_some_and(|l| l.hash == tip.hash) {
                 break;
             }
-            let here = BlockRef { height, hash };
-            self.seen.push(here);
-            events.push(ChainEvent::BlockConnected(here));
-            for tx in &block.txdata {
-                let txid = tx.compute_txid();
-                if let Some(conf) = self.txs.get_mut(&txid) {
-                    *conf = Some((here, 0));
-                }
-                for input in &tx.input {
-                    if let Some(spent) = self.outpoints.get_mut(&input.previous_output) {
-                        *spent = Some((txid, here));
-                        events.push(ChainEvent::Spent {
-                            outpoint: input.previous_output,
-                            by: txid,
-                            block: here,
-                        });
+            let height = last.map_or(self.start, |l| l.height + 1);
+            if height > tip.height {
+                match last {
+                    // The node's chain is no longer than ours and ends elsewhere.
+                    Some(l) if self.source.block_hash(l.height)? != Some(l.hash) => {
+                        self.disconnect_last(&mut events);
+                        continue;
                     }
+                    // Every block seen was disconnected and the chain is now shorter than
+                    // where the watcher started: follow it from its tip.
+                    None if self.start > tip.height => {
+                        self.start = tip.height;
+                        self.reads_from = self.reads_from.min(tip.height);
+                        continue;
+                    }
+                    _ => break,
                 }
             }
-            height += 1;
+            let hash = if height == tip.height {
+                tip.hash
+            } else {
+                match self.source.block_hash(height)? {
+                    Some(h) => h,
+                    None => break,
+                }
+            };
+            let reuse = held.as_ref().is_some_and(|(h, _)| *h == hash);
+            let block = match if reuse { held.take() } else { None } {
+                Some((_, b)) => b,
+                None => self.source.block(&hash).map_err(|e| match e {
+                    ChainError::Pruned { hash, .. } => {
+                        ChainError::Pruned { hash, height: Some(height) }
+                    }
+                    other => other,
+                })?,
+            };
+            if let Some(l) = last {
+                if block.header.prev_blockhash != l.hash {
+                    // A fork: walk back by hashes until the node agrees, then read forward.
+                    held = Some((hash, block));
+                    self.disconnect_last(&mut events);
+                    while let Some(l) = self.seen.last().copied() {
+                        if self.source.block_hash(l.height)? == Some(l.hash) {
+                            break;
+                        }
+                        self.disconnect_last(&mut events);
+                    }
+                    continue;
+                }
+            }
+            self.connect(BlockRef { height, hash }, &block, &mut events);
         }
         // Depths, as they grew.
         let top = self.seen.last().map_or(0, |b| b.height);
@@ -263,6 +294,46 @@ impl<C: ChainSource> ChainWatcher<C> {
             self.seen.drain(..cut);
         }
         Ok(events)
+    }
+
+    fn disconnect_last(&mut self, events: &mut Vec<ChainEvent>) {
+        let Some(last) = self.seen.pop() else { return };
+        debug!(height = last.height, hash = %last.hash, "block disconnected");
+        events.push(ChainEvent::BlockDisconnected(last));
+        for (txid, conf) in self.txs.iter_mut() {
+            if conf.is_some_and(|(b, _)| b == last) {
+                *conf = None;
+                events.push(ChainEvent::Unconfirmed { txid: *txid });
+            }
+        }
+        for (op, spent) in self.outpoints.iter_mut() {
+            if spent.is_some_and(|(_, b)| b == last) {
+                *spent = None;
+                events.push(ChainEvent::Unspent { outpoint: *op });
+            }
+        }
+    }
+
+    fn connect(&mut self, here: BlockRef, block: &Block, events: &mut Vec<ChainEvent>) {
+        self.seen.push(here);
+        events.push(ChainEvent::BlockConnected(here));
+        for tx in &block.txdata {
+            let txid = tx.compute_txid();
+            if let Some(conf) = self.txs.get_mut(&txid) {
+                *conf = Some((here, 0));
+            }
+            for input in &tx.input {
+                if let Some(spent) = self.outpoints.get_mut(&input.previous_output) {
+                    *spent = Some((txid, here));
+                    events.push(ChainEvent::Spent {
+                        outpoint: input.previous_output,
+                        by: txid,
+                        tx: Box::new(tx.clone()),
+                        block: here,
+                    });
+                }
+            }
+        }
     }
 
     /// The hash the watcher has for `height`, if it still holds it.

@@ -40,7 +40,8 @@ fn typed_results_deserialise() {
     assert_eq!(c.get_block_header(&hashes[5]).unwrap().block_hash(), hashes[5]);
 
     let coinbase = block.txdata[0].compute_txid();
-    let txinfo = c.get_raw_transaction_info(&coinbase, None).unwrap();
+    // No transaction index (Core's default): a confirmed transaction needs its block hash.
+    let txinfo = c.get_raw_transaction_info(&coinbase, Some(&hashes[0])).unwrap();
     assert_eq!(txinfo.blockhash, Some(hashes[0]));
     assert_eq!(txinfo.confirmations, Some(101));
     let out = c.get_tx_out(&coinbase, 0, Some(true)).unwrap().unwrap();
@@ -299,7 +300,7 @@ fn getrawtransaction_needs_the_index_or_a_block_hash_for_confirmed_transactions(
     let pending = spend_p2wpkh(&[coin], vec![out], &key(1));
     let pending_id = rpc.client().send_raw_transaction(&pending).unwrap();
 
-    r.node.set_txindex(false);
+    assert!(!r.node.txindex(), "off by default, as in Bitcoin Core");
     let e = rpc.call::<Value>("getrawtransaction", &[json!(txid.to_string())]).unwrap_err();
     let ChainError::Node { code, message } = e else { panic!("{e}") };
     assert_eq!(code, -5);

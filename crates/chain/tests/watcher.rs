@@ -6,6 +6,7 @@ mod common;
 
 use paychan_chain::{ChainEvent, ChainSource, ChainWatcher, EmbeddedChain};
 use paychan_core::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut};
+use paychan_harness::chain::Instrumented;
 use paychan_harness::fixtures::{key, p2wpkh, spend_p2wpkh};
 use paychan_node::Node;
 
@@ -64,18 +65,12 @@ fn run_reorg_scenario<C: ChainSource>(node: &Node, source: C) {
     let out = TxOut { value: prev.value - Amount::from_sat(1_000), script_pubkey: p2wpkh(&key(7)) };
     let spend = spend_p2wpkh(&[(OutPoint { txid: fid, vout: 0 }, prev)], vec![out], &key(9));
     let sid = w.source().broadcast(&spend).unwrap();
-    assert_eq!(
-        w.source().spent_by(&OutPoint { txid: fid, vout: 0 }, 0).unwrap(),
-        Some((sid, None))
-    );
+    assert!(w.source().in_mempool(&sid).unwrap());
     let b3 = node.mine(1, &p2wpkh(&key(8))).unwrap()[0];
     let ev = w.poll().unwrap();
-    assert!(ev.iter().any(|e| matches!(e, ChainEvent::Spent { outpoint, by, block } if outpoint.txid == fid && *by == sid && block.hash == b3)), "{ev:?}");
-    let h3 = node.tip().0;
-    assert_eq!(
-        w.source().spent_by(&OutPoint { txid: fid, vout: 0 }, 0).unwrap(),
-        Some((sid, Some(h3)))
-    );
+    assert!(ev.iter().any(|e| matches!(e, ChainEvent::Spent { outpoint, by, block, .. } if outpoint.txid == fid && *by == sid && block.hash == b3)), "{ev:?}");
+    assert!(!w.source().in_mempool(&sid).unwrap());
+    assert_eq!(w.source().utxo(&OutPoint { txid: fid, vout: 0 }).unwrap(), None);
 }
 
 #[test]
@@ -90,66 +85,8 @@ fn watcher_follows_a_reorg_over_rpc() {
     run_reorg_scenario(&r.node, r.rpc());
 }
 
-/// The embedded chain, counting the blocks fetched.
-struct Counting {
-    inner: EmbeddedChain,
-    fetched: std::sync::Mutex<Vec<paychan_core::bitcoin::BlockHash>>,
-}
-
-impl ChainSource for Counting {
-    fn tip(&self) -> Result<paychan_chain::BlockRef, paychan_chain::ChainError> {
-        self.inner.tip()
-    }
-    fn block_hash(
-        &self,
-        height: u32,
-    ) -> Result<Option<paychan_core::bitcoin::BlockHash>, paychan_chain::ChainError> {
-        self.inner.block_hash(height)
-    }
-    fn block(
-        &self,
-        hash: &paychan_core::bitcoin::BlockHash,
-    ) -> Result<paychan_core::bitcoin::Block, paychan_chain::ChainError> {
-        self.fetched.lock().unwrap().push(*hash);
-        self.inner.block(hash)
-    }
-    fn median_time_past(&self) -> Result<u32, paychan_chain::ChainError> {
-        self.inner.median_time_past()
-    }
-    fn broadcast(
-        &self,
-        tx: &Transaction,
-    ) -> Result<paychan_core::bitcoin::Txid, paychan_chain::ChainError> {
-        self.inner.broadcast(tx)
-    }
-    fn tx_status(
-        &self,
-        txid: &paychan_core::bitcoin::Txid,
-    ) -> Result<paychan_chain::TxStatus, paychan_chain::ChainError> {
-        self.inner.tx_status(txid)
-    }
-    fn transaction(
-        &self,
-        txid: &paychan_core::bitcoin::Txid,
-    ) -> Result<Option<Transaction>, paychan_chain::ChainError> {
-        self.inner.transaction(txid)
-    }
-    fn mempool(&self) -> Result<Vec<paychan_core::bitcoin::Txid>, paychan_chain::ChainError> {
-        self.inner.mempool()
-    }
-    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, paychan_chain::ChainError> {
-        self.inner.utxo(outpoint)
-    }
-    fn estimate_fee(
-        &self,
-        target_blocks: u32,
-    ) -> Result<paychan_core::bitcoin::FeeRate, paychan_chain::ChainError> {
-        self.inner.estimate_fee(target_blocks)
-    }
-}
-
-fn counting(node: &Node) -> Counting {
-    Counting { inner: EmbeddedChain::new(node.clone()), fetched: Default::default() }
+fn counting(node: &Node) -> Instrumented<EmbeddedChain> {
+    Instrumented::new(EmbeddedChain::new(node.clone()))
 }
 
 /// A watcher stopped and resumed from its saved cursor reads only the blocks mined while it
@@ -166,7 +103,7 @@ fn a_resumed_watcher_reads_each_block_once_and_follows_a_reorg_across_its_cursor
 
     let mut w = ChainWatcher::new(counting(&node), 0, 6);
     w.poll().unwrap();
-    assert_eq!(w.source().fetched.lock().unwrap().len(), 102, "genesis and 101 blocks, once");
+    assert_eq!(w.source().fetched().len(), 102, "genesis and 101 blocks, once");
     w.cursor().save(&path).unwrap();
     let saved_tip = w.tip().unwrap();
     drop(w);
@@ -178,7 +115,7 @@ fn a_resumed_watcher_reads_each_block_once_and_follows_a_reorg_across_its_cursor
     assert_eq!(cursor.blocks.last().copied(), Some(saved_tip));
     let mut w = ChainWatcher::resume(counting(&node), cursor, 6);
     let ev = w.poll().unwrap();
-    let fetched = w.source().fetched.lock().unwrap().clone();
+    let fetched = w.source().fetched();
     assert_eq!(fetched.len(), 50, "only the new blocks");
     let mut unique = fetched.clone();
     unique.sort();
@@ -209,8 +146,11 @@ fn a_resumed_watcher_reads_each_block_once_and_follows_a_reorg_across_its_cursor
         )
         .collect();
     assert_eq!(gone, [tip.0, tip.0 - 1, tip.0 - 2], "walked back over the cursor's stale blocks");
-    let fetched = w.source().fetched.lock().unwrap().clone();
-    assert_eq!(fetched, new_branch, "only the new branch, each block once");
+    let mut fetched = w.source().fetched();
+    fetched.sort();
+    let mut expected = new_branch.clone();
+    expected.sort();
+    assert_eq!(fetched, expected, "only the new branch, each block once");
     assert!(
         ev.iter().any(|e| matches!(e, ChainEvent::Spent { outpoint, by, .. } if *outpoint == coin && *by == spend.compute_txid())),
         "{ev:?}"

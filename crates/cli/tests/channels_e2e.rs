@@ -62,13 +62,17 @@ fn open_pay_1000_times_close_and_settle_with_real_processes() {
     let settlement = closed["settlement_txid"].as_str().unwrap().to_string();
     let mut c = paychan(&customer_home, &url, &cookie);
     c.args(["node", "mine", "1"]);
-    run(c);
+    let mined = run(c);
 
+    // The node keeps no transaction index (as a stock bitcoind): ask with the block hash.
     let rpc =
         paychan_chain::BitcoindRpc::new(&url, paychan_chain::RpcAuth::CookieFile(cookie.clone()))
             .unwrap();
     let tx: Value = rpc
-        .call("getrawtransaction", &[serde_json::json!(settlement), serde_json::json!(true)])
+        .call(
+            "getrawtransaction",
+            &[serde_json::json!(settlement), serde_json::json!(true), mined["blocks"][0].clone()],
+        )
         .unwrap();
     assert_eq!(tx["confirmations"], 1, "the settlement is mined");
     let sat = |v: &Value| (v.as_f64().unwrap() * 1e8).round() as u64;
@@ -148,12 +152,15 @@ fn a_payment_file_is_verified_and_submitted_by_the_merchant_and_a_tampered_one_r
     assert_eq!(o.status.code(), Some(1));
     let mut c = paychan(&customer_home, &url, &cookie);
     c.args(["node", "mine", "1"]);
-    run(c);
+    let mined = run(c);
     let rpc =
         paychan_chain::BitcoindRpc::new(&url, paychan_chain::RpcAuth::CookieFile(cookie.clone()))
             .unwrap();
     let tx: Value = rpc
-        .call("getrawtransaction", &[serde_json::json!(settlement), serde_json::json!(true)])
+        .call(
+            "getrawtransaction",
+            &[serde_json::json!(settlement), serde_json::json!(true), mined["blocks"][0].clone()],
+        )
         .unwrap();
     assert_eq!(tx["confirmations"], 1);
     assert_eq!((tx["vout"][0]["value"].as_f64().unwrap() * 1e8).round() as u64, 99_500);

@@ -239,14 +239,22 @@ fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
 
     // Settle: at least the highest acknowledged total reaches the chain.
     let closed = env.run(&c, &["channels", "close", "--channel", &channel]);
-    env.run(&c, &["node", "mine", "1"]);
+    let mined = env.run(&c, &["node", "mine", "1"]);
     let rpc = paychan_chain::BitcoindRpc::new(
         &env.url,
         paychan_chain::RpcAuth::CookieFile(env.cookie.clone()),
     )
     .unwrap();
+    // No transaction index (as a stock bitcoind): ask with the block hash.
     let tx: Value = rpc
-        .call("getrawtransaction", &[closed["settlement_txid"].clone(), serde_json::json!(true)])
+        .call(
+            "getrawtransaction",
+            &[
+                closed["settlement_txid"].clone(),
+                serde_json::json!(true),
+                mined["blocks"][0].clone(),
+            ],
+        )
         .unwrap();
     assert_eq!(tx["confirmations"], 1);
     let change = (tx["vout"][0]["value"].as_f64().unwrap() * 1e8).round() as u64;
@@ -285,7 +293,7 @@ fn with_the_merchant_stopped_the_refund_is_mined_after_expiry() {
     env.run(&c, &["node", "mine", "11"]); // median-time-past passes the expiry
     let list = env.run(&c, &["channels", "list"]); // ticks: the refund is broadcast
     assert_eq!(list[0]["phase"], "settling", "{list}");
-    env.run(&c, &["node", "mine", "1"]);
+    let mined = env.run(&c, &["node", "mine", "1"]);
     let list = env.run(&c, &["channels", "list"]);
     assert_eq!(list[0]["phase"], "refunded", "{list}");
     let refund = list[0]["closing_txid"].as_str().unwrap().to_string();
@@ -295,7 +303,10 @@ fn with_the_merchant_stopped_the_refund_is_mined_after_expiry() {
     )
     .unwrap();
     let tx: Value = rpc
-        .call("getrawtransaction", &[serde_json::json!(refund), serde_json::json!(true)])
+        .call(
+            "getrawtransaction",
+            &[serde_json::json!(refund), serde_json::json!(true), mined["blocks"][0].clone()],
+        )
         .unwrap();
     assert_eq!(tx["confirmations"], 1, "the refund is mined");
     let back = (tx["vout"][0]["value"].as_f64().unwrap() * 1e8).round() as u64;
@@ -350,14 +361,17 @@ fn the_node_restarting_mid_stream_loses_nothing_and_settlement_follows() {
     let _node = node_at(&node_dir, rpc_port);
     let closed = env.run(&c, &["channels", "close", "--channel", &channel]);
     let settlement = closed["settlement_txid"].as_str().unwrap().to_string();
-    env.run(&c, &["node", "mine", "1"]);
+    let mined = env.run(&c, &["node", "mine", "1"]);
     let rpc = paychan_chain::BitcoindRpc::new(
         &env.url,
         paychan_chain::RpcAuth::CookieFile(env.cookie.clone()),
     )
     .unwrap();
     let tx: Value = rpc
-        .call("getrawtransaction", &[serde_json::json!(settlement), serde_json::json!(true)])
+        .call(
+            "getrawtransaction",
+            &[serde_json::json!(settlement), serde_json::json!(true), mined["blocks"][0].clone()],
+        )
         .unwrap();
     assert_eq!(tx["confirmations"], 1, "the settlement is mined");
     let outputs: f64 =

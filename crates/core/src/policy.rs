@@ -82,6 +82,29 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// [`Policy::validate`], and that the policy is safe on `network`: the settle margin
+    /// leaves room for median-time-past running ahead of the merchant's clock (the refund's
+    /// timelock is checked against it, BIP 113; blocks may be stamped up to two hours ahead)
+    /// plus the settlement's confirmations at ten minutes each.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPolicy`], naming the network and the margin it needs.
+    pub fn validate_for(&self, network: &crate::network::NetworkParams) -> Result<(), Error> {
+        self.validate()?;
+        let needed = u64::from(network.mtp_lag_secs) + 600 * u64::from(network.min_confirmations);
+        if u64::from(self.settle_margin_secs) < needed {
+            return Err(Error::InvalidPolicy(format!(
+                "settle margin {} s is too short on {}: median-time-past may run {} s ahead and \
+                 the settlement needs {} confirmation(s); at least {needed} s",
+                self.settle_margin_secs,
+                network.name,
+                network.mtp_lag_secs,
+                network.min_confirmations
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks that the policy is consistent.
     ///
     /// # Errors
@@ -166,6 +189,28 @@ impl Policy {
 /// 540 for P2SH, 330 for P2WSH and P2TR at the default 3 sat/vB; 0 for `OP_RETURN`).
 pub fn dust_threshold(script_pubkey: &Script, dust_relay_fee: FeeRate) -> Amount {
     script_pubkey.minimal_non_dust_custom(dust_relay_fee)
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+    use crate::network::NetworkParams;
+    use bitcoin::Network;
+
+    #[test]
+    fn the_settle_margin_must_cover_the_median_time_past_lag_and_the_confirmations() {
+        let main = NetworkParams::of(Network::Bitcoin).unwrap();
+        assert!(Policy::default().validate_for(&main).is_ok(), "the default is safe on mainnet");
+        let short = Policy { settle_margin_secs: 2 * 3_600, ..Policy::default() };
+        assert!(short.validate().is_ok(), "consistent in itself");
+        let e = short.validate_for(&main).unwrap_err().to_string();
+        assert!(e.contains("bitcoin") && e.contains("9000"), "{e}");
+        // Regtest needs one confirmation: 2 h + 10 min.
+        let regtest = NetworkParams::regtest();
+        let just = Policy { settle_margin_secs: 7_800, ..Policy::default() };
+        assert!(just.validate_for(&regtest).is_ok());
+        assert!(just.validate_for(&main).is_err());
+    }
 }
 
 #[cfg(test)]

@@ -116,10 +116,7 @@ fn the_tick_asks_for_the_work_the_phase_needs() {
     drain(&mut m);
     assert_eq!(m.phase(), Phase::Settling);
     assert_eq!(s.handle_tick(&now, &m, true, false), Work::default(), "not settled twice");
-    assert_eq!(
-        s.handle_tick(&now, &m, false, true),
-        Work { settle: false, look_for_spend: true, follow: true }
-    );
+    assert_eq!(s.handle_tick(&now, &m, false, true), Work { settle: false, follow: true });
     let mut retrying = s.clone();
     retrying.outcome(&now, false);
     assert_eq!(retrying.handle_tick(&now, &m, false, false), Work::default(), "backing off");

@@ -19,7 +19,7 @@ pub mod proxy;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use paychan_chain::ChainSource;
+use paychan_chain::{ChainSource, ChainView, Lookback};
 use paychan_core::bitcoin::{Amount, OutPoint, Txid};
 use paychan_core::channel::customer::{CustomerChannel, CustomerState};
 use paychan_core::channel::Phase;
@@ -172,6 +172,8 @@ fn after_reload(e: &mut Entry) {
 pub struct Customer {
     store: Arc<dyn ChannelStore>,
     chain: Arc<dyn ChainSource>,
+    /// What the blocks say about the channels' fundings (read once each, from a cursor).
+    view: Arc<ChainView>,
     wallet: Arc<std::sync::Mutex<Wallet>>,
     keys: KeyChain,
     clock: Clock,
@@ -202,9 +204,11 @@ impl Customer {
     ) -> Result<Self, CustomerError> {
         let keys =
             wallet.lock().unwrap_or_else(|p| p.into_inner()).key_chain(KeyChain::CUSTOMER)?;
+        let view = Arc::new(ChainView::open(chain.clone(), None)?);
         Ok(Customer {
             store,
             chain,
+            view,
             wallet,
             keys,
             clock,
@@ -232,6 +236,16 @@ impl Customer {
         self
     }
 
+    /// Follows the chain from the cursor stored at `path` (and stores it there after each
+    /// tick), so that a restart reads only the blocks since. Call before [`Customer::load`].
+    ///
+    /// # Errors
+    /// [`CustomerError::Chain`] for a cursor file that cannot be read.
+    pub fn with_chain_cursor(mut self, path: std::path::PathBuf) -> Result<Self, CustomerError> {
+        self.view = Arc::new(ChainView::open(self.chain.clone(), Some(path))?);
+        Ok(self)
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<OutPoint, Arc<tokio::sync::Mutex<Entry>>>> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -251,6 +265,9 @@ impl Customer {
             let state = CustomerState::decode(&row.state)?;
             let key = self.keys.secret(state.terms.customer_key_index)?;
             let channel = CustomerChannel::restore(state, key)?;
+            if !channel.phase().is_final() {
+                self.view.watch(row.id, lookback(channel.state()));
+            }
             live += usize::from(!channel.phase().is_final());
             let e = entry(Entry::stored(channel, row.version, row.total));
             self.map().insert(row.id, Arc::new(tokio::sync::Mutex::new(e)));
@@ -280,6 +297,35 @@ impl Customer {
         let e = self.entry(&id)?;
         let e = e.lock().await;
         status_of(&e.channel).ok_or(CustomerError::UnknownChannel(id))
+    }
+}
+
+/// The longest a customer assumes a channel lives, to bound a look back for its funding's
+/// spend (the merchant's policy is not stored with the channel): a year.
+const LONGEST_LIFE_SECS: u32 = 366 * 24 * 3600;
+
+/// How far back the chain view may read for a stored channel's funding spend: not at all
+/// before the funding can be confirmed; else down to the funding's block, no lower than its
+/// anti-fee-sniping locktime, and not more than [`LONGEST_LIFE_SECS`] before the expiry.
+fn lookback(state: &paychan_core::channel::customer::CustomerState) -> Lookback {
+    use paychan_core::bitcoin::absolute::LockTime;
+    if matches!(state.phase, Phase::Opening | Phase::AwaitingFunding) {
+        return Lookback::Never;
+    }
+    let sniping = match state.funding_tx.as_ref().map(|t| t.lock_time) {
+        Some(LockTime::Blocks(h)) => h.to_consensus_u32(),
+        _ => 0,
+    };
+    match state.terms.script.expiry() {
+        LockTime::Seconds(t) => Lookback::To {
+            height: sniping,
+            time: t.to_consensus_u32().saturating_sub(LONGEST_LIFE_SECS),
+        },
+        // Blocks twice as fast as every ten minutes.
+        LockTime::Blocks(h) => Lookback::To {
+            height: sniping.max(h.to_consensus_u32().saturating_sub(LONGEST_LIFE_SECS / 300)),
+            time: 0,
+        },
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use paychan_chain::Lookback;
 use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::secp256k1::PublicKey;
 use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, Txid};
@@ -123,6 +124,7 @@ impl Customer {
         }
         entry.channel.handle_opened()?;
         self.drain(&mut entry).await?;
+        self.view.watch(id, Lookback::Never);
         entry.ext.conn = Some(conn);
         self.map().insert(id, Arc::new(tokio::sync::Mutex::new(entry)));
         info!(channel = %id, %deposit, "channel opened");
@@ -160,24 +162,22 @@ impl Customer {
     /// # Errors
     /// Chain, wallet or store errors.
     pub async fn tick(&self) -> Result<Vec<Txid>, CustomerError> {
+        let view = self.view.clone();
+        blocking(move || view.sync()).await?;
         let entries: Vec<_> = self.map().iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut refunds = Vec::new();
         for (id, e) in entries {
             let mut e = e.lock_owned().await;
             self.reload(&mut e).await?;
             if e.channel.phase().is_final() {
+                self.view.unwatch(&id);
                 continue;
             }
-            let chain = self.chain.clone();
-            let from = 0;
-            let spent = blocking(move || chain.spent_by(&id, from)).await?;
-            if let Some((txid, Some(_))) = spent {
-                let chain = self.chain.clone();
-                if let Some(tx) = blocking(move || chain.transaction(&txid)).await? {
-                    e.channel.handle_funding_spent(&tx)?;
-                    self.drain(&mut e).await?;
-                    continue;
-                }
+            // The funding's spend, from the block the chain view read.
+            if let Some(spend) = self.view.spend(&id) {
+                e.channel.handle_funding_spent(&spend.tx)?;
+                self.drain(&mut e).await?;
+                continue;
             }
             let now = (self.clock)();
             e.channel.handle_tick(&now);
@@ -195,6 +195,9 @@ impl Customer {
                 refunds.push(tx.compute_txid());
             }
         }
+        // Acted on: a restart need not read these blocks again.
+        let view = self.view.clone();
+        blocking(move || view.commit()).await?;
         Ok(refunds)
     }
 }

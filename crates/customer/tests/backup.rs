@@ -67,25 +67,52 @@ fn a_malformed_backup_is_refused_naming_the_file_and_the_field() {
     assert!(e.contains("x.json") && e.contains("funding"), "{e}");
 }
 
-/// A merchant restored from a copy of its store older than its last payments gets them back:
-/// each customer, resuming, sends its latest signed total; the settlement mined pays it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_merchant_restored_from_an_older_copy_gets_the_newer_payments_back() {
-    use std::sync::Arc;
-
-    use paychan_core::policy::Policy;
-    use paychan_merchant::{tcp, ChannelServer, ServerConfig};
-    use paychan_store::{ChannelStore, Role, SqliteStore};
-    use paychan_wallet::KeyChain;
-
+/// A merchant on its own SQLite store with one channel paid 5,000 sat, and a copy of that
+/// store taken then (`copy.db` in the returned directory).
+async fn merchant_with_a_copy() -> (
+    tempfile::TempDir,
+    std::sync::Arc<paychan_store::SqliteStore>,
+    paychan_harness::World,
+    paychan_core::bitcoin::OutPoint,
+    std::path::PathBuf,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("merchant.db")).unwrap());
+    let store = std::sync::Arc::new(
+        paychan_store::SqliteStore::open(&dir.path().join("merchant.db")).unwrap(),
+    );
     let w = paychan_harness::World::builder().merchant_store(store.clone()).start().await.unwrap();
     let id = w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap();
     w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
     w.customer.pay(id, Amount::from_sat(5_000)).await.unwrap();
     let copy = dir.path().join("copy.db");
     store.backup_to(&copy).await.unwrap();
+    (dir, store, w, id, copy)
+}
+
+/// The merchant of `w` again, on `store` (its keys, its clock, its chain), paying
+/// settlements to key 0x55.
+fn merchant_on(
+    w: &paychan_harness::World,
+    store: std::sync::Arc<dyn paychan_store::ChannelStore>,
+) -> paychan_merchant::ChannelServer {
+    use paychan_core::policy::Policy;
+    use paychan_merchant::{ChannelServer, ServerConfig};
+    let keys =
+        w.merchant_wallet.lock().unwrap().key_chain(paychan_wallet::KeyChain::MERCHANT).unwrap();
+    let config = ServerConfig::new(Policy::default(), p2wpkh(&key(0x55)));
+    ChannelServer::new(config, keys, store, w.chain.clone(), w.clock.clone()).unwrap()
+}
+
+/// A merchant restored from a copy of its store older than its last payments gets them back:
+/// each customer, resuming, sends its latest signed total; the settlement mined pays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_restored_from_an_older_copy_gets_the_newer_payments_back() {
+    use std::sync::Arc;
+
+    use paychan_merchant::tcp;
+    use paychan_store::{ChannelStore, Role, SqliteStore};
+
+    let (_dir, _store, w, id, copy) = merchant_with_a_copy().await;
     // Payments after the copy: 8,000 sat in all, acknowledged.
     w.customer.pay_many(id, &[Amount::from_sat(1_000); 3]).await.unwrap();
 
@@ -97,12 +124,7 @@ async fn a_merchant_restored_from_an_older_copy_gets_the_newer_payments_back() {
         restored.get(id, Role::Merchant).await.unwrap().unwrap().total,
         Amount::from_sat(5_000)
     );
-    let keys = w.merchant_wallet.lock().unwrap().key_chain(KeyChain::MERCHANT).unwrap();
-    let config = ServerConfig::new(Policy::default(), p2wpkh(&key(0x55)));
-    let server = Arc::new(
-        ChannelServer::new(config, keys, restored.clone(), w.chain.clone(), w.clock.clone())
-            .unwrap(),
-    );
+    let server = Arc::new(merchant_on(&w, restored.clone()));
     assert_eq!(server.load().await.unwrap(), 1);
     let listener = tokio::net::TcpListener::bind(&w.peer).await.unwrap();
     tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
@@ -134,4 +156,37 @@ async fn a_merchant_restored_from_an_older_copy_gets_the_newer_payments_back() {
     let to_merchant = tx.output.iter().find(|o| o.script_pubkey == p2wpkh(&key(0x55))).unwrap();
     let fee = Amount::from_sat(100_000) - tx.output.iter().map(|o| o.value).sum::<Amount>();
     assert_eq!(to_merchant.value + fee, Amount::from_sat(9_000));
+}
+
+/// A merchant restored from a copy of its store made before its settlement was mined, with
+/// its chain cursor already past that block, still learns the channel is settled: the
+/// channel was open in the copy, its funding is spent, so the chain view reads blocks back
+/// (once) to the spend — no transaction index needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_restored_from_before_its_settlement_finds_it_in_older_blocks() {
+    use std::sync::Arc;
+
+    use paychan_core::channel::Phase;
+    use paychan_store::{ChannelStore, Role, SqliteStore};
+
+    let (_dir, store, w, id, copy) = merchant_with_a_copy().await;
+
+    let settlement = w.customer.close(id).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+    assert_eq!(store.get(id, Role::Merchant).await.unwrap().unwrap().phase, Phase::Settled);
+    w.node.mine(5, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap(); // the cursor is stored past the settlement's block
+    w.stop_merchant().await;
+
+    let restored: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(&copy).unwrap());
+    assert_eq!(restored.get(id, Role::Merchant).await.unwrap().unwrap().phase, Phase::Open);
+    let server = merchant_on(&w, restored.clone())
+        .with_chain_cursor(w.dir.join("merchant-chain.cursor"))
+        .unwrap();
+    assert_eq!(server.load().await.unwrap(), 1);
+    server.tick().await.unwrap();
+    let row = restored.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.phase, Phase::Settled, "found in a block before the cursor");
+    assert_eq!(row.closing_txid, Some(settlement));
 }

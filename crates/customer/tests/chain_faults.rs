@@ -7,15 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use paychan_chain::{BlockRef, ChainError, ChainSource, EmbeddedChain, TxStatus};
-use paychan_core::bitcoin::{
-    Amount, Block, BlockHash, FeeRate, OutPoint, Transaction, TxOut, Txid,
-};
+use paychan_chain::EmbeddedChain;
+use paychan_core::bitcoin::{Amount, FeeRate, OutPoint};
 use paychan_core::channel::Phase;
 use paychan_customer::{Customer, CustomerError};
+use paychan_harness::chain::Instrumented;
 use paychan_harness::fixtures::{key, p2wpkh};
 use paychan_node::Node;
 use paychan_store::{
@@ -83,76 +82,7 @@ impl ChannelStore for FaultyStore {
 }
 
 /// The merchant's view of the chain, which can be cut off.
-struct Flaky {
-    inner: EmbeddedChain,
-    down: AtomicBool,
-    /// A fee estimate that overrides the node's.
-    fee: Mutex<Option<FeeRate>>,
-    /// The node refuses every transaction (a full mempool, say).
-    refuse_broadcast: AtomicBool,
-    /// Broadcasts tried.
-    broadcasts: AtomicU32,
-}
-
-impl Flaky {
-    fn check(&self) -> Result<(), ChainError> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(ChainError::Transport("connection refused (test)".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl ChainSource for Flaky {
-    fn tip(&self) -> Result<BlockRef, ChainError> {
-        self.check()?;
-        self.inner.tip()
-    }
-    fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, ChainError> {
-        self.check()?;
-        self.inner.block_hash(height)
-    }
-    fn block(&self, hash: &BlockHash) -> Result<Block, ChainError> {
-        self.check()?;
-        self.inner.block(hash)
-    }
-    fn median_time_past(&self) -> Result<u32, ChainError> {
-        self.check()?;
-        self.inner.median_time_past()
-    }
-    fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
-        self.check()?;
-        self.broadcasts.fetch_add(1, Ordering::SeqCst);
-        if self.refuse_broadcast.load(Ordering::SeqCst) {
-            return Err(ChainError::Transport("mempool full (test)".into()));
-        }
-        self.inner.broadcast(tx)
-    }
-    fn tx_status(&self, txid: &Txid) -> Result<TxStatus, ChainError> {
-        self.check()?;
-        self.inner.tx_status(txid)
-    }
-    fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
-        self.check()?;
-        self.inner.transaction(txid)
-    }
-    fn mempool(&self) -> Result<Vec<Txid>, ChainError> {
-        self.check()?;
-        self.inner.mempool()
-    }
-    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, ChainError> {
-        self.check()?;
-        self.inner.utxo(outpoint)
-    }
-    fn estimate_fee(&self, target_blocks: u32) -> Result<FeeRate, ChainError> {
-        self.check()?;
-        match *self.fee.lock().unwrap() {
-            Some(f) => Ok(f),
-            None => self.inner.estimate_fee(target_blocks),
-        }
-    }
-}
+type Flaky = Instrumented<EmbeddedChain>;
 
 /// The harness's world, the merchant on a chain that fails on demand, both stores faulting
 /// on demand.
@@ -183,13 +113,7 @@ async fn world() -> World {
 /// [`world`] with the merchant's settlements capped at `cap`.
 async fn world_capped(cap: Option<FeeRate>) -> World {
     let node = Node::in_memory();
-    let flaky = Arc::new(Flaky {
-        inner: EmbeddedChain::new(node.clone()),
-        down: AtomicBool::new(false),
-        fee: Mutex::new(None),
-        refuse_broadcast: AtomicBool::new(false),
-        broadcasts: AtomicU32::new(0),
-    });
+    let flaky = Arc::new(Instrumented::new(EmbeddedChain::new(node.clone())));
     let dir = tempfile::tempdir().unwrap();
     let faults = Arc::new(Faulty::default());
     let store: Arc<dyn ChannelStore> = Arc::new(FaultyStore {
@@ -249,6 +173,47 @@ async fn a_reorged_funding_stops_payments_until_it_confirms_again() {
     assert_eq!(w.customer.sync(id).await.unwrap(), Amount::from_sat(10));
     assert_eq!(w.customer.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(20));
     assert_eq!(w.store.get(id, Role::Merchant).await.unwrap().unwrap().phase, Phase::Open);
+}
+
+/// The merchant learns confirmations and spends from blocks, each read once, however many
+/// channels it has: a tick after a new block costs the tip and that block, nothing per
+/// channel, and no call a node without a transaction index could not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_tick_reads_each_new_block_once_whatever_its_channels() {
+    let w = world().await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(w.customer.open(&w.peer, Amount::from_sat(100_000), None).await.unwrap());
+    }
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+    for id in &ids {
+        w.customer.pay(*id, Amount::from_sat(5_000)).await.unwrap();
+        assert_eq!(w.store.get(*id, Role::Merchant).await.unwrap().unwrap().phase, Phase::Open);
+    }
+
+    w.flaky.reset();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+    let calls = w.flaky.all_calls();
+    assert_eq!(calls.get("tip"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("block"), Some(&1), "{calls:?}");
+    assert_eq!(calls.values().sum::<u64>(), 2, "nothing per channel: {calls:?}");
+
+    w.flaky.reset();
+    w.node.mine(4, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+    w.server.tick().await.unwrap();
+    assert_eq!(w.flaky.calls("block"), 4, "each block once: {:?}", w.flaky.all_calls());
+    assert_eq!(w.flaky.fetched().len(), 4);
+
+    // A settlement is followed from the block that spends the funding.
+    let txid = w.server.settle(ids[0]).await.unwrap().txid().unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.server.tick().await.unwrap();
+    let row = w.store.get(ids[0], Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.phase, Phase::Settled);
+    assert_eq!(row.closing_txid, Some(txid));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,19 +289,19 @@ async fn a_failing_settlement_is_retried_with_exponential_backoff_until_it_goes_
     w.flaky.refuse_broadcast.store(true, Ordering::SeqCst);
     let expiry = u64::from(w.server.channel_expiry(id).await.unwrap());
     let start = expiry - 4 * 3600 + 60;
-    let before = w.flaky.broadcasts.load(Ordering::SeqCst);
+    let before = w.flaky.calls("broadcast");
     // Ten minutes of ticks every 5 s (120 ticks): the attempts back off 15 s, 30 s, 60 s, ...
     let mut attempts_at = Vec::new();
     for i in 0..120u64 {
         w.node.set_mock_time(start + i * 5).unwrap();
-        let n = w.flaky.broadcasts.load(Ordering::SeqCst);
+        let n = w.flaky.calls("broadcast");
         w.server.tick().await.unwrap();
-        if w.flaky.broadcasts.load(Ordering::SeqCst) > n {
+        if w.flaky.calls("broadcast") > n {
             attempts_at.push(i * 5);
         }
     }
     assert_eq!(attempts_at, [0, 15, 45, 105, 225, 465], "attempts back off exponentially");
-    assert_eq!(w.flaky.broadcasts.load(Ordering::SeqCst) - before, 6);
+    assert_eq!(w.flaky.calls("broadcast") - before, 6);
     let metrics = w.server.metrics_text().await;
     assert!(metrics.contains("paychan_settlement_failures_total 6"), "{metrics}");
     // Nothing was lost meanwhile: the stored total is the acknowledged one.

@@ -19,6 +19,7 @@
 
 #![deny(missing_docs)]
 
+pub mod chain;
 pub mod fixtures;
 
 use std::path::{Path, PathBuf};
@@ -215,7 +216,8 @@ impl Builder {
             merchant_store.clone(),
             merchant_chain,
             clock.clone(),
-        )?;
+        )?
+        .with_chain_cursor(dir.join("merchant-chain.cursor"))?;
         if matches!(self.payout, Payout::Wallet) {
             let w = merchant_wallet.clone();
             let source: PayoutSource = Arc::new(move || {
@@ -244,7 +246,8 @@ impl Builder {
             customer_chain.clone(),
             customer_wallet.clone(),
             customer_clock,
-        )?;
+        )?
+        .with_chain_cursor(dir.join("customer-chain.cursor"))?;
         if self.customer_backups {
             customer = customer.with_backups(&dir.join("backups"));
         }
@@ -340,7 +343,8 @@ impl World {
             self.customer_chain.clone(),
             self.customer_wallet.clone(),
             clock,
-        )?)
+        )?
+        .with_chain_cursor(self.dir.join("customer-chain.cursor"))?)
     }
 
     /// Stops the merchant's TCP server (a merchant that goes away: its connections close once

@@ -291,18 +291,15 @@ impl Node {
     /// transactions, minus what the mempool spends. Returns the output, its confirmations
     /// (0 in the mempool) and whether a coinbase created it.
     pub fn utxo(&self, outpoint: &OutPoint, include_mempool: bool) -> Option<(TxOut, u32, bool)> {
+        utxo_in(&self.lock(), outpoint, include_mempool)
+    }
+
+    /// [`Node::utxo`] with the mempool, and the tip its depth was counted from (one lock, as
+    /// Core's `gettxout` reports `bestblock`).
+    pub fn utxo_at_tip(&self, outpoint: &OutPoint) -> Option<(TxOut, u32, BlockHash)> {
         let st = self.lock();
-        if include_mempool && st.mempool.spends.contains_key(outpoint) {
-            return None;
-        }
-        if let Some(c) = st.chain.utxos.get(outpoint) {
-            return Some((c.txout.clone(), st.chain.height() - c.height + 1, c.coinbase));
-        }
-        if include_mempool {
-            let e = st.mempool.entries.get(&outpoint.txid)?;
-            return e.tx.output.get(outpoint.vout as usize).map(|o| (o.clone(), 0, false));
-        }
-        None
+        let (out, depth, _) = utxo_in(&st, outpoint, true)?;
+        Some((out, depth, st.chain.tip()))
     }
 
     /// A transaction in the active chain or the mempool, and where it is confirmed.
@@ -359,4 +356,19 @@ impl Node {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// [`Node::utxo`] under a lock already held.
+fn utxo_in(st: &State, outpoint: &OutPoint, include_mempool: bool) -> Option<(TxOut, u32, bool)> {
+    if include_mempool && st.mempool.spends.contains_key(outpoint) {
+        return None;
+    }
+    if let Some(c) = st.chain.utxos.get(outpoint) {
+        return Some((c.txout.clone(), st.chain.height() - c.height + 1, c.coinbase));
+    }
+    if include_mempool {
+        let e = st.mempool.entries.get(&outpoint.txid)?;
+        return e.tx.output.get(outpoint.vout as usize).map(|o| (o.clone(), 0, false));
+    }
+    None
 }

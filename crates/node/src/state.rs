@@ -27,7 +27,8 @@ pub(crate) struct State {
     /// Largest block weight the miner assembles (Core's `-blockmaxweight`).
     pub block_max_weight: u64,
     /// Whether the RPC answers `getrawtransaction` for confirmed transactions without a block
-    /// hash (Core's `-txindex`). The node itself always knows where a transaction is.
+    /// hash (Core's `-txindex`; off by default, as in Core). The node itself always knows
+    /// where a transaction is.
     pub txindex: bool,
 }
 
@@ -42,7 +43,7 @@ impl State {
             started: Instant::now(),
             stored: HashSet::new(),
             block_max_weight: params::MAX_BLOCK_WEIGHT,
-            txindex: true,
+            txindex: false,
         }
     }
 

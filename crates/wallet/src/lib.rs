@@ -89,6 +89,8 @@ pub struct Wallet {
     db: Connection,
     xprv: Xpriv,
     dir: PathBuf,
+    /// Mempool transactions already read: each is fetched once, not at every sync.
+    mempool_seen: std::collections::HashSet<Txid>,
 }
 
 impl std::fmt::Debug for Wallet {
@@ -98,6 +100,8 @@ impl std::fmt::Debug for Wallet {
 }
 
 const MNEMONIC_FILE: &str = "mnemonic";
+/// The height below which the wallet has no transactions (its creation's tip).
+const BIRTHDAY_FILE: &str = "birthday";
 const DB_FILE: &str = "wallet.sqlite";
 
 fn write_secret(path: &Path, contents: &str) -> Result<(), WalletError> {
@@ -169,7 +173,7 @@ impl Wallet {
             .create_wallet(&mut db)
             .map_err(database)?;
         info!(dir = %dir.display(), "wallet created");
-        Ok(Wallet { inner, db, xprv, dir: dir.to_path_buf() })
+        Ok(Wallet { inner, db, xprv, dir: dir.to_path_buf(), mempool_seen: Default::default() })
     }
 
     /// Opens the wallet in `dir`.
@@ -197,7 +201,7 @@ impl Wallet {
             .load_wallet(&mut db)
             .map_err(database)?
             .ok_or_else(|| WalletError::Missing(dir.to_path_buf()))?;
-        Ok(Wallet { inner, db, xprv, dir: dir.to_path_buf() })
+        Ok(Wallet { inner, db, xprv, dir: dir.to_path_buf(), mempool_seen: Default::default() })
     }
 
     /// Opens the wallet in `dir`, creating one (with a fresh mnemonic) if there is none.
@@ -241,6 +245,25 @@ impl Wallet {
         self.inner.balance()
     }
 
+    /// Records that the wallet has no transaction below `height` (a fresh wallet: the tip at
+    /// its creation), so that its first sync starts there instead of at the genesis block —
+    /// hours of blocks on a real network, and blocks a pruned node no longer has.
+    ///
+    /// # Errors
+    /// [`WalletError::Io`] when the file cannot be written.
+    pub fn set_birthday(&mut self, height: u32) -> Result<(), WalletError> {
+        let path = self.dir.join(BIRTHDAY_FILE);
+        std::fs::write(&path, format!("{height}\n")).map_err(|e| io(&path, e))
+    }
+
+    /// The height set by [`Wallet::set_birthday`]; 0 when none was.
+    pub fn birthday(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join(BIRTHDAY_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Height of the last synced block.
     pub fn synced_height(&self) -> u32 {
         self.inner.latest_checkpoint().height()
@@ -264,13 +287,24 @@ impl Wallet {
                 break;
             }
         }
-        let from = agree.map_or(0, |b: BlockId| b.height + 1);
+        let mut from = agree.map_or(0, |b: BlockId| b.height + 1);
+        // A wallet born later has nothing in the blocks before: start at its birthday, the
+        // first block connected to the checkpoint the chain agrees with.
+        let mut skipped_to = None;
+        if agree.is_some() && self.birthday() > from {
+            from = self.birthday();
+            skipped_to = agree;
+        }
         let mut blocks = 0;
         for height in from..=tip.height {
             let Some(hash) = chain.block_hash(height)? else { break };
             let block = chain.block(&hash)?;
-            let prev =
-                BlockId { height: height.saturating_sub(1), hash: block.header.prev_blockhash };
+            let prev = match skipped_to.take() {
+                Some(agreed) => agreed,
+                None => {
+                    BlockId { height: height.saturating_sub(1), hash: block.header.prev_blockhash }
+                }
+            };
             let result = if height == 0 {
                 Ok(())
             } else {
@@ -282,9 +316,14 @@ impl Wallet {
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut unconfirmed = Vec::new();
-        for txid in chain.mempool()? {
-            if let Some(tx) = chain.transaction(&txid)? {
-                unconfirmed.push((tx, now));
+        let in_mempool: std::collections::HashSet<Txid> = chain.mempool()?.into_iter().collect();
+        self.mempool_seen.retain(|t| in_mempool.contains(t));
+        for txid in in_mempool {
+            if !self.mempool_seen.contains(&txid) {
+                if let Some(tx) = chain.mempool_transaction(&txid)? {
+                    unconfirmed.push((tx, now));
+                }
+                self.mempool_seen.insert(txid);
             }
         }
         let mempool = unconfirmed.len();

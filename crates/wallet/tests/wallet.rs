@@ -164,3 +164,44 @@ fn each_network_has_its_coin_type_and_address_prefix() {
         assert!(paychan_wallet::Wallet::open(dir.path(), other).is_err(), "{name}");
     }
 }
+
+/// A wallet born at a height reads no block below it (a fresh wallet on a real network need
+/// not read the chain from genesis, which a pruned node no longer has), yet sees what comes
+/// after; the mempool transactions it has read are not fetched again at the next sync.
+#[test]
+fn a_wallet_starts_at_its_birthday_and_reads_each_mempool_transaction_once() {
+    use paychan_harness::chain::Instrumented;
+    let node = Node::in_memory();
+    node.mine(150, &p2wpkh(&key(9))).unwrap();
+    let source = Instrumented::new(EmbeddedChain::new(node.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Wallet::create(dir.path(), Network::Regtest, None).unwrap();
+    assert_eq!(w.birthday(), 0);
+    w.set_birthday(150).unwrap();
+    assert_eq!(w.birthday(), 150);
+    let mine = w.new_address().unwrap();
+    w.sync(&source).unwrap();
+    assert_eq!(source.fetched().len(), 1, "the birthday's block only");
+    assert_eq!(w.synced_height(), 150);
+
+    node.mine(2, &mine.script_pubkey()).unwrap();
+    source.reset();
+    w.sync(&source).unwrap();
+    assert_eq!(source.fetched().len(), 2);
+    // Two coinbases of 25 BTC (regtest halves every 150 blocks).
+    assert_eq!(w.balance().immature, Amount::from_int_btc(50), "its coinbases are seen");
+
+    // A payment to the wallet waits in the mempool: read once, not at every sync.
+    node.mine(100, &p2wpkh(&key(9))).unwrap();
+    w.sync(&source).unwrap();
+    let to = w.new_address().unwrap().script_pubkey();
+    let (tx, _) = w
+        .build_payment(to, Amount::from_sat(10_000), FeeRate::from_sat_per_vb(2).unwrap())
+        .unwrap();
+    source.broadcast(&tx).unwrap();
+    source.reset();
+    w.sync(&source).unwrap();
+    assert_eq!(source.calls("mempool_transaction"), 1);
+    w.sync(&source).unwrap();
+    assert_eq!(source.calls("mempool_transaction"), 1, "already read");
+}

@@ -126,6 +126,7 @@ pub async fn customer(common: &Common) -> Result<(Customer, Arc<dyn ChainSource>
     let clock = common.clock(chain.clone());
     let store: Arc<dyn ChannelStore> = Arc::new(SqliteStore::open(&home.join("channels.db"))?);
     let customer = Customer::new(store, chain.clone(), wallet, clock)?
+        .with_chain_cursor(home.join("customer-chain.cursor"))?
         .with_backups(&super::backup::backup_dir(common))
         .with_max_fee_rate(n.max_fee_rate);
     customer.load().await?;
@@ -143,8 +144,9 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
                 if wait {
                     let mut waited = 0u64;
                     loop {
-                        match chain.tx_status(&id.txid)? {
-                            paychan_chain::TxStatus::Confirmed { .. } => break,
+                        // gettxout dates the funding output: no transaction index needed.
+                        match chain.utxo(&id)? {
+                            Some(u) if u.confirmations > 0 => break,
                             _ => {
                                 if waited % 10 == 0 {
                                     tracing::info!(channel = %id, seconds = waited, "waiting for the funding to confirm");

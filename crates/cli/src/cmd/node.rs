@@ -52,9 +52,9 @@ pub struct StartArgs {
     /// Mine a block every SECS seconds (0: only on request).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     block_interval: u64,
-    /// Serve confirmed transactions by txid over RPC (Core's `-txindex`): `true` (the default
-    /// until paychan's chain client needs no index, issue 15) or `false`, as a stock bitcoind.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// Serve confirmed transactions by txid over RPC (Core's `-txindex`): `false` (the
+    /// default, as a stock bitcoind: paychan needs no index) or `true`.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     txindex: bool,
 }
 

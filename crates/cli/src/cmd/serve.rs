@@ -158,7 +158,7 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     if let Some(n) = a.min_confirmations.or(file.min_confirmations) {
         policy.min_confirmations = n;
     }
-    policy.validate()?;
+    policy.validate_for(&n)?;
     let tick = Duration::from_secs(a.tick_secs.or(file.tick_secs).unwrap_or(2).max(1));
     let admin_token = a.admin_token;
     let upstream = a.upstream.or(file.upstream);
@@ -347,7 +347,14 @@ pub async fn merchant(
     let n = common.claim_network(mainnet_confirmed)?;
     let network = n.network;
     let chain = common.chain()?;
-    let mut wallet = Wallet::open_or_create(&common.wallet_dir(), network)?;
+    let mut wallet = match Wallet::open(&common.wallet_dir(), network) {
+        Err(paychan_wallet::WalletError::Missing(_)) => {
+            let mut w = Wallet::create(&common.wallet_dir(), network, None)?;
+            w.set_birthday(super::wallet::fresh_birthday(common))?;
+            w
+        }
+        other => other?,
+    };
     let keys = wallet.key_chain(KeyChain::MERCHANT)?;
     let payout = wallet.new_address()?;
     let clock = common.clock(chain.clone());
@@ -372,8 +379,12 @@ pub async fn merchant(
         let mut w = wallet.lock().unwrap_or_else(|p| p.into_inner());
         w.new_address().map(|a| a.script_pubkey()).map_err(|e| e.to_string())
     });
-    let server =
-        Arc::new(ChannelServer::new(config, keys, store, chain, clock)?.with_payout_source(source));
+    // The blocks already read are not read again after a restart.
+    let server = Arc::new(
+        ChannelServer::new(config, keys, store, chain, clock)?
+            .with_chain_cursor(home.join("merchant-chain.cursor"))?
+            .with_payout_source(source),
+    );
     let loaded = server.load().await?;
     Ok((server, payout, loaded))
 }

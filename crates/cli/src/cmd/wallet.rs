@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use paychan_chain::ChainSource;
 use paychan_core::bitcoin::{Address, Amount, FeeRate, Network};
 use paychan_wallet::Wallet;
 use serde_json::json;
@@ -19,6 +20,11 @@ pub enum WalletCommand {
         /// Restore from these words.
         #[arg(long)]
         mnemonic: Option<String>,
+        /// The wallet has no transaction below this height: its first sync starts there.
+        /// Default: the node's tip for a fresh wallet (nothing can be older), 0 (the whole
+        /// chain) for a restored one.
+        #[arg(long, value_name = "HEIGHT")]
+        birthday: Option<u32>,
     },
     /// A fresh receiving address.
     Address,
@@ -49,10 +55,16 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
     let n = common.claim_network(false)?;
     let network = n.network;
     match cmd {
-        WalletCommand::New { mnemonic } => {
-            let w = Wallet::create(&dir, network, mnemonic.as_deref())?;
+        WalletCommand::New { mnemonic, birthday } => {
+            let mut w = Wallet::create(&dir, network, mnemonic.as_deref())?;
+            let birthday = match (birthday, &mnemonic) {
+                (Some(h), _) => h,
+                (None, Some(_)) => 0,
+                (None, None) => fresh_birthday(common),
+            };
+            w.set_birthday(birthday)?;
             common.print(
-                &json!({"wallet": w.dir().display().to_string(), "mnemonic_file": w.dir().join("mnemonic").display().to_string()}),
+                &json!({"wallet": w.dir().display().to_string(), "mnemonic_file": w.dir().join("mnemonic").display().to_string(), "birthday": birthday}),
                 &format!(
                     "wallet created in {}\nits 12 words are in {} (readable by you only): write them down",
                     w.dir().display(),
@@ -134,4 +146,16 @@ pub fn run(cmd: WalletCommand, common: &Common) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A fresh wallet's birthday: the node's tip (no coin can be older than its keys); 0, with a
+/// warning, when the node cannot be reached (the first sync then reads the whole chain).
+pub fn fresh_birthday(common: &Common) -> u32 {
+    match common.chain().and_then(|c| c.tip().map_err(CliError::from)) {
+        Ok(tip) => tip.height,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reach the node: the wallet's first sync will read the chain from its start");
+            0
+        }
+    }
 }

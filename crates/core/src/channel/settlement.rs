@@ -93,11 +93,8 @@ pub enum SettlementSeen {
 pub struct Work {
     /// Sign and broadcast a settlement at the fee estimate.
     pub settle: bool,
-    /// Look whether the funding output was spent (by the settlement, or by the customer's
-    /// refund past the expiry: whoever spent it decides the phase).
-    pub look_for_spend: bool,
-    /// Follow the settlement that is out ([`Scheduler::follow`]), if the channel is still
-    /// settling after the look.
+    /// Follow the settlement that is out ([`Scheduler::follow`]). (A spend of the funding,
+    /// by whoever, is the driver's to notice at every tick: it decides the phase.)
     pub follow: bool,
 }
 
@@ -151,8 +148,8 @@ impl Scheduler {
 
     /// The work due at `now` for `channel`, after the machine's own tick: `settle_due` when
     /// it reported [`Event::SettleDue`](super::Event::SettleDue), `new_tip` when a block
-    /// arrived since the last tick. Nothing while backing off after a failure; spends and
-    /// confirmations are looked for when a block arrived or a retry is due.
+    /// arrived since the last tick. Nothing while backing off after a failure; the settlement
+    /// out is followed when a block arrived or a retry is due.
     pub fn handle_tick(
         &self,
         now: &Now,
@@ -168,11 +165,7 @@ impl Scheduler {
             return Work { settle: true, ..Work::default() };
         }
         let look = new_tip || self.backoff.failures() > 0;
-        Work {
-            settle: false,
-            look_for_spend: look && matches!(phase, Phase::Settling | Phase::Expired),
-            follow: look && phase == Phase::Settling,
-        }
+        Work { settle: false, follow: look && phase == Phase::Settling }
     }
 
     /// Whether a settlement may be tried at `now` outside a tick (a payment exhausted the

@@ -25,7 +25,8 @@ pub(super) async fn blocking<T: Send + 'static>(
 
 impl ChannelServer {
     /// Channel `id` locked, ready to take a payment: reloaded from the store if a write
-    /// failed, and its funding's confirmations looked at again while it awaits them.
+    /// failed, and its funding's confirmations looked at again while it awaits them (the
+    /// chain view brought to the tip first: one call when no block came).
     pub(super) async fn payable(
         &self,
         id: OutPoint,
@@ -33,6 +34,8 @@ impl ChannelServer {
         let mut s = self.slot(&id)?.lock_owned().await;
         self.reload(&mut s).await?;
         if s.channel.phase() == Phase::AwaitingFunding {
+            let view = self.view.clone();
+            blocking(move || view.sync()).await?;
             self.refresh_confirmations(&mut s, id).await?;
         }
         Ok(s)
@@ -62,17 +65,13 @@ impl ChannelServer {
         }
     }
 
+    /// Hands the funding's confirmations, as the chain view has them, to the channel.
     pub(super) async fn refresh_confirmations(
         &self,
         s: &mut Slot,
         id: OutPoint,
     ) -> Result<(), MerchantError> {
-        let chain = self.chain.clone();
-        let status = blocking(move || chain.tx_status(&id.txid)).await?;
-        let confirmations = match status {
-            paychan_chain::TxStatus::Confirmed { confirmations, .. } => confirmations,
-            _ => 0,
-        };
+        let confirmations = self.view.confirmations(&id.txid);
         s.ext.confirmations(confirmations);
         s.channel.handle_funding_confirmations(confirmations);
         self.drain(s).await?;

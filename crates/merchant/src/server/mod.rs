@@ -20,7 +20,8 @@ mod two1;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use paychan_chain::ChainSource;
+use paychan_chain::{ChainSource, ChainView, Lookback};
+use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::secp256k1::PublicKey;
 use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use paychan_core::channel::merchant::{params_from_open, MerchantChannel, MerchantState};
@@ -91,6 +92,8 @@ pub struct ChannelServer {
     keys: KeyChain,
     store: Arc<dyn ChannelStore>,
     chain: Arc<dyn ChainSource>,
+    /// What the blocks say about the channels' fundings (read once each, from a cursor).
+    view: Arc<ChainView>,
     clock: Clock,
     channels: Mutex<HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>>,
     metrics: crate::metrics::Metrics,
@@ -123,11 +126,13 @@ impl ChannelServer {
         clock: Clock,
     ) -> Result<Self, MerchantError> {
         config.policy.validate()?;
+        let view = Arc::new(ChainView::open(chain.clone(), None)?);
         Ok(ChannelServer {
             config,
             keys,
             store,
             chain,
+            view,
             clock,
             channels: Mutex::new(HashMap::new()),
             metrics: crate::metrics::Metrics::default(),
@@ -144,6 +149,17 @@ impl ChannelServer {
         self
     }
 
+    /// Follows the chain from the cursor stored at `path` (and stores it there after each
+    /// tick), so that a restart reads only the blocks since. Call before
+    /// [`ChannelServer::load`].
+    ///
+    /// # Errors
+    /// [`MerchantError::Chain`] for a cursor file that cannot be read.
+    pub fn with_chain_cursor(mut self, path: std::path::PathBuf) -> Result<Self, MerchantError> {
+        self.view = Arc::new(ChainView::open(self.chain.clone(), Some(path))?);
+        Ok(self)
+    }
+
     /// Loads every stored live channel (after a restart).
     ///
     /// # Errors
@@ -156,12 +172,33 @@ impl ChannelServer {
             if let Some(tx) = &state.two1_tx {
                 self.token_index().insert(tx.compute_txid(), row.id);
             }
+            self.view.watch(row.id, self.lookback(&state));
             let channel = MerchantChannel::restore(state, self.config.policy.clone());
             let slot = Slot::stored(channel, row.version, row.total);
             self.slots().insert(row.id, Arc::new(tokio::sync::Mutex::new(slot)));
             n += 1;
         }
         Ok(n)
+    }
+
+    /// How far back the chain view may read for a stored channel's funding spend: not at
+    /// all while the funding awaits its confirmations (its spend can only come later); else
+    /// down to the funding's block, and not before the channel's expiry less the policy's
+    /// longest channel life.
+    fn lookback(&self, state: &MerchantState) -> Lookback {
+        if state.phase == Phase::AwaitingFunding {
+            return Lookback::Never;
+        }
+        let life = self.config.policy.max_channel_life_secs;
+        match state.params.script().expiry() {
+            LockTime::Seconds(t) => {
+                Lookback::To { height: 0, time: t.to_consensus_u32().saturating_sub(life) }
+            }
+            // Blocks come every ten minutes on average; allow them twice as fast.
+            LockTime::Blocks(h) => {
+                Lookback::To { height: h.to_consensus_u32().saturating_sub(life / 300), time: 0 }
+            }
+        }
     }
 
     fn token_index(&self) -> std::sync::MutexGuard<'_, HashMap<Txid, OutPoint>> {
@@ -257,6 +294,7 @@ impl ChannelServer {
         }
         let out = self.drain(&mut guard).await?;
         drop(guard);
+        self.view.watch(id, Lookback::Never);
         self.slots().insert(id, slot);
         Ok(out)
     }

@@ -5,7 +5,6 @@
 //!
 //! [`Scheduler`]: paychan_core::channel::settlement::Scheduler
 
-use paychan_chain::TxStatus;
 use paychan_core::bitcoin::{FeeRate, OutPoint, ScriptBuf};
 use paychan_core::channel::settlement::{
     settle_with_fallback, Broadcast, FeeCap, FollowUp, SettlementSeen,
@@ -140,8 +139,8 @@ impl ChannelServer {
     /// The first failure met (the chain unreachable, a store failure); every channel was still
     /// visited.
     pub async fn tick(&self) -> Result<(), MerchantError> {
-        let chain = self.chain.clone();
-        let tip = blocking(move || chain.tip()).await?;
+        let view = self.view.clone();
+        let tip = blocking(move || view.sync()).await?;
         let new_tip = {
             let mut last = self.last_tip.lock().unwrap_or_else(|p| p.into_inner());
             let changed = *last != Some(tip.hash);
@@ -158,8 +157,12 @@ impl ChannelServer {
             }
         }
         if first_error.is_some() {
-            // Look at every channel again at the next tick, new block or not.
+            // Look at every channel again at the next tick, new block or not; the cursor
+            // stays where it was, so a restart before then reads these blocks again.
             *self.last_tip.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        } else {
+            let view = self.view.clone();
+            blocking(move || view.commit()).await?;
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -173,7 +176,14 @@ impl ChannelServer {
     ) -> Result<(), MerchantError> {
         self.reload(s).await?;
         if s.channel.phase().is_final() {
+            self.view.unwatch(&id);
             return Ok(());
+        }
+        // Whoever spent the funding decides the phase, whatever the channel thought (its
+        // settlement, the customer's refund, a settlement the store restored from an older
+        // copy does not know): the spend is in the chain view's memory, no call.
+        if self.view.spend(&id).is_some() {
+            return self.notice_spend(s, id).await;
         }
         if s.ext.wants_confirmations(s.channel.phase(), new_tip) {
             self.refresh_confirmations(s, id).await?;
@@ -188,41 +198,23 @@ impl ChannelServer {
             // Followed from the next tick on.
             return Ok(());
         }
-        if work.look_for_spend {
-            if let Err(e) = self.notice_spend(s, id).await {
-                warn!(channel = %id, error = %e, "checking the funding's spend failed; will retry");
-            }
-        }
         if work.follow && s.channel.phase() == Phase::Settling {
             s.ext.begin();
-            let r = self.follow_settlement(s, height).await;
+            let r = self.follow_settlement(s, id, height).await;
             self.record(s, id, &now, r, "settlement follow-up");
         }
         Ok(())
     }
 
     /// If the funding output is spent in a block (by our settlement, or by the customer's
-    /// refund), records the spend: settled or refunded, with the winner's amounts.
+    /// refund), records the spend: settled or refunded, with the winner's amounts. The spend
+    /// comes from the block the chain view read, so no transaction index is needed.
     async fn notice_spend(&self, s: &mut Slot, id: OutPoint) -> Result<(), MerchantError> {
-        let chain = self.chain.clone();
-        if blocking(move || chain.utxo(&id)).await?.is_some() {
-            return Ok(());
-        }
-        let chain = self.chain.clone();
-        let from = match blocking(move || chain.tx_status(&id.txid)).await? {
-            TxStatus::Confirmed { block, .. } => block.height,
-            _ => 0,
-        };
-        let chain = self.chain.clone();
-        let Some((txid, Some(_))) = blocking(move || chain.spent_by(&id, from)).await? else {
-            return Ok(());
-        };
-        let chain = self.chain.clone();
-        if let Some(tx) = blocking(move || chain.transaction(&txid)).await? {
-            s.channel.handle_funding_spent(&tx)?;
-            self.drain(s).await?;
-            info!(channel = %id, %txid, phase = s.channel.phase().as_str(), "the funding was spent");
-        }
+        let Some(spend) = self.view.spend(&id) else { return Ok(()) };
+        s.channel.handle_funding_spent(&spend.tx)?;
+        self.drain(s).await?;
+        let txid = spend.tx.compute_txid();
+        info!(channel = %id, %txid, phase = s.channel.phase().as_str(), "the funding was spent");
         Ok(())
     }
 
@@ -231,21 +223,31 @@ impl ChannelServer {
     /// `SINGLE|ANYONECANPAY` signature leaves the merchant's output and fee free). What to do
     /// is the scheduler's [`follow`](paychan_core::channel::settlement::Scheduler::follow).
     /// `height` is the tip the tick read (one RPC per tick, not one per settling channel).
-    async fn follow_settlement(&self, s: &mut Slot, height: u32) -> Result<(), MerchantError> {
+    async fn follow_settlement(
+        &self,
+        s: &mut Slot,
+        id: OutPoint,
+        height: u32,
+    ) -> Result<(), MerchantError> {
         let Some(txid) = s.channel.state().settlement_txid else { return Ok(()) };
-        let chain = self.chain.clone();
-        let seen = match blocking(move || chain.tx_status(&txid)).await? {
-            TxStatus::Confirmed { .. } => SettlementSeen::Confirmed,
-            TxStatus::InMempool => SettlementSeen::InMempool,
-            TxStatus::Unknown => SettlementSeen::Unknown,
+        // The funding spent in a block (by this settlement, an earlier one, or a refund), or
+        // the settlement still in the mempool (one call per settling channel).
+        let spend = self.view.spend(&id);
+        let seen = if spend.is_some() {
+            SettlementSeen::Confirmed
+        } else {
+            let chain = self.chain.clone();
+            match blocking(move || chain.in_mempool(&txid)).await? {
+                true => SettlementSeen::InMempool,
+                false => SettlementSeen::Unknown,
+            }
         };
         match s.ext.follow(seen, height) {
             FollowUp::Confirmed => {
-                let chain = self.chain.clone();
-                if let Some(tx) = blocking(move || chain.transaction(&txid)).await? {
-                    s.channel.handle_funding_spent(&tx)?;
+                if let Some(spend) = spend {
+                    s.channel.handle_funding_spent(&spend.tx)?;
                     self.drain(s).await?;
-                    info!(%txid, "settlement confirmed");
+                    info!(txid = %spend.tx.compute_txid(), "settlement confirmed");
                 }
             }
             FollowUp::Wait => {}

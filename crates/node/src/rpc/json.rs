@@ -186,15 +186,40 @@ pub(super) fn address_script(addr: &str) -> Result<ScriptBuf, RpcError> {
 
 pub(super) fn mempool_entry_json(node: &Node, txid: &Txid) -> Option<Value> {
     let (e, parents, children) = node.mempool_entry(txid)?;
+    // Ancestors: the in-mempool parents, transitively (Core's ancestor package).
+    let mut ancestors: Vec<Txid> = Vec::new();
+    let mut todo = parents.clone();
+    while let Some(t) = todo.pop() {
+        if !ancestors.contains(&t) {
+            ancestors.push(t);
+            if let Some((_, ps, _)) = node.mempool_entry(&t) {
+                todo.extend(ps);
+            }
+        }
+    }
+    let package = |ids: &[Txid]| {
+        ids.iter()
+            .filter_map(|t| node.mempool_entry(t))
+            .fold((e.vsize, e.fee), |(size, fee), (o, _, _)| (size + o.vsize, fee + o.fee))
+    };
+    let (ancestor_size, ancestor_fee) = package(&ancestors);
+    let (descendant_size, descendant_fee) = package(&children);
     Some(json!({
         "vsize": e.vsize,
         "weight": e.tx.weight().to_wu(),
         "time": e.time,
         "height": e.height,
         "descendantcount": children.len() + 1,
-        "ancestorcount": parents.len() + 1,
+        "descendantsize": descendant_size,
+        "ancestorcount": ancestors.len() + 1,
+        "ancestorsize": ancestor_size,
         "wtxid": e.wtxid.to_string(),
-        "fees": {"base": btc(e.fee), "modified": btc(e.fee), "ancestor": btc(e.fee), "descendant": btc(e.fee)},
+        "fees": {
+            "base": btc(e.fee),
+            "modified": btc(e.fee),
+            "ancestor": btc(ancestor_fee),
+            "descendant": btc(descendant_fee),
+        },
         "depends": parents.iter().map(Txid::to_string).collect::<Vec<_>>(),
         "spentby": children.iter().map(Txid::to_string).collect::<Vec<_>>(),
         "bip125-replaceable": true,
