@@ -17,7 +17,7 @@ fn open_pay_1000_times_close_and_settle_with_real_processes() {
     let (url, cookie, merchant_home, customer_home) =
         (w.url.clone(), w.cookie.clone(), w.merchant_home.clone(), w.customer_home.clone());
     let (_merchant, serving) = w.serve(&["--tick-secs", "1"]);
-    let listen = serving["listen"].as_str().unwrap().to_string();
+    let listen = serving["address"].as_str().unwrap().to_string();
 
     let f = w.fund_customer();
     assert!(f["confirmed_sat"].as_u64().unwrap() >= 5_000_000_000);
@@ -101,7 +101,7 @@ fn a_payment_file_is_verified_and_submitted_by_the_merchant_and_a_tampered_one_r
     let (url, cookie, merchant_home, customer_home) =
         (w.url.clone(), w.cookie.clone(), w.merchant_home.clone(), w.customer_home.clone());
     let (merchant, serving) = w.serve(&[]);
-    let listen = serving["listen"].as_str().unwrap().to_string();
+    let listen = serving["address"].as_str().unwrap().to_string();
 
     w.fund_customer();
     let mut c = paychan(&customer_home, &url, &cookie);

@@ -39,7 +39,9 @@ impl Env {
         serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap()
     }
 
-    fn serve(&self, home: &Path, port: u16) -> Kill {
+    /// `paychan serve` on `port`: the process and the address customers dial
+    /// (`<node id>@127.0.0.1:port`, the same across restarts: the node key is the wallet's).
+    fn serve(&self, home: &Path, port: u16) -> (Kill, String) {
         let mut child = self
             .cmd(home)
             .args([
@@ -57,8 +59,9 @@ impl Env {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.contains("listen"), "{line}");
-        Kill(child)
+        let serving: Value = serde_json::from_str(&line).unwrap();
+        let address = serving["address"].as_str().unwrap().to_string();
+        (Kill(child), address)
     }
 }
 
@@ -134,21 +137,12 @@ fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
     let (_node, url, cookie) = start_node(&node_dir);
     let env = Env { url, cookie };
     let port = free_port();
-    let mut merchant = env.serve(&m, port);
+    let (mut merchant, address) = env.serve(&m, port);
 
     env.run(&c, &["wallet", "new"]);
     env.run(&c, &["wallet", "faucet"]);
-    let opened = env.run(
-        &c,
-        &[
-            "channels",
-            "open",
-            "--merchant",
-            &format!("127.0.0.1:{port}"),
-            "--deposit",
-            "1000000sat",
-        ],
-    );
+    let opened =
+        env.run(&c, &["channels", "open", "--merchant", &address, "--deposit", "1000000sat"]);
     let channel = opened["channel"].as_str().unwrap().to_string();
     let id: OutPoint = channel.parse().unwrap();
     env.run(&c, &["node", "mine", "1"]);
@@ -156,7 +150,8 @@ fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
     // The merchant is killed mid-stream.
     let acked = stream_and_kill(&env, &c, &channel, 2_000, Some(&mut merchant));
     assert!(acked >= 2_000);
-    let _merchant = env.serve(&m, port);
+    let (_merchant, again) = env.serve(&m, port);
+    assert_eq!(again, address, "the node id survives a restart");
     let synced = env.run(&c, &["channels", "sync", "--channel", &channel]);
     let after = synced["acked_sat"].as_u64().unwrap();
     assert!(
@@ -229,7 +224,8 @@ fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "a clean exit");
-    let _merchant = env.serve(&m, port);
+    let (_merchant, again) = env.serve(&m, port);
+    assert_eq!(again, address, "the node id survives a restart");
     let synced = env.run(&c, &["channels", "sync", "--channel", &channel]);
     assert!(synced["acked_sat"].as_u64().unwrap() >= highest);
     let merchant_total = rt.block_on(async {
@@ -268,21 +264,12 @@ fn with_the_merchant_stopped_the_refund_is_mined_after_expiry() {
     let (_node, url, cookie) = start_node(&node_dir);
     let env = Env { url, cookie };
     let port = free_port();
-    let merchant = env.serve(&m, port);
+    let (merchant, address) = env.serve(&m, port);
     env.run(&c, &["wallet", "new"]);
     env.run(&c, &["wallet", "faucet"]);
     let opened = env.run(
         &c,
-        &[
-            "channels",
-            "open",
-            "--merchant",
-            &format!("127.0.0.1:{port}"),
-            "--deposit",
-            "50000sat",
-            "--life",
-            "7h",
-        ],
+        &["channels", "open", "--merchant", &address, "--deposit", "50000sat", "--life", "7h"],
     );
     let channel = opened["channel"].as_str().unwrap().to_string();
     env.run(&c, &["node", "mine", "1"]);
@@ -334,13 +321,11 @@ fn the_node_restarting_mid_stream_loses_nothing_and_settlement_follows() {
     let node = node_at(&node_dir, rpc_port);
     let env = Env { url: format!("http://127.0.0.1:{rpc_port}"), cookie: node_dir.join(".cookie") };
     let port = free_port();
-    let _merchant = env.serve(&m, port);
+    let (_merchant, address) = env.serve(&m, port);
     env.run(&c, &["wallet", "new"]);
     env.run(&c, &["wallet", "faucet"]);
-    let opened = env.run(
-        &c,
-        &["channels", "open", "--merchant", &format!("127.0.0.1:{port}"), "--deposit", "100000sat"],
-    );
+    let opened =
+        env.run(&c, &["channels", "open", "--merchant", &address, "--deposit", "100000sat"]);
     let channel = opened["channel"].as_str().unwrap().to_string();
     env.run(&c, &["node", "mine", "1"]);
     let paid = env.run(

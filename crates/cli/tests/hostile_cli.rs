@@ -25,27 +25,16 @@ fn info(http: &str) -> Option<String> {
     answer.lines().next().map(str::to_string)
 }
 
-/// A channel-protocol `Hello` on a fresh connection: whether a `Welcome` came back.
-fn welcomed(listen: &str) -> bool {
-    use paychan_core::msg::{self, FrameDecoder, Message, MAX_FRAME_LEN};
-    let Ok(mut s) = TcpStream::connect(listen) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let hello =
-        Message::Hello(msg::Hello { min_version: 1, max_version: 1, user_agent: String::new() });
-    if s.write_all(&msg::encode_frame(&hello)).is_err() {
+/// The transport handshake and a channel-protocol `Hello` on a fresh connection to
+/// `address` (`<node id>@host:port`): whether a `Welcome` came back.
+fn welcomed(address: &str) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return false;
-    }
-    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Ok(Some(m)) = decoder.next_message() {
-            return matches!(m, Message::Welcome(_));
-        }
-        match s.read(&mut buf) {
-            Ok(n) if n > 0 => decoder.push(&buf[..n]),
-            _ => return false,
-        }
-    }
+    };
+    rt.block_on(async {
+        let c = paychan_customer::Connection::connect(address);
+        matches!(tokio::time::timeout(Duration::from_secs(5), c).await, Ok(Ok(_)))
+    })
 }
 
 #[test]
@@ -75,6 +64,7 @@ fn serve_survives_running_out_of_file_descriptors() {
     let serving = first_line(&mut child);
     let mut child = Kill(child);
     let listen = serving["listen"].as_str().unwrap().to_string();
+    let address = serving["address"].as_str().unwrap().to_string();
     let http = serving["http"].as_str().unwrap().to_string();
     assert!(info(&http).unwrap().starts_with("HTTP/1.1 200"));
 
@@ -102,7 +92,7 @@ fn serve_survives_running_out_of_file_descriptors() {
     drop(idle);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ok = info(&http).is_some_and(|l| l.starts_with("HTTP/1.1 200")) && welcomed(&listen);
+        let ok = info(&http).is_some_and(|l| l.starts_with("HTTP/1.1 200")) && welcomed(&address);
         if ok {
             break;
         }
@@ -117,7 +107,7 @@ fn a_payment_submitted_while_serve_runs_goes_through_it() {
     let w = World::new();
     let (_merchant, serving) =
         w.serve(&["--tick-secs", "1", "--upstream", &common::upstream(), "--price", "10sat"]);
-    let listen = serving["listen"].as_str().unwrap().to_string();
+    let listen = serving["address"].as_str().unwrap().to_string();
     let http = serving["http"].as_str().unwrap().to_string();
     w.fund_customer();
     let opened = w.customer(&["channels", "open", "--merchant", &listen, "--deposit", "100000sat"]);

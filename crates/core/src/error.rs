@@ -247,6 +247,28 @@ pub enum Error {
     UnexpectedMessage(&'static str),
 
     // ---- protocol messages ----
+    // ---- the transport (BOLT 8) ----
+    /// A handshake act of the wrong size (BOLT 8: 50, 50 and 66 bytes).
+    #[error("transport handshake: act of {got} bytes, {expected} expected")]
+    ActLength {
+        /// The act's size.
+        expected: usize,
+        /// What arrived.
+        got: usize,
+    },
+    /// A handshake act with a version other than 0.
+    #[error("transport handshake: unknown version {0}")]
+    HandshakeVersion(u8),
+    /// A handshake act carries bytes that are not a public key.
+    #[error("transport handshake: the peer sent an invalid public key")]
+    HandshakeKey,
+    /// A handshake act failed its authentication: the peer does not hold the node key that was
+    /// dialed (or does not know ours), or the bytes were tampered with.
+    #[error("transport handshake failed: the peer did not prove the expected node key")]
+    HandshakeFailed,
+    /// An encrypted message failed its authentication: tampered with, or not from the peer.
+    #[error("transport: a message failed its authentication (tampered with or out of order)")]
+    TransportTag,
     /// A frame's declared length is above the limit.
     #[error("frame of {len} bytes exceeds the maximum of {max}")]
     FrameTooLarge {
@@ -329,6 +351,11 @@ impl Error {
             Error::FrameTruncated { .. } => 202,
             Error::Decode(_) => 203,
             Error::UnsupportedVersion { .. } => 204,
+            Error::ActLength { .. } => 205,
+            Error::HandshakeVersion(_) => 206,
+            Error::HandshakeKey => 207,
+            Error::HandshakeFailed => 208,
+            Error::TransportTag => 209,
         }
     }
 

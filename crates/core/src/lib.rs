@@ -21,6 +21,7 @@ pub mod channel;
 mod error;
 pub mod msg;
 pub mod network;
+pub mod noise;
 pub mod paywall;
 pub mod policy;
 pub mod script;

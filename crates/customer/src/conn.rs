@@ -1,35 +1,35 @@
-//! A framed protocol connection to a merchant.
+//! A framed protocol connection to a merchant, inside BOLT 8 (`paychan_transport`).
 
 use std::time::Duration;
 
 use paychan_core::msg::{self, FrameDecoder, Hello, Message, Welcome, MAX_FRAME_LEN};
+use paychan_transport::{NodeAddr, NoiseStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::CustomerError;
 
 /// How long to wait for the merchant's answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One TCP connection speaking the channel protocol.
+/// One encrypted connection speaking the channel protocol.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: NoiseStream,
     decoder: FrameDecoder,
     buf: Vec<u8>,
 }
 
 impl Connection {
-    /// Connects to `peer` (`host:port`) and says hello.
+    /// Connects to `peer` (`<node id>@host:port`), makes it prove that node id (BOLT 8), and
+    /// says hello.
     ///
     /// # Errors
-    /// [`CustomerError::Io`] or [`CustomerError::Protocol`].
+    /// [`CustomerError::Transport`] for an address without a node id, an unreachable peer or
+    /// one that cannot prove the node id; [`CustomerError::Io`] or
+    /// [`CustomerError::Protocol`].
     pub async fn connect(peer: &str) -> Result<(Self, Welcome), CustomerError> {
-        let stream = tokio::time::timeout(ANSWER_TIMEOUT, TcpStream::connect(peer))
-            .await
-            .map_err(|_| CustomerError::Io(format!("connecting to {peer} timed out")))?
-            .map_err(|e| CustomerError::Io(format!("cannot connect to {peer}: {e}")))?;
-        let _ = stream.set_nodelay(true);
+        let addr: NodeAddr = peer.parse()?;
+        let stream = paychan_transport::connect(&addr, ANSWER_TIMEOUT).await?;
         let mut c =
             Connection { stream, decoder: FrameDecoder::new(MAX_FRAME_LEN), buf: vec![0; 65_536] };
         c.send(&[Message::Hello(Hello {
@@ -54,7 +54,8 @@ impl Connection {
         for m in msgs {
             bytes.extend(msg::encode_frame(m));
         }
-        self.stream.write_all(&bytes).await.map_err(|e| CustomerError::Io(e.to_string()))
+        self.stream.write_all(&bytes).await.map_err(|e| CustomerError::Io(e.to_string()))?;
+        self.stream.flush().await.map_err(|e| CustomerError::Io(e.to_string()))
     }
 
     /// The next message.

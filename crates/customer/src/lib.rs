@@ -60,6 +60,10 @@ pub enum CustomerError {
     /// The connection failed.
     #[error("connection: {0}")]
     Io(String),
+    /// The merchant's address is not `<node id>@host:port`, or the peer there could not prove
+    /// that node id (nothing but the handshake was sent).
+    #[error("transport: {0}")]
+    Transport(#[from] paychan_transport::TransportError),
     /// The merchant broke the protocol.
     #[error("protocol: {0}")]
     Protocol(&'static str),

@@ -126,7 +126,7 @@ async fn a_merchant_restored_from_an_older_copy_gets_the_newer_payments_back() {
     );
     let server = Arc::new(merchant_on(&w, restored.clone()));
     assert_eq!(server.load().await.unwrap(), 1);
-    let listener = tokio::net::TcpListener::bind(&w.peer).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(w.listen).await.unwrap();
     tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
 
     // The customer resumes (no new payment): it sends its latest signed total, which the

@@ -339,7 +339,7 @@ async fn a_payment_after_the_merchant_closed_an_idle_connection_goes_through() {
     use paychan_merchant::listen::Limits;
     let w = world().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let strict = listener.local_addr().unwrap().to_string();
+    let strict = format!("{}@{}", w.server.node_id(), listener.local_addr().unwrap());
     let limits =
         Limits { idle_timeout: std::time::Duration::from_millis(300), ..Limits::default() };
     tokio::spawn(tcp::serve_limited(w.server.clone(), listener, limits, std::future::pending()));

@@ -228,7 +228,9 @@ impl Builder {
         }
         let server = Arc::new(server);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let peer = listener.local_addr()?.to_string();
+        let listen = listener.local_addr()?;
+        // The merchant's address: its node id (BOLT 8) at the listener.
+        let peer = format!("{}@{listen}", server.node_id());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(tcp::serve(server.clone(), listener, async move {
             let _ = stopped.await;
@@ -260,6 +262,7 @@ impl Builder {
             merchant_store,
             merchant_wallet,
             peer,
+            listen,
             customer,
             customer_store,
             customer_chain,
@@ -289,8 +292,10 @@ pub struct World {
     pub merchant_store: Arc<dyn ChannelStore>,
     /// The merchant's wallet (its keys, its payouts).
     pub merchant_wallet: Arc<Mutex<Wallet>>,
-    /// The merchant's channel protocol address (`127.0.0.1:port`).
+    /// The merchant's channel protocol address (`<node id>@127.0.0.1:port`).
     pub peer: String,
+    /// Where the merchant's TCP listener is (the `host:port` of [`World::peer`]).
+    pub listen: std::net::SocketAddr,
     /// The customer.
     pub customer: Arc<Customer>,
     /// The customer's store.
@@ -392,4 +397,17 @@ impl World {
             }
         })
     }
+}
+
+/// Dials a merchant whose node id is `node_id`, listening at `addr`, over BOLT 8 as a
+/// customer does: for tests that speak the channel protocol frame by frame.
+///
+/// # Errors
+/// The transport's: unreachable, or the peer cannot prove `node_id`.
+pub async fn dial(
+    node_id: paychan_core::bitcoin::secp256k1::PublicKey,
+    addr: std::net::SocketAddr,
+) -> Result<paychan_transport::NoiseStream, paychan_transport::TransportError> {
+    let addr = paychan_transport::NodeAddr { node_id, host_port: addr.to_string() };
+    paychan_transport::connect(&addr, std::time::Duration::from_secs(10)).await
 }

@@ -104,6 +104,7 @@ async fn info(State(s): State<Arc<ChannelServer>>) -> Result<Json<Value>, ApiErr
     });
     Ok(Json(json!({
         "version": w.version,
+        "node_id": s.node_id().to_string(),
         "public_key": w.merchant_pubkey.to_lower_hex_string(),
         "key_index": w.key_index,
         "policy": policy,

@@ -1,6 +1,7 @@
-//! The TCP listener: length-prefixed protobuf frames (DESIGN §7). A connection starts with
-//! `Hello`; every request gets its answer (or an `ErrorMsg`) in order; an undecodable frame
-//! gets an error and closes that connection only.
+//! The TCP listener: BOLT 8 (the merchant proves its node key; `paychan_transport`), then
+//! length-prefixed protobuf frames inside it (DESIGN §7). A connection starts with `Hello`;
+//! every request gets its answer (or an `ErrorMsg`) in order; an undecodable frame gets an
+//! error and closes that connection only. Nothing is read in plaintext.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,14 +61,27 @@ pub async fn serve_limited(
 
 async fn connection(
     server: Arc<ChannelServer>,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     limits: &Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    // The transport handshake counts against the Hello's deadline.
+    let started = tokio::time::Instant::now();
+    let handshake = paychan_transport::accept(tcp, server.node_key(), limits.handshake_timeout);
+    let mut stream = tokio::select! {
+        r = handshake => match r {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                debug!(error = %e, "transport handshake failed");
+                return Ok(());
+            }
+        },
+        _ = stop.changed() => return Ok(()),
+    };
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
     let mut buf = vec![0u8; 64 * 1024];
     let mut greeted = false;
-    let hello_by = tokio::time::Instant::now() + limits.handshake_timeout;
+    let hello_by = started + limits.handshake_timeout;
     loop {
         // Until the Hello, one deadline from the start (a peer sending a byte at a time gains
         // nothing); then the idle timeout between requests.
@@ -163,11 +177,13 @@ async fn connection(
             // The stream can no longer be framed: answer what came before, say why, hang up.
             replies.extend(msg::encode_frame(&Message::Error(ErrorMsg::from_error(&e, None))));
             stream.write_all(&replies).await?;
+            stream.flush().await?;
             return Ok(());
         }
         // Pipelined requests: all their answers leave in one write, in order.
         if !replies.is_empty() {
             stream.write_all(&replies).await?;
+            stream.flush().await?;
         }
     }
 }

@@ -27,13 +27,18 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One frame's exchange over a fresh connection: Hello, then `m`; the answer to `m`.
-async fn over_tcp(addr: std::net::SocketAddr, m: Message) -> Message {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+async fn over_tcp(
+    server: &paychan_merchant::ChannelServer,
+    addr: std::net::SocketAddr,
+    m: Message,
+) -> Message {
+    let mut stream = common::Conn::dial(server, addr).await.stream;
     let hello =
         Message::Hello(msg::Hello { min_version: 1, max_version: 1, user_agent: "t".into() });
     let mut bytes = msg::encode_frame(&hello);
     bytes.extend(msg::encode_frame(&m));
     stream.write_all(&bytes).await.unwrap();
+    stream.flush().await.unwrap();
     let mut decoder = FrameDecoder::new(msg::MAX_FRAME_LEN);
     let mut answers = Vec::new();
     let mut buf = vec![0u8; 65_536];
@@ -111,7 +116,7 @@ async fn tcp_answers_the_mappings_code_and_text() {
     assert_eq!(expected.message, "signature does not verify under the customer key");
     let pay =
         msg::Pay { channel: Some(w.id.into()), total_sat: 2_000, signature: w.forged.clone() };
-    let Message::Error(e) = over_tcp(w.tcp, Message::Pay(pay)).await else {
+    let Message::Error(e) = over_tcp(&w.setup.server, w.tcp, Message::Pay(pay)).await else {
         panic!("an Error answers a refused payment")
     };
     assert_eq!((e.code, e.message.as_str()), (expected.code, expected.message.as_str()));

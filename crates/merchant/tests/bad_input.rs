@@ -21,30 +21,9 @@ use paychan_merchant::tcp;
 use paychan_node::Node;
 use paychan_store::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-struct Conn {
-    stream: TcpStream,
-    decoder: FrameDecoder,
-}
-
-impl Conn {
-    async fn ask(&mut self, m: Message) -> Message {
-        self.stream.write_all(&msg::encode_frame(&m)).await.unwrap();
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            if let Some(m) = self.decoder.next_message().unwrap() {
-                return m;
-            }
-            let n = self.stream.read(&mut buf).await.unwrap();
-            assert!(n > 0, "connection closed");
-            self.decoder.push(&buf[..n]);
-        }
-    }
-}
 
 /// Opens a channel funded by the coinbase at `height`.
-async fn open(conn: &mut Conn, node: &Node, height: u32) -> CustomerChannel {
+async fn open(conn: &mut common::Conn, node: &Node, height: u32) -> CustomerChannel {
     let Message::Welcome(w) = conn
         .ask(Message::Hello(msg::Hello {
             min_version: 1,
@@ -90,10 +69,7 @@ async fn each_rule_broken_gets_its_code_and_changes_nothing() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
-    let mut conn = Conn {
-        stream: TcpStream::connect(addr).await.unwrap(),
-        decoder: FrameDecoder::new(MAX_FRAME_LEN),
-    };
+    let mut conn = common::Conn::dial(&server, addr).await;
 
     // Two channels: one confirmed, one not.
     let mut customer = open(&mut conn, &node, 1).await;
@@ -282,8 +258,9 @@ async fn each_rule_broken_gets_its_code_and_changes_nothing() {
     assert_eq!(store.get(id, Role::Merchant).await.unwrap().unwrap(), before);
 
     // An oversized frame: an error and the connection closes; other connections go on.
-    let mut raw = TcpStream::connect(addr).await.unwrap();
+    let mut raw = common::Conn::dial(&server, addr).await.stream;
     raw.write_all(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes()).await.unwrap();
+    raw.flush().await.unwrap();
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), raw.read_to_end(&mut answer))
         .await

@@ -14,7 +14,7 @@ use paychan_core::msg::{self, FrameDecoder, Message, MAX_FRAME_LEN};
 use paychan_merchant::listen::Limits;
 use paychan_merchant::paywall::{reverse_proxy, PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::{http, tcp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// One raw HTTP/1.1 request, sent byte for byte as given (no client normalises the path):
@@ -153,14 +153,15 @@ async fn the_layer_prices_the_canonical_path() {
     assert_eq!(body, "public /public/a/b");
 }
 
-async fn hello(stream: &mut TcpStream) -> Option<Message> {
+async fn hello<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Option<Message> {
     let m =
         Message::Hello(msg::Hello { min_version: 1, max_version: 1, user_agent: String::new() });
     stream.write_all(&msg::encode_frame(&m)).await.ok()?;
+    stream.flush().await.ok()?;
     read_message(stream, Duration::from_secs(5)).await
 }
 
-async fn read_message(stream: &mut TcpStream, within: Duration) -> Option<Message> {
+async fn read_message<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Option<Message> {
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + within;
@@ -176,7 +177,7 @@ async fn read_message(stream: &mut TcpStream, within: Duration) -> Option<Messag
 }
 
 /// Whether the server closes `stream` within `within` (reads EOF or a reset).
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
     let mut buf = [0u8; 1024];
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -205,12 +206,14 @@ async fn tcp_connections_are_capped_and_timed_out() {
     let limits = small_limits();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let node_id = server.node_id();
     tokio::spawn(tcp::serve_limited(server, listener, limits, std::future::pending()));
 
-    // Never says hello: dropped after the handshake timeout.
+    // Never starts the transport handshake: dropped after the handshake timeout.
     let mut mute = TcpStream::connect(addr).await.unwrap();
     assert!(closed_within(&mut mute, Duration::from_secs(5)).await, "a mute peer is dropped");
-    // A byte at a time gains nothing: the deadline runs from the start.
+    // A byte at a time gains nothing: the deadline runs from the start (here the bytes are
+    // not even a handshake: plaintext is never read).
     let mut slow = TcpStream::connect(addr).await.unwrap();
     let started = std::time::Instant::now();
     let mut closed = false;
@@ -229,20 +232,22 @@ async fn tcp_connections_are_capped_and_timed_out() {
     }
     assert!(closed && started.elapsed() < Duration::from_secs(2), "a trickling peer is dropped");
 
-    // Two greeted connections fill the cap; a third waits, unanswered.
-    let mut a = TcpStream::connect(addr).await.unwrap();
+    // Two greeted connections fill the cap; a third waits, its handshake unanswered.
+    let mut a = paychan_harness::dial(node_id, addr).await.unwrap();
     assert!(matches!(hello(&mut a).await, Some(Message::Welcome(_))));
-    let mut b = TcpStream::connect(addr).await.unwrap();
+    let mut b = paychan_harness::dial(node_id, addr).await.unwrap();
     assert!(matches!(hello(&mut b).await, Some(Message::Welcome(_))));
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    let m =
-        Message::Hello(msg::Hello { min_version: 1, max_version: 1, user_agent: String::new() });
-    c.write_all(&msg::encode_frame(&m)).await.unwrap();
-    assert!(read_message(&mut c, Duration::from_millis(300)).await.is_none(), "over the cap");
+    let mut third = tokio::spawn(paychan_harness::dial(node_id, addr));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut third).await.is_err(),
+        "over the cap"
+    );
     // One closes: the third is served.
     drop(a);
+    let mut c =
+        tokio::time::timeout(Duration::from_secs(5), third).await.unwrap().unwrap().unwrap();
     assert!(
-        matches!(read_message(&mut c, Duration::from_secs(5)).await, Some(Message::Welcome(_))),
+        matches!(hello(&mut c).await, Some(Message::Welcome(_))),
         "served once a connection closed"
     );
     // Silent after the handshake: closed after the idle timeout.

@@ -12,48 +12,12 @@ use paychan_core::bitcoin::secp256k1::PublicKey;
 use paychan_core::bitcoin::{Amount, OutPoint, TxOut};
 use paychan_core::channel::customer::{CustomerChannel, CustomerTerms};
 use paychan_core::channel::Effect;
-use paychan_core::msg::{self, FrameDecoder, Message, MAX_FRAME_LEN};
+use paychan_core::msg::{self, Message};
 use paychan_core::script::{ChannelScript, OutputKind};
 use paychan_harness::fixtures::{customer_key, key, p2wpkh, pubkey, spend_p2wpkh};
 use paychan_merchant::tcp;
 use paychan_store::Role;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-struct Conn {
-    stream: TcpStream,
-    decoder: FrameDecoder,
-}
-
-impl Conn {
-    async fn send(&mut self, msgs: &[Message]) {
-        let mut bytes = Vec::new();
-        for m in msgs {
-            bytes.extend(msg::encode_frame(m));
-        }
-        self.stream.write_all(&bytes).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Option<Message> {
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            if let Some(m) = self.decoder.next_message().unwrap() {
-                return Some(m);
-            }
-            let n = tokio::time::timeout(
-                std::time::Duration::from_secs(20),
-                self.stream.read(&mut buf),
-            )
-            .await
-            .expect("the server answers within 20 s")
-            .unwrap();
-            if n == 0 {
-                return None;
-            }
-            self.decoder.push(&buf[..n]);
-        }
-    }
-}
+use tokio::io::AsyncWriteExt;
 
 /// Runs the customer's effects: persists complete at once, sends are returned.
 fn drain(c: &mut CustomerChannel, chain: &dyn ChainSource) -> Vec<Message> {
@@ -77,10 +41,7 @@ async fn open_pay_pipelined_and_close_over_tcp() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
-    let mut conn = Conn {
-        stream: TcpStream::connect(addr).await.unwrap(),
-        decoder: FrameDecoder::new(MAX_FRAME_LEN),
-    };
+    let mut conn = common::Conn::dial(&server, addr).await;
 
     // Handshake.
     conn.send(&[Message::Hello(msg::Hello {
@@ -188,13 +149,11 @@ async fn open_pay_pipelined_and_close_over_tcp() {
 
     // A garbage frame closes that connection only.
     conn.stream.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+    conn.stream.flush().await.unwrap();
     let Some(Message::Error(e)) = conn.recv().await else { panic!("no error for garbage") };
     assert_eq!(e.code, paychan_core::Error::Decode(String::new()).code());
     assert!(conn.recv().await.is_none(), "connection closed");
-    let mut other = Conn {
-        stream: TcpStream::connect(addr).await.unwrap(),
-        decoder: FrameDecoder::new(MAX_FRAME_LEN),
-    };
+    let mut other = common::Conn::dial(&server, addr).await;
     other
         .send(&[Message::Hello(msg::Hello {
             min_version: 1,

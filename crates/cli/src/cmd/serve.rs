@@ -213,10 +213,13 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         let http_addr = http_listener.local_addr()?;
         let (server, payout, loaded) =
             merchant(common, mainnet_confirmed, &store_spec, policy).await?;
+        // The address customers dial: the node id (BOLT 8) at the listener.
+        let node_id = server.node_id();
+        let address = format!("{node_id}@{addr}");
         common.print(
-            &json!({"listen": addr.to_string(), "http": http_addr.to_string(), "payout": payout.to_string(), "channels": loaded}),
+            &json!({"listen": addr.to_string(), "node_id": node_id.to_string(), "address": address, "http": http_addr.to_string(), "payout": payout.to_string(), "channels": loaded}),
             &format!(
-                "paychan serve: channel protocol on {addr}, JSON API on http://{http_addr}, {loaded} channels loaded, settlements pay fresh addresses of the wallet (first {payout})"
+                "paychan serve: channel protocol (BOLT 8) at {address}, JSON API on http://{http_addr}, {loaded} channels loaded, settlements pay fresh addresses of the wallet (first {payout})"
             ),
         )?;
         // Where the running merchant can be reached: `paychan payment submit` goes through
@@ -228,7 +231,7 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             None => read_or_make_token(&token_path)?,
         };
         let fallback = upstream.as_ref().map(|u| {
-            let mut config = PaywallConfig::new(pricing.clone(), addr.to_string());
+            let mut config = PaywallConfig::new(pricing.clone(), address.clone());
             config.network = n.network;
             reverse_proxy(u.clone(), upstream_timeout).layer(PaywallLayer::new(server.clone(), config))
         });

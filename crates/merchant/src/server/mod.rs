@@ -86,10 +86,16 @@ fn exhausted(e: &Event) -> bool {
     matches!(e, Event::SettleDue { reason: SettleReason::Exhausted, .. })
 }
 
+/// The merchant key chain's index of the node key (the BOLT 8 identity of `<node id>@host:port`),
+/// below the 21 key's; no channel is offered an index from here up.
+pub const NODE_KEY_INDEX: u32 = TWO1_KEY_INDEX - 1;
+
 /// Drives every channel of one merchant.
 pub struct ChannelServer {
     config: ServerConfig,
     keys: KeyChain,
+    /// The node key: what a customer dialing `<node id>@host:port` makes the merchant prove.
+    node_key: paychan_core::bitcoin::secp256k1::SecretKey,
     store: Arc<dyn ChannelStore>,
     chain: Arc<dyn ChainSource>,
     /// What the blocks say about the channels' fundings (read once each, from a cursor).
@@ -127,9 +133,11 @@ impl ChannelServer {
     ) -> Result<Self, MerchantError> {
         config.policy.validate()?;
         let view = Arc::new(ChainView::open(chain.clone(), None)?);
+        let node_key = keys.secret(NODE_KEY_INDEX)?;
         Ok(ChannelServer {
             config,
             keys,
+            node_key,
             store,
             chain,
             view,
@@ -158,6 +166,20 @@ impl ChannelServer {
     pub fn with_chain_cursor(mut self, path: std::path::PathBuf) -> Result<Self, MerchantError> {
         self.view = Arc::new(ChainView::open(self.chain.clone(), Some(path))?);
         Ok(self)
+    }
+
+    /// The node id: the public node key, the first half of the merchant's address
+    /// `<node id>@host:port`.
+    pub fn node_id(&self) -> PublicKey {
+        PublicKey::from_secret_key(
+            &paychan_core::bitcoin::secp256k1::Secp256k1::signing_only(),
+            &self.node_key,
+        )
+    }
+
+    /// The node key, for the transport handshake.
+    pub(crate) fn node_key(&self) -> &paychan_core::bitcoin::secp256k1::SecretKey {
+        &self.node_key
     }
 
     /// Loads every stored live channel (after a restart).
@@ -223,7 +245,7 @@ impl ChannelServer {
     pub fn hello(&self, hello: &msg::Hello) -> Result<Welcome, MerchantError> {
         let version = msg::negotiate(hello)?;
         let (key_index, key) = self.keys.peek()?;
-        if key_index >= TWO1_KEY_INDEX {
+        if key_index >= NODE_KEY_INDEX {
             return Err(MerchantError::KeysExhausted);
         }
         Ok(Welcome {

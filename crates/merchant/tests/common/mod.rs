@@ -219,3 +219,61 @@ pub fn deposit_for(
     );
     (deposit, script, expiry)
 }
+
+/// A channel protocol connection to a merchant, over BOLT 8 as a customer dials it, speaking
+/// frame by frame.
+pub struct Conn {
+    /// The encrypted stream.
+    pub stream: paychan_transport::NoiseStream,
+    decoder: paychan_core::msg::FrameDecoder,
+}
+
+impl Conn {
+    /// Dials `server` listening at `addr`.
+    pub async fn dial(server: &ChannelServer, addr: std::net::SocketAddr) -> Self {
+        let stream = paychan_harness::dial(server.node_id(), addr).await.unwrap();
+        Conn {
+            stream,
+            decoder: paychan_core::msg::FrameDecoder::new(paychan_core::msg::MAX_FRAME_LEN),
+        }
+    }
+
+    /// Sends `msgs` in one write.
+    pub async fn send(&mut self, msgs: &[Message]) {
+        use tokio::io::AsyncWriteExt;
+        let mut bytes = Vec::new();
+        for m in msgs {
+            bytes.extend(paychan_core::msg::encode_frame(m));
+        }
+        self.stream.write_all(&bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    /// The next message; `None` when the merchant closed the connection.
+    pub async fn recv(&mut self) -> Option<Message> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            if let Some(m) = self.decoder.next_message().unwrap() {
+                return Some(m);
+            }
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                self.stream.read(&mut buf),
+            )
+            .await
+            .expect("the server answers within 20 s")
+            .unwrap();
+            if n == 0 {
+                return None;
+            }
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    /// Sends `m`, returns the answer.
+    pub async fn ask(&mut self, m: Message) -> Message {
+        self.send(&[m]).await;
+        self.recv().await.expect("connection closed")
+    }
+}

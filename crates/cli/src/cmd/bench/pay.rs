@@ -64,6 +64,52 @@ fn sign_validate_bound(secs: f64) -> f64 {
     })
 }
 
+/// The transport's cost: one payment's frame encrypted by the customer and authenticated and
+/// decrypted by the merchant (BOLT 8), on all cores, per second.
+fn transport_rate(secs: f64) -> f64 {
+    use paychan_core::msg::{encode_frame, Message, Pay};
+    use paychan_core::noise::{Initiator, Responder, Session, HEADER_LEN};
+    use paychan_harness::fixtures::{key, pubkey};
+    type Pair = (Session, Session);
+    fn pair() -> Option<Pair> {
+        let (hs, one) = Initiator::new(key(1), &pubkey(&key(2)), key(3));
+        let (rhs, two) = Responder::new(key(2), key(4)).read_act_one(&one).ok()?;
+        let (three, send) = hs.read_act_two(&two).ok()?;
+        Some((send, rhs.read_act_three(&three).ok()?.0))
+    }
+    thread_local! {
+        static PAIR: std::cell::RefCell<Option<Pair>> = const { std::cell::RefCell::new(None) };
+    }
+    // A payment as it travels: the channel, a total and a 72-byte signature.
+    let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(1_000_000), EXPIRY);
+    let signature =
+        sign_payment(&params, Amount::from_sat(1), &customer_keypair()).unwrap_or(vec![0x30; 72]);
+    let frame = encode_frame(&Message::Pay(Pay {
+        channel: Some(params.id().into()),
+        total_sat: 1,
+        signature,
+    }));
+    on_all_cores(secs, |_| {
+        PAIR.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.is_none() {
+                *p = pair();
+            }
+            let Some((send, recv)) = p.as_mut() else { return };
+            let mut wire = Vec::with_capacity(frame.len() + 2 * HEADER_LEN);
+            if send.encrypt(&frame, &mut wire).is_err() {
+                return;
+            }
+            let mut header = [0u8; HEADER_LEN];
+            header.copy_from_slice(&wire[..HEADER_LEN]);
+            if recv.read_header(&header).is_ok() {
+                let mut body = wire.split_off(HEADER_LEN);
+                let _ = std::hint::black_box(recv.read_body(&mut body));
+            }
+        });
+    })
+}
+
 async fn store(
     kind: &StoreKind,
     dir: &std::path::Path,
@@ -107,6 +153,8 @@ async fn run(
 ) -> Result<Value, CliError> {
     say("measuring the bound (customer sign + merchant validate) on all cores…");
     let bound = tokio::task::spawn_blocking(move || sign_validate_bound(secs)).await?;
+    say("measuring the transport (BOLT 8: a payment frame encrypted and decrypted) on all cores…");
+    let transport = tokio::task::spawn_blocking(move || transport_rate(secs)).await?;
 
     let policy = Policy::default();
     let w = World::builder()
@@ -182,6 +230,11 @@ async fn run(
         "bound_per_s": bound.round(),
         "payments_per_s": per_s.round(),
         "ratio": (per_s / bound * 1000.0).round() / 1000.0,
+        // BOLT 8 per payment, as a share of the bound's signing and checking (same run).
+        "transport": {
+            "per_s": transport.round(),
+            "cost_vs_bound": (bound / transport.max(1.0) * 10_000.0).round() / 10_000.0,
+        },
         // Window 1: each payment's latency. Otherwise: per channel, the mean time per
         // `window` payments.
         "latency_ms": {
