@@ -18,6 +18,8 @@ use paychan_core::bitcoin::secp256k1::{ecdsa, Keypair, Message, PublicKey, Secre
 use paychan_core::bitcoin::Amount;
 use paychan_core::channel::merchant::MerchantChannel;
 use paychan_core::channel::Phase;
+use paychan_core::msg::{encode_frame, Message as Msg, Pay};
+use paychan_core::noise::{Initiator, Responder, Session, HEADER_LEN};
 use paychan_core::policy::Policy;
 use paychan_core::script::OutputKind;
 use paychan_core::tx::payment::sign_payment;
@@ -75,6 +77,32 @@ fn validate_once(f: &Fixture, i: usize) {
     validate_payment(&view, &f.policy, &f.now, f.params.id(), total, &f.sigs[i]).unwrap();
 }
 
+/// A BOLT 8 session pair (customer → merchant) and a payment's frame as it travels.
+fn transport_fixture(f: &Fixture) -> (Session, Session, Vec<u8>) {
+    use paychan_harness::fixtures::key;
+    let (hs, one) = Initiator::new(key(1), &pubkey(&key(2)), key(3));
+    let (rhs, two) = Responder::new(key(2), key(4)).read_act_one(&one).unwrap();
+    let (three, send) = hs.read_act_two(&two).unwrap();
+    let (recv, _) = rhs.read_act_three(&three).unwrap();
+    let frame = encode_frame(&Msg::Pay(Pay {
+        channel: Some(f.params.id().into()),
+        total_sat: 1,
+        signature: f.sigs[0].clone(),
+    }));
+    (send, recv, frame)
+}
+
+/// The customer encrypts a payment's frame; the merchant authenticates and decrypts it.
+fn transport_once(send: &mut Session, recv: &mut Session, frame: &[u8]) {
+    let mut wire = Vec::with_capacity(frame.len() + 2 * HEADER_LEN);
+    send.encrypt(frame, &mut wire).unwrap();
+    let header: [u8; HEADER_LEN] = wire[..HEADER_LEN].try_into().unwrap();
+    recv.read_header(&header).unwrap();
+    let mut body = wire.split_off(HEADER_LEN);
+    recv.read_body(&mut body).unwrap();
+    black_box(body);
+}
+
 fn bench_payment(c: &mut Criterion) {
     let f = fixture();
     let secp = paychan_core::sig::secp();
@@ -99,6 +127,10 @@ fn bench_payment(c: &mut Criterion) {
             i = (i + 1) % f.sigs.len();
             validate_once(&f, i)
         })
+    });
+    let (mut send, mut recv, frame) = transport_fixture(&f);
+    g.bench_function("transport: encrypt + decrypt a payment frame (BOLT 8)", |b| {
+        b.iter(|| transport_once(&mut send, &mut recv, &frame))
     });
     g.bench_function("merchant handle payment", |b| {
         b.iter_custom(|iters| {
@@ -148,6 +180,8 @@ fn summary() {
     let secp = paychan_core::sig::secp();
     let (msg, sig) = raw_pair(&f);
     let (mut verify, mut sign, mut validate, mut build_sign) = (vec![], vec![], vec![], vec![]);
+    let mut transport = vec![];
+    let (mut send, mut recv, frame) = transport_fixture(&f);
     // Interleave rounds so drift on a noisy machine hits every path alike.
     for _ in 0..7 {
         verify.extend(per_op(1, 2_000, |_| {
@@ -157,6 +191,7 @@ fn summary() {
         sign.extend(per_op(1, 2_000, |_| {
             black_box(secp.sign_ecdsa(black_box(&msg), &f.customer));
         }));
+        transport.extend(per_op(1, 2_000, |_| transport_once(&mut send, &mut recv, &frame)));
         build_sign.extend(per_op(1, 2_000, |k| {
             black_box(sign_payment(&f.params, Amount::from_sat(k as u64 + 1), &f.keypair).unwrap());
         }));
@@ -168,6 +203,8 @@ fn summary() {
     println!("  merchant validate payment  {:>8.2} µs   {:.2}× raw verify", val / 1e3, val / v);
     println!("  raw sign                   {:>8.2} µs", s / 1e3);
     println!("  customer build + sign      {:>8.2} µs   {:.2}× raw sign", bs / 1e3, bs / s);
+    let t = median(transport);
+    println!("  transport (BOLT 8, both ends) {:>5.2} µs   {:.3}× raw verify", t / 1e3, t / v);
     println!("  sign + validate bound: {:.0} payments/s on one core", 1e9 / (bs + val));
 }
 

@@ -12,8 +12,7 @@
 //! anything more, as BOLT 8 requires.
 
 use bitcoin::hashes::{hmac, sha256, Hash, HashEngine};
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use secp256k1::ecdh::SharedSecret;
 use secp256k1::{PublicKey, Secp256k1, SecretKey};
 
@@ -60,25 +59,35 @@ fn hkdf(salt: &Key32, ikm: &[u8]) -> (Key32, Key32) {
 fn nonce(n: u64) -> Nonce {
     let mut b = [0u8; 12];
     b[4..].copy_from_slice(&n.to_le_bytes());
-    Nonce::from(b)
+    Nonce::assume_unique_for_key(b)
+}
+
+/// ChaCha20-Poly1305 (RFC 8439) under `k`: `ring`'s, whose assembly is several times faster
+/// than portable code on small messages (a payment is about 120 bytes).
+fn cipher(k: &Key32) -> Option<LessSafeKey> {
+    // A 32-byte key is always the right length for ChaCha20-Poly1305.
+    UnboundKey::new(&CHACHA20_POLY1305, k).ok().map(LessSafeKey::new)
 }
 
 /// `encryptWithAD`: `buf` is encrypted in place and its tag appended.
 fn seal(k: &Key32, n: u64, ad: &[u8], buf: &mut Vec<u8>) {
-    let cipher = ChaCha20Poly1305::new(Key::from_slice(k));
-    // Encryption fails only past ChaCha20's 256 GiB per nonce, far above a message's 64 KiB.
-    if let Ok(tag) = cipher.encrypt_in_place_detached(&nonce(n), ad, buf) {
-        buf.extend_from_slice(&tag);
+    // Sealing fails only past ChaCha20's 256 GiB per nonce, far above a message's 64 KiB.
+    if let Some(Ok(tag)) =
+        cipher(k).map(|c| c.seal_in_place_separate_tag(nonce(n), Aad::from(ad), buf))
+    {
+        buf.extend_from_slice(tag.as_ref());
     }
 }
 
 /// `decryptWithAD`: checks and strips the tag of `buf`, decrypting it in place.
 fn open(k: &Key32, n: u64, ad: &[u8], buf: &mut Vec<u8>) -> Result<(), ()> {
-    let at = buf.len().checked_sub(TAG_LEN).ok_or(())?;
-    let tag = Tag::clone_from_slice(&buf[at..]);
-    buf.truncate(at);
-    let cipher = ChaCha20Poly1305::new(Key::from_slice(k));
-    cipher.decrypt_in_place_detached(&nonce(n), ad, buf, &tag).map_err(|_| ())
+    if buf.len() < TAG_LEN {
+        return Err(());
+    }
+    let c = cipher(k).ok_or(())?;
+    let plain = c.open_in_place(nonce(n), Aad::from(ad), buf).map_err(|_| ())?.len();
+    buf.truncate(plain);
+    Ok(())
 }
 
 fn ecdh(point: &PublicKey, key: &SecretKey) -> Key32 {
