@@ -33,6 +33,9 @@ pub enum CliError {
     /// The customer failed.
     #[error(transparent)]
     Customer(#[from] paychan_customer::CustomerError),
+    /// A connection or TLS setting failed (a certificate file, an address).
+    #[error(transparent)]
+    Transport(#[from] paychan_transport::TransportError),
     /// The bench or demo world could not be built.
     #[error(transparent)]
     Harness(#[from] paychan_harness::HarnessError),

@@ -35,7 +35,7 @@ enum Command {
     #[command(subcommand)]
     Wallet(cmd::wallet::WalletCommand),
     /// Run the merchant: the channel server.
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// The customer's channels: open, pay, status, sync, close, list.
     #[command(subcommand)]
     Channels(cmd::channels::ChannelsCommand),
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         Command::Node(c) => cmd::node::run(c, &cli.common),
         Command::Tx(c) => cmd::tx::run(c, &cli.common),
         Command::Wallet(c) => cmd::wallet::run(c, &cli.common),
-        Command::Serve(a) => cmd::serve::run(a, &cli.common),
+        Command::Serve(a) => cmd::serve::run(*a, &cli.common),
         Command::Channels(c) => cmd::channels::run(c, &cli.common),
         Command::Payment(c) => cmd::payment::run(c, &cli.common),
         Command::Bench(c) => cmd::bench::run(c, &cli.common),

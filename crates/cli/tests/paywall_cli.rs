@@ -214,3 +214,82 @@ fn no_secret_appears_in_the_logs_of_a_full_run() {
         assert!(!logs.contains(secret), "an extended private key leaked into the logs");
     }
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made in the test; and another CA. Files:
+/// `ca.pem`, `cert.pem`, `key.pem`, `other-ca.pem` in `dir`.
+fn test_pki(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        (cert, key)
+    };
+    let (ca_cert, ca_key) = ca("paychan test CA");
+    let (other, _) = ca("another CA");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+}
+
+/// `paychan serve --tls-cert/--tls-key` serves the paywall over HTTPS: `paychan buy --cacert`
+/// pays it; without the CA, or with another one, the certificate is refused with an error
+/// that says so, before anything is paid.
+#[test]
+fn an_https_paywall_is_paid_by_buy_trusting_its_ca_and_a_wrong_certificate_is_refused() {
+    let w = World::new();
+    let (url, cookie, customer_home) = (w.url.clone(), w.cookie.clone(), w.customer_home.clone());
+    let pki = tempfile::tempdir().unwrap();
+    test_pki(pki.path());
+    let file = |n: &str| pki.path().join(n).display().to_string();
+    let upstream = upstream();
+    let (_merchant, serving) = w.serve(&[
+        "--zero-conf",
+        "true",
+        "--upstream",
+        &upstream,
+        "--price",
+        "10sat",
+        "--tls-cert",
+        &file("cert.pem"),
+        "--tls-key",
+        &file("key.pem"),
+    ]);
+    assert_eq!(serving["tls"], true, "{serving}");
+    let shop = format!("https://{}", serving["http"].as_str().unwrap());
+    w.fund_customer();
+    let buy = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_paychan"))
+            .arg("--home")
+            .arg(&customer_home)
+            .args(["--rpc-url", &url, "--rpc-cookie"])
+            .arg(&cookie)
+            .arg("buy")
+            .args(extra)
+            .arg(format!("{shop}/api/tls"))
+            .output()
+            .unwrap()
+    };
+    for refused in [vec![], vec!["--cacert".to_string(), file("other-ca.pem")]] {
+        let args: Vec<&str> = refused.iter().map(String::as_str).collect();
+        let o = buy(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("certificate") && err.contains("UnknownIssuer"), "{args:?}: {err}");
+    }
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["channels", "list"]);
+    assert_eq!(run(c), serde_json::json!([]), "nothing paid, no channel");
+
+    let o = buy(&["--cacert", &file("ca.pem")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "upstream says hi to /api/tls\n");
+}

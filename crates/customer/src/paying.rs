@@ -120,11 +120,7 @@ impl std::fmt::Debug for PayingClient {
 impl PayingClient {
     /// A client paying through `customer`'s channels.
     pub fn new(customer: Arc<Customer>, caps: Caps) -> Self {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_default();
+        let http = Self::http(paychan_transport::tls::http_client_builder(None).ok());
         PayingClient {
             http,
             customer,
@@ -132,6 +128,25 @@ impl PayingClient {
             books: tokio::sync::Mutex::new(HashMap::new()),
             progress: None,
         }
+    }
+
+    fn http(builder: Option<reqwest::ClientBuilder>) -> reqwest::Client {
+        builder
+            .unwrap_or_else(reqwest::Client::builder)
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default()
+    }
+
+    /// Trusts the CA certificates in the PEM file `cacert` (a private CA) besides the system's
+    /// roots for HTTPS merchants.
+    ///
+    /// # Errors
+    /// [`CustomerError::Transport`] when the file cannot be used.
+    pub fn with_cacert(mut self, cacert: &std::path::Path) -> Result<Self, CustomerError> {
+        self.http = Self::http(Some(paychan_transport::tls::http_client_builder(Some(cacert))?));
+        Ok(self)
     }
 
     /// Reports what the client does (opening a channel, waiting for a confirmation).
@@ -355,7 +370,7 @@ impl PayingClient {
         if let Some(p) = payment {
             req = req.header(HeaderName::from_static(PAYMENT_SIGNATURE), p.clone());
         }
-        let resp = req.send().await.map_err(|e| CustomerError::Http(e.to_string()))?;
+        let resp = req.send().await.map_err(|e| CustomerError::Http(error_chain(&e)))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(|e| CustomerError::Http(e.to_string()))?.to_vec();
@@ -378,4 +393,20 @@ fn parse_402(headers: &HeaderMap, body: &[u8]) -> Result<PaymentRequired, Custom
     }
     serde_json::from_slice(body)
         .map_err(|_| CustomerError::Protocol("a 402 without a PAYMENT-REQUIRED header"))
+}
+
+/// An error with its causes (`error sending request …: … invalid peer certificate:
+/// UnknownIssuer`): reqwest's own text names none of them.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }

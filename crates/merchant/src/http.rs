@@ -410,8 +410,24 @@ pub async fn serve_app(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_app_tls(app, listener, limits, None, shutdown).await
+}
+
+/// [`serve_app`], over TLS when `tls` is given: the TLS handshake must finish within
+/// `limits.handshake_timeout` (a failed one is logged and closes that connection only).
+///
+/// # Errors
+/// None today (see [`serve_app`]).
+pub async fn serve_app_tls(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let handle = |accepted: Accepted, stop: tokio::sync::watch::Receiver<bool>| {
-        http_connection(app.clone(), accepted, limits.clone(), stop)
+        http_connection(app.clone(), accepted, limits.clone(), tls.clone(), stop)
     };
     serve_connections(listener, &limits, "HTTP server", shutdown, handle).await;
     Ok(())
@@ -421,9 +437,37 @@ async fn http_connection(
     app: Router,
     accepted: Accepted,
     limits: Limits,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Accepted { stream, peer, permit } = accepted;
+    let idle = IdleIo::new(stream, limits.idle_timeout);
+    match tls {
+        None => serve_http(app, hyper_util::rt::TokioIo::new(idle), peer, &limits, stop).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(idle)).await {
+                Ok(Ok(stream)) => {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    serve_http(app, io, peer, &limits, stop).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// HTTP/1.1 on `io` until the peer leaves, the connection idles out, or `stop`.
+async fn serve_http<I>(
+    app: Router,
+    io: I,
+    peer: std::net::SocketAddr,
+    limits: &Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service =
         hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
             // For handlers that care who asks (`/metrics` from loopback).
@@ -435,7 +479,6 @@ async fn http_connection(
                 )
             }
         });
-    let io = hyper_util::rt::TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
@@ -454,7 +497,6 @@ async fn http_connection(
             let _ = conn.await;
         }
     }
-    drop(permit);
 }
 
 /// Routes `req` by its canonical path, or answers `400` when it has none.

@@ -450,11 +450,12 @@ fn replace_wildcard_host(peer: &str, request_host: Option<&str>) -> String {
     format!("{name}:{port}")
 }
 
-/// A service forwarding every request to `upstream` (`http://host:port`, optionally with a
-/// base path). Put [`PaywallLayer`] on it to charge for the upstream's API. An unreachable
+/// A service forwarding every request to `upstream` (`http://host:port` or `https://…`, whose
+/// certificate must chain to the system's roots; optionally with a base path). Put [`PaywallLayer`] on it to charge for the upstream's API. An unreachable
 /// upstream is a `502`, a slow one (over `timeout`) a `504`; both reverse the charge.
 pub fn reverse_proxy(upstream: String, timeout: std::time::Duration) -> axum::Router {
-    let client = reqwest::Client::builder()
+    let client = paychan_transport::tls::http_client_builder(None)
+        .unwrap_or_else(|_| reqwest::Client::builder())
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -8,8 +8,12 @@
 //! [`NoiseStream`] is an ordinary byte stream (`AsyncRead + AsyncWrite`) over the encrypted
 //! session, so the drivers' framing runs on it unchanged: what is written is cut into BOLT 8
 //! messages of at most 65,535 bytes, and what is read is authenticated before it is seen.
+//!
+//! [`tls`] builds the `rustls` configurations of the HTTP sides (listener, paying clients).
 
 #![deny(missing_docs)]
+
+pub mod tls;
 
 use std::io;
 use std::pin::Pin;
@@ -50,6 +54,9 @@ pub enum TransportError {
         /// The core's reason.
         error: paychan_core::Error,
     },
+    /// A TLS certificate, key or configuration could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The system gave no randomness for an ephemeral key.
     #[error("no randomness for a key: {0}")]
     Randomness(String),

@@ -32,6 +32,9 @@ pub struct CapArgs {
     /// How long to wait for a new channel's funding to confirm, in seconds.
     #[arg(long, default_value_t = 1800)]
     confirm_timeout_secs: u64,
+    /// Trust the CA certificates in this PEM file for HTTPS merchants, besides the system's.
+    #[arg(long, value_name = "PEM")]
+    cacert: Option<std::path::PathBuf>,
 }
 
 impl CapArgs {
@@ -106,7 +109,11 @@ fn progress() -> paychan_customer::paying::ProgressFn {
 
 async fn paying_client(common: &Common, caps: &CapArgs) -> Result<PayingClient, CliError> {
     let (customer, _) = super::channels::customer(common).await?;
-    Ok(PayingClient::new(Arc::new(customer), caps.caps()).with_progress(progress()))
+    let mut client = PayingClient::new(Arc::new(customer), caps.caps()).with_progress(progress());
+    if let Some(ca) = &caps.cacert {
+        client = client.with_cacert(ca)?;
+    }
+    Ok(client)
 }
 
 /// Runs `paychan buy`.

@@ -68,6 +68,13 @@ pub struct ServeArgs {
     /// Seconds to wait for the upstream's answer (then 504, not charged).
     #[arg(long)]
     upstream_timeout_secs: Option<u64>,
+    /// Serve the HTTP listener (API, 21 endpoints, paywall) over TLS with this PEM certificate
+    /// chain (with `--tls-key`).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Connections open at once, per listener (default 1024); keep it below `ulimit -n`.
     #[arg(long)]
     max_connections: Option<usize>,
@@ -111,6 +118,8 @@ struct ServeFile {
     #[serde(default)]
     free: Vec<String>,
     upstream_timeout_secs: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
     handshake_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
@@ -180,6 +189,13 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     }
     let upstream_timeout =
         Duration::from_secs(a.upstream_timeout_secs.or(file.upstream_timeout_secs).unwrap_or(30));
+    // TLS for the HTTP listener: both files or neither; checked before anything starts.
+    let tls = match (a.tls_cert.or(file.tls_cert), a.tls_key.or(file.tls_key)) {
+        (Some(cert), Some(key)) => Some(paychan_transport::tls::server_config(&cert, &key)?),
+        (None, None) => None,
+        _ => return Err(fail("TLS needs both a certificate (tls_cert) and its key (tls_key)")),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let metrics_access = match (a.metrics, &file.metrics) {
         (Some(m), _) => m,
         (None, Some(m)) => m.parse().map_err(fail)?,
@@ -217,9 +233,9 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         let node_id = server.node_id();
         let address = format!("{node_id}@{addr}");
         common.print(
-            &json!({"listen": addr.to_string(), "node_id": node_id.to_string(), "address": address, "http": http_addr.to_string(), "payout": payout.to_string(), "channels": loaded}),
+            &json!({"listen": addr.to_string(), "node_id": node_id.to_string(), "address": address, "http": http_addr.to_string(), "tls": scheme == "https", "payout": payout.to_string(), "channels": loaded}),
             &format!(
-                "paychan serve: channel protocol (BOLT 8) at {address}, JSON API on http://{http_addr}, {loaded} channels loaded, settlements pay fresh addresses of the wallet (first {payout})"
+                "paychan serve: channel protocol (BOLT 8) at {address}, JSON API on {scheme}://{http_addr}, {loaded} channels loaded, settlements pay fresh addresses of the wallet (first {payout})"
             ),
         )?;
         // Where the running merchant can be reached: `paychan payment submit` goes through
@@ -240,10 +256,11 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         }
         let admin = paychan_merchant::http::AdminConfig { token, metrics: metrics_access };
         let app = paychan_merchant::http::app(server.clone(), Some(admin), fallback);
-        let http_task = tokio::spawn(paychan_merchant::http::serve_app(
+        let http_task = tokio::spawn(paychan_merchant::http::serve_app_tls(
             app,
             http_listener,
             limits.clone(),
+            tls,
             shutdown_signal(),
         ));
         let ticker = {
