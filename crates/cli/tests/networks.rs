@@ -168,3 +168,18 @@ fn testnet3_and_unknown_networks_are_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("regtest only"), "{}", stderr(&o));
 }
+
+/// Bitcoin Core's RPC has no TLS: an `https://` RPC URL is refused up front with what to do
+/// instead, not a transport error later.
+#[test]
+fn an_https_rpc_url_is_refused_with_the_way_to_reach_a_remote_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let o = paychan(&home, &["--rpc-url", "https://127.0.0.1:18443", "wallet", "balance"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("speaks no TLS") && stderr(&o).contains("tunnel"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -240,9 +240,11 @@ fn test_pki(dir: &std::path::Path) {
     std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
 }
 
-/// `paychan serve --tls-cert/--tls-key` serves the paywall over HTTPS: `paychan buy --cacert`
-/// pays it; without the CA, or with another one, the certificate is refused with an error
-/// that says so, before anything is paid.
+/// `paychan serve --tls-cert/--tls-key` serves the paywall over HTTPS: curl checks its
+/// certificate against the CA (`curl --cacert`); `paychan buy --cacert` pays it, and so does
+/// curl through `paychan proxy --https-upstream --cacert` (plain HTTP to the proxy on
+/// loopback, TLS to the merchant); without the CA, or with another one, the certificate is
+/// refused with an error that says so, before anything is paid.
 #[test]
 fn an_https_paywall_is_paid_by_buy_trusting_its_ca_and_a_wrong_certificate_is_refused() {
     let w = World::new();
@@ -258,6 +260,8 @@ fn an_https_paywall_is_paid_by_buy_trusting_its_ca_and_a_wrong_certificate_is_re
         &upstream,
         "--price",
         "10sat",
+        "--free",
+        "/health",
         "--tls-cert",
         &file("cert.pem"),
         "--tls-key",
@@ -289,7 +293,88 @@ fn an_https_paywall_is_paid_by_buy_trusting_its_ca_and_a_wrong_certificate_is_re
     c.args(["channels", "list"]);
     assert_eq!(run(c), serde_json::json!([]), "nothing paid, no channel");
 
+    // A stock client checks the certificate against the CA: accepted with it, refused
+    // without it.
+    let curl = |args: &[&str]| {
+        Command::new("curl").args(["-s", "--max-time", "30"]).args(args).output().unwrap()
+    };
+    let o = curl(&["--cacert", &file("ca.pem"), &format!("{shop}/health")]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "upstream says hi to /health\n");
+    assert!(!curl(&[&format!("{shop}/health")]).status.success(), "untrusted without the CA");
+
     let o = buy(&["--cacert", &file("ca.pem")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "upstream says hi to /api/tls\n");
+
+    // curl through the proxy, which reaches the merchant over TLS.
+    let mut proxy = paychan(&customer_home, &url, &cookie)
+        .args(["proxy", "--listen", "127.0.0.1:0", "--https-upstream", "--cacert", &file("ca.pem")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listening = first_line(&mut proxy);
+    let _proxy = Kill(proxy);
+    assert_eq!(listening["upstream_scheme"], "https");
+    let proxy_url = format!("http://{}", listening["listen"].as_str().unwrap());
+    let plain = shop.replacen("https://", "http://", 1);
+    let o = curl(&["-D", "-", "-x", &proxy_url, &format!("{plain}/api/proxied")]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("x-paychan-paid-sat: 10"), "{out}");
+    assert!(out.ends_with("upstream says hi to /api/proxied\n"), "{out}");
+}
+
+/// `--upstream https://…`: a merchant's paywall forwards paid requests to an upstream over
+/// TLS, checking its certificate against `--upstream-cacert`; without that CA the upstream's
+/// certificate is refused and the buyer gets a 502.
+#[test]
+fn an_https_upstream_is_reached_over_tls_trusting_its_ca() {
+    let w = World::new();
+    let (url, cookie, customer_home) = (w.url.clone(), w.cookie.clone(), w.customer_home.clone());
+    let pki = tempfile::tempdir().unwrap();
+    test_pki(pki.path());
+    let file = |n: &str| pki.path().join(n).display().to_string();
+    // The upstream: another paychan, over TLS, forwarding everything for free.
+    let plain = upstream();
+    let mut tls_upstream = paychan(&pki.path().join("upstream-home"), &url, &cookie)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--upstream", &plain])
+        .args(["--free", "/*", "--tls-cert", &file("cert.pem"), "--tls-key", &file("key.pem")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = first_line(&mut tls_upstream);
+    let _up = Kill(tls_upstream);
+    let https_upstream = format!("https://{}", up["http"].as_str().unwrap());
+    w.fund_customer();
+    for (trusting, expected) in [(false, None), (true, Some("upstream says hi to /api/chained\n"))]
+    {
+        let mut args =
+            vec!["--zero-conf", "true", "--upstream", &https_upstream, "--price", "10sat"];
+        let ca = file("ca.pem");
+        if trusting {
+            args.extend(["--upstream-cacert", ca.as_str()]);
+        }
+        let (_merchant, serving) = w.serve(&args);
+        let shop = format!("http://{}", serving["http"].as_str().unwrap());
+        let o = Command::new(env!("CARGO_BIN_EXE_paychan"))
+            .arg("--home")
+            .arg(&customer_home)
+            .args(["--rpc-url", &url, "--rpc-cookie"])
+            .arg(&cookie)
+            .args(["buy", &format!("{shop}/api/chained")])
+            .output()
+            .unwrap();
+        match expected {
+            Some(body) => {
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                assert_eq!(String::from_utf8_lossy(&o.stdout), body);
+            }
+            None => {
+                assert_eq!(o.status.code(), Some(22), "an HTTP error: {o:?}");
+                assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 502"), "{o:?}");
+            }
+        }
+    }
 }

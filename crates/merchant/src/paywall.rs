@@ -454,8 +454,19 @@ fn replace_wildcard_host(peer: &str, request_host: Option<&str>) -> String {
 /// certificate must chain to the system's roots; optionally with a base path). Put [`PaywallLayer`] on it to charge for the upstream's API. An unreachable
 /// upstream is a `502`, a slow one (over `timeout`) a `504`; both reverse the charge.
 pub fn reverse_proxy(upstream: String, timeout: std::time::Duration) -> axum::Router {
-    let client = paychan_transport::tls::http_client_builder(None)
-        .unwrap_or_else(|_| reqwest::Client::builder())
+    let http = paychan_transport::tls::http_client_builder(None)
+        .unwrap_or_else(|_| reqwest::Client::builder());
+    reverse_proxy_with(upstream, timeout, http)
+}
+
+/// [`reverse_proxy`] with the HTTP client `http` (for example one that also trusts a private
+/// CA for an `https://` upstream: `paychan_transport::tls::http_client_builder`).
+pub fn reverse_proxy_with(
+    upstream: String,
+    timeout: std::time::Duration,
+    http: reqwest::ClientBuilder,
+) -> axum::Router {
+    let client = http
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -72,6 +72,10 @@ pub struct ProxyArgs {
     /// Where the proxy listens (keep it on loopback: whoever reaches it spends your channels).
     #[arg(long, default_value = "127.0.0.1:8402")]
     listen: SocketAddr,
+    /// Fetch the `http://` URLs asked of the proxy over HTTPS (same host, port and path): curl
+    /// speaks plain HTTP to the proxy on loopback, the merchant is reached over TLS.
+    #[arg(long)]
+    https_upstream: bool,
     #[command(flatten)]
     caps: CapArgs,
 }
@@ -184,11 +188,12 @@ pub fn proxy(a: ProxyArgs, common: &Common) -> Result<ExitCode, CliError> {
             .await
             .map_err(|e| fail(format!("cannot listen on {}: {e}", a.listen)))?;
         let addr = listener.local_addr()?;
+        let upstream = if a.https_upstream { "https" } else { "http" };
         common.print(
-            &json!({"listen": addr.to_string()}),
-            &format!("paychan proxy on http://{addr}: `curl -x http://{addr} http://merchant/…` pays 402s from your channels"),
+            &json!({"listen": addr.to_string(), "upstream_scheme": upstream}),
+            &format!("paychan proxy on http://{addr}: `curl -x http://{addr} http://merchant/…` pays 402s from your channels (merchants reached over {upstream})"),
         )?;
-        let app = paychan_customer::proxy::router(client);
+        let app = paychan_customer::proxy::router(client, a.https_upstream);
         axum::serve(listener, app).with_graceful_shutdown(super::serve::shutdown_signal()).await?;
         Ok::<_, CliError>(())
     })?;

@@ -161,6 +161,14 @@ impl Common {
     /// # Errors
     /// [`CliError::Failed`] when there is no cookie where it should be.
     pub fn rpc(&self, n: &NetworkParams) -> Result<BitcoindRpc, CliError> {
+        let url = self.rpc_url(n);
+        if url.starts_with("https://") {
+            // Bitcoin Core's RPC server has had no TLS since 0.12: say what to do instead.
+            return Err(CliError::Usage(format!(
+                "{url}: Bitcoin Core's RPC speaks no TLS; reach a remote node through an SSH \
+                 tunnel or a TLS terminator that forwards to it, and give its local http:// URL"
+            )));
+        }
         let auth = match (&self.rpc_user, &self.rpc_password) {
             (Some(u), Some(p)) => RpcAuth::UserPass(u.clone(), p.clone()),
             _ => {

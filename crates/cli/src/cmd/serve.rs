@@ -12,7 +12,7 @@ use paychan_core::network::NetworkParams;
 use paychan_core::policy::Policy;
 use paychan_merchant::http::MetricsAccess;
 use paychan_merchant::listen::Limits;
-use paychan_merchant::paywall::{reverse_proxy, PaywallConfig, PaywallLayer, Pricing};
+use paychan_merchant::paywall::{reverse_proxy_with, PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::{tcp, ChannelServer, ServerConfig};
 use paychan_store::{ChannelStore, PostgresStore, SqliteStore};
 use paychan_wallet::{KeyChain, Wallet};
@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Seconds to wait for the upstream's answer (then 504, not charged).
     #[arg(long)]
     upstream_timeout_secs: Option<u64>,
+    /// Trust the CA certificates in this PEM file for an `https://` upstream, besides the
+    /// system's.
+    #[arg(long, value_name = "PEM")]
+    upstream_cacert: Option<PathBuf>,
     /// Serve the HTTP listener (API, 21 endpoints, paywall) over TLS with this PEM certificate
     /// chain (with `--tls-key`).
     #[arg(long, value_name = "PEM", requires = "tls_key")]
@@ -118,6 +122,7 @@ struct ServeFile {
     #[serde(default)]
     free: Vec<String>,
     upstream_timeout_secs: Option<u64>,
+    upstream_cacert: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
@@ -196,6 +201,9 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         _ => return Err(fail("TLS needs both a certificate (tls_cert) and its key (tls_key)")),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let upstream_http = paychan_transport::tls::http_client_builder(
+        a.upstream_cacert.or(file.upstream_cacert).as_deref(),
+    )?;
     let metrics_access = match (a.metrics, &file.metrics) {
         (Some(m), _) => m,
         (None, Some(m)) => m.parse().map_err(fail)?,
@@ -249,7 +257,8 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         let fallback = upstream.as_ref().map(|u| {
             let mut config = PaywallConfig::new(pricing.clone(), address.clone());
             config.network = n.network;
-            reverse_proxy(u.clone(), upstream_timeout).layer(PaywallLayer::new(server.clone(), config))
+            reverse_proxy_with(u.clone(), upstream_timeout, upstream_http)
+                .layer(PaywallLayer::new(server.clone(), config))
         });
         if let Some(u) = &upstream {
             tracing::info!(upstream = %u, ?pricing, "paywall: forwarding paid requests to the upstream");
