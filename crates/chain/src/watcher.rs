@@ -211,6 +211,20 @@ impl<C: ChainSource> ChainWatcher<C> {
     /// has a block the watcher needs); the watcher stays consistent and the next poll resumes.
     pub fn poll(&mut self) -> Result<Vec<ChainEvent>, ChainError> {
         let mut events = Vec::new();
+        match self.poll_into(&mut events) {
+            Ok(()) => Ok(events),
+            // Blocks were connected or disconnected before the error: report them (the
+            // watcher has moved past them and will not report them again); the next poll
+            // resumes from there and meets the error again if it lasts.
+            Err(e) if !events.is_empty() => {
+                debug!(error = %e, "poll stopped part way; reporting what it saw");
+                Ok(events)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn poll_into(&mut self, events: &mut Vec<ChainEvent>) -> Result<(), ChainError> {
         let tip = self.source.tip()?;
         // A block read while finding a fork, kept to connect without reading it again.
         let mut held: Option<(BlockHash, Block)> = None;
@@ -224,7 +238,7 @@ impl<C: ChainSource> ChainWatcher<C> {
                 match last {
                     // The node's chain is no longer than ours and ends elsewhere.
                     Some(l) if self.source.block_hash(l.height)? != Some(l.hash) => {
-                        self.disconnect_last(&mut events);
+                        self.disconnect_last(events);
                         continue;
                     }
                     // Every block seen was disconnected and the chain is now shorter than
@@ -259,17 +273,17 @@ impl<C: ChainSource> ChainWatcher<C> {
                 if block.header.prev_blockhash != l.hash {
                     // A fork: walk back by hashes until the node agrees, then read forward.
                     held = Some((hash, block));
-                    self.disconnect_last(&mut events);
+                    self.disconnect_last(events);
                     while let Some(l) = self.seen.last().copied() {
                         if self.source.block_hash(l.height)? == Some(l.hash) {
                             break;
                         }
-                        self.disconnect_last(&mut events);
+                        self.disconnect_last(events);
                     }
                     continue;
                 }
             }
-            self.connect(BlockRef { height, hash }, &block, &mut events);
+            self.connect(BlockRef { height, hash }, &block, events);
         }
         // Depths, as they grew.
         let top = self.seen.last().map_or(0, |b| b.height);
@@ -293,7 +307,7 @@ impl<C: ChainSource> ChainWatcher<C> {
             let cut = self.seen.len() - KEEP;
             self.seen.drain(..cut);
         }
-        Ok(events)
+        Ok(())
     }
 
     fn disconnect_last(&mut self, events: &mut Vec<ChainEvent>) {

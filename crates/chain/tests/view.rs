@@ -262,3 +262,24 @@ fn a_spent_funding_is_at_least_as_confirmed_as_its_spend() {
     assert!(v.spend(&id).is_some());
     assert_eq!(v.confirmations(&id.txid), 2, "the spend's depth");
 }
+
+/// The node goes away part way through a sync: the blocks read before are not lost (a spend
+/// in them is kept), and the next sync reads only the rest.
+#[test]
+fn a_sync_cut_short_keeps_what_it_read() {
+    let (node, source) = setup(5);
+    let (f, id) = mined_funding(&node, 1);
+    let v = view(&source, None);
+    v.watch(id, Lookback::Never);
+    v.sync().unwrap();
+    node.mine(1, &p2wpkh(&key(8))).unwrap();
+    node.submit(spend(&f, 7), None).unwrap();
+    node.mine(4, &p2wpkh(&key(8))).unwrap();
+    source.reset();
+    *source.block_budget.lock().unwrap() = Some(3);
+    v.sync().unwrap();
+    assert_eq!(v.spend(&id).map(|s| s.height), Some(node.tip().0 - 3), "the spend was read");
+    *source.block_budget.lock().unwrap() = None;
+    v.sync().unwrap();
+    assert_eq!(source.fetched().len(), 5, "3 before the cut, then the 2 left, each once");
+}

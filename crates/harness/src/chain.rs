@@ -20,6 +20,9 @@ pub struct Instrumented<C> {
     pub refuse_broadcast: AtomicBool,
     /// The fee estimate, instead of the node's.
     pub fee: Mutex<Option<FeeRate>>,
+    /// How many more blocks may be fetched before `block` fails as if the node went away
+    /// (`None`: no limit).
+    pub block_budget: Mutex<Option<u64>>,
     calls: Mutex<BTreeMap<&'static str, u64>>,
     fetched: Mutex<Vec<BlockHash>>,
 }
@@ -32,6 +35,7 @@ impl<C> Instrumented<C> {
             down: AtomicBool::new(false),
             refuse_broadcast: AtomicBool::new(false),
             fee: Mutex::new(None),
+            block_budget: Mutex::new(None),
             calls: Mutex::new(BTreeMap::new()),
             fetched: Mutex::new(Vec::new()),
         }
@@ -79,6 +83,12 @@ impl<C: ChainSource> ChainSource for Instrumented<C> {
     }
     fn block(&self, hash: &BlockHash) -> Result<Block, ChainError> {
         self.call("block")?;
+        if let Some(left) = self.block_budget.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            if *left == 0 {
+                return Err(ChainError::Transport("connection lost (test)".into()));
+            }
+            *left -= 1;
+        }
         self.fetched.lock().unwrap_or_else(|p| p.into_inner()).push(*hash);
         self.inner.block(hash)
     }
