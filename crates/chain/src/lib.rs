@@ -16,6 +16,7 @@
 
 #![deny(missing_docs)]
 
+mod https;
 mod rpc;
 mod view;
 mod watcher;

@@ -22,6 +22,8 @@ pub enum RpcAuth {
 pub struct BitcoindRpc {
     client: std::sync::RwLock<std::sync::Arc<Client>>,
     url: String,
+    /// For an `https://` URL: whom to trust.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// With cookie authentication: the file and the cookie the client was built with. bitcoind
     /// writes a new cookie at every start, so the client is rebuilt when the file changes.
     cookie: Option<(PathBuf, std::sync::Mutex<String>)>,
@@ -59,12 +61,56 @@ fn block_error(hash: BlockHash, e: ChainError) -> ChainError {
     }
 }
 
+/// A client of `url`: `jsonrpc`'s own HTTP transport, or HTTPS with `tls`.
+fn connect(
+    url: &str,
+    auth: Auth,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Client, ChainError> {
+    match tls {
+        Some(config) if url.starts_with("https://") => {
+            let (user, pass) = auth.get_user_pass().map_err(map)?;
+            let transport = crate::https::HttpsTransport::new(url, user, pass, config.clone())
+                .map_err(|e| ChainError::Transport(e.to_string()))?;
+            Ok(Client::from_jsonrpc(bitcoincore_rpc::jsonrpc::Client::with_transport(transport)))
+        }
+        _ => Client::new(url, auth).map_err(map),
+    }
+}
+
 impl BitcoindRpc {
-    /// Connects to `url` (e.g. `http://127.0.0.1:18443`).
+    /// Connects to `url` (e.g. `http://127.0.0.1:18443`). An `https://` URL (a node behind a
+    /// TLS terminator) trusts the system's root certificates; [`BitcoindRpc::new_tls`] takes
+    /// another trust.
     ///
     /// # Errors
-    /// [`ChainError::Transport`] when the cookie file cannot be read or the URL is invalid.
+    /// [`ChainError::Transport`] when the cookie file cannot be read, the URL is invalid, or
+    /// an `https://` URL finds no trusted roots on the system.
     pub fn new(url: &str, auth: RpcAuth) -> Result<Self, ChainError> {
+        let tls = if url.starts_with("https://") {
+            let config = paychan_transport::tls::client_config(None)
+                .map_err(|e| ChainError::Transport(e.to_string()))?;
+            Some(std::sync::Arc::new(config))
+        } else {
+            None
+        };
+        Self::new_tls(url, auth, tls)
+    }
+
+    /// Connects to `url`; an `https://` URL checks the node's certificate with `tls` (e.g.
+    /// [`paychan_transport::tls::client_config`] with a private CA).
+    ///
+    /// # Errors
+    /// [`ChainError::Transport`] when the cookie file cannot be read, the URL is invalid, or
+    /// the URL is `https://` and `tls` is `None`.
+    pub fn new_tls(
+        url: &str,
+        auth: RpcAuth,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, ChainError> {
+        if url.starts_with("https://") && tls.is_none() {
+            return Err(ChainError::Transport(format!("{url}: HTTPS needs a TLS configuration")));
+        }
         let cookie = match &auth {
             RpcAuth::CookieFile(p) => {
                 let text = std::fs::read_to_string(p)
@@ -77,10 +123,11 @@ impl BitcoindRpc {
             RpcAuth::CookieFile(p) => Auth::CookieFile(p),
             RpcAuth::UserPass(u, p) => Auth::UserPass(u, p),
         };
-        let client = Client::new(url, auth).map_err(map)?;
+        let client = connect(url, auth, tls.as_ref())?;
         Ok(BitcoindRpc {
             client: std::sync::RwLock::new(std::sync::Arc::new(client)),
             url: url.to_string(),
+            tls,
             cookie,
             fallback_fee: FeeRate::BROADCAST_MIN,
         })
@@ -101,7 +148,9 @@ impl BitcoindRpc {
             if let Ok(now) = std::fs::read_to_string(path) {
                 let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
                 if *seen != now {
-                    if let Ok(c) = Client::new(&self.url, Auth::CookieFile(path.clone())) {
+                    if let Ok(c) =
+                        connect(&self.url, Auth::CookieFile(path.clone()), self.tls.as_ref())
+                    {
                         *self.client.write().unwrap_or_else(|p| p.into_inner()) =
                             std::sync::Arc::new(c);
                         *seen = now;

@@ -169,17 +169,52 @@ fn testnet3_and_unknown_networks_are_refused() {
     assert!(stderr(&o).contains("regtest only"), "{}", stderr(&o));
 }
 
-/// Bitcoin Core's RPC has no TLS: an `https://` RPC URL is refused up front with what to do
-/// instead, not a transport error later.
+/// A node behind a TLS terminator (Core's RPC has no TLS of its own): `--rpc-url https://…`
+/// reaches it when `--rpc-cacert` trusts the terminator's CA; without it, or with another
+/// CA, the certificate is refused naming the reason; `--rpc-cacert` with an `http://` URL is a
+/// usage error.
 #[test]
-fn an_https_rpc_url_is_refused_with_the_way_to_reach_a_remote_node() {
+fn an_https_rpc_url_reaches_a_node_behind_a_tls_terminator_trusting_rpc_cacert() {
+    use paychan_harness::tls::{TestPki, TlsTerminator};
     let tmp = tempfile::tempdir().unwrap();
+    let (_node, url, cookie) = start_node(&tmp.path().join("node"));
+    let pki = TestPki::write(tmp.path()).unwrap();
+    let target = url.trim_start_matches("http://").parse().unwrap();
+    let terminator = TlsTerminator::start(target, &pki).unwrap();
+    let https = terminator.url();
     let home = tmp.path().join("home");
-    let o = paychan(&home, &["--rpc-url", "https://127.0.0.1:18443", "wallet", "balance"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("speaks no TLS") && stderr(&o).contains("tunnel"),
-        "{}",
-        stderr(&o)
+    assert!(paychan(&home, &["wallet", "new"]).status.success());
+    let (cookie, ca, other) =
+        (cookie.to_str().unwrap(), pki.ca.to_str().unwrap(), pki.other_ca.to_str().unwrap());
+    let rpc = ["--rpc-url", https.as_str(), "--rpc-cookie", cookie];
+
+    let o = paychan(
+        &home,
+        &[&rpc[..], &["--rpc-cacert", ca, "wallet", "faucet", "--blocks", "1"]].concat(),
     );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = paychan(&home, &[&rpc[..], &["--rpc-cacert", ca, "wallet", "balance"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The faucet's block, read through the terminator: its coinbase, not yet mature.
+    assert_eq!(v["height"], 1, "{v}");
+    assert_eq!(v["immature_sat"], 5_000_000_000u64, "{v}");
+
+    for refused in [vec!["--rpc-cacert", other], vec![]] {
+        let o = paychan(&home, &[&rpc[..], &refused[..], &["wallet", "balance"]].concat());
+        assert_eq!(o.status.code(), Some(1), "{refused:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        // No system roots at all is said too; with some, the test CA is not among them.
+        assert!(
+            (e.contains("certificate") && e.contains("UnknownIssuer"))
+                || (refused.is_empty() && e.contains("no trusted root")),
+            "{refused:?}: {e}"
+        );
+    }
+    let o = paychan(
+        &home,
+        &["--rpc-url", &url, "--rpc-cookie", cookie, "--rpc-cacert", ca, "wallet", "balance"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--rpc-cacert is for an https://"), "{}", stderr(&o));
 }

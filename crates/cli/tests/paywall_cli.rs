@@ -215,31 +215,6 @@ fn no_secret_appears_in_the_logs_of_a_full_run() {
     }
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it, made in the test; and another CA. Files:
-/// `ca.pem`, `cert.pem`, `key.pem`, `other-ca.pem` in `dir`.
-fn test_pki(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca = |name: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = p.self_signed(&key).unwrap();
-        (cert, key)
-    };
-    let (ca_cert, ca_key) = ca("paychan test CA");
-    let (other, _) = ca("another CA");
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca_cert, &ca_key)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
-    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
-}
-
 /// `paychan serve --tls-cert/--tls-key` serves the paywall over HTTPS: curl checks its
 /// certificate against the CA (`curl --cacert`); `paychan buy --cacert` pays it, and so does
 /// curl through `paychan proxy --https-upstream --cacert` (plain HTTP to the proxy on
@@ -250,7 +225,7 @@ fn an_https_paywall_is_paid_by_buy_trusting_its_ca_and_a_wrong_certificate_is_re
     let w = World::new();
     let (url, cookie, customer_home) = (w.url.clone(), w.cookie.clone(), w.customer_home.clone());
     let pki = tempfile::tempdir().unwrap();
-    test_pki(pki.path());
+    paychan_harness::tls::TestPki::write(pki.path()).unwrap();
     let file = |n: &str| pki.path().join(n).display().to_string();
     let upstream = upstream();
     let (_merchant, serving) = w.serve(&[
@@ -333,7 +308,7 @@ fn an_https_upstream_is_reached_over_tls_trusting_its_ca() {
     let w = World::new();
     let (url, cookie, customer_home) = (w.url.clone(), w.cookie.clone(), w.customer_home.clone());
     let pki = tempfile::tempdir().unwrap();
-    test_pki(pki.path());
+    paychan_harness::tls::TestPki::write(pki.path()).unwrap();
     let file = |n: &str| pki.path().join(n).display().to_string();
     // The upstream: another paychan, over TLS, forwarding everything for free.
     let plain = upstream();

@@ -21,6 +21,7 @@
 
 pub mod chain;
 pub mod fixtures;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,12 @@ pub enum HarnessError {
     /// A directory or a listener.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A test certificate could not be made.
+    #[error("certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// A TLS configuration was refused.
+    #[error("{0}")]
+    Transport(#[from] paychan_transport::TransportError),
 }
 
 /// Where the merchant's settlements pay.

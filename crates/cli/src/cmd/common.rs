@@ -28,9 +28,15 @@ pub struct Common {
     #[arg(long, env = "PAYCHAN_I_UNDERSTAND_MAINNET", global = true)]
     pub i_understand_mainnet: bool,
     /// The node's RPC URL (default: http://127.0.0.1 and Bitcoin Core's port for the network:
-    /// 8332, 48332, 38332, 18443).
+    /// 8332, 48332, 38332, 18443). `https://…` for a node behind a TLS terminator (Core's RPC
+    /// has no TLS of its own): its certificate is checked against the system's roots, or
+    /// `--rpc-cacert`.
     #[arg(long, global = true)]
     pub rpc_url: Option<String>,
+    /// A PEM file of CA certificates to trust for an `https://` `--rpc-url` (a private CA),
+    /// besides the system's roots.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub rpc_cacert: Option<PathBuf>,
     /// The node's cookie file (default: <home>/node/.cookie on regtest, the embedded node's;
     /// ~/.bitcoin/<network>/.cookie elsewhere, bitcoind's).
     #[arg(long, global = true)]
@@ -162,13 +168,16 @@ impl Common {
     /// [`CliError::Failed`] when there is no cookie where it should be.
     pub fn rpc(&self, n: &NetworkParams) -> Result<BitcoindRpc, CliError> {
         let url = self.rpc_url(n);
-        if url.starts_with("https://") {
-            // Bitcoin Core's RPC server has had no TLS since 0.12: say what to do instead.
+        let tls = if url.starts_with("https://") {
+            // Bitcoin Core's RPC has no TLS since 0.12: this is a terminator in front of it.
+            Some(Arc::new(paychan_transport::tls::client_config(self.rpc_cacert.as_deref())?))
+        } else if self.rpc_cacert.is_some() {
             return Err(CliError::Usage(format!(
-                "{url}: Bitcoin Core's RPC speaks no TLS; reach a remote node through an SSH \
-                 tunnel or a TLS terminator that forwards to it, and give its local http:// URL"
+                "--rpc-cacert is for an https:// --rpc-url, and {url} is not one"
             )));
-        }
+        } else {
+            None
+        };
         let auth = match (&self.rpc_user, &self.rpc_password) {
             (Some(u), Some(p)) => RpcAuth::UserPass(u.clone(), p.clone()),
             _ => {
@@ -193,7 +202,7 @@ impl Common {
             })?,
             None => n.fallback_fee_rate,
         };
-        Ok(BitcoindRpc::new(&self.rpc_url(n), auth)?.with_fallback_fee(fallback))
+        Ok(BitcoindRpc::new_tls(&url, auth, tls)?.with_fallback_fee(fallback))
     }
 
     /// A chain client for the command's network, checked to be on it (its genesis block).
