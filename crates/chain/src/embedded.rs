@@ -1,7 +1,7 @@
 //! [`ChainSource`] over the in-process embedded node.
 
 use paychan_core::bitcoin::{Block, BlockHash, FeeRate, OutPoint, Transaction, Txid};
-use paychan_node::{Node, NodeError};
+use paychan_node::{Node, NodeError, TxOutcome};
 
 use crate::{BlockRef, ChainError, ChainSource, Utxo};
 
@@ -28,7 +28,8 @@ fn map(e: NodeError) -> ChainError {
         NodeError::Rejected(_)
         | NodeError::MissingInputs
         | NodeError::MaxFeeExceeded
-        | NodeError::AlreadyInChain => {
+        | NodeError::AlreadyInChain
+        | NodeError::InvalidPackage(_) => {
             ChainError::Rejected { code: e.rpc_code(), reason: e.to_string() }
         }
         other => ChainError::Node { code: other.rpc_code(), message: other.to_string() },
@@ -63,6 +64,18 @@ impl ChainSource for EmbeddedChain {
             Err(NodeError::AlreadyInChain) => Ok(txid),
             Err(e) => Err(map(e)),
         }
+    }
+
+    fn broadcast_package(&self, txs: &[Transaction]) -> Result<Vec<Txid>, ChainError> {
+        let outcome = self.node.submit_package(txs.to_vec(), None).map_err(map)?;
+        if outcome.success() {
+            return Ok(txs.iter().map(Transaction::compute_txid).collect());
+        }
+        let refusals = outcome.results.iter().filter_map(|r| match r {
+            TxOutcome::Rejected { txid, error, .. } => Some((*txid, error.to_string())),
+            _ => None,
+        });
+        Err(crate::package_refused(&outcome.message, refusals))
     }
 
     fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {

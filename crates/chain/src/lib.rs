@@ -32,6 +32,20 @@ pub use rpc::{BitcoindRpc, RpcAuth};
 pub use view::{ChainView, Lookback, Spend};
 pub use watcher::{ChainEvent, ChainWatcher, Cursor};
 
+/// A refused package as [`ChainError::Rejected`]: Core's package message, then each refused
+/// transaction's reason (`txid: reason`).
+pub(crate) fn package_refused(
+    message: &str,
+    refusals: impl IntoIterator<Item = (Txid, String)>,
+) -> ChainError {
+    let mut reason = message.to_string();
+    for (txid, why) in refusals {
+        reason.push_str(&format!("; {txid}: {why}"));
+    }
+    // bitcoind's RPC_VERIFY_REJECTED, as for a single refused transaction.
+    ChainError::Rejected { code: -26, reason }
+}
+
 /// Errors of a chain source.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -63,6 +77,9 @@ pub enum ChainError {
         /// Its height, when known.
         height: Option<u32>,
     },
+    /// The node does not accept packages (`submitpackage` needs Bitcoin Core 28 or later).
+    #[error("the node does not accept transaction packages (submitpackage): {0}; paychan needs Bitcoin Core 28 or later for this")]
+    PackagesUnsupported(String),
     /// A watcher's stored cursor could not be read or written.
     #[error("watcher cursor: {0}")]
     Cursor(String),
@@ -127,6 +144,16 @@ pub trait ChainSource: Send + Sync {
     /// [`ChainError::Rejected`] with Core's reason.
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError>;
 
+    /// Sends a child with its unconfirmed parents (parents first) to the node's mempool as one
+    /// package (`submitpackage`): a zero-fee TRUC parent enters with the child that pays for
+    /// it. Transactions the mempool has already are fine. Returns the txids, in order, once
+    /// every one is in the mempool.
+    ///
+    /// # Errors
+    /// [`ChainError::Rejected`] with Core's package message and each refused transaction's
+    /// reason; [`ChainError::PackagesUnsupported`] from a node older than Core 28.
+    fn broadcast_package(&self, txs: &[Transaction]) -> Result<Vec<Txid>, ChainError>;
+
     /// A transaction in the mempool (never a confirmed one: a node without `-txindex` cannot
     /// find those, so paychan never asks; confirmations and spends come from blocks, through
     /// [`ChainView`]).
@@ -176,6 +203,9 @@ impl<T: ChainSource + ?Sized> ChainSource for std::sync::Arc<T> {
     }
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
         (**self).broadcast(tx)
+    }
+    fn broadcast_package(&self, txs: &[Transaction]) -> Result<Vec<Txid>, ChainError> {
+        (**self).broadcast_package(txs)
     }
     fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
         (**self).mempool_transaction(txid)

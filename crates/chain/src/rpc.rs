@@ -40,6 +40,7 @@ impl std::fmt::Debug for BitcoindRpc {
 const NOT_FOUND: i32 = -5;
 const OUT_OF_RANGE: i32 = -8;
 const ALREADY_IN_CHAIN: i32 = -27;
+const METHOD_NOT_FOUND: i32 = -32601;
 
 fn map(e: RpcClientError) -> ChainError {
     match e {
@@ -215,6 +216,33 @@ impl ChainSource for BitcoindRpc {
             }
             Err(e) => Err(map(e)),
         }
+    }
+
+    fn broadcast_package(&self, txs: &[Transaction]) -> Result<Vec<Txid>, ChainError> {
+        use paychan_core::bitcoin::consensus::encode::serialize_hex;
+        let hex: Vec<serde_json::Value> = txs.iter().map(|t| serialize_hex(t).into()).collect();
+        let answer: serde_json::Value = match self
+            .client()
+            .call("submitpackage", &[serde_json::Value::Array(hex)])
+        {
+            Ok(v) => v,
+            Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) if r.code == METHOD_NOT_FOUND => {
+                return Err(ChainError::PackagesUnsupported(r.message));
+            }
+            Err(RpcClientError::JsonRpc(JsonRpcError::Rpc(r))) => {
+                return Err(ChainError::Rejected { code: r.code, reason: r.message });
+            }
+            Err(e) => return Err(map(e)),
+        };
+        let message = answer["package_msg"].as_str().unwrap_or_default();
+        if message == "success" {
+            return Ok(txs.iter().map(Transaction::compute_txid).collect());
+        }
+        let refusals = txs.iter().filter_map(|t| {
+            let result = &answer["tx-results"][t.compute_wtxid().to_string()];
+            result["error"].as_str().map(|e| (t.compute_txid(), e.to_string()))
+        });
+        Err(crate::package_refused(message, refusals))
     }
 
     fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {

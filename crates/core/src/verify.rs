@@ -207,10 +207,28 @@ pub fn check_standard_input(tx: &Transaction, index: usize, spent: &TxOut) -> Re
                 }
             }
         }
-        _ => {}
+        // Witness versions 1 to 16 that are not taproot (v1, 32 bytes) nor, unwrapped,
+        // pay-to-anchor (BIP 433) are reserved for upgrades: not standard to spend
+        // (`DISCOURAGE_UPGRADABLE_WITNESS_PROGRAM`).
+        Some(p) => {
+            let bytes = p.as_bytes();
+            let version = bytes.first().copied().unwrap_or(0);
+            let taproot = version == 0x51 && bytes.len() == 34;
+            let anchor = spk.as_bytes() == PAY_TO_ANCHOR;
+            if version != 0 && !taproot && !anchor {
+                return Err(
+                    "non-mandatory-script-verify-flag (Witness version reserved for soft-fork upgrades)"
+                        .into(),
+                );
+            }
+        }
+        None => {}
     }
     Ok(())
 }
+
+/// BIP 433's pay-to-anchor output script: `OP_1 <0x4e73>`.
+pub const PAY_TO_ANCHOR: [u8; 4] = [0x51, 0x02, 0x4e, 0x73];
 
 fn last_push(script_sig: &Script) -> Option<&[u8]> {
     match script_sig.instructions().filter_map(Result::ok).last() {

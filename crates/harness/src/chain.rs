@@ -103,6 +103,13 @@ impl<C: ChainSource> ChainSource for Instrumented<C> {
         }
         self.inner.broadcast(tx)
     }
+    fn broadcast_package(&self, txs: &[Transaction]) -> Result<Vec<Txid>, ChainError> {
+        self.call("broadcast_package")?;
+        if self.refuse_broadcast.load(Ordering::SeqCst) {
+            return Err(ChainError::Transport("mempool full (test)".into()));
+        }
+        self.inner.broadcast_package(txs)
+    }
     fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, ChainError> {
         self.call("mempool_transaction")?;
         self.inner.mempool_transaction(txid)

@@ -106,6 +106,11 @@ pub fn params(kind: OutputKind) -> (ChannelParams, Transaction) {
     params_with(kind, Amount::from_sat(100_000), EXPIRY)
 }
 
+/// A pay-to-anchor output (BIP 433) of `value` sat.
+pub fn p2a(value: u64) -> TxOut {
+    TxOut { value: Amount::from_sat(value), script_pubkey: ScriptBuf::new_p2a() }
+}
+
 /// The output of `funding` that `params`' channel spends.
 pub fn funding_txout(params: &ChannelParams, funding: &Transaction) -> TxOut {
     funding.output[params.id().vout as usize].clone()
@@ -126,8 +131,9 @@ pub fn sign_p2wpkh(tx: &mut Transaction, index: usize, prev: &TxOut, k: &SecretK
     tx.input[index].witness = Witness::from_slice(&[s, pk]);
 }
 
-/// A version 2 transaction spending `coins` (all P2WPKH of `k`) to `outputs`, signed, with
-/// `sequence` on every input and `lock_time`.
+/// A transaction of `version` spending `coins` to `outputs`, with `sequence` on every input
+/// and `lock_time`: P2WPKH coins (of `k`) signed; anyone-can-spend coins (pay-to-anchor) left
+/// with an empty witness.
 pub fn spend_p2wpkh_with(
     coins: &[(OutPoint, TxOut)],
     outputs: Vec<TxOut>,
@@ -151,7 +157,9 @@ pub fn spend_p2wpkh_with(
         output: outputs,
     };
     for (i, (_, prev)) in coins.iter().enumerate() {
-        sign_p2wpkh(&mut tx, i, prev, k);
+        if prev.script_pubkey.is_p2wpkh() {
+            sign_p2wpkh(&mut tx, i, prev, k);
+        }
     }
     tx
 }

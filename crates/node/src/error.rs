@@ -49,6 +49,9 @@ pub enum NodeError {
     /// A parameter is out of range (RPC -8).
     #[error("{0}")]
     InvalidParameter(String),
+    /// A package that is not a child with its parents (RPC -25).
+    #[error("{0}")]
+    InvalidPackage(String),
     /// Bytes that do not decode (RPC -22).
     #[error("{0}")]
     Deserialization(String),
@@ -79,7 +82,9 @@ impl NodeError {
     pub fn rpc_code(&self) -> i32 {
         match self {
             NodeError::Rejected(_) => code::VERIFY_REJECTED,
-            NodeError::MissingInputs | NodeError::MaxFeeExceeded => code::VERIFY_ERROR,
+            NodeError::MissingInputs | NodeError::MaxFeeExceeded | NodeError::InvalidPackage(_) => {
+                code::VERIFY_ERROR
+            }
             NodeError::AlreadyInChain => code::ALREADY_IN_CHAIN,
             NodeError::NotFound(_) => code::INVALID_ADDRESS_OR_KEY,
             NodeError::InvalidParameter(_) => code::INVALID_PARAMETER,
@@ -89,13 +94,24 @@ impl NodeError {
         }
     }
 
-    /// The reject reason as `testmempoolaccept` reports it.
+    /// The reject reason as `testmempoolaccept` reports it (`reject-reason`): Core's short
+    /// reason, without the details after its first ", " (those are in [`Self::reject_details`]).
     pub fn reject_reason(&self) -> String {
         match self {
             NodeError::AlreadyInChain => "txn-already-known".into(),
             NodeError::MaxFeeExceeded => "max-fee-exceeded".into(),
+            NodeError::MissingInputs => "missing-inputs".into(),
+            NodeError::Rejected(r) => {
+                r.split_once(", ").map_or(r.as_str(), |(reason, _)| reason).into()
+            }
             other => other.to_string(),
         }
+    }
+
+    /// The reason with its details, as `sendrawtransaction` and `submitpackage` report it
+    /// (Core 29's `reject-details`).
+    pub fn reject_details(&self) -> String {
+        self.to_string()
     }
 
     pub(crate) fn rejected(reason: impl Into<String>) -> Self {

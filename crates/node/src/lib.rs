@@ -15,6 +15,7 @@ mod chain;
 mod error;
 mod mempool;
 mod mining;
+mod package;
 pub mod params;
 pub mod policy;
 pub mod rpc;
@@ -30,8 +31,8 @@ use paychan_core::bitcoin::{
 
 pub use chain::{Coin, TxLocation};
 pub use error::{code, NodeError};
-pub use mempool::Accepted;
 pub use mempool::Entry as MempoolEntry;
+pub use mempool::{Accepted, PackageOutcome, TxOutcome};
 
 use state::State;
 
@@ -91,7 +92,7 @@ impl Node {
         // Scripts were verified when each block was first connected.
         st.activate_best(false)?;
         for tx in loaded.mempool {
-            let _ = st.accept(tx, false);
+            let _ = st.readmit(tx);
         }
         st.persist_mempool();
         tracing::info!(
@@ -220,6 +221,30 @@ impl Node {
             Err(NodeError::Rejected(r)) if r == "txn-already-in-mempool" => Ok(txid),
             Err(e) => Err(e),
         }
+    }
+
+    /// Package acceptance (`submitpackage`): a child with its unconfirmed parents, parents
+    /// first; see [`PackageOutcome`] for what each transaction became.
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidParameter`] (no transaction, or more than 25) or
+    /// [`NodeError::InvalidPackage`] (not a child with its parents). A refused package is an
+    /// `Ok` outcome that says why.
+    pub fn submit_package(
+        &self,
+        txs: Vec<Transaction>,
+        max_fee_rate: Option<FeeRate>,
+    ) -> Result<PackageOutcome, NodeError> {
+        self.lock().accept_package(txs, false, max_fee_rate)
+    }
+
+    /// `testmempoolaccept` of several transactions (parents first): each judged with the
+    /// earlier ones visible, by its own fee rate, as Core does; nothing is added.
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidParameter`] for no transaction or more than 25.
+    pub fn test_package(&self, txs: Vec<Transaction>) -> Result<PackageOutcome, NodeError> {
+        self.lock().accept_package(txs, true, None)
     }
 
     /// Mempool acceptance without adding (`testmempoolaccept`).

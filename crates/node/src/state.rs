@@ -188,7 +188,7 @@ impl State {
             // Transactions of disconnected blocks go back to the mempool when still valid.
             for b in disconnected.iter().rev() {
                 for tx in b.txdata.iter().skip(1) {
-                    let _ = self.accept(tx.clone(), false);
+                    let _ = self.readmit(tx.clone());
                 }
             }
             if !failed {
@@ -226,7 +226,7 @@ impl State {
         // retry until no more is accepted.
         loop {
             let before = entries.len();
-            entries.retain(|e| self.accept((*e.tx).clone(), false).is_err());
+            entries.retain(|e| self.readmit((*e.tx).clone()).is_err());
             if entries.len() == before || entries.is_empty() {
                 break;
             }
@@ -262,7 +262,7 @@ impl State {
         while self.chain.entries.get(&self.chain.tip()).is_some_and(|e| e.invalid) {
             if let Some(b) = self.chain.disconnect_tip() {
                 for tx in b.txdata.iter().skip(1) {
-                    let _ = self.accept(tx.clone(), false);
+                    let _ = self.readmit(tx.clone());
                 }
             }
         }

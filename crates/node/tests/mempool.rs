@@ -20,7 +20,7 @@ use paychan_node::{Node, NodeError};
 
 fn rejected(r: Result<impl std::fmt::Debug, NodeError>) -> String {
     match r {
-        Err(e) => e.reject_reason(),
+        Err(e) => e.reject_details(),
         Ok(v) => panic!("accepted: {v:?}"),
     }
 }
@@ -113,7 +113,9 @@ fn dust_output_is_rejected() {
         vec![out(293, miner_spk()), out(v - 293 - 1_000, miner_spk())],
         &miner_key(),
     );
-    assert_eq!(rejected(node.submit(tx, None)), "dust");
+    // Core 29: one dust output is allowed only as ephemeral dust, in a transaction paying no
+    // fee (see relay_rules.rs).
+    assert_eq!(rejected(node.submit(tx, None)), "dust, tx with dust output must be 0-fee");
 }
 
 #[test]

@@ -2,14 +2,16 @@
 
 use paychan_core::bitcoin::consensus::encode::{deserialize, serialize_hex};
 use paychan_core::bitcoin::hex::FromHex;
-use paychan_core::bitcoin::{Block, BlockHash, FeeRate, OutPoint, Txid};
+use paychan_core::bitcoin::{
+    Amount, Block, BlockHash, FeeRate, OutPoint, Transaction, Txid, Wtxid,
+};
 use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 
 use super::json::*;
 use super::{Params, RpcError, RpcResult};
 use crate::error::code;
-use crate::{Node, NodeError};
+use crate::{Accepted, Node, NodeError, TxOutcome};
 
 /// A method's handler.
 type Handler = fn(&Node, &Notify, &Params) -> RpcResult;
@@ -27,6 +29,7 @@ pub(super) const METHODS: &[(&str, &[&str], Handler)] = &[
     ("decoderawtransaction", &["hexstring"], decoderawtransaction),
     ("sendrawtransaction", &["hexstring", "maxfeerate"], sendrawtransaction),
     ("testmempoolaccept", &["rawtxs", "maxfeerate"], testmempoolaccept),
+    ("submitpackage", &["package", "maxfeerate", "maxburnamount"], submitpackage),
     ("gettxout", &["txid", "n", "include_mempool"], gettxout),
     ("gettxoutsetinfo", &[], gettxoutsetinfo),
     ("getrawmempool", &["verbose"], getrawmempool),
@@ -209,37 +212,161 @@ fn sendrawtransaction(node: &Node, _stop: &Notify, p: &Params) -> RpcResult {
     Ok(json!(node.submit(tx, Some(max))?.to_string()))
 }
 
-/// `testmempoolaccept`.
-fn testmempoolaccept(node: &Node, _stop: &Notify, p: &Params) -> RpcResult {
+/// Raw transactions from an array parameter.
+fn decode_txs(p: &Params, i: usize, name: &str) -> Result<Vec<Transaction>, RpcError> {
     let raw = p
-        .required(0, "rawtxs")?
+        .required(i, name)?
         .as_array()
-        .ok_or_else(|| RpcError::new(code::TYPE, "rawtxs must be an array"))?;
-    if raw.len() != 1 {
+        .ok_or_else(|| RpcError::new(code::TYPE, format!("{name} must be an array")))?;
+    if raw.is_empty() || raw.len() > crate::policy::MAX_PACKAGE_COUNT {
         return Err(RpcError::new(
             code::INVALID_PARAMETER,
-            "Array must contain exactly one raw transaction for now",
+            format!(
+                "Array must contain between 1 and {} transactions.",
+                crate::policy::MAX_PACKAGE_COUNT
+            ),
         ));
     }
+    raw.iter().map(|h| decode_tx(h.as_str().unwrap_or_default())).collect()
+}
+
+fn above(a: &Accepted, max: FeeRate) -> bool {
+    max > FeeRate::ZERO && a.fee.to_sat() * 250 / a.vsize.max(1) > max.to_sat_per_kwu()
+}
+
+/// The `fees` object of an accepted transaction.
+fn fees_json(a: &Accepted, effective: Option<(u64, &[Wtxid])>) -> Value {
+    let mut fees = json!({"base": btc(a.fee)});
+    if let Some((sat_per_kvb, includes)) = effective {
+        fees["effective-feerate"] = btc(Amount::from_sat(sat_per_kvb));
+        fees["effective-includes"] =
+            includes.iter().map(|w| json!(w.to_string())).collect::<Vec<_>>().into();
+    }
+    fees
+}
+
+/// `testmempoolaccept`: one transaction, or several judged as a package (each by its own
+/// fee rate, parents first, as Core does).
+fn testmempoolaccept(node: &Node, _stop: &Notify, p: &Params) -> RpcResult {
+    let txs = decode_txs(p, 0, "rawtxs")?;
     let max = parse_fee_rate(p.get(1), crate::policy::DEFAULT_MAX_FEE_RATE)?;
-    let tx = decode_tx(raw[0].as_str().unwrap_or_default())?;
-    let txid = tx.compute_txid().to_string();
-    let wtxid = tx.compute_wtxid().to_string();
-    let r = match node.test_accept(tx) {
-        Ok(a)
-            if max > FeeRate::ZERO
-                && a.fee.to_sat() * 250 / a.vsize.max(1) > max.to_sat_per_kwu() =>
-        {
-            json!({"txid": txid, "wtxid": wtxid, "allowed": false, "reject-reason": "max-fee-exceeded"})
+    if let [tx] = &txs[..] {
+        let txid = tx.compute_txid().to_string();
+        let wtxid = tx.compute_wtxid().to_string();
+        let r = match node.test_accept(tx.clone()) {
+            Ok(a) if above(&a, max) => {
+                json!({"txid": txid, "wtxid": wtxid, "allowed": false, "reject-reason": "max-fee-exceeded"})
+            }
+            Ok(a) => {
+                let fees = fees_json(&a, Some((sat_per_kvb(&a), &[a.wtxid])));
+                json!({"txid": txid, "wtxid": wtxid, "allowed": true, "vsize": a.vsize, "fees": fees})
+            }
+            Err(e) => rejected_json(txid, wtxid, &e),
+        };
+        return Ok(json!([r]));
+    }
+    let outcome = node.test_package(txs)?;
+    let mut out = Vec::new();
+    // A transaction above maxfeerate leaves the rest blank: their parent would not be sent.
+    let mut exit_early = false;
+    for r in &outcome.results {
+        let (txid, wtxid) = r.ids();
+        let mut entry = json!({"txid": txid.to_string(), "wtxid": wtxid.to_string()});
+        if outcome.package_error {
+            entry["package-error"] = json!(outcome.message);
         }
-        Ok(a) => {
-            json!({"txid": txid, "wtxid": wtxid, "allowed": true, "vsize": a.vsize, "fees": {"base": btc(a.fee)}})
+        if exit_early {
+            out.push(entry);
+            continue;
         }
-        Err(e) => {
-            json!({"txid": txid, "wtxid": wtxid, "allowed": false, "reject-reason": e.reject_reason()})
+        match r {
+            TxOutcome::Accepted { accepted, .. } if above(accepted, max) => {
+                entry["allowed"] = json!(false);
+                entry["reject-reason"] = json!("max-fee-exceeded");
+                exit_early = true;
+            }
+            TxOutcome::Accepted { accepted, effective_sat_per_kvb, effective_includes } => {
+                entry["allowed"] = json!(true);
+                entry["vsize"] = json!(accepted.vsize);
+                entry["fees"] =
+                    fees_json(accepted, Some((*effective_sat_per_kvb, effective_includes)));
+            }
+            TxOutcome::Rejected { txid, wtxid, error } => {
+                entry = rejected_json(txid.to_string(), wtxid.to_string(), error);
+                if outcome.package_error {
+                    entry["package-error"] = json!(outcome.message);
+                }
+            }
+            TxOutcome::InMempool { .. } | TxOutcome::Unevaluated { .. } => {}
         }
+        out.push(entry);
+    }
+    Ok(Value::Array(out))
+}
+
+fn sat_per_kvb(a: &Accepted) -> u64 {
+    a.fee.to_sat().saturating_mul(1_000) / a.vsize.max(1)
+}
+
+fn rejected_json(txid: String, wtxid: String, e: &NodeError) -> Value {
+    let mut v =
+        json!({"txid": txid, "wtxid": wtxid, "allowed": false, "reject-reason": e.reject_reason()});
+    if !matches!(e, NodeError::MissingInputs | NodeError::MaxFeeExceeded) {
+        v["reject-details"] = json!(e.reject_details());
+    }
+    v
+}
+
+/// `submitpackage`: a child with its unconfirmed parents; Core 28's result shape
+/// (`package_msg`, `tx-results` keyed by wtxid, `replaced-transactions`).
+fn submitpackage(node: &Node, _stop: &Notify, p: &Params) -> RpcResult {
+    let txs = decode_txs(p, 0, "package")?;
+    let max = parse_fee_rate(p.get(1), crate::policy::DEFAULT_MAX_FEE_RATE)?;
+    let max_burn = match p.get(2) {
+        None | Some(Value::Null) => Amount::ZERO,
+        Some(v) => v
+            .as_f64()
+            .and_then(|b| Amount::from_btc(b).ok())
+            .ok_or_else(|| RpcError::new(code::TYPE, "maxburnamount must be an amount in BTC"))?,
     };
-    Ok(json!([r]))
+    for out in txs.iter().flat_map(|t| &t.output) {
+        let unspendable = out.script_pubkey.is_op_return() || out.script_pubkey.len() > 10_000;
+        if unspendable && out.value > max_burn {
+            return Err(RpcError::new(
+                code::VERIFY_ERROR,
+                "Unspendable output exceeds maximum configured by user (maxburnamount)",
+            ));
+        }
+    }
+    let outcome = node.submit_package(txs, Some(max))?;
+    let mut results = Map::new();
+    for r in &outcome.results {
+        let (txid, wtxid) = r.ids();
+        let mut entry = json!({"txid": txid.to_string()});
+        match r {
+            TxOutcome::Accepted { accepted, effective_sat_per_kvb, effective_includes } => {
+                entry["vsize"] = json!(accepted.vsize);
+                entry["fees"] =
+                    fees_json(accepted, Some((*effective_sat_per_kvb, effective_includes)));
+            }
+            TxOutcome::InMempool { other_wtxid: Some(other), .. } => {
+                entry["other-wtxid"] = json!(other.to_string());
+            }
+            TxOutcome::InMempool { accepted, other_wtxid: None } => {
+                entry["vsize"] = json!(accepted.vsize);
+                entry["fees"] = fees_json(accepted, None);
+            }
+            TxOutcome::Rejected { error, .. } => entry["error"] = json!(error.reject_details()),
+            TxOutcome::Unevaluated { .. } => entry["error"] = json!("unevaluated"),
+        }
+        results.insert(wtxid.to_string(), entry);
+    }
+    let replaced: Vec<Value> = outcome.replaced.iter().map(|t| json!(t.to_string())).collect();
+    Ok(json!({
+        "package_msg": outcome.message,
+        "tx-results": results,
+        "replaced-transactions": replaced,
+    }))
 }
 
 /// `gettxout`.
