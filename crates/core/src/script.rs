@@ -4,10 +4,14 @@
 //! OP_IF
 //!     <merchant_pubkey> OP_CHECKSIGVERIFY
 //! OP_ELSE
-//!     <expiry> OP_CHECKLOCKTIMEVERIFY OP_DROP
+//!     <expiry> OP_CHECKLOCKTIMEVERIFY OP_DROP      (a CLTV channel)
+//!     <blocks> OP_CHECKSEQUENCEVERIFY OP_DROP      (a dispute channel's script D, §3a)
 //! OP_ENDIF
 //! <customer_pubkey> OP_CHECKSIG
 //! ```
+//!
+//! The `ELSE` branch is the channel's [`Lock`]: an absolute expiry, or a dispute period counted
+//! from the confirmation of the output (the dispute channel's trigger output).
 //!
 //! The script is byte-identical to the 21 (two1) redeem script for expiries before 2038. From
 //! 2038 on (a Unix time ≥ 2³¹) the expiry needs a fifth byte so that it stays a positive script
@@ -16,7 +20,7 @@
 
 use bitcoin::absolute::LockTime;
 use bitcoin::opcodes::all::{
-    OP_CHECKSIG, OP_CHECKSIGVERIFY, OP_CLTV, OP_DROP, OP_ELSE, OP_ENDIF, OP_IF,
+    OP_CHECKSIG, OP_CHECKSIGVERIFY, OP_CLTV, OP_CSV, OP_DROP, OP_ELSE, OP_ENDIF, OP_IF,
 };
 use bitcoin::script::{Builder, Instruction, PushBytesBuf};
 use bitcoin::secp256k1::PublicKey;
@@ -64,12 +68,23 @@ impl core::str::FromStr for OutputKind {
 /// is no sensible channel expiry anyway.
 const MIN_EXPIRY: u32 = 17;
 
-/// The parameters of one channel script: two keys and an absolute expiry.
+/// What lets the customer spend alone: the script's `ELSE` branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lock {
+    /// `<expiry> OP_CHECKLOCKTIMEVERIFY`: after an absolute expiry (the CLTV channel of §2,
+    /// and 21's).
+    Expiry(LockTime),
+    /// `<blocks> OP_CHECKSEQUENCEVERIFY`: `blocks` after the output confirms (a dispute
+    /// channel's script D, §3a).
+    Dispute(u16),
+}
+
+/// The parameters of one channel script: two keys and the customer's [`Lock`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChannelScript {
     merchant: PublicKey,
     customer: PublicKey,
-    expiry: LockTime,
+    lock: Lock,
 }
 
 impl ChannelScript {
@@ -87,7 +102,28 @@ impl ChannelScript {
         if merchant == customer {
             return Err(Error::NotChannelScript("merchant and customer keys are the same"));
         }
-        Ok(ChannelScript { merchant, customer, expiry })
+        Ok(ChannelScript { merchant, customer, lock: Lock::Expiry(expiry) })
+    }
+
+    /// The script D of a dispute channel: the customer spends alone `blocks` after the output
+    /// confirms (BIP 68 block count, so at most 65,535).
+    ///
+    /// # Errors
+    /// [`Error::InvalidExpiry`] for a period of 0 blocks; [`Error::NotChannelScript`] when both
+    /// keys are the same.
+    pub fn dispute(merchant: PublicKey, customer: PublicKey, blocks: u16) -> Result<Self, Error> {
+        if blocks == 0 {
+            return Err(Error::InvalidExpiry { expiry: 0, reason: "a dispute period of 0 blocks" });
+        }
+        if merchant == customer {
+            return Err(Error::NotChannelScript("merchant and customer keys are the same"));
+        }
+        Ok(ChannelScript { merchant, customer, lock: Lock::Dispute(blocks) })
+    }
+
+    /// The customer's lock (the `ELSE` branch).
+    pub fn lock(&self) -> Lock {
+        self.lock
     }
 
     /// The merchant's key (the `IF` branch).
@@ -100,21 +136,38 @@ impl ChannelScript {
         self.customer
     }
 
-    /// The absolute expiry after which the customer alone can spend (the `ELSE` branch).
-    pub fn expiry(&self) -> LockTime {
-        self.expiry
+    /// The absolute expiry after which the customer alone can spend (the `ELSE` branch of a
+    /// CLTV channel); `None` for a dispute channel, which never expires.
+    pub fn expiry(&self) -> Option<LockTime> {
+        match self.lock {
+            Lock::Expiry(e) => Some(e),
+            Lock::Dispute(_) => None,
+        }
+    }
+
+    /// A dispute channel's dispute period, in blocks; `None` for a CLTV channel.
+    pub fn dispute_blocks(&self) -> Option<u16> {
+        match self.lock {
+            Lock::Dispute(b) => Some(b),
+            Lock::Expiry(_) => None,
+        }
     }
 
     /// The script itself: the P2WSH witness script or the P2SH redeem script.
     pub fn script(&self) -> ScriptBuf {
-        Builder::new()
+        let b = Builder::new()
             .push_opcode(OP_IF)
             .push_slice(self.merchant.serialize())
             .push_opcode(OP_CHECKSIGVERIFY)
-            .push_opcode(OP_ELSE)
-            .push_slice(encode_script_num(self.expiry.to_consensus_u32()))
-            .push_opcode(OP_CLTV)
-            .push_opcode(OP_DROP)
+            .push_opcode(OP_ELSE);
+        let b = match self.lock {
+            Lock::Expiry(e) => {
+                b.push_slice(encode_script_num(e.to_consensus_u32())).push_opcode(OP_CLTV)
+            }
+            // push_int: OP_1..OP_16 for small periods (MINIMALDATA), a minimal push above.
+            Lock::Dispute(blocks) => b.push_int(i64::from(blocks)).push_opcode(OP_CSV),
+        };
+        b.push_opcode(OP_DROP)
             .push_opcode(OP_ENDIF)
             .push_slice(self.customer.serialize())
             .push_opcode(OP_CHECKSIG)
@@ -144,11 +197,24 @@ impl ChannelScript {
         let merchant = parse_key(next()?)?;
         op(next()?, OP_CHECKSIGVERIFY, "expected OP_CHECKSIGVERIFY after the merchant key")?;
         op(next()?, OP_ELSE, "expected OP_ELSE")?;
-        let expiry = match next()? {
+        let number = match next()? {
             Instruction::PushBytes(b) => decode_script_num(b.as_bytes())?,
-            Instruction::Op(_) => return Err(Error::NotChannelScript("expiry is not a data push")),
+            // OP_1..OP_16: a small dispute period.
+            Instruction::Op(o) if (0x51..=0x60).contains(&o.to_u8()) => u32::from(o.to_u8() - 0x50),
+            Instruction::Op(_) => return Err(Error::NotChannelScript("expiry is not a number")),
         };
-        op(next()?, OP_CLTV, "expected OP_CHECKLOCKTIMEVERIFY")?;
+        let lock = match next()? {
+            Instruction::Op(o) if o == OP_CLTV => Lock::Expiry(LockTime::from_consensus(number)),
+            Instruction::Op(o) if o == OP_CSV => Lock::Dispute(
+                u16::try_from(number)
+                    .map_err(|_| Error::NotChannelScript("dispute period above 65,535 blocks"))?,
+            ),
+            _ => {
+                return Err(Error::NotChannelScript(
+                    "expected OP_CHECKLOCKTIMEVERIFY or OP_CHECKSEQUENCEVERIFY",
+                ))
+            }
+        };
         op(next()?, OP_DROP, "expected OP_DROP")?;
         op(next()?, OP_ENDIF, "expected OP_ENDIF")?;
         let customer = parse_key(next()?)?;
@@ -156,7 +222,10 @@ impl ChannelScript {
         if ins.next().is_some() {
             return Err(Error::NotChannelScript("trailing data after OP_CHECKSIG"));
         }
-        let parsed = ChannelScript::new(merchant, customer, LockTime::from_consensus(expiry))?;
+        let parsed = match lock {
+            Lock::Expiry(expiry) => ChannelScript::new(merchant, customer, expiry)?,
+            Lock::Dispute(blocks) => ChannelScript::dispute(merchant, customer, blocks)?,
+        };
         // Reject any push encoded non-minimally (e.g. OP_PUSHDATA1 for a 33-byte key): the
         // script must be exactly what we would build, or two peers could disagree on the hash.
         if parsed.script().as_bytes() != script.as_bytes() {
@@ -320,6 +389,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn dispute_scripts_round_trip_with_minimal_csv_pushes() {
+        let (m, c) = keys();
+        for blocks in [1u16, 10, 16, 17, 127, 128, 144, 2016, 0x7fff, 0x8000, u16::MAX] {
+            let cs = ChannelScript::dispute(m, c, blocks).unwrap();
+            assert_eq!(cs.lock(), Lock::Dispute(blocks));
+            assert_eq!(cs.expiry(), None);
+            assert_eq!(cs.dispute_blocks(), Some(blocks));
+            let s = cs.script();
+            assert_eq!(ChannelScript::from_script(&s).unwrap(), cs, "{blocks}");
+            assert!(s.instructions().any(|i| i == Ok(Instruction::Op(OP_CSV))));
+        }
+        // 1..16 as OP_N (MINIMALDATA), 144 as a two-byte push (0x90 has the sign bit).
+        let ten = ChannelScript::dispute(m, c, 10).unwrap().script();
+        assert_eq!(ten.as_bytes()[37], 0x5a, "OP_10");
+        let day = ChannelScript::dispute(m, c, 144).unwrap().script();
+        assert_eq!(&day.as_bytes()[37..40], &[0x02, 0x90, 0x00]);
+        // A dispute script and a CLTV script with the same number differ.
+        let cltv = ChannelScript::new(m, c, LockTime::from_consensus(144)).unwrap();
+        assert_ne!(cltv.script(), day);
+        assert!(ChannelScript::dispute(m, c, 0).is_err());
+        assert!(ChannelScript::dispute(m, m, 144).is_err());
+        // A period pushed non-minimally (OP_10 as a one-byte push) is refused.
+        let mut padded = ten.clone().into_bytes();
+        padded.splice(37..38, [0x01, 0x0a]);
+        assert!(ChannelScript::from_script(Script::from_bytes(&padded)).is_err());
     }
 
     #[test]

@@ -37,7 +37,8 @@ pub fn check_open(view: &ChannelView<'_>, policy: &Policy, now: &Now) -> Result<
     if view.phase != Phase::Open {
         return Err(Error::ChannelNotOpen { phase: view.phase });
     }
-    let expiry = view.params.script().expiry();
+    // A dispute channel has no expiry, hence no cutoff.
+    let Some(expiry) = view.params.script().expiry() else { return Ok(()) };
     let distance = policy.cutoff_distance(expiry.is_block_height());
     if !now.is_before(expiry, distance) {
         return Err(Error::PastCutoff {

@@ -321,15 +321,17 @@ fn lookback(state: &paychan_core::channel::customer::CustomerState) -> Lookback 
         _ => 0,
     };
     match state.terms.script.expiry() {
-        LockTime::Seconds(t) => Lookback::To {
+        Some(LockTime::Seconds(t)) => Lookback::To {
             height: sniping,
             time: t.to_consensus_u32().saturating_sub(LONGEST_LIFE_SECS),
         },
         // Blocks twice as fast as every ten minutes.
-        LockTime::Blocks(h) => Lookback::To {
+        Some(LockTime::Blocks(h)) => Lookback::To {
             height: sniping.max(h.to_consensus_u32().saturating_sub(LONGEST_LIFE_SECS / 300)),
             time: 0,
         },
+        // No expiry (a dispute channel): down to the funding's own block.
+        None => Lookback::To { height: sniping, time: 0 },
     }
 }
 
@@ -343,7 +345,7 @@ fn status_of(c: &CustomerChannel) -> Option<ChannelStatus> {
         capacity: params.capacity(),
         signed: s.signed,
         acked: s.acked,
-        expiry: params.script().expiry().to_consensus_u32(),
+        expiry: params.script().expiry().map_or(0, |e| e.to_consensus_u32()),
         closing_txid: s.closing_txid,
     })
 }

@@ -229,7 +229,7 @@ async fn each_rule_broken_gets_its_code_and_changes_nothing() {
     assert!(matches!(conn.ask(pay).await, Message::PaymentAck(a) if a.total_sat == 2_000));
 
     // Past the cutoff (the node's clock 30 min before the expiry): refused with 103.
-    let expiry = u64::from(params.script().expiry().to_consensus_u32());
+    let expiry = u64::from(params.script().expiry().unwrap().to_consensus_u32());
     node.set_mock_time(expiry - 4 * 3600 - 60).unwrap();
     let before = store.get(id, Role::Merchant).await.unwrap().unwrap();
     let reply = conn

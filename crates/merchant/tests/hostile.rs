@@ -413,7 +413,7 @@ async fn settled_channels_survive_a_restart() {
         ),
         customer_pubkey: c.state().terms.script.customer().serialize().to_vec(),
         merchant_pubkey: c.state().terms.script.merchant().serialize().to_vec(),
-        expiry: c.state().terms.script.expiry().to_consensus_u32(),
+        expiry: c.state().terms.script.expiry().unwrap().to_consensus_u32(),
         change_script: c.state().terms.change_script.to_bytes(),
         key_index: c.state().terms.key_index,
     };

@@ -307,10 +307,11 @@ async fn malicious_two1_payments_are_refused_and_change_nothing() {
         f(&mut t);
         t
     };
-    let other_script = ChannelScript::new(merchant, pubkey(&key(0x99)), params.script().expiry())
-        .unwrap()
-        .script()
-        .to_bytes();
+    let other_script =
+        ChannelScript::new(merchant, pubkey(&key(0x99)), params.script().expiry().unwrap())
+            .unwrap()
+            .script()
+            .to_bytes();
     let high_s = {
         let (flag, der) = sig.split_last().unwrap();
         let s = paychan_core::bitcoin::secp256k1::ecdsa::Signature::from_der(der).unwrap();

@@ -12,7 +12,7 @@ use paychan_core::bitcoin::{
     Address, Amount, CompressedPublicKey, Network, OutPoint, Script, ScriptBuf, Transaction, TxOut,
     Txid,
 };
-use paychan_core::script::ChannelScript;
+use paychan_core::script::{ChannelScript, Lock};
 use paychan_core::tx::recognise::{find_channel_spend, find_funding, Role};
 use paychan_core::verify::verify_input_raw;
 use serde_json::{json, Value};
@@ -91,10 +91,16 @@ fn address(spk: &Script, network: Network) -> Value {
     Address::from_script(spk, network).map(|a| json!(a.to_string())).unwrap_or(Value::Null)
 }
 
-fn expiry_json(e: LockTime) -> Value {
-    match e {
-        LockTime::Blocks(h) => json!({"type": "height", "value": h.to_consensus_u32()}),
-        LockTime::Seconds(t) => json!({"type": "time", "value": t.to_consensus_u32()}),
+/// The script's lock: an absolute expiry (height or time) or a dispute period in blocks.
+fn expiry_json(lock: Lock) -> Value {
+    match lock {
+        Lock::Expiry(LockTime::Blocks(h)) => {
+            json!({"type": "height", "value": h.to_consensus_u32()})
+        }
+        Lock::Expiry(LockTime::Seconds(t)) => {
+            json!({"type": "time", "value": t.to_consensus_u32()})
+        }
+        Lock::Dispute(blocks) => json!({"type": "dispute_blocks", "value": blocks}),
     }
 }
 
@@ -112,7 +118,7 @@ fn channel_json(tx: &Transaction, role: Role, script: &ChannelScript, extra: Val
         "role": role.as_str(),
         "merchant_pubkey": script.merchant().to_string(),
         "customer_pubkey": script.customer().to_string(),
-        "expiry": expiry_json(script.expiry()),
+        "expiry": expiry_json(script.lock()),
         "script": script.script().to_hex_string(),
         "to_merchant_key_sat": sum(script.merchant()),
         "to_customer_key_sat": sum(script.customer()),

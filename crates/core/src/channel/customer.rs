@@ -192,7 +192,7 @@ impl CustomerChannel {
             funding_tx: serialize(&funding_tx),
             customer_pubkey: terms.script.customer().serialize().to_vec(),
             merchant_pubkey: terms.script.merchant().serialize().to_vec(),
-            expiry: terms.script.expiry().to_consensus_u32(),
+            expiry: terms.script.expiry().map_or(0, |e| e.to_consensus_u32()),
             change_script: terms.change_script.to_bytes(),
             key_index: terms.key_index,
         };
@@ -256,9 +256,9 @@ impl CustomerChannel {
             return Err(Error::AmountOutOfRange("a payment must be above zero"));
         }
         let params = self.params("pay")?;
-        let expiry: LockTime = params.script().expiry();
+        let expiry: Option<LockTime> = params.script().expiry();
         let distance = self.state.terms.cutoff_distance;
-        if !now.is_before(expiry, distance) {
+        if let Some(expiry) = expiry.filter(|e| !now.is_before(*e, distance)) {
             return Err(Error::PastCutoff {
                 cutoff: expiry.to_consensus_u32().saturating_sub(distance),
             });
@@ -415,7 +415,7 @@ impl CustomerChannel {
             self.state.phase,
             Phase::AwaitingFunding | Phase::Open | Phase::Settling | Phase::Expired
         );
-        if live && now.lock_is_final(params.script().expiry()) {
+        if live && params.script().expiry().is_some_and(|e| now.lock_is_final(e)) {
             let channel = params.id();
             if self.state.phase != Phase::Expired && self.state.closing_txid.is_none() {
                 self.state.phase = Phase::Expired;

@@ -143,7 +143,9 @@ impl MerchantChannel {
         if params.capacity() > policy.max_deposit {
             return Err(Error::AmountOutOfRange("deposit above the merchant's maximum"));
         }
-        let expiry = params.script().expiry();
+        let Some(expiry) = params.script().expiry() else {
+            return Err(Error::InvalidExpiry { expiry: 0, reason: "not a CLTV channel script" });
+        };
         let raw = expiry.to_consensus_u32();
         let is_height = expiry.is_block_height();
         // Seconds in the expiry's unit: blocks for a height expiry.
@@ -360,7 +362,8 @@ impl MerchantChannel {
         if !matches!(self.state.phase, Phase::Open | Phase::AwaitingFunding | Phase::Expired) {
             return;
         }
-        let expiry = self.state.params.script().expiry();
+        // A CLTV channel's machine holds a CLTV script (checked at open).
+        let Some(expiry) = self.state.params.script().expiry() else { return };
         if self.state.phase != Phase::Expired && !now.is_before(expiry, 0) {
             self.state.phase = Phase::Expired;
             self.outbox.persist(self.state.clone());

@@ -1,8 +1,10 @@
-//! The channel's transactions: funding output, refund, payment, settlement, and the 21 form.
+//! The channel's transactions: funding output, refund, payment, settlement, the 21 form, and
+//! a dispute channel's own (trigger, cooperative close, exit child: [`dispute`]).
 //!
 //! All of them spend (or create) the one funding output of a channel; [`ChannelParams`] is what
 //! both peers know of a channel and is enough to rebuild any of its transactions.
 
+pub mod dispute;
 pub mod funding;
 pub mod payment;
 pub mod recognise;
@@ -195,6 +197,26 @@ impl ChannelParams {
             }
         }
         Ok(())
+    }
+
+    /// The version of the transactions spending the channel output: 2, or 3 (TRUC) for a
+    /// dispute channel, whose output is the zero-fee trigger's, a TRUC parent.
+    pub fn tx_version(&self) -> bitcoin::transaction::Version {
+        match self.script.lock() {
+            crate::script::Lock::Expiry(_) => bitcoin::transaction::Version::TWO,
+            crate::script::Lock::Dispute(_) => dispute::TRUC_VERSION,
+        }
+    }
+
+    /// The trigger's anchor, which a dispute channel's settlement spends (its ephemeral dust);
+    /// `None` for a CLTV channel.
+    pub fn anchor(&self) -> Option<(OutPoint, bitcoin::TxOut)> {
+        self.script.dispute_blocks().map(|_| {
+            (
+                OutPoint { txid: self.id().txid, vout: dispute::ANCHOR_VOUT },
+                dispute::anchor_output(),
+            )
+        })
     }
 
     /// Whether `key` is the channel's customer key.

@@ -3,7 +3,7 @@
 //! A payment of cumulative `total` is the customer's signature on input 0 of this template:
 //!
 //! ```text
-//! version 2, nLockTime 0
+//! version 2 (3 for a dispute channel), nLockTime 0
 //! input 0:  the funding outpoint, nSequence 0xFFFFFFFD
 //! output 0: capacity − total to the customer's change script   (omitted under NONE)
 //! ```
@@ -23,7 +23,8 @@ use bitcoin::{Amount, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
 use super::ChannelParams;
 use crate::{sig, Error};
 
-/// Version of payment and settlement transactions.
+/// Version of a CLTV channel's payment and settlement transactions (a dispute channel's are
+/// version 3: [`ChannelParams::tx_version`]).
 pub const PAYMENT_VERSION: Version = Version::TWO;
 /// `nLockTime` of payment and settlement transactions: final at once.
 pub const PAYMENT_LOCK_TIME: LockTime = LockTime::ZERO;
@@ -62,7 +63,7 @@ pub fn payment_template(
         _ => Vec::new(),
     };
     let tx = Transaction {
-        version: PAYMENT_VERSION,
+        version: params.tx_version(),
         lock_time: PAYMENT_LOCK_TIME,
         input: vec![TxIn {
             previous_output: params.id(),

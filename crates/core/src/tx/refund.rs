@@ -1,9 +1,11 @@
 //! The refund: the customer takes the whole deposit back after the expiry (`ELSE` branch).
 //!
-//! `nLockTime = expiry` (so `OP_CHECKLOCKTIMEVERIFY` passes once the locktime is final) and
-//! `nSequence = 0xFFFFFFFE` (non-final, which CLTV requires, without BIP 125 signalling; full-RBF
-//! nodes replace it anyway). The customer alone signs, `SIGHASH_ALL`, at whatever fee rate it
-//! picks when it broadcasts: no pre-signed fee is ever stuck.
+//! A CLTV channel: `nLockTime = expiry` (so `OP_CHECKLOCKTIMEVERIFY` passes once the locktime
+//! is final) and `nSequence = 0xFFFFFFFE` (non-final, which CLTV requires, without BIP 125
+//! signalling; full-RBF nodes replace it anyway). A dispute channel (spending the trigger's
+//! output): `nLockTime = 0` and `nSequence` = the dispute period in blocks (BIP 68), so it is
+//! valid `csv` blocks after the trigger confirms. The customer alone signs, `SIGHASH_ALL`, at
+//! whatever fee rate it picks when it broadcasts: no pre-signed fee is ever stuck.
 
 use bitcoin::absolute::LockTime;
 use bitcoin::secp256k1::SecretKey;
@@ -13,6 +15,7 @@ use bitcoin::{FeeRate, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
 
 use super::{check_payout, dummy_sig, fee_for, Branch, ChannelParams};
 use crate::policy::{dust_threshold, DEFAULT_DUST_RELAY_FEE};
+use crate::script::Lock;
 use crate::Error;
 
 /// The refund's input sequence: non-final (CLTV requires it), no BIP 125 signal.
@@ -31,8 +34,11 @@ pub fn build_refund(
     destination: ScriptBuf,
     fee_rate: FeeRate,
 ) -> Result<Transaction, Error> {
-    let expiry = params.script().expiry();
-    build_refund_with(params, customer, destination, fee_rate, expiry, REFUND_SEQUENCE)
+    let (lock_time, sequence) = match params.script().lock() {
+        Lock::Expiry(expiry) => (expiry, REFUND_SEQUENCE),
+        Lock::Dispute(blocks) => (LockTime::ZERO, Sequence::from_height(blocks)),
+    };
+    build_refund_with(params, customer, destination, fee_rate, lock_time, sequence)
 }
 
 /// [`build_refund`] with an explicit `nLockTime` and `nSequence`, for tests that show Bitcoin

@@ -32,7 +32,8 @@ pub struct WalletInput {
 /// A settlement ready to broadcast (once any wallet inputs are signed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
-    /// The transaction: input 0 complete, wallet inputs (1..) unsigned.
+    /// The transaction: input 0 complete (then, for a dispute channel, the trigger's anchor,
+    /// complete with its empty witness), wallet inputs last, unsigned.
     pub tx: Transaction,
     /// The fee it pays.
     pub fee: Amount,
@@ -58,6 +59,36 @@ pub fn build_settlement(
     fee_rate: FeeRate,
     wallet_inputs: &[WalletInput],
 ) -> Result<Settlement, Error> {
+    let no_parent = None;
+    build_settlement_with_parent(
+        params,
+        total,
+        customer_sig,
+        merchant,
+        destination,
+        fee_rate,
+        wallet_inputs,
+        no_parent,
+    )
+}
+
+/// [`build_settlement`] for a dispute channel whose trigger is not confirmed: the fee at
+/// `fee_rate` pays for `unconfirmed_parent` (the zero-fee trigger) too, as the package's
+/// child.
+///
+/// # Errors
+/// As [`build_settlement`].
+#[allow(clippy::too_many_arguments)]
+pub fn build_settlement_with_parent(
+    params: &ChannelParams,
+    total: Amount,
+    customer_sig: &[u8],
+    merchant: &SecretKey,
+    destination: ScriptBuf,
+    fee_rate: FeeRate,
+    wallet_inputs: &[WalletInput],
+    unconfirmed_parent: Option<&Transaction>,
+) -> Result<Settlement, Error> {
     if !params.is_merchant(merchant) {
         return Err(Error::Signing("the key is not the channel's merchant key"));
     }
@@ -72,6 +103,16 @@ pub fn build_settlement(
     // Wallet inputs may be segwit while the funding input is not: count the segwit marker and
     // flag (2 WU) so the fee never falls short.
     let mut extra_weight = if wallet_inputs.is_empty() { Weight::ZERO } else { Weight::from_wu(2) };
+    // A dispute channel's settlement also spends the trigger's anchor (its ephemeral dust must
+    // be spent by the child that pays for it), with an empty witness.
+    if let Some((anchor, _)) = params.anchor() {
+        tx.input.push(TxIn {
+            previous_output: anchor,
+            script_sig: ScriptBuf::new(),
+            sequence: PAYMENT_SEQUENCE,
+            witness: Default::default(),
+        });
+    }
     for w in wallet_inputs {
         available = available
             .checked_add(w.txout.value)
@@ -86,7 +127,8 @@ pub fn build_settlement(
     }
     tx.output.push(TxOut { value: Amount::ZERO, script_pubkey: destination });
     params.set_spend(&mut tx, 0, &[&dummy_sig(), &dummy_sig()], Branch::Payment)?;
-    let fee = fee_for(tx.weight() + extra_weight, fee_rate)?;
+    let parent_weight = unconfirmed_parent.map_or(Weight::ZERO, Transaction::weight);
+    let fee = fee_for(tx.weight() + extra_weight + parent_weight, fee_rate)?;
     let merchant_amount =
         available.checked_sub(fee).ok_or(Error::InsufficientFunds { needed: fee, available })?;
     let merchant_out = tx.output.len() - 1;

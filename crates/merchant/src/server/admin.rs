@@ -19,7 +19,7 @@ fn listing(id: OutPoint, st: &MerchantState) -> (OutPoint, Phase, Amount, Amount
         st.accepted,
         st.charged,
         st.params.capacity(),
-        st.params.script().expiry().to_consensus_u32(),
+        st.params.script().expiry().map_or(0, |e| e.to_consensus_u32()),
     )
 }
 
@@ -90,6 +90,6 @@ impl ChannelServer {
     pub async fn channel_expiry(&self, id: OutPoint) -> Result<u32, MerchantError> {
         let slot = self.slot(&id)?;
         let s = slot.lock().await;
-        Ok(s.channel.state().params.script().expiry().to_consensus_u32())
+        Ok(s.channel.state().params.script().expiry().map_or(0, |e| e.to_consensus_u32()))
     }
 }

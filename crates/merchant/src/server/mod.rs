@@ -213,13 +213,15 @@ impl ChannelServer {
         }
         let life = self.config.policy.max_channel_life_secs;
         match state.params.script().expiry() {
-            LockTime::Seconds(t) => {
+            Some(LockTime::Seconds(t)) => {
                 Lookback::To { height: 0, time: t.to_consensus_u32().saturating_sub(life) }
             }
             // Blocks come every ten minutes on average; allow them twice as fast.
-            LockTime::Blocks(h) => {
+            Some(LockTime::Blocks(h)) => {
                 Lookback::To { height: h.to_consensus_u32().saturating_sub(life / 300), time: 0 }
             }
+            // No expiry (a dispute channel): down to the funding's own block.
+            None => Lookback::To { height: 0, time: 0 },
         }
     }
 
