@@ -13,11 +13,12 @@ use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, Sequence, Transaction, TxOut, Weight};
 use paychan_core::policy::DEFAULT_DUST_RELAY_FEE;
 use paychan_core::script::ChannelScript;
-use paychan_core::tx::dispute::{self, DisputeFunding};
+use paychan_core::tx::dispute;
 use paychan_core::tx::payment::sign_payment;
+use paychan_core::tx::recognise::{find_channel_spend, find_funding_spend, Role};
 use paychan_core::tx::refund::{build_refund, build_refund_with};
 use paychan_core::tx::settlement::{build_settlement_with_parent, WalletInput};
-use paychan_core::tx::ChannelParams;
+use paychan_core::tx::{ChannelParams, FundingOutput};
 use paychan_core::verify::verify_input;
 use paychan_harness::fixtures::{customer_key, customer_keypair, merchant_key, p2wpkh, pubkey};
 use paychan_node::{Node, NodeError};
@@ -39,7 +40,6 @@ fn verified(tx: &Transaction, spent: &[TxOut]) {
 
 struct Channel {
     node: Node,
-    funding: DisputeFunding,
     funding_out: TxOut,
     trigger: Transaction,
     params: ChannelParams,
@@ -59,16 +59,20 @@ fn open() -> Channel {
     };
     let funding_tx =
         spend(&coins[..1], vec![funding_out.clone(), out(499_000, miner_spk())], &miner_key());
-    let funding = DisputeFunding::find(&funding_tx, script).unwrap();
+    let funding = FundingOutput::find(&funding_tx, &script).unwrap();
+    let params =
+        ChannelParams::new(script, funding, p2wpkh(&customer_key()), DEFAULT_DUST_RELAY_FEE)
+            .unwrap();
+    assert_eq!(params.id(), funding.outpoint, "the channel is known by its funding");
     // T is signed by both before the funding is broadcast.
-    let unsigned = funding.trigger();
-    let by_merchant = funding.sign(&unsigned, &merchant_key()).unwrap();
-    let by_customer = funding.sign(&unsigned, &customer_key()).unwrap();
-    let trigger = funding.complete(unsigned, &by_merchant, &by_customer).unwrap();
+    let unsigned = dispute::trigger(&params).unwrap();
+    let by_merchant = dispute::sign(&params, &unsigned, &merchant_key()).unwrap();
+    let by_customer = dispute::sign(&params, &unsigned, &customer_key()).unwrap();
+    let trigger = dispute::complete(&params, unsigned, &by_merchant, &by_customer).unwrap();
+    assert_eq!(params.channel_input().txid, trigger.compute_txid(), "payments spend T:0");
     node.submit(funding_tx, None).unwrap();
     node.mine(1, &miner_spk()).unwrap();
-    let params = funding.channel_params(p2wpkh(&customer_key()), DEFAULT_DUST_RELAY_FEE).unwrap();
-    Channel { node, funding, funding_out, trigger, params, spare: coins[1].clone() }
+    Channel { node, funding_out, trigger, params, spare: coins[1].clone() }
 }
 
 fn trigger_outputs(c: &Channel) -> Vec<TxOut> {
@@ -87,13 +91,18 @@ fn the_trigger_is_a_zero_fee_truc_transaction_with_an_anchor_signed_by_both() {
         c.params.script().script_pubkey(paychan_core::script::OutputKind::P2wsh)
     );
     verified(t, std::slice::from_ref(&c.funding_out));
+    let found = find_funding_spend(t).unwrap();
+    assert_eq!(
+        (found.role, found.merchant, found.customer),
+        (Role::Trigger, pubkey(&merchant_key()), pubkey(&customer_key()))
+    );
     // A bad signature is refused before anything is assembled.
-    let unsigned = c.funding.trigger();
-    let by_customer = c.funding.sign(&unsigned, &customer_key()).unwrap();
-    let wrong = c.funding.sign(&unsigned, &customer_key()).unwrap();
-    let e = c.funding.complete(unsigned.clone(), &wrong, &by_customer).unwrap_err();
+    let unsigned = dispute::trigger(&c.params).unwrap();
+    let by_customer = dispute::sign(&c.params, &unsigned, &customer_key()).unwrap();
+    let wrong = dispute::sign(&c.params, &unsigned, &customer_key()).unwrap();
+    let e = dispute::complete(&c.params, unsigned.clone(), &wrong, &by_customer).unwrap_err();
     assert!(matches!(e, paychan_core::Error::BadSignature), "{e:?}");
-    assert!(c.funding.sign(&unsigned, &miner_key()).is_err(), "not a channel key");
+    assert!(dispute::sign(&c.params, &unsigned, &miner_key()).is_err(), "not a channel key");
     // Alone, the trigger cannot enter the mempool: it pays nothing.
     let (_, reason) = match c.node.submit(t.clone(), None) {
         Err(e) => (e.reject_details(), e.reject_reason()),
@@ -120,6 +129,8 @@ fn the_merchant_settles_with_the_trigger_as_a_package_at_the_latest_payment() {
     .unwrap();
     assert_eq!(settlement.tx.version.0, 3);
     verified(&settlement.tx, &trigger_outputs(&c));
+    let spend = find_channel_spend(&settlement.tx).unwrap();
+    assert_eq!((spend.role, spend.script), (Role::Settlement, *c.params.script()));
     // The fee pays for both at 2 sat/vB.
     let vsize = (c.trigger.vsize() + settlement.tx.vsize()) as u64;
     assert!(settlement.fee.to_sat() >= 2 * vsize, "{} < {}", settlement.fee, 2 * vsize);
@@ -154,6 +165,8 @@ fn the_customer_leaves_by_the_trigger_and_its_exit_child_then_refunds_after_the_
         build_refund(&c.params, &customer_key(), p2wpkh(&customer_key()), rate(2)).unwrap();
     assert_eq!(refund.input[0].sequence, Sequence::from_height(CSV));
     verified(&refund, &trigger_outputs(&c)[..1]);
+    assert_eq!(find_channel_spend(&refund).unwrap().role, Role::Refund);
+    assert!(find_funding_spend(&exit).is_none() && find_channel_spend(&exit).is_none());
     // One block short of the dispute period: not yet.
     c.node.mine(u32::from(CSV) - 2, &miner_spk()).unwrap();
     let e = c.node.submit(refund.clone(), None).unwrap_err();
@@ -232,12 +245,12 @@ fn the_merchants_settlement_replaces_the_customers_exit_child() {
 fn the_cooperative_close_is_one_transaction_signed_by_both() {
     let c = open();
     let total = Amount::from_sat(10_000);
-    let unsigned =
-        c.funding.close(total, c.params.change_script(), p2wpkh(&merchant_key()), rate(2)).unwrap();
-    let by_merchant = c.funding.sign(&unsigned, &merchant_key()).unwrap();
-    let by_customer = c.funding.sign(&unsigned, &customer_key()).unwrap();
-    let close = c.funding.complete(unsigned, &by_merchant, &by_customer).unwrap();
+    let unsigned = dispute::close(&c.params, total, p2wpkh(&merchant_key()), rate(2)).unwrap();
+    let by_merchant = dispute::sign(&c.params, &unsigned, &merchant_key()).unwrap();
+    let by_customer = dispute::sign(&c.params, &unsigned, &customer_key()).unwrap();
+    let close = dispute::complete(&c.params, unsigned, &by_merchant, &by_customer).unwrap();
     verified(&close, std::slice::from_ref(&c.funding_out));
+    assert_eq!(find_funding_spend(&close).unwrap().role, Role::Close);
     c.node.submit(close.clone(), None).unwrap();
     c.node.mine(1, &miner_spk()).unwrap();
     let (mined, at) = c.node.transaction(&close.compute_txid()).unwrap();

@@ -12,8 +12,9 @@
 //! ```
 //!
 //! Payments, the merchant's settlement and the customer's refund spend T:0 with the ordinary
-//! channel machinery ([`ChannelParams`] of a [`Lock::Dispute`] script, whose output is T:0):
-//! version 3, and the settlement also spends the anchor.
+//! channel machinery ([`ChannelParams`] of a [`Lock::Dispute`] script: its id is the funding,
+//! its [`ChannelParams::channel_input`] is T:0): version 3, and the settlement also spends the
+//! anchor.
 
 use bitcoin::hashes::Hash;
 use bitcoin::opcodes::all::{OP_CHECKSIG, OP_CHECKSIGVERIFY};
@@ -22,12 +23,11 @@ use bitcoin::secp256k1::{Message, PublicKey, SecretKey};
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
 use bitcoin::transaction::Version;
 use bitcoin::{
-    Amount, FeeRate, OutPoint, Script, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Weight,
-    Witness,
+    Amount, FeeRate, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Weight, Witness,
 };
 
 use super::settlement::WalletInput;
-use super::{check_payout, fee_for, is_standard_destination, ChannelParams, FundingOutput};
+use super::{check_payout, fee_for, ChannelParams, FundingOutput};
 use crate::policy::{dust_threshold, DEFAULT_DUST_RELAY_FEE};
 use crate::script::{ChannelScript, Lock, OutputKind};
 use crate::{sig, Error};
@@ -70,231 +70,145 @@ pub fn funding_script_pubkey(script: &ChannelScript) -> ScriptBuf {
     ScriptBuf::new_p2wsh(&funding_script(script).wscript_hash())
 }
 
-/// A dispute channel's 2-of-2 funding output, and what both peers know with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DisputeFunding {
-    script: ChannelScript,
-    witness_script: ScriptBuf,
-    outpoint: OutPoint,
-    value: Amount,
+/// The unsigned trigger of `script`'s channel funded by `funding`.
+pub(crate) fn trigger_of(script: &ChannelScript, funding: &FundingOutput) -> Transaction {
+    Transaction {
+        version: TRUC_VERSION,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: funding.outpoint,
+            script_sig: ScriptBuf::new(),
+            sequence: TRIGGER_SEQUENCE,
+            witness: Witness::new(),
+        }],
+        output: vec![
+            TxOut { value: funding.value, script_pubkey: script.script_pubkey(OutputKind::P2wsh) },
+            anchor_output(),
+        ],
+    }
 }
 
-impl DisputeFunding {
-    /// The funding of `script`'s channel at `outpoint`, holding `value`.
-    ///
-    /// # Errors
-    /// [`Error::NotChannelScript`] when `script` is not a dispute channel's.
-    pub fn new(script: ChannelScript, outpoint: OutPoint, value: Amount) -> Result<Self, Error> {
-        require_dispute(&script)?;
-        Ok(DisputeFunding { witness_script: funding_script(&script), script, outpoint, value })
-    }
+/// The unsigned trigger T of a dispute channel.
+///
+/// # Errors
+/// [`Error::NotChannelScript`] for a CLTV channel.
+pub fn trigger(params: &ChannelParams) -> Result<Transaction, Error> {
+    require_dispute(params.script())?;
+    Ok(trigger_of(params.script(), params.funding()))
+}
 
-    /// Finds the one output of `tx` paying the funding script of `script`.
-    ///
-    /// # Errors
-    /// [`Error::FundingOutputNotFound`], [`Error::FundingOutputAmbiguous`], or
-    /// [`Error::NotChannelScript`].
-    pub fn find(tx: &Transaction, script: ChannelScript) -> Result<Self, Error> {
-        let txid = tx.compute_txid();
-        let spk = funding_script_pubkey(&script);
-        let mut found = None;
-        for (vout, out) in tx.output.iter().enumerate() {
-            if out.script_pubkey != spk {
-                continue;
-            }
-            if found.is_some() {
-                return Err(Error::FundingOutputAmbiguous { txid });
-            }
-            let vout = u32::try_from(vout).map_err(|_| Error::FundingOutputNotFound { txid })?;
-            found = Some((OutPoint { txid, vout }, out.value));
-        }
-        let (outpoint, value) = found.ok_or(Error::FundingOutputNotFound { txid })?;
-        Self::new(script, outpoint, value)
+fn sighash(params: &ChannelParams, tx: &Transaction) -> Result<Message, Error> {
+    require_dispute(params.script())?;
+    match tx.input.as_slice() {
+        [only] if only.previous_output == params.id() => {}
+        _ => return Err(Error::Signing("not a spend of the channel's funding alone")),
     }
+    let script = funding_script(params.script());
+    SighashCache::new(tx)
+        .p2wsh_signature_hash(0, &script, params.capacity(), EcdsaSighashType::All)
+        .map(|h| Message::from_digest(h.to_byte_array()))
+        .map_err(|_| Error::Signing("the transaction has no input 0"))
+}
 
-    /// The channel script D (the trigger's output 0).
-    pub fn script(&self) -> &ChannelScript {
-        &self.script
+/// Signs `tx` (the trigger or a cooperative close: a spend of the funding alone),
+/// `SIGHASH_ALL`, with the merchant's or the customer's key.
+///
+/// # Errors
+/// [`Error::Signing`] when `key` is neither channel key or `tx` does not spend the funding
+/// alone; [`Error::NotChannelScript`] for a CLTV channel.
+pub fn sign(params: &ChannelParams, tx: &Transaction, key: &SecretKey) -> Result<Vec<u8>, Error> {
+    if !params.is_merchant(key) && !params.is_customer(key) {
+        return Err(Error::Signing("the key is not one of the channel's keys"));
     }
+    let s = sig::secp().sign_ecdsa(&sighash(params, tx)?, key);
+    Ok(sig::serialize(&s, EcdsaSighashType::All))
+}
 
-    /// The funding outpoint: the channel's id on the wire and in stores.
-    pub fn outpoint(&self) -> OutPoint {
-        self.outpoint
-    }
+/// Checks `signer`'s signature on `tx` (a spend of the funding alone): strict DER, low S,
+/// `SIGHASH_ALL`, valid.
+///
+/// # Errors
+/// [`Error::SignatureNotDer`], [`Error::SignatureHighS`], [`Error::WrongSighashFlag`],
+/// [`Error::BadSignature`]; [`Error::Signing`] or [`Error::NotChannelScript`] as [`sign`].
+pub fn verify(
+    params: &ChannelParams,
+    tx: &Transaction,
+    signer: PublicKey,
+    signature: &[u8],
+) -> Result<(), Error> {
+    let msg = sighash(params, tx)?;
+    let s = sig::parse_strict(signature, EcdsaSighashType::All)?;
+    sig::secp().verify_ecdsa(&msg, &s, &signer).map_err(|_| Error::BadSignature)
+}
 
-    /// The deposit.
-    pub fn value(&self) -> Amount {
-        self.value
-    }
+/// `tx` with both signatures in its witness, each checked first.
+///
+/// # Errors
+/// As [`verify`], for either signature.
+pub fn complete(
+    params: &ChannelParams,
+    mut tx: Transaction,
+    merchant_sig: &[u8],
+    customer_sig: &[u8],
+) -> Result<Transaction, Error> {
+    verify(params, &tx, params.script().merchant(), merchant_sig)?;
+    verify(params, &tx, params.script().customer(), customer_sig)?;
+    let script = funding_script(params.script());
+    // OP_CHECKSIGVERIFY takes the top item (the merchant's), OP_CHECKSIG the next.
+    tx.input[0].witness = Witness::from_slice(&[customer_sig, merchant_sig, script.as_bytes()]);
+    Ok(tx)
+}
 
-    /// The 2-of-2 witness script.
-    pub fn witness_script(&self) -> &Script {
-        &self.witness_script
+/// The unsigned cooperative close at cumulative `total`: the customer's change
+/// (`capacity − total`, omitted below its dust threshold, as a `NONE` payment) and the
+/// merchant's share less the fee at `fee_rate`, to `merchant_destination`.
+///
+/// # Errors
+/// [`Error::NotChannelScript`] for a CLTV channel; [`Error::AboveDeposit`];
+/// [`Error::NonStandardScript`]; [`Error::AmountOutOfRange`] for a fee rate below 1 sat/vB;
+/// [`Error::Dust`] or [`Error::InsufficientFunds`] when the merchant's share cannot pay the fee.
+pub fn close(
+    params: &ChannelParams,
+    total: Amount,
+    merchant_destination: ScriptBuf,
+    fee_rate: FeeRate,
+) -> Result<Transaction, Error> {
+    require_dispute(params.script())?;
+    check_payout(&merchant_destination, "close destination", fee_rate)?;
+    let change = params.change_for(total)?;
+    let mut output = Vec::new();
+    let mut available = total;
+    if change >= params.change_dust() {
+        output.push(TxOut { value: change, script_pubkey: params.change_script().to_owned() });
+    } else {
+        available = params.capacity();
     }
-
-    /// The unsigned trigger T.
-    pub fn trigger(&self) -> Transaction {
-        Transaction {
-            version: TRUC_VERSION,
-            lock_time: bitcoin::absolute::LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: self.outpoint,
-                script_sig: ScriptBuf::new(),
-                sequence: TRIGGER_SEQUENCE,
-                witness: Witness::new(),
-            }],
-            output: vec![
-                TxOut {
-                    value: self.value,
-                    script_pubkey: self.script.script_pubkey(OutputKind::P2wsh),
-                },
-                anchor_output(),
-            ],
-        }
+    output.push(TxOut { value: Amount::ZERO, script_pubkey: merchant_destination });
+    let mut tx = Transaction {
+        version: Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: params.id(),
+            script_sig: ScriptBuf::new(),
+            sequence: TRIGGER_SEQUENCE,
+            witness: Witness::new(),
+        }],
+        output,
+    };
+    let dummy = super::dummy_sig();
+    let script = funding_script(params.script());
+    tx.input[0].witness = Witness::from_slice(&[&dummy[..], &dummy[..], script.as_bytes()]);
+    let fee = fee_for(tx.weight(), fee_rate)?;
+    tx.input[0].witness = Witness::new();
+    let merchant =
+        available.checked_sub(fee).ok_or(Error::InsufficientFunds { needed: fee, available })?;
+    let last = tx.output.len() - 1;
+    let threshold = dust_threshold(&tx.output[last].script_pubkey, DEFAULT_DUST_RELAY_FEE);
+    if merchant < threshold {
+        return Err(Error::Dust { value: merchant, threshold });
     }
-
-    /// The parameters payments, settlements and refunds use: the channel script D and its
-    /// output, T:0 (the deposit, since T pays no fee).
-    ///
-    /// # Errors
-    /// As [`ChannelParams::new`].
-    pub fn channel_params(
-        &self,
-        change_script: ScriptBuf,
-        dust_relay_fee: FeeRate,
-    ) -> Result<ChannelParams, Error> {
-        let output = FundingOutput {
-            outpoint: OutPoint { txid: self.trigger().compute_txid(), vout: CHANNEL_VOUT },
-            value: self.value,
-            kind: OutputKind::P2wsh,
-        };
-        ChannelParams::new(self.script, output, change_script, dust_relay_fee)
-    }
-
-    fn sighash(&self, tx: &Transaction) -> Result<Message, Error> {
-        SighashCache::new(tx)
-            .p2wsh_signature_hash(0, &self.witness_script, self.value, EcdsaSighashType::All)
-            .map(|h| Message::from_digest(h.to_byte_array()))
-            .map_err(|_| Error::Signing("the transaction has no input 0"))
-    }
-
-    fn check_spends_funding(&self, tx: &Transaction) -> Result<(), Error> {
-        match tx.input.as_slice() {
-            [only] if only.previous_output == self.outpoint => Ok(()),
-            _ => Err(Error::Signing("not a spend of the channel's funding alone")),
-        }
-    }
-
-    /// Signs `tx` (the trigger or a cooperative close: a spend of the funding alone),
-    /// `SIGHASH_ALL`, with the merchant's or the customer's key.
-    ///
-    /// # Errors
-    /// [`Error::Signing`] when `key` is neither channel key or `tx` does not spend the
-    /// funding alone.
-    pub fn sign(&self, tx: &Transaction, key: &SecretKey) -> Result<Vec<u8>, Error> {
-        let public = PublicKey::from_secret_key(sig::secp(), key);
-        if public != self.script.merchant() && public != self.script.customer() {
-            return Err(Error::Signing("the key is not one of the channel's keys"));
-        }
-        self.check_spends_funding(tx)?;
-        let s = sig::secp().sign_ecdsa(&self.sighash(tx)?, key);
-        Ok(sig::serialize(&s, EcdsaSighashType::All))
-    }
-
-    /// Checks `signer`'s signature on `tx`: strict DER, low S, `SIGHASH_ALL`, valid.
-    ///
-    /// # Errors
-    /// [`Error::SignatureNotDer`], [`Error::SignatureHighS`], [`Error::WrongSighashFlag`],
-    /// [`Error::BadSignature`], or [`Error::Signing`] for a `tx` that is not a spend of the
-    /// funding alone.
-    pub fn verify(
-        &self,
-        tx: &Transaction,
-        signer: PublicKey,
-        signature: &[u8],
-    ) -> Result<(), Error> {
-        self.check_spends_funding(tx)?;
-        let s = sig::parse_strict(signature, EcdsaSighashType::All)?;
-        sig::secp().verify_ecdsa(&self.sighash(tx)?, &s, &signer).map_err(|_| Error::BadSignature)
-    }
-
-    /// `tx` with both signatures in its witness, each checked first.
-    ///
-    /// # Errors
-    /// As [`DisputeFunding::verify`], for either signature.
-    pub fn complete(
-        &self,
-        mut tx: Transaction,
-        merchant_sig: &[u8],
-        customer_sig: &[u8],
-    ) -> Result<Transaction, Error> {
-        self.verify(&tx, self.script.merchant(), merchant_sig)?;
-        self.verify(&tx, self.script.customer(), customer_sig)?;
-        // OP_CHECKSIGVERIFY takes the top item (the merchant's), OP_CHECKSIG the next.
-        tx.input[0].witness =
-            Witness::from_slice(&[customer_sig, merchant_sig, self.witness_script.as_bytes()]);
-        Ok(tx)
-    }
-
-    /// The unsigned cooperative close at cumulative `total`: the customer's change
-    /// (`capacity − total`, omitted below its dust threshold, like a `NONE` payment) and the
-    /// merchant's share less the fee at `fee_rate`, to `merchant_destination`.
-    ///
-    /// # Errors
-    /// [`Error::AboveDeposit`]; [`Error::NonStandardScript`]; [`Error::AmountOutOfRange`]
-    /// for a fee rate below 1 sat/vB; [`Error::Dust`] or [`Error::InsufficientFunds`] when
-    /// the merchant's share cannot pay the fee.
-    pub fn close(
-        &self,
-        total: Amount,
-        change_script: &Script,
-        merchant_destination: ScriptBuf,
-        fee_rate: FeeRate,
-    ) -> Result<Transaction, Error> {
-        check_payout(&merchant_destination, "close destination", fee_rate)?;
-        if !is_standard_destination(change_script) {
-            return Err(Error::NonStandardScript("change script"));
-        }
-        let change = self
-            .value
-            .checked_sub(total)
-            .ok_or(Error::AboveDeposit { total, capacity: self.value })?;
-        let change_dust = dust_threshold(change_script, DEFAULT_DUST_RELAY_FEE);
-        let mut output = Vec::new();
-        let mut available = total;
-        if change >= change_dust {
-            output.push(TxOut { value: change, script_pubkey: change_script.to_owned() });
-        } else {
-            available = self.value;
-        }
-        output.push(TxOut { value: Amount::ZERO, script_pubkey: merchant_destination });
-        let mut tx = Transaction {
-            version: Version::TWO,
-            lock_time: bitcoin::absolute::LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: self.outpoint,
-                script_sig: ScriptBuf::new(),
-                sequence: TRIGGER_SEQUENCE,
-                witness: Witness::new(),
-            }],
-            output,
-        };
-        let dummy = super::dummy_sig();
-        tx.input[0].witness =
-            Witness::from_slice(&[&dummy[..], &dummy[..], self.witness_script.as_bytes()]);
-        let fee = fee_for(tx.weight(), fee_rate)?;
-        tx.input[0].witness = Witness::new();
-        let merchant = available
-            .checked_sub(fee)
-            .ok_or(Error::InsufficientFunds { needed: fee, available })?;
-        let last = tx.output.len() - 1;
-        let threshold = dust_threshold(&tx.output[last].script_pubkey, DEFAULT_DUST_RELAY_FEE);
-        if merchant < threshold {
-            return Err(Error::Dust { value: merchant, threshold });
-        }
-        tx.output[last].value = merchant;
-        Ok(tx)
-    }
+    tx.output[last].value = merchant;
+    Ok(tx)
 }
 
 /// The customer's exit child: spends the trigger's anchor and `coins` (the customer's, signed

@@ -17,20 +17,29 @@ pub struct FundingOutput {
 }
 
 impl FundingOutput {
-    /// Finds the one output of `tx` that pays `script`, as P2WSH or P2SH.
+    /// Finds the one output of `tx` that funds `script`'s channel: the script as P2WSH or P2SH,
+    /// or, for a dispute channel, its 2-of-2 funding script as P2WSH.
     ///
     /// # Errors
     /// [`Error::FundingOutputNotFound`] when no output pays it;
     /// [`Error::FundingOutputAmbiguous`] when several do.
     pub fn find(tx: &Transaction, script: &ChannelScript) -> Result<Self, Error> {
         let txid = tx.compute_txid();
-        let wsh = script.script_pubkey(OutputKind::P2wsh);
-        let sh = script.script_pubkey(OutputKind::P2sh);
+        let (wsh, sh) = match script.lock() {
+            crate::script::Lock::Expiry(_) => (
+                script.script_pubkey(OutputKind::P2wsh),
+                Some(script.script_pubkey(OutputKind::P2sh)),
+            ),
+            // A dispute channel is funded by P2WSH only.
+            crate::script::Lock::Dispute(_) => {
+                (super::dispute::funding_script_pubkey(script), None)
+            }
+        };
         let mut found = None;
         for (vout, out) in tx.output.iter().enumerate() {
             let kind = if out.script_pubkey == wsh {
                 OutputKind::P2wsh
-            } else if out.script_pubkey == sh {
+            } else if sh.as_ref() == Some(&out.script_pubkey) {
                 OutputKind::P2sh
             } else {
                 continue;

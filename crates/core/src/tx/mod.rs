@@ -36,6 +36,9 @@ pub struct ChannelParams {
     script: ChannelScript,
     witness_script: ScriptBuf,
     funding: FundingOutput,
+    /// The output payments, settlements and refunds spend: the funding itself (a CLTV
+    /// channel), or the trigger's output 0 (a dispute channel).
+    channel_input: OutPoint,
     change_script: ScriptBuf,
     change_dust: Amount,
 }
@@ -46,9 +49,13 @@ impl ChannelParams {
     /// `dust_relay_fee` fixes, for the channel's life, the change below which the customer
     /// signs `NONE|ANYONECANPAY` (DESIGN §2): Bitcoin Core's dust threshold of `change_script`.
     ///
+    /// A dispute channel's `funding` is its 2-of-2 output (P2WSH); payments then spend the
+    /// trigger's output 0, which holds the same value.
+    ///
     /// # Errors
     /// [`Error::NonStandardScript`] when `change_script` is not a standard output script (P2PKH, P2SH,
-    /// P2WPKH, P2WSH or P2TR), which would make the settlement non-standard.
+    /// P2WPKH, P2WSH or P2TR), which would make the settlement non-standard;
+    /// [`Error::NotChannelScript`] for a dispute channel funded otherwise than by P2WSH.
     pub fn new(
         script: ChannelScript,
         funding: FundingOutput,
@@ -57,6 +64,9 @@ impl ChannelParams {
     ) -> Result<Self, Error> {
         if !is_standard_destination(&change_script) {
             return Err(Error::NonStandardScript("change script"));
+        }
+        if script.dispute_blocks().is_some() && funding.kind != OutputKind::P2wsh {
+            return Err(Error::NotChannelScript("a dispute channel's funding is P2WSH"));
         }
         let change_dust = dust_threshold(&change_script, dust_relay_fee);
         Ok(Self::from_parts(script, funding, change_script, change_dust))
@@ -69,10 +79,18 @@ impl ChannelParams {
         change_script: ScriptBuf,
         change_dust: Amount,
     ) -> Self {
+        let channel_input = match script.lock() {
+            crate::script::Lock::Expiry(_) => funding.outpoint,
+            crate::script::Lock::Dispute(_) => OutPoint {
+                txid: dispute::trigger_of(&script, &funding).compute_txid(),
+                vout: dispute::CHANNEL_VOUT,
+            },
+        };
         ChannelParams {
             witness_script: script.script(),
             script,
             funding,
+            channel_input,
             change_script,
             change_dust,
         }
@@ -81,6 +99,12 @@ impl ChannelParams {
     /// The channel's id: its funding outpoint.
     pub fn id(&self) -> OutPoint {
         self.funding.outpoint
+    }
+
+    /// The output payments, settlements and refunds spend: the funding (a CLTV channel) or
+    /// the trigger's output 0 (a dispute channel), holding the deposit either way.
+    pub fn channel_input(&self) -> OutPoint {
+        self.channel_input
     }
 
     /// The channel script's parameters.
@@ -213,7 +237,7 @@ impl ChannelParams {
     pub fn anchor(&self) -> Option<(OutPoint, bitcoin::TxOut)> {
         self.script.dispute_blocks().map(|_| {
             (
-                OutPoint { txid: self.id().txid, vout: dispute::ANCHOR_VOUT },
+                OutPoint { txid: self.channel_input.txid, vout: dispute::ANCHOR_VOUT },
                 dispute::anchor_output(),
             )
         })

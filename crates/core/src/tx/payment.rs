@@ -66,7 +66,7 @@ pub fn payment_template(
         version: params.tx_version(),
         lock_time: PAYMENT_LOCK_TIME,
         input: vec![TxIn {
-            previous_output: params.id(),
+            previous_output: params.channel_input(),
             script_sig: ScriptBuf::new(),
             sequence: PAYMENT_SEQUENCE,
             witness: Default::default(),

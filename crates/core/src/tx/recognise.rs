@@ -1,10 +1,11 @@
 //! Recognising a channel's transactions in the wild, for `paychan tx decode` and chain watching.
 
-use bitcoin::opcodes::all::{OP_PUSHBYTES_0, OP_PUSHNUM_1};
+use bitcoin::opcodes::all::{OP_CHECKSIG, OP_CHECKSIGVERIFY, OP_PUSHBYTES_0, OP_PUSHNUM_1};
 use bitcoin::script::Instruction;
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Script, Transaction};
 
-use super::FundingOutput;
+use super::{dispute, FundingOutput};
 use crate::script::{ChannelScript, OutputKind};
 
 /// What a transaction is to a channel.
@@ -19,6 +20,11 @@ pub enum Role {
     Payment,
     /// It spends through the `IF` branch with both signatures: a settlement.
     Settlement,
+    /// It spends a dispute channel's 2-of-2 funding into the channel script and an anchor:
+    /// the trigger (someone started the dispute period).
+    Trigger,
+    /// It spends a dispute channel's 2-of-2 funding otherwise: the cooperative close.
+    Close,
 }
 
 impl Role {
@@ -29,6 +35,8 @@ impl Role {
             Role::Refund => "refund",
             Role::Payment => "payment",
             Role::Settlement => "settlement",
+            Role::Trigger => "trigger",
+            Role::Close => "close",
         }
     }
 }
@@ -70,6 +78,59 @@ pub fn find_channel_spend(tx: &Transaction) -> Option<ChannelSpend> {
         };
         Some(ChannelSpend { input, role, script, kind })
     })
+}
+
+/// A spend of a dispute channel's 2-of-2 funding found in a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FundingSpend {
+    /// The input that spends the funding.
+    pub input: usize,
+    /// [`Role::Trigger`] or [`Role::Close`].
+    pub role: Role,
+    /// The merchant's key (checked first by the script).
+    pub merchant: PublicKey,
+    /// The customer's key.
+    pub customer: PublicKey,
+}
+
+/// Finds the first input of `tx` that spends a dispute channel's 2-of-2 funding (witness:
+/// two signatures and `<M> OP_CHECKSIGVERIFY <C> OP_CHECKSIG`): the trigger when `tx` is the
+/// version-3 transaction paying one P2WSH output and a pay-to-anchor, else a close.
+pub fn find_funding_spend(tx: &Transaction) -> Option<FundingSpend> {
+    tx.input.iter().enumerate().find_map(|(input, txin)| {
+        let items: Vec<&[u8]> = txin.witness.iter().collect();
+        let [_, _, script] = items.as_slice() else { return None };
+        let (merchant, customer) = parse_funding_script(Script::from_bytes(script))?;
+        let trigger = tx.version == dispute::TRUC_VERSION
+            && tx.input.len() == 1
+            && tx.output.len() == 2
+            && tx.output[0].script_pubkey.is_p2wsh()
+            && tx.output[1] == dispute::anchor_output();
+        let role = if trigger { Role::Trigger } else { Role::Close };
+        Some(FundingSpend { input, role, merchant, customer })
+    })
+}
+
+fn parse_funding_script(script: &Script) -> Option<(PublicKey, PublicKey)> {
+    let mut ins = script.instructions();
+    let key = |i: Option<Result<Instruction<'_>, _>>| match i {
+        Some(Ok(Instruction::PushBytes(b))) if b.len() == 33 => {
+            PublicKey::from_slice(b.as_bytes()).ok()
+        }
+        _ => None,
+    };
+    let op = |i: Option<Result<Instruction<'_>, _>>, want| matches!(i, Some(Ok(Instruction::Op(o))) if o == want);
+    let merchant = key(ins.next())?;
+    op(ins.next(), OP_CHECKSIGVERIFY).then_some(())?;
+    let customer = key(ins.next())?;
+    op(ins.next(), OP_CHECKSIG).then_some(())?;
+    if ins.next().is_some() {
+        return None;
+    }
+    // Exactly as built (minimal pushes), or two peers could disagree on the hash.
+    let rebuilt = ChannelScript::dispute(merchant, customer, 1).ok()?;
+    (dispute::funding_script(&rebuilt).as_bytes() == script.as_bytes())
+        .then_some((merchant, customer))
 }
 
 /// Finds the output of `tx` that funds `script`'s channel, if any.

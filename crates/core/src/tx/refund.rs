@@ -60,7 +60,7 @@ pub fn build_refund_with(
         version: Version::TWO,
         lock_time,
         input: vec![TxIn {
-            previous_output: params.id(),
+            previous_output: params.channel_input(),
             script_sig: ScriptBuf::new(),
             sequence,
             witness: Default::default(),
