@@ -17,8 +17,11 @@ use prost::Message as _;
 use crate::policy::Policy;
 use crate::Error;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks: 2 adds dispute channels (the trigger's signatures
+/// in [`Open`] and [`Opened`], the cooperative close in [`Closed`]).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The first protocol version with dispute channels.
+pub const DISPUTE_PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// The largest frame body accepted (a funding transaction at Bitcoin Core's maximum standard
@@ -152,6 +155,10 @@ pub struct PolicyLimits {
     /// Close-out balance, sat.
     #[prost(uint64, tag = "10")]
     pub close_out_sat: u64,
+    /// Shortest dispute period accepted for a dispute channel, blocks (0 from a merchant
+    /// without dispute channels).
+    #[prost(uint32, tag = "11")]
+    pub min_dispute_blocks: u32,
 }
 
 impl From<&Policy> for PolicyLimits {
@@ -167,6 +174,7 @@ impl From<&Policy> for PolicyLimits {
             zero_conf: p.zero_conf,
             dust_relay_fee_sat_per_kvb: p.dust_relay_fee.to_sat_per_kwu() * 4,
             close_out_sat: p.close_out.to_sat(),
+            min_dispute_blocks: u32::from(p.min_dispute_blocks),
         }
     }
 }
@@ -197,6 +205,12 @@ impl PolicyLimits {
             zero_conf: self.zero_conf,
             dust_relay_fee: bitcoin::FeeRate::from_sat_per_kwu(self.dust_relay_fee_sat_per_kvb / 4),
             close_out: Amount::from_sat(self.close_out_sat),
+            // An older merchant (no dispute channels) sends 0: the default, unused.
+            min_dispute_blocks: match u16::try_from(self.min_dispute_blocks) {
+                Ok(0) => d.min_dispute_blocks,
+                Ok(b) => b,
+                Err(_) => u16::MAX,
+            },
         };
         p.validate()?;
         Ok(p)
@@ -241,6 +255,14 @@ pub struct Open {
     /// The `key_index` from [`Welcome`].
     #[prost(uint32, tag = "6")]
     pub key_index: u32,
+    /// A dispute channel's dispute period in blocks; 0 for a CLTV channel (then `expiry`).
+    #[prost(uint32, tag = "7")]
+    pub dispute_blocks: u32,
+    /// A dispute channel: the customer's signature (DER ‖ `SIGHASH_ALL`) of the trigger. The
+    /// funding transaction is then sent without its witnesses: the customer signs and
+    /// broadcasts it only once the merchant signed the trigger too.
+    #[prost(bytes = "vec", tag = "8")]
+    pub trigger_signature: Vec<u8>,
 }
 
 /// The merchant accepted a channel.
@@ -252,6 +274,9 @@ pub struct Opened {
     /// Confirmations the merchant waits for before accepting payments.
     #[prost(uint32, tag = "2")]
     pub confirmations_required: u32,
+    /// A dispute channel: the merchant's signature of the trigger.
+    #[prost(bytes = "vec", tag = "3")]
+    pub trigger_signature: Vec<u8>,
 }
 
 /// A payment: a new cumulative total and the customer's signature (DER ‖ sighash byte).
@@ -315,9 +340,17 @@ pub struct Closed {
     /// The channel.
     #[prost(message, optional, tag = "1")]
     pub channel: Option<ChannelRef>,
-    /// The settlement's txid (32 bytes, internal order).
+    /// The settlement's txid (32 bytes, internal order); for a dispute channel's cooperative
+    /// close, the close's.
     #[prost(bytes = "vec", tag = "2")]
     pub settlement_txid: Vec<u8>,
+    /// A dispute channel's cooperative close: the unsigned close transaction
+    /// (consensus-encoded), which the customer checks, signs and broadcasts.
+    #[prost(bytes = "vec", tag = "3")]
+    pub close_tx: Vec<u8>,
+    /// The merchant's signature of `close_tx` (DER ‖ `SIGHASH_ALL`).
+    #[prost(bytes = "vec", tag = "4")]
+    pub merchant_signature: Vec<u8>,
 }
 
 impl Closed {

@@ -27,6 +27,13 @@ pub const DEFAULT_DUST_RELAY_FEE: FeeRate = FeeRate::from_sat_per_kwu(750);
 /// Bitcoin Core's default minimum relay fee (1 sat/vB).
 pub const MIN_RELAY_FEE: FeeRate = FeeRate::from_sat_per_kwu(250);
 
+/// The dispute period a customer picks for a dispute channel unless it asks otherwise, and
+/// the shortest a merchant accepts by default: a day of blocks (DESIGN §3a).
+pub const DEFAULT_DISPUTE_BLOCKS: u16 = 144;
+/// The longest dispute period a merchant accepts: two weeks of blocks (the customer's deposit
+/// is locked that long after a force close).
+pub const MAX_DISPUTE_BLOCKS: u16 = 2_016;
+
 /// The smallest settle margin a policy may have: time for a settlement to confirm, with fee
 /// bumps, before the refund becomes valid.
 pub const MIN_SETTLE_MARGIN_SECS: u32 = 3_600;
@@ -60,6 +67,10 @@ pub struct Policy {
     /// When the customer's remaining balance falls below this, the channel is exhausted and
     /// the merchant settles it.
     pub close_out: Amount,
+    /// The shortest dispute period (blocks) the merchant accepts for a dispute channel: the
+    /// time it has to settle once a customer broadcasts the trigger. 144 by default; at most
+    /// [`MAX_DISPUTE_BLOCKS`]; tests may lower it.
+    pub min_dispute_blocks: u16,
 }
 
 impl Default for Policy {
@@ -77,6 +88,7 @@ impl Default for Policy {
             zero_conf: false,
             dust_relay_fee: DEFAULT_DUST_RELAY_FEE,
             close_out: Amount::from_sat(1_000),
+            min_dispute_blocks: DEFAULT_DISPUTE_BLOCKS,
         }
     }
 }
@@ -154,6 +166,12 @@ impl Policy {
         }
         if self.dust_relay_fee < MIN_RELAY_FEE {
             return bad(format!("dust relay fee {} is below 1 sat/vB", self.dust_relay_fee));
+        }
+        if self.min_dispute_blocks == 0 || self.min_dispute_blocks > MAX_DISPUTE_BLOCKS {
+            return bad(format!(
+                "minimum dispute period {} blocks is outside 1..={MAX_DISPUTE_BLOCKS}",
+                self.min_dispute_blocks
+            ));
         }
         Ok(())
     }

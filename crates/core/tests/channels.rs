@@ -42,15 +42,29 @@ struct Harness {
 
 impl Harness {
     fn new(kind: OutputKind) -> Self {
-        let policy = Policy::default();
-        let now = Now { time: NOW, height: 800_000, median_time_past: (NOW - 3600) as u32 };
-        let merchant_pubkey = pubkey(&merchant_key());
         let script = ChannelScript::new(
-            merchant_pubkey,
+            pubkey(&merchant_key()),
             pubkey(&customer_key()),
             LockTime::from_consensus(EXPIRY),
         )
         .unwrap();
+        Self::with_script(script, kind)
+    }
+
+    /// A dispute channel with a dispute period of `blocks` (the policy allows 10).
+    fn dispute(blocks: u16) -> Self {
+        let script =
+            ChannelScript::dispute(pubkey(&merchant_key()), pubkey(&customer_key()), blocks)
+                .unwrap();
+        let mut h = Self::with_script(script, OutputKind::P2wsh);
+        h.policy.min_dispute_blocks = 10;
+        h
+    }
+
+    fn with_script(script: ChannelScript, kind: OutputKind) -> Self {
+        let policy = Policy::default();
+        let now = Now { time: NOW, height: 800_000, median_time_past: (NOW - 3600) as u32 };
+        let merchant_pubkey = pubkey(&merchant_key());
         let terms = CustomerTerms {
             script,
             kind,
@@ -97,6 +111,10 @@ impl Harness {
                     }
                     Effect::Send(m) => self.to_merchant.push(m),
                     Effect::Broadcast(tx) => self.broadcasts.push(tx),
+                    Effect::BroadcastPackage { parent, child } => {
+                        self.broadcasts.push(parent);
+                        self.broadcasts.push(child);
+                    }
                     Effect::Watch(_) => {}
                     Effect::Event(ev) => self.events.push(ev),
                 }
@@ -115,6 +133,10 @@ impl Harness {
                         }
                         Effect::Send(msg) => self.to_customer.push(msg),
                         Effect::Broadcast(tx) => self.broadcasts.push(tx),
+                        Effect::BroadcastPackage { parent, child } => {
+                            self.broadcasts.push(parent);
+                            self.broadcasts.push(child);
+                        }
                         Effect::Watch(_) => {}
                         Effect::Event(ev) => self.events.push(ev),
                     }
@@ -138,9 +160,17 @@ impl Harness {
         let now = self.now;
         let result = match msg {
             Message::Open(open) => {
-                match params_from_open(&open, &self.merchant_pubkey, &self.policy)
-                    .and_then(|(p, _)| MerchantChannel::open(p, self.policy.clone(), &now, 0))
-                {
+                let policy = self.policy.clone();
+                match params_from_open(&open, &self.merchant_pubkey, &self.policy).and_then(
+                    |(p, _)| {
+                        if open.dispute_blocks > 0 {
+                            let sig = &open.trigger_signature;
+                            MerchantChannel::open_dispute(p, policy, &now, 0, sig, &merchant_key())
+                        } else {
+                            MerchantChannel::open(p, policy, &now, 0)
+                        }
+                    },
+                ) {
                     Ok(m) => {
                         self.merchant = Some(m);
                         Ok(())
@@ -176,12 +206,15 @@ impl Harness {
 
     fn deliver_to_customer(&mut self, msg: Message) {
         match msg {
-            Message::Opened(_) => self.customer.handle_opened().unwrap(),
+            Message::Opened(o) => self.customer.handle_opened(&o.trigger_signature).unwrap(),
             Message::PaymentAck(ack) => {
                 self.customer.handle_ack(Amount::from_sat(ack.total_sat)).unwrap()
             }
             Message::Resumed(r) => {
                 self.customer.handle_resumed(Amount::from_sat(r.total_sat)).unwrap()
+            }
+            Message::Closed(c) if !c.close_tx.is_empty() => {
+                self.customer.handle_cooperative_close(&c.close_tx, &c.merchant_signature).unwrap();
             }
             Message::Closed(c) => self
                 .customer
@@ -592,7 +625,7 @@ fn invalid_transitions_are_errors_not_panics() {
         Err(Error::InvalidTransition { .. })
     ));
     assert!(h.customer.close().is_err());
-    assert!(h.customer.handle_opened().is_err());
+    assert!(h.customer.handle_opened(&[]).is_err());
     assert!(h.customer.resume().is_err());
     assert!(h
         .customer
@@ -628,4 +661,235 @@ fn two1_payments_through_the_merchant_machine() {
     assert!(s.tx.compute_txid() != p2.compute_txid(), "the settled txid differs from the token");
     let v = verify_input(&s.tx, 0, &funding.output[1], None);
     assert!(v.valid && v.standard, "{v:?}");
+}
+
+// ---- Dispute channels (DESIGN §3a) ----
+
+use paychan_core::channel::customer::CustomerState as StoredCustomer;
+use paychan_core::tx::dispute;
+use paychan_core::tx::settlement::WalletInput;
+
+/// The funding output of the harness's funding transaction.
+fn funding_out(h: &Harness) -> paychan_core::bitcoin::TxOut {
+    h.funding.as_ref().unwrap().output[1].clone()
+}
+
+fn rate(sat_per_vb: u64) -> FeeRate {
+    FeeRate::from_sat_per_vb(sat_per_vb).unwrap()
+}
+
+#[test]
+fn a_dispute_channel_opens_with_the_trigger_signed_by_both_and_closes_cooperatively() {
+    let mut h = Harness::dispute(144);
+    h.open(Amount::from_sat(100_000));
+    // Both hold the same trigger, complete and valid, stored before the funding went out.
+    let trigger = h.customer.trigger().unwrap().clone();
+    assert_eq!(h.merchant().state().trigger.as_ref(), Some(&trigger));
+    let v = verify_input(&trigger, 0, &funding_out(&h), None);
+    assert!(v.valid && v.standard, "{v:?}");
+    let stored = StoredCustomer::decode(h.customer_store.as_ref().unwrap()).unwrap();
+    assert_eq!(stored.trigger.as_ref(), Some(&trigger));
+    let stored = MerchantState::decode(h.merchant_store.as_ref().unwrap()).unwrap();
+    assert_eq!(stored.trigger.as_ref(), Some(&trigger));
+
+    for _ in 0..1_000 {
+        h.pay(10).unwrap();
+    }
+    assert_eq!(h.merchant().accepted(), Amount::from_sat(10_000));
+    h.customer.close().unwrap();
+    h.run();
+    let id = h.merchant().id();
+    assert!(h
+        .events
+        .contains(&Event::SettleDue { channel: id, reason: SettleReason::CustomerClose }));
+    let unsigned =
+        h.merchant().cooperative_close(&merchant_key(), p2wpkh(&merchant_key()), rate(2)).unwrap();
+    h.run();
+    let close =
+        h.broadcasts.iter().find(|t| t.compute_txid() == unsigned.compute_txid()).unwrap().clone();
+    let v = verify_input(&close, 0, &funding_out(&h), None);
+    assert!(v.valid && v.standard, "{v:?}");
+    assert_eq!(close.output[0].value, Amount::from_sat(90_000), "the customer's change");
+    assert_eq!(close.output[0].script_pubkey, p2wpkh(&customer_key()));
+    let fee = Amount::from_sat(10_000) - close.output[1].value;
+    assert!(fee.to_sat() >= 2 * close.vsize() as u64 && fee.to_sat() < 1_000, "{fee}");
+    h.merchant().handle_funding_spent(&close).unwrap();
+    h.customer.handle_funding_spent(&close).unwrap();
+    h.run();
+    assert_eq!(h.merchant().phase(), Phase::Settled);
+    assert_eq!(h.customer.phase(), Phase::Settled);
+}
+
+#[test]
+fn the_merchant_settles_at_once_when_the_trigger_appears() {
+    let mut h = Harness::dispute(144);
+    h.open(Amount::from_sat(100_000));
+    for _ in 0..50 {
+        h.pay(100).unwrap();
+    }
+    let trigger = h.customer.trigger().unwrap().clone();
+    let id = h.merchant().id();
+    h.merchant().handle_funding_spent(&trigger).unwrap();
+    h.run();
+    assert_eq!(h.merchant().phase(), Phase::Disputed);
+    assert!(h.events.contains(&Event::SettleDue { channel: id, reason: SettleReason::Disputed }));
+    let settlement =
+        h.merchant().settle(&merchant_key(), p2wpkh(&merchant_key()), rate(2), &[]).unwrap();
+    h.run();
+    // Out as a package: the trigger and its child.
+    let at = |t: &Transaction| h.broadcasts.iter().position(|b| b == t);
+    assert!(at(&trigger).unwrap() < at(&settlement.tx).unwrap());
+    let spent = [trigger.output[0].clone(), trigger.output[1].clone()];
+    for i in 0..2 {
+        let v = verify_input(&settlement.tx, i, &spent[i], Some(&spent));
+        assert!(v.valid && v.standard, "input {i}: {v:?}");
+    }
+    assert_eq!(settlement.tx.output[0].value, Amount::from_sat(95_000));
+    // Still due at every tick until it confirms; the customer's side sees the dispute too.
+    h.events.clear();
+    let now = h.now;
+    h.merchant().handle_tick(&now);
+    h.run();
+    assert!(h.events.contains(&Event::SettleDue { channel: id, reason: SettleReason::Disputed }));
+    h.customer.handle_funding_spent(&trigger).unwrap();
+    assert_eq!(h.customer.phase(), Phase::Disputed);
+    assert!(h.pay(10).is_err(), "no payment once the trigger is out");
+    h.merchant().handle_funding_spent(&settlement.tx).unwrap();
+    h.customer.handle_funding_spent(&settlement.tx).unwrap();
+    h.run();
+    assert_eq!((h.merchant().phase(), h.customer.phase()), (Phase::Settled, Phase::Settled));
+}
+
+#[test]
+fn a_force_close_stops_payments_and_the_refund_is_due_after_the_dispute_period() {
+    let mut h = Harness::dispute(144);
+    h.open(Amount::from_sat(100_000));
+    h.pay(1_000).unwrap();
+    // Before a force close there is nothing to refund from.
+    assert!(h.customer.refund(p2wpkh(&customer_key()), rate(2)).is_err());
+    let trigger = h.customer.trigger().unwrap().clone();
+    let coin = WalletInput {
+        outpoint: OutPoint { txid: Txid::from_byte_array([5; 32]), vout: 0 },
+        txout: paychan_core::bitcoin::TxOut {
+            value: Amount::from_sat(20_000),
+            script_pubkey: p2wpkh(&customer_key()),
+        },
+        satisfaction_weight: paychan_core::bitcoin::Weight::from_wu(108),
+    };
+    let exit = dispute::exit_child(&trigger, &[coin], p2wpkh(&customer_key()), rate(2)).unwrap();
+    // An exit child that does not spend the anchor is refused.
+    let mut wrong = exit.clone();
+    wrong.input.remove(0);
+    assert!(h.customer.force_close(wrong).is_err());
+    h.customer.force_close(exit.clone()).unwrap();
+    h.run();
+    assert_eq!(h.customer.phase(), Phase::Disputed);
+    let stored = StoredCustomer::decode(h.customer_store.as_ref().unwrap()).unwrap();
+    assert_eq!(stored.phase, Phase::Disputed, "disputed is stored before the broadcast");
+    assert!(h.broadcasts.contains(&trigger) && h.broadcasts.contains(&exit));
+    assert!(matches!(h.pay(10), Err(Error::InvalidTransition { .. })));
+    // The refund is due once the trigger has the dispute period's confirmations.
+    let id = h.customer.id().unwrap();
+    h.customer.handle_trigger_confirmations(143);
+    h.run();
+    assert!(!h.events.contains(&Event::RefundDue { channel: id }));
+    h.customer.handle_trigger_confirmations(144);
+    h.run();
+    assert!(h.events.contains(&Event::RefundDue { channel: id }));
+    let refund = h.customer.refund(p2wpkh(&customer_key()), rate(2)).unwrap();
+    assert_eq!(refund.input[0].previous_output.txid, trigger.compute_txid());
+    assert_eq!(refund.input[0].sequence, paychan_core::bitcoin::Sequence::from_height(144));
+    let v = verify_input(&refund, 0, &trigger.output[0], None);
+    assert!(v.valid && v.standard, "{v:?}");
+}
+
+#[test]
+fn a_bad_trigger_signature_stops_the_open_before_the_funding_is_broadcast() {
+    // The merchant's signature is bad: the customer abandons; the funding never goes out.
+    let mut h = Harness::dispute(144);
+    let script = h.customer.state().terms.script;
+    let tx = funding_tx(&script, OutputKind::P2wsh, Amount::from_sat(100_000));
+    h.customer.handle_funding_built(tx.clone()).unwrap();
+    while let Some(e) = h.customer.poll_effect() {
+        match e {
+            Effect::Persist { id, .. } => h.customer.persisted(id).unwrap(),
+            Effect::Send(Message::Open(open)) => {
+                assert_eq!(open.dispute_blocks, 144);
+                assert!(!open.trigger_signature.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut bad = vec![0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x01];
+    assert!(h.customer.handle_opened(&bad).is_err());
+    bad.clear();
+    assert_eq!(h.customer.phase(), Phase::Abandoned);
+    h.run();
+    assert!(!h.broadcasts.contains(&tx));
+
+    // The customer's signature is bad, or the period is below the merchant's policy: refused.
+    let h = Harness::dispute(144);
+    let params = {
+        let funding = paychan_core::tx::FundingOutput::find(&tx, &script).unwrap();
+        paychan_core::tx::ChannelParams::new(
+            script,
+            funding,
+            p2wpkh(&customer_key()),
+            h.policy.dust_relay_fee,
+        )
+        .unwrap()
+    };
+    let t = dispute::trigger(&params).unwrap();
+    let by_merchant = dispute::sign(&params, &t, &merchant_key()).unwrap();
+    let e = MerchantChannel::open_dispute(
+        params.clone(),
+        h.policy.clone(),
+        &h.now,
+        0,
+        &by_merchant,
+        &merchant_key(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::BadSignature), "{e:?}");
+    let by_customer = dispute::sign(&params, &t, &customer_key()).unwrap();
+    let strict = Policy { min_dispute_blocks: 288, ..h.policy.clone() };
+    let e = MerchantChannel::open_dispute(
+        params.clone(),
+        strict,
+        &h.now,
+        0,
+        &by_customer,
+        &merchant_key(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::InvalidExpiry { expiry: 144, .. }), "{e:?}");
+    assert!(MerchantChannel::open_dispute(
+        params,
+        h.policy.clone(),
+        &h.now,
+        0,
+        &by_customer,
+        &merchant_key()
+    )
+    .is_ok());
+}
+
+#[test]
+fn a_dispute_channel_never_expires() {
+    let mut h = Harness::dispute(144);
+    h.open(Amount::from_sat(100_000));
+    h.pay(10).unwrap();
+    // 2,000 blocks and 90 days later: no settlement due, no refund due, still payable.
+    h.now.height += 2_000;
+    h.now.time += 90 * 86_400;
+    h.now.median_time_past += 90 * 86_400;
+    h.events.clear();
+    let now = h.now;
+    h.merchant().handle_tick(&now);
+    h.customer.handle_tick(&now);
+    h.run();
+    assert!(h.events.is_empty(), "{:?}", h.events);
+    assert_eq!(h.pay(10).unwrap(), Amount::from_sat(20));
+    assert_eq!(h.merchant().phase(), Phase::Open);
+    assert_eq!(h.merchant().accepted(), Amount::from_sat(20));
 }

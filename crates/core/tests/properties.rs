@@ -99,7 +99,7 @@ proptest! {
         let mut c = CustomerChannel::new(terms, customer_key()).unwrap();
         c.authorise(Amount::from_sat(1));
         c.handle_funding_built(funding_tx(&script, OutputKind::P2wsh, Amount::from_sat(CAPACITY))).unwrap();
-        c.handle_opened().unwrap();
+        c.handle_opened(&[]).unwrap();
         let mut authorised = Amount::from_sat(1);
         for (is_authorise, n) in ops {
             if is_authorise {
@@ -190,14 +190,25 @@ fn sample_messages(total: u64, sig: Vec<u8>, vout: u32, text: String) -> Vec<Mes
             expiry: vout,
             change_script: sig.clone(),
             key_index: vout,
+            dispute_blocks: vout,
+            trigger_signature: sig.clone(),
         }),
-        Message::Opened(msg::Opened { channel: ch.clone(), confirmations_required: vout }),
+        Message::Opened(msg::Opened {
+            channel: ch.clone(),
+            confirmations_required: vout,
+            trigger_signature: sig.clone(),
+        }),
         Message::Pay(msg::Pay { channel: ch.clone(), total_sat: total, signature: sig.clone() }),
         Message::PaymentAck(msg::PaymentAck { channel: ch.clone(), total_sat: total }),
         Message::Resume(msg::Resume { channel: ch.clone() }),
         Message::Resumed(msg::Resumed { channel: ch.clone(), total_sat: total }),
         Message::Close(msg::Close { channel: ch.clone(), signature: sig.clone() }),
-        Message::Closed(msg::Closed { channel: ch.clone(), settlement_txid: vec![9; 32] }),
+        Message::Closed(msg::Closed {
+            channel: ch.clone(),
+            settlement_txid: vec![9; 32],
+            close_tx: sig.clone(),
+            merchant_signature: sig.clone(),
+        }),
         Message::Error(msg::ErrorMsg { code: vout, message: text, channel: ch }),
     ]
 }
@@ -230,8 +241,15 @@ fn empty_and_trailing_frames_are_refused() {
 fn version_negotiation() {
     let ok = msg::Hello { min_version: 1, max_version: 7, user_agent: String::new() };
     assert_eq!(msg::negotiate(&ok).unwrap(), msg::PROTOCOL_VERSION);
-    let too_new = msg::Hello { min_version: 2, max_version: 3, user_agent: String::new() };
-    assert!(matches!(msg::negotiate(&too_new), Err(Error::UnsupportedVersion { got: 3, .. })));
+    // A version-1 client (no dispute channels) still gets version 1.
+    let old = msg::Hello { min_version: 1, max_version: 1, user_agent: String::new() };
+    assert_eq!(msg::negotiate(&old).unwrap(), 1);
+    let too_new = msg::Hello {
+        min_version: msg::PROTOCOL_VERSION + 1,
+        max_version: msg::PROTOCOL_VERSION + 2,
+        user_agent: String::new(),
+    };
+    assert!(matches!(msg::negotiate(&too_new), Err(Error::UnsupportedVersion { .. })));
 }
 
 #[test]

@@ -100,13 +100,13 @@ impl Customer {
             Ok(()) => conn.recv().await,
             Err(e) => Err(e),
         };
-        let refusal = match answer {
-            Ok(Message::Opened(_)) => None,
+        let (refusal, trigger_signature) = match answer {
+            Ok(Message::Opened(o)) => (None, o.trigger_signature),
             Ok(Message::Error(e)) => {
-                Some(CustomerError::Rejected { code: e.code, message: e.message })
+                (Some(CustomerError::Rejected { code: e.code, message: e.message }), Vec::new())
             }
-            Ok(_) => Some(CustomerError::Protocol("expected Opened")),
-            Err(e) => Some(e),
+            Ok(_) => (Some(CustomerError::Protocol("expected Opened")), Vec::new()),
+            Err(e) => (Some(e), Vec::new()),
         };
         if let Some(err) = refusal {
             // Not broadcast by us; the merchant broadcasts only channels it accepts. Free the
@@ -122,7 +122,15 @@ impl Customer {
                 .await?;
             return Err(err);
         }
-        entry.channel.handle_opened()?;
+        if let Err(e) = entry.channel.handle_opened(&trigger_signature) {
+            // A dispute channel whose trigger the merchant did not sign properly: the funding
+            // was never signed for broadcast; free its coins.
+            self.drain(&mut entry).await?;
+            let wallet = self.wallet.clone();
+            blocking(move || wallet.lock().unwrap_or_else(|p| p.into_inner()).forget(funding_txid))
+                .await?;
+            return Err(e.into());
+        }
         self.drain(&mut entry).await?;
         self.view.watch(id, Lookback::Never);
         entry.ext.conn = Some(conn);

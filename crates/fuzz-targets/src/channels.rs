@@ -130,7 +130,7 @@ fn open(authorised: Amount) -> World {
             merchant.persisted(id).expect("persisted");
         }
     }
-    customer.handle_opened().expect("opened");
+    customer.handle_opened(&[]).expect("opened");
     while let Some(e) = customer.poll_effect() {
         if let Effect::Persist { id, state } = e {
             c.durable = Some(state);

@@ -71,8 +71,8 @@ pub fn channel_script(expiry: u32) -> ChannelScript {
     .expect("distinct keys, expiry ≥ 17")
 }
 
-/// A funding transaction paying `value` to `script` at output 1 (its own input is a placeholder:
-/// only its outputs are ever spent with it).
+/// A funding transaction paying `value` to `script`'s channel at output 1 (a dispute channel's
+/// 2-of-2; its own input is a placeholder: only its outputs are ever spent with it).
 pub fn funding_tx(script: &ChannelScript, kind: OutputKind, value: Amount) -> Transaction {
     Transaction {
         version: Version::TWO,
@@ -85,7 +85,15 @@ pub fn funding_tx(script: &ChannelScript, kind: OutputKind, value: Amount) -> Tr
         }],
         output: vec![
             TxOut { value: Amount::from_sat(50_000), script_pubkey: p2wpkh(&key(0x33)) },
-            TxOut { value, script_pubkey: script.script_pubkey(kind) },
+            TxOut {
+                value,
+                script_pubkey: match script.lock() {
+                    paychan_core::script::Lock::Expiry(_) => script.script_pubkey(kind),
+                    paychan_core::script::Lock::Dispute(_) => {
+                        paychan_core::tx::dispute::funding_script_pubkey(script)
+                    }
+                },
+            },
         ],
     }
 }

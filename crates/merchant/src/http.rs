@@ -124,6 +124,9 @@ async fn open(
         change_script: hex_field(&v, "change_script")?,
         key_index: u32::try_from(u64_field(&v, "key_index")?)
             .map_err(|_| bad("key_index out of range"))?,
+        // The JSON API opens CLTV channels; dispute channels open over the channel protocol.
+        dispute_blocks: 0,
+        trigger_signature: Vec::new(),
     };
     let opened = s.open(&open).await?;
     let channel = opened.channel.as_ref().and_then(|c| c.outpoint().ok()).map(|o| o.to_string());

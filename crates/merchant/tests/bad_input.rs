@@ -37,7 +37,7 @@ async fn open(conn: &mut common::Conn, node: &Node, height: u32) -> CustomerChan
     let mut c = common::customer_for(&w, node, height);
     let open = sends(&mut c).remove(0);
     assert!(matches!(conn.ask(open).await, Message::Opened(_)));
-    c.handle_opened().unwrap();
+    c.handle_opened(&[]).unwrap();
     sends(&mut c);
     c
 }

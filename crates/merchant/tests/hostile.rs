@@ -361,6 +361,7 @@ async fn key_indexes_move_only_when_a_channel_opens() {
             expiry: 0,
             change_script: vec![],
             key_index: index,
+            ..Default::default()
         };
         let e = server.open(&open).await.unwrap_err();
         assert_eq!(e.to_wire(None).code, 16, "{e}");
@@ -416,6 +417,7 @@ async fn settled_channels_survive_a_restart() {
         expiry: c.state().terms.script.expiry().unwrap().to_consensus_u32(),
         change_script: c.state().terms.change_script.to_bytes(),
         key_index: c.state().terms.key_index,
+        ..Default::default()
     };
     let e = again.open(&open).await.unwrap_err();
     assert_eq!(e.to_wire(None).code, 15, "{e}");

@@ -53,7 +53,7 @@ async fn json_api_open_pay_close_and_refusals() {
     assert_eq!(r.status(), 200);
     let opened: Value = r.json().await.unwrap();
     let id: OutPoint = opened["channel"].as_str().unwrap().parse().unwrap();
-    customer.handle_opened().unwrap();
+    customer.handle_opened(&[]).unwrap();
     sends(&mut customer);
     node.mine(1, &p2wpkh(&key(0x77))).unwrap();
 

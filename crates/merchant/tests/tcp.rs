@@ -85,7 +85,7 @@ async fn open_pay_pipelined_and_close_over_tcp() {
     let id = customer.handle_funding_built(funding).unwrap();
     conn.send(&drain(&mut customer, &*chain)).await;
     let Some(Message::Opened(_)) = conn.recv().await else { panic!("not opened") };
-    customer.handle_opened().unwrap();
+    customer.handle_opened(&[]).unwrap();
     drain(&mut customer, &*chain);
     assert!(node.mempool_txids().contains(&id.txid), "the funding is broadcast");
     node.mine(1, &p2wpkh(&key(0x77))).unwrap();

@@ -123,6 +123,7 @@ pub(crate) fn phase_str(p: Phase) -> &'static str {
         Phase::Refunded => "refunded",
         Phase::Abandoned => "abandoned",
         Phase::Expired => "expired",
+        Phase::Disputed => "disputed",
     }
 }
 
@@ -136,6 +137,7 @@ pub(crate) fn parse_phase(s: &str) -> Result<Phase, StoreError> {
         "refunded" => Phase::Refunded,
         "abandoned" => Phase::Abandoned,
         "expired" => Phase::Expired,
+        "disputed" => Phase::Disputed,
         _ => return Err(StoreError::Corrupt(format!("unknown phase {s:?}"))),
     })
 }

@@ -7,6 +7,14 @@
 //!              └─────────────────────► Abandoned
 //! ```
 //!
+//! A dispute channel (DESIGN §3a): `Open` carries the funding without its witnesses and the
+//! customer's signature of the trigger; the funding is signed and broadcast only once
+//! `Opened` brings the merchant's trigger signature (checked, the whole trigger stored first).
+//! It ends by a cooperative close (the merchant's `Closed` carries the close, which the
+//! customer checks, signs and broadcasts), or by [`CustomerChannel::force_close`]: the trigger
+//! with an exit child (`Disputed`), then the refund once the trigger has the dispute period's
+//! confirmations ([`Event::RefundDue`]). No payment is signed after a force close.
+//!
 //! The customer keeps DESIGN §2's rules: it never signs a total above what its caller
 //! authorised; it stores the channel before the funding is sent to the merchant (and broadcasts
 //! only once the merchant accepted it, so a refused channel never locks coins); it records every
@@ -20,12 +28,12 @@ use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 
 use super::{Effect, Event, Outbox, Phase};
 use crate::msg::{close_digest, Close, Message, Open, Pay, Resume};
-use crate::script::{ChannelScript, OutputKind};
+use crate::script::{ChannelScript, Lock, OutputKind};
 use crate::time::Now;
 use crate::tx::payment::sign_payment;
 use crate::tx::recognise::{find_channel_spend, Role};
 use crate::tx::refund::build_refund;
-use crate::tx::{ChannelParams, FundingOutput};
+use crate::tx::{dispute, ChannelParams, FundingOutput};
 use crate::{sig, Error};
 
 /// What the customer agreed with the merchant before the funding exists.
@@ -72,6 +80,8 @@ pub struct CustomerState {
     pub acked: Amount,
     /// The settlement or refund that spent (or will spend) the funding output.
     pub closing_txid: Option<Txid>,
+    /// A dispute channel's trigger, signed by both (stored before the funding is broadcast).
+    pub trigger: Option<Transaction>,
 }
 
 /// The customer's state machine for one channel.
@@ -108,6 +118,7 @@ impl CustomerChannel {
             signature: Vec::new(),
             acked: Amount::ZERO,
             closing_txid: None,
+            trigger: None,
         };
         let key = Keypair::from_secret_key(sig::secp(), &key);
         Ok(CustomerChannel { state, key, outbox: Outbox::default() })
@@ -142,7 +153,15 @@ impl CustomerChannel {
 
     /// The output script the funding transaction must pay.
     pub fn funding_script_pubkey(&self) -> ScriptBuf {
-        self.state.terms.script.script_pubkey(self.state.terms.kind)
+        match self.state.terms.script.lock() {
+            Lock::Expiry(_) => self.state.terms.script.script_pubkey(self.state.terms.kind),
+            Lock::Dispute(_) => dispute::funding_script_pubkey(&self.state.terms.script),
+        }
+    }
+
+    /// A dispute channel's trigger, once signed by both.
+    pub fn trigger(&self) -> Option<&Transaction> {
+        self.state.trigger.as_ref()
     }
 
     /// The next effect to execute.
@@ -188,13 +207,29 @@ impl CustomerChannel {
             terms.change_script.clone(),
             terms.dust_relay_fee,
         )?;
+        // A dispute channel's funding goes out without its witnesses (the txid is the same):
+        // the merchant cannot broadcast it before it has signed the trigger.
+        let (sent, dispute_blocks, trigger_signature) = match terms.script.lock() {
+            Lock::Expiry(_) => (funding_tx.clone(), 0, Vec::new()),
+            Lock::Dispute(blocks) => {
+                let mut bare = funding_tx.clone();
+                for input in &mut bare.input {
+                    input.witness = bitcoin::Witness::new();
+                }
+                let trigger = dispute::trigger(&params)?;
+                let sig = dispute::sign(&params, &trigger, &self.key.secret_key())?;
+                (bare, u32::from(blocks), sig)
+            }
+        };
         let open = Open {
-            funding_tx: serialize(&funding_tx),
+            funding_tx: serialize(&sent),
             customer_pubkey: terms.script.customer().serialize().to_vec(),
             merchant_pubkey: terms.script.merchant().serialize().to_vec(),
             expiry: terms.script.expiry().map_or(0, |e| e.to_consensus_u32()),
             change_script: terms.change_script.to_bytes(),
             key_index: terms.key_index,
+            dispute_blocks,
+            trigger_signature,
         };
         if self.state.authorised == Amount::ZERO {
             self.state.authorised = funding.value;
@@ -207,16 +242,34 @@ impl CustomerChannel {
         Ok(funding.outpoint)
     }
 
-    /// The merchant accepted the channel: broadcast the funding and watch it.
+    /// The merchant accepted the channel: broadcast the funding and watch it. A dispute
+    /// channel's `merchant_trigger_sig` is checked and the whole trigger stored first; a bad one
+    /// abandons the channel (its funding was never broadcast, so its coins are free).
     ///
     /// # Errors
-    /// [`Error::InvalidTransition`] unless awaiting funding.
-    pub fn handle_opened(&mut self) -> Result<(), Error> {
+    /// [`Error::InvalidTransition`] unless awaiting funding; the signature errors of
+    /// [`dispute::verify`].
+    pub fn handle_opened(&mut self, merchant_trigger_sig: &[u8]) -> Result<(), Error> {
         let (Phase::AwaitingFunding, Some(tx)) = (self.state.phase, &self.state.funding_tx) else {
             return Err(Error::InvalidTransition { phase: self.state.phase, event: "opened" });
         };
         let tx = tx.clone();
-        let id = self.params("opened")?.id();
+        let params = self.params("opened")?;
+        let id = params.id();
+        if params.script().dispute_blocks().is_some() {
+            let completed = dispute::trigger(params).and_then(|t| {
+                let own = dispute::sign(params, &t, &self.key.secret_key())?;
+                dispute::complete(params, t, merchant_trigger_sig, &own)
+            });
+            match completed {
+                Ok(trigger) => self.state.trigger = Some(trigger),
+                Err(e) => {
+                    self.state.phase = Phase::Abandoned;
+                    self.outbox.persist(self.state.clone());
+                    return Err(e);
+                }
+            }
+        }
         self.state.phase = Phase::Open;
         self.outbox.persist(self.state.clone());
         self.outbox.after_persist(Effect::Broadcast(tx));
@@ -436,13 +489,98 @@ impl CustomerChannel {
         destination: ScriptBuf,
         fee_rate: FeeRate,
     ) -> Result<Transaction, Error> {
-        if self.state.phase.is_final() {
+        let params = self.params("refund")?;
+        // A dispute channel refunds from the trigger's output: only once the trigger is out.
+        let dispute_unready =
+            params.script().dispute_blocks().is_some() && self.state.phase != Phase::Disputed;
+        if self.state.phase.is_final() || dispute_unready {
             return Err(Error::InvalidTransition { phase: self.state.phase, event: "refund" });
         }
         let tx =
             build_refund(self.params("refund")?, &self.key.secret_key(), destination, fee_rate)?;
         self.state.closing_txid = Some(tx.compute_txid());
+        if self.state.phase != Phase::Disputed {
+            self.state.phase = Phase::Settling;
+        }
+        self.outbox.persist(self.state.clone());
+        self.outbox.after_persist(Effect::Broadcast(tx.clone()));
+        Ok(tx)
+    }
+
+    /// A dispute channel's force close: the customer leaves alone. `exit_child` spends the
+    /// trigger's anchor and pays for both (built with [`dispute::exit_child`] from
+    /// [`CustomerChannel::trigger`], its wallet inputs signed). Queues: persist (disputed: no
+    /// payment is ever signed again), then the trigger and the child as one package, and a
+    /// watch on the trigger's output. The refund is due once the trigger has the dispute
+    /// period's confirmations ([`CustomerChannel::handle_trigger_confirmations`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] for a CLTV channel or a channel over or not yet open;
+    /// [`Error::UnexpectedMessage`] when `exit_child` does not spend the trigger's anchor.
+    pub fn force_close(&mut self, exit_child: Transaction) -> Result<(), Error> {
+        let phase = self.state.phase;
+        let (Some(trigger), Some(params)) = (&self.state.trigger, &self.state.params) else {
+            return Err(Error::InvalidTransition { phase, event: "force close" });
+        };
+        if !matches!(phase, Phase::Open | Phase::Settling | Phase::Disputed) {
+            return Err(Error::InvalidTransition { phase, event: "force close" });
+        }
+        let anchor = params.anchor().map(|(a, _)| a);
+        if !exit_child.input.iter().any(|i| Some(i.previous_output) == anchor) {
+            return Err(Error::UnexpectedMessage("the exit child does not spend the anchor"));
+        }
+        let (trigger, watch) = (trigger.clone(), params.channel_input());
+        self.state.phase = Phase::Disputed;
+        self.outbox.persist(self.state.clone());
+        self.outbox.after_persist(Effect::BroadcastPackage { parent: trigger, child: exit_child });
+        self.outbox.now(Effect::Watch(watch));
+        Ok(())
+    }
+
+    /// The trigger has `confirmations` confirmations: once they reach the dispute period and
+    /// the trigger's output is, as far as this channel knows, unspent, [`Event::RefundDue`].
+    pub fn handle_trigger_confirmations(&mut self, confirmations: u32) {
+        let Some(params) = &self.state.params else { return };
+        let Some(blocks) = params.script().dispute_blocks() else { return };
+        if self.state.phase == Phase::Disputed && confirmations >= u32::from(blocks) {
+            self.outbox.now(Effect::Event(Event::RefundDue { channel: params.id() }));
+        }
+    }
+
+    /// A dispute channel's cooperative close from the merchant ([`Closed`](crate::msg::Closed)
+    /// with a transaction): checks that it spends the funding alone and pays this channel's
+    /// change for the highest signed total (nothing less; omitted only below its dust
+    /// threshold), checks the merchant's signature, signs, and queues persist (settling, with
+    /// the close's txid) then the broadcast. Returns the complete close.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] unless a dispute channel open or settling;
+    /// [`Error::Malformed`] for undecodable bytes; [`Error::UnexpectedMessage`] for a close
+    /// that does not pay the change; the signature errors of [`dispute::verify`].
+    pub fn handle_cooperative_close(
+        &mut self,
+        close_tx: &[u8],
+        merchant_sig: &[u8],
+    ) -> Result<Transaction, Error> {
+        let phase = self.state.phase;
+        let params = self.params("cooperative close")?;
+        if self.state.trigger.is_none() || !matches!(phase, Phase::Open | Phase::Settling) {
+            return Err(Error::InvalidTransition { phase, event: "cooperative close" });
+        }
+        let tx: Transaction = bitcoin::consensus::deserialize(close_tx)
+            .map_err(|e| Error::malformed("close transaction", e))?;
+        let change = params.change_for(self.state.signed)?;
+        let pays_change = tx
+            .output
+            .iter()
+            .any(|o| o.script_pubkey.as_script() == params.change_script() && o.value >= change);
+        if change >= params.change_dust() && !pays_change {
+            return Err(Error::UnexpectedMessage("the close does not pay the customer's change"));
+        }
+        let own = dispute::sign(params, &tx, &self.key.secret_key())?;
+        let tx = dispute::complete(params, tx, merchant_sig, &own)?;
         self.state.phase = Phase::Settling;
+        self.state.closing_txid = Some(tx.compute_txid());
         self.outbox.persist(self.state.clone());
         self.outbox.after_persist(Effect::Broadcast(tx.clone()));
         Ok(tx)
@@ -453,11 +591,26 @@ impl CustomerChannel {
     /// # Errors
     /// [`Error::UnexpectedMessage`] when `tx` does not spend this channel.
     pub fn handle_funding_spent(&mut self, tx: &Transaction) -> Result<(), Error> {
-        let id = self.params("spent")?.id();
-        if !tx.input.iter().any(|i| i.previous_output == id) {
+        let params = self.params("spent")?;
+        let (id, input) = (params.id(), params.channel_input());
+        let spends_funding = tx.input.iter().any(|i| i.previous_output == id);
+        let spends_input = input != id && tx.input.iter().any(|i| i.previous_output == input);
+        if !spends_funding && !spends_input {
             return Err(Error::UnexpectedMessage("transaction does not spend the channel"));
         }
         let txid = tx.compute_txid();
+        let is_trigger = self.state.trigger.as_ref().is_some_and(|t| t.compute_txid() == txid);
+        if is_trigger {
+            // The dispute period runs (the merchant's, or this customer's own force close):
+            // no payment is signed any more; the trigger's output is watched.
+            if !matches!(self.state.phase, Phase::Disputed) && !self.state.phase.is_final() {
+                self.state.phase = Phase::Disputed;
+                self.outbox.persist(self.state.clone());
+                self.outbox.now(Effect::Watch(input));
+                self.outbox.now(Effect::Event(Event::Disputed { channel: id, trigger: txid }));
+            }
+            return Ok(());
+        }
         self.state.closing_txid = Some(txid);
         let event = match find_channel_spend(tx).map(|s| s.role) {
             Some(Role::Refund) => {

@@ -6,6 +6,12 @@
 //!                 └────reorged─────┘  └ handle_payment / handle_two1_payment
 //! ```
 //!
+//! A dispute channel (DESIGN §3a) opens with [`MerchantChannel::open_dispute`] (the trigger
+//! signed by both before the funding exists), has no expiry, and leaves `Open` by a
+//! cooperative close ([`MerchantChannel::cooperative_close`] → `Settling` → `Settled`) or by
+//! its trigger (`Disputed`: [`Event::SettleDue`] at once; the settlement goes out with the
+//! trigger as a package → `Settled`, or the customer's refund after the period → `Refunded`).
+//!
 //! `handle_payment` validates (DESIGN §2 rules 1–3), updates the state, queues a
 //! [`Effect::Persist`] and holds the [`PaymentAck`] until the driver calls
 //! [`MerchantChannel::persisted`] (rule 4). A rejected payment returns the error and changes
@@ -22,13 +28,13 @@ pub use accounting::{Redeemed, REDEEM_WINDOW, TOKEN_WINDOW};
 
 use super::{Effect, Event, Outbox, Phase, SettleReason};
 use crate::msg::{close_digest, ChannelRef, Closed, Message, Opened, PaymentAck};
-use crate::policy::Policy;
+use crate::policy::{Policy, MAX_DISPUTE_BLOCKS};
 use crate::script::ChannelScript;
 use crate::time::Now;
 use crate::tx::recognise::{find_channel_spend, Role};
-use crate::tx::settlement::{build_settlement, Settlement, WalletInput};
+use crate::tx::settlement::{build_settlement_with_parent, Settlement, WalletInput};
 use crate::tx::two1::{complete_payment, Two1Payment};
-use crate::tx::{ChannelParams, FundingOutput};
+use crate::tx::{dispute, ChannelParams, FundingOutput};
 use crate::validate::{validate_payment, validate_two1_payment, ChannelView};
 use crate::{sig, Error};
 
@@ -56,7 +62,15 @@ pub fn params_from_open(
     }
     let customer = PublicKey::from_slice(&open.customer_pubkey)
         .map_err(|e| Error::malformed("customer key", e))?;
-    let script = ChannelScript::new(merchant, customer, LockTime::from_consensus(open.expiry))?;
+    let script = if open.dispute_blocks > 0 {
+        let blocks = u16::try_from(open.dispute_blocks).map_err(|_| Error::InvalidExpiry {
+            expiry: open.dispute_blocks,
+            reason: "a dispute period above 65,535 blocks",
+        })?;
+        ChannelScript::dispute(merchant, customer, blocks)?
+    } else {
+        ChannelScript::new(merchant, customer, LockTime::from_consensus(open.expiry))?
+    };
     let funding = FundingOutput::find(&funding_tx, &script)?;
     let change = ScriptBuf::from_bytes(open.change_script.clone());
     let params = ChannelParams::new(script, funding, change, policy.dust_relay_fee)?;
@@ -85,6 +99,8 @@ pub struct MerchantState {
     pub key_index: u32,
     /// Whether the token of the latest 21 payment (`two1_tx`) has paid for a request.
     pub two1_token_redeemed: bool,
+    /// A dispute channel's trigger, signed by both (stored before `Opened` is sent).
+    pub trigger: Option<Transaction>,
 }
 
 impl MerchantState {
@@ -100,6 +116,7 @@ impl MerchantState {
             charged: Amount::ZERO,
             settlement_txid: None,
             two1_token_redeemed: false,
+            trigger: None,
         }
     }
 }
@@ -133,6 +150,52 @@ impl MerchantChannel {
         now: &Now,
         key_index: u32,
     ) -> Result<Self, Error> {
+        Self::open_with(params, policy, now, key_index, None)
+    }
+
+    /// Accepts a new dispute channel (DESIGN §3a): checks the dispute period against
+    /// `policy`, the customer's signature of the trigger, and signs the trigger with
+    /// `merchant_key`. The whole trigger is stored, then [`Opened`] carries the merchant's
+    /// signature: only then may the customer sign and broadcast the funding.
+    ///
+    /// # Errors
+    /// As [`MerchantChannel::open`]; [`Error::InvalidExpiry`] for a dispute period outside
+    /// the policy; the signature errors of [`dispute::verify`] for the customer's trigger
+    /// signature; [`Error::Signing`] when `merchant_key` is not the channel's.
+    pub fn open_dispute(
+        params: ChannelParams,
+        policy: Policy,
+        now: &Now,
+        key_index: u32,
+        customer_trigger_sig: &[u8],
+        merchant_key: &SecretKey,
+    ) -> Result<Self, Error> {
+        let Some(blocks) = params.script().dispute_blocks() else {
+            return Err(Error::InvalidExpiry { expiry: 0, reason: "not a dispute channel script" });
+        };
+        if blocks < policy.min_dispute_blocks || blocks > MAX_DISPUTE_BLOCKS {
+            return Err(Error::InvalidExpiry {
+                expiry: u32::from(blocks),
+                reason: "dispute period outside the merchant's policy",
+            });
+        }
+        if !params.is_merchant(merchant_key) {
+            return Err(Error::Signing("the key is not the channel's merchant key"));
+        }
+        let unsigned = dispute::trigger(&params)?;
+        dispute::verify(&params, &unsigned, params.script().customer(), customer_trigger_sig)?;
+        let merchant_sig = dispute::sign(&params, &unsigned, merchant_key)?;
+        let trigger = dispute::complete(&params, unsigned, &merchant_sig, customer_trigger_sig)?;
+        Self::open_with(params, policy, now, key_index, Some((trigger, merchant_sig)))
+    }
+
+    fn open_with(
+        params: ChannelParams,
+        policy: Policy,
+        now: &Now,
+        key_index: u32,
+        trigger: Option<(Transaction, Vec<u8>)>,
+    ) -> Result<Self, Error> {
         policy.validate()?;
         if params.capacity() < policy.min_deposit {
             return Err(Error::FundingTooSmall {
@@ -143,9 +206,53 @@ impl MerchantChannel {
         if params.capacity() > policy.max_deposit {
             return Err(Error::AmountOutOfRange("deposit above the merchant's maximum"));
         }
-        let Some(expiry) = params.script().expiry() else {
-            return Err(Error::InvalidExpiry { expiry: 0, reason: "not a CLTV channel script" });
+        match (params.script().expiry(), &trigger) {
+            (Some(expiry), None) => check_expiry(expiry, &policy, now)?,
+            (None, Some(_)) => {}
+            _ => {
+                return Err(Error::InvalidExpiry {
+                    expiry: 0,
+                    reason: "channel kind and terms disagree",
+                })
+            }
+        }
+        let (trigger, trigger_signature) = match trigger {
+            Some((t, s)) => (Some(t), s),
+            None => (None, Vec::new()),
         };
+        let mut state = MerchantState::new(params);
+        state.key_index = key_index;
+        state.trigger = trigger;
+        if policy.zero_conf {
+            state.phase = Phase::Open;
+        }
+        let mut ch = MerchantChannel {
+            state,
+            policy,
+            outbox: Outbox::default(),
+            redemptions: Redemptions::default(),
+            tokens: Default::default(),
+        };
+        let id = ch.id();
+        ch.outbox.persist(ch.state.clone());
+        ch.outbox.now(Effect::Watch(id));
+        ch.outbox.after_persist(Effect::Send(Message::Opened(Opened {
+            channel: Some(id.into()),
+            confirmations_required: if ch.policy.zero_conf {
+                0
+            } else {
+                ch.policy.min_confirmations
+            },
+            trigger_signature,
+        })));
+        Ok(ch)
+    }
+}
+
+/// A CLTV channel's expiry against the merchant's policy: far enough for the minimum life,
+/// not beyond the maximum.
+fn check_expiry(expiry: LockTime, policy: &Policy, now: &Now) -> Result<(), Error> {
+    {
         let raw = expiry.to_consensus_u32();
         let is_height = expiry.is_block_height();
         // Seconds in the expiry's unit: blocks for a height expiry.
@@ -174,32 +281,11 @@ impl MerchantChannel {
                 reason: "too far: beyond the merchant's maximum channel life",
             });
         }
-        let mut state = MerchantState::new(params);
-        state.key_index = key_index;
-        if policy.zero_conf {
-            state.phase = Phase::Open;
-        }
-        let mut ch = MerchantChannel {
-            state,
-            policy,
-            outbox: Outbox::default(),
-            redemptions: Redemptions::default(),
-            tokens: Default::default(),
-        };
-        let id = ch.id();
-        ch.outbox.persist(ch.state.clone());
-        ch.outbox.now(Effect::Watch(id));
-        ch.outbox.after_persist(Effect::Send(Message::Opened(Opened {
-            channel: Some(id.into()),
-            confirmations_required: if ch.policy.zero_conf {
-                0
-            } else {
-                ch.policy.min_confirmations
-            },
-        })));
-        Ok(ch)
+        Ok(())
     }
+}
 
+impl MerchantChannel {
     /// Rebuilds a channel from its stored state.
     ///
     /// Every total up to the stored one counts as redeemed (the in-memory replay window is not
@@ -359,17 +445,27 @@ impl MerchantChannel {
     /// margin (when anything was paid) or while an exhausted channel is still open, and moves to [`Phase::Expired`] once the expiry itself
     /// has passed unsettled.
     pub fn handle_tick(&mut self, now: &Now) {
+        if self.state.phase == Phase::Disputed && self.state.accepted > Amount::ZERO {
+            // The trigger is out and the settlement not yet confirmed: due at every tick.
+            self.outbox.now(Effect::Event(Event::SettleDue {
+                channel: self.id(),
+                reason: SettleReason::Disputed,
+            }));
+            return;
+        }
         if !matches!(self.state.phase, Phase::Open | Phase::AwaitingFunding | Phase::Expired) {
             return;
         }
-        // A CLTV channel's machine holds a CLTV script (checked at open).
-        let Some(expiry) = self.state.params.script().expiry() else { return };
-        if self.state.phase != Phase::Expired && !now.is_before(expiry, 0) {
-            self.state.phase = Phase::Expired;
-            self.outbox.persist(self.state.clone());
+        // A dispute channel has no expiry: only exhaustion makes it due.
+        let expiry = self.state.params.script().expiry();
+        if let Some(expiry) = expiry {
+            if self.state.phase != Phase::Expired && !now.is_before(expiry, 0) {
+                self.state.phase = Phase::Expired;
+                self.outbox.persist(self.state.clone());
+            }
         }
-        let settle_by = self.policy.settle_distance(expiry.is_block_height());
-        if self.state.accepted > Amount::ZERO && !now.is_before(expiry, settle_by) {
+        let due = |e: LockTime| !now.is_before(e, self.policy.settle_distance(e.is_block_height()));
+        if self.state.accepted > Amount::ZERO && expiry.is_some_and(due) {
             self.outbox.now(Effect::Event(Event::SettleDue {
                 channel: self.id(),
                 reason: SettleReason::Expiry,
@@ -428,8 +524,14 @@ impl MerchantChannel {
         wallet_inputs: &[WalletInput],
     ) -> Result<Settlement, Error> {
         let phase = self.state.phase;
-        if !matches!(phase, Phase::Open | Phase::Settling | Phase::AwaitingFunding | Phase::Expired)
-            || self.state.accepted == Amount::ZERO
+        if !matches!(
+            phase,
+            Phase::Open
+                | Phase::Settling
+                | Phase::AwaitingFunding
+                | Phase::Expired
+                | Phase::Disputed
+        ) || self.state.accepted == Amount::ZERO
         {
             return Err(Error::InvalidTransition { phase, event: "settle" });
         }
@@ -448,7 +550,9 @@ impl MerchantChannel {
                     self.state.params.capacity().checked_sub(paid_out).unwrap_or(Amount::ZERO);
                 Settlement { tx, fee, merchant_amount: self.state.accepted }
             }
-            None => build_settlement(
+            // A dispute channel settles as the trigger's child; its fee pays for both (the
+            // trigger may be confirmed already: then it overpays by the trigger's size).
+            None => build_settlement_with_parent(
                 &self.state.params,
                 self.state.accepted,
                 &self.state.signature,
@@ -456,18 +560,67 @@ impl MerchantChannel {
                 destination,
                 fee_rate,
                 wallet_inputs,
+                self.state.trigger.as_ref(),
             )?,
         };
         let txid = settlement.tx.compute_txid();
-        self.state.phase = Phase::Settling;
+        if self.state.phase != Phase::Disputed {
+            self.state.phase = Phase::Settling;
+        }
         self.state.settlement_txid = Some(txid);
         self.outbox.persist(self.state.clone());
-        self.outbox.after_persist(Effect::Broadcast(settlement.tx.clone()));
+        match &self.state.trigger {
+            Some(trigger) => self.outbox.after_persist(Effect::BroadcastPackage {
+                parent: trigger.clone(),
+                child: settlement.tx.clone(),
+            }),
+            None => self.outbox.after_persist(Effect::Broadcast(settlement.tx.clone())),
+        }
         self.outbox.after_persist(Effect::Send(Message::Closed(Closed {
             channel: Some(ChannelRef::from(self.id())),
             settlement_txid: bitcoin::hashes::Hash::to_byte_array(txid).to_vec(),
+            close_tx: Vec::new(),
+            merchant_signature: Vec::new(),
         })));
         Ok(settlement)
+    }
+
+    /// A dispute channel's cooperative close (after the customer's [`Close`](crate::msg::Close)
+    /// request): builds the close at the accepted total, the merchant's share less the fee at
+    /// `fee_rate` to `destination`, signs it, and queues persist (settling, with its txid)
+    /// then [`Closed`] carrying the transaction and the signature. The customer signs and
+    /// broadcasts it. Calling it again re-signs at a new fee rate.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] for a CLTV channel, when nothing was paid, or unless open
+    /// (or settling); the errors of [`dispute::close`].
+    pub fn cooperative_close(
+        &mut self,
+        merchant_key: &SecretKey,
+        destination: ScriptBuf,
+        fee_rate: FeeRate,
+    ) -> Result<Transaction, Error> {
+        let phase = self.state.phase;
+        if self.state.trigger.is_none()
+            || !matches!(phase, Phase::Open | Phase::Settling)
+            || self.state.accepted == Amount::ZERO
+        {
+            return Err(Error::InvalidTransition { phase, event: "cooperative close" });
+        }
+        let params = &self.state.params;
+        let tx = dispute::close(params, self.state.accepted, destination, fee_rate)?;
+        let signature = dispute::sign(params, &tx, merchant_key)?;
+        let txid = tx.compute_txid();
+        self.state.phase = Phase::Settling;
+        self.state.settlement_txid = Some(txid);
+        self.outbox.persist(self.state.clone());
+        self.outbox.after_persist(Effect::Send(Message::Closed(Closed {
+            channel: Some(ChannelRef::from(self.id())),
+            settlement_txid: bitcoin::hashes::Hash::to_byte_array(txid).to_vec(),
+            close_tx: bitcoin::consensus::serialize(&tx),
+            merchant_signature: signature,
+        })));
+        Ok(tx)
     }
 
     /// The funding output was spent by `tx` (confirmed). Moves to settled or refunded.
@@ -476,10 +629,17 @@ impl MerchantChannel {
     /// [`Error::UnexpectedMessage`] when `tx` does not spend this channel's funding output.
     pub fn handle_funding_spent(&mut self, tx: &Transaction) -> Result<(), Error> {
         let id = self.id();
-        if !tx.input.iter().any(|i| i.previous_output == id) {
+        let input = self.state.params.channel_input();
+        let spends_funding = tx.input.iter().any(|i| i.previous_output == id);
+        // A dispute channel's trigger output is spent by the settlement or the refund.
+        let spends_input = input != id && tx.input.iter().any(|i| i.previous_output == input);
+        if !spends_funding && !spends_input {
             return Err(Error::UnexpectedMessage("transaction does not spend the channel"));
         }
         let txid = tx.compute_txid();
+        if spends_funding && self.state.trigger.is_some() {
+            return self.handle_dispute_funding_spent(txid);
+        }
         let event = match find_channel_spend(tx).map(|s| s.role) {
             Some(Role::Refund) => {
                 self.state.phase = Phase::Refunded;
@@ -493,6 +653,35 @@ impl MerchantChannel {
         };
         self.outbox.persist(self.state.clone());
         self.outbox.now(Effect::Event(event));
+        Ok(())
+    }
+
+    /// A dispute channel's funding was spent: by the trigger (the dispute period starts: watch
+    /// its output and settle at once) or by the cooperative close.
+    fn handle_dispute_funding_spent(&mut self, txid: Txid) -> Result<(), Error> {
+        let id = self.id();
+        let is_trigger = self.state.trigger.as_ref().is_some_and(|t| t.compute_txid() == txid);
+        if is_trigger {
+            if matches!(self.state.phase, Phase::Disputed | Phase::Settled | Phase::Refunded) {
+                return Ok(());
+            }
+            self.state.phase = Phase::Disputed;
+            self.outbox.persist(self.state.clone());
+            self.outbox.now(Effect::Watch(self.state.params.channel_input()));
+            self.outbox.now(Effect::Event(Event::Disputed { channel: id, trigger: txid }));
+            if self.state.accepted > Amount::ZERO {
+                self.outbox.now(Effect::Event(Event::SettleDue {
+                    channel: id,
+                    reason: SettleReason::Disputed,
+                }));
+            }
+            return Ok(());
+        }
+        // Not the trigger: the cooperative close (the only other spend both keys sign).
+        self.state.phase = Phase::Settled;
+        self.state.settlement_txid = Some(txid);
+        self.outbox.persist(self.state.clone());
+        self.outbox.now(Effect::Event(Event::Settled { channel: id, txid }));
         Ok(())
     }
 }

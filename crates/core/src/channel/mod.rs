@@ -43,6 +43,9 @@ pub enum Phase {
     Refunded,
     /// Customer only: the merchant refused the channel before its funding was broadcast.
     Abandoned,
+    /// A dispute channel's trigger is out (in the mempool or confirmed): the merchant settles
+    /// at once with the latest payment; the customer refunds after the dispute period.
+    Disputed,
 }
 
 impl Phase {
@@ -57,6 +60,7 @@ impl Phase {
             Phase::Settled => "settled",
             Phase::Refunded => "refunded",
             Phase::Abandoned => "abandoned",
+            Phase::Disputed => "disputed",
         }
     }
 
@@ -75,6 +79,7 @@ impl Phase {
             Phase::Refunded => 5,
             Phase::Abandoned => 6,
             Phase::Expired => 7,
+            Phase::Disputed => 8,
         }
     }
 
@@ -88,6 +93,7 @@ impl Phase {
             5 => Phase::Refunded,
             6 => Phase::Abandoned,
             7 => Phase::Expired,
+            8 => Phase::Disputed,
             _ => return Err(Error::Decode(format!("unknown phase {v}"))),
         })
     }
@@ -108,6 +114,9 @@ pub enum SettleReason {
     Expiry,
     /// The customer's remaining balance is below the close-out amount.
     Exhausted,
+    /// A dispute channel's trigger is out: settle with the latest payment before the
+    /// customer's refund becomes valid.
+    Disputed,
 }
 
 /// Something that happened, for the driver's logs, metrics and schedulers.
@@ -151,6 +160,13 @@ pub enum Event {
         /// The channel.
         channel: OutPoint,
     },
+    /// A dispute channel's trigger is out: the dispute period runs from its confirmation.
+    Disputed {
+        /// The channel.
+        channel: OutPoint,
+        /// The trigger.
+        trigger: Txid,
+    },
     /// The funding output was spent by a settlement.
     Settled {
         /// The channel.
@@ -193,6 +209,14 @@ pub enum Effect<S> {
     Send(Message),
     /// Broadcast a transaction.
     Broadcast(Transaction),
+    /// Broadcast a zero-fee parent (a dispute channel's trigger) and the child that pays for
+    /// it as one package (`submitpackage`); the child alone when the parent is confirmed.
+    BroadcastPackage {
+        /// The trigger.
+        parent: Transaction,
+        /// The settlement or the exit child.
+        child: Transaction,
+    },
     /// Watch an outpoint for confirmations and spends.
     Watch(OutPoint),
     /// Report an event.

@@ -51,6 +51,8 @@ struct MerchantRecord {
     key_index: u32,
     #[prost(bool, tag = "9")]
     two1_token_redeemed: bool,
+    #[prost(bytes = "vec", optional, tag = "10")]
+    trigger: Option<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -87,6 +89,8 @@ struct CustomerRecord {
     customer_key_index: u32,
     #[prost(string, tag = "16")]
     peer: String,
+    #[prost(bytes = "vec", optional, tag = "17")]
+    trigger: Option<Vec<u8>>,
 }
 
 fn kind_to_u32(k: OutputKind) -> u32 {
@@ -108,6 +112,10 @@ fn txid_from(bytes: &[u8]) -> Result<Txid, Error> {
     let arr: [u8; 32] =
         bytes.try_into().map_err(|_| Error::Decode("stored txid is not 32 bytes".into()))?;
     Ok(Txid::from_byte_array(arr))
+}
+
+fn tx_from(bytes: Option<Vec<u8>>) -> Result<Option<bitcoin::Transaction>, Error> {
+    bytes.map(|b| deserialize(&b).map_err(|e| Error::Decode(e.to_string()))).transpose()
 }
 
 fn script_from(bytes: &[u8]) -> Result<ChannelScript, Error> {
@@ -158,6 +166,7 @@ impl MerchantState {
             settlement_txid: self.settlement_txid.map(|t| t.to_byte_array().to_vec()),
             key_index: self.key_index,
             two1_token_redeemed: self.two1_token_redeemed,
+            trigger: self.trigger.as_ref().map(serialize),
         }
         .encode_to_vec()
     }
@@ -174,14 +183,12 @@ impl MerchantState {
             phase: Phase::from_u32(r.phase)?,
             accepted: Amount::from_sat(r.accepted),
             signature: r.signature,
-            two1_tx: r
-                .two1_tx
-                .map(|b| deserialize(&b).map_err(|e| Error::Decode(e.to_string())))
-                .transpose()?,
+            two1_tx: tx_from(r.two1_tx)?,
             charged: Amount::from_sat(r.charged),
             settlement_txid: r.settlement_txid.as_deref().map(txid_from).transpose()?,
             key_index: r.key_index,
             two1_token_redeemed: r.two1_token_redeemed,
+            trigger: tx_from(r.trigger)?,
         })
     }
 }
@@ -206,6 +213,7 @@ impl CustomerState {
             key_index: self.terms.key_index,
             customer_key_index: self.terms.customer_key_index,
             peer: self.terms.peer.clone(),
+            trigger: self.trigger.as_ref().map(serialize),
         }
         .encode_to_vec()
     }
@@ -228,16 +236,14 @@ impl CustomerState {
                 peer: r.peer,
             },
             params: r.params.map(ParamsRecord::into_params).transpose()?,
-            funding_tx: r
-                .funding_tx
-                .map(|b| deserialize(&b).map_err(|e| Error::Decode(e.to_string())))
-                .transpose()?,
+            funding_tx: tx_from(r.funding_tx)?,
             phase: Phase::from_u32(r.phase)?,
             authorised: Amount::from_sat(r.authorised),
             signed: Amount::from_sat(r.signed),
             signature: r.signature,
             acked: Amount::from_sat(r.acked),
             closing_txid: r.closing_txid.as_deref().map(txid_from).transpose()?,
+            trigger: tx_from(r.trigger)?,
         })
     }
 }

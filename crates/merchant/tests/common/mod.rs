@@ -142,7 +142,7 @@ pub async fn open_channel(server: &ChannelServer, node: &Node, height: u32) -> C
     let mut c = customer_for(&w, node, height);
     let Message::Open(open) = sends(&mut c).remove(0) else { panic!("no Open") };
     server.open(&open).await.unwrap();
-    c.handle_opened().unwrap();
+    c.handle_opened(&[]).unwrap();
     sends(&mut c);
     c
 }
