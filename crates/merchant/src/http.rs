@@ -98,6 +98,7 @@ async fn info(State(s): State<Arc<ChannelServer>>) -> Result<Json<Value>, ApiErr
             "payment_cutoff_secs": p.payment_cutoff_secs,
             "min_confirmations": p.min_confirmations,
             "zero_conf": p.zero_conf,
+            "min_dispute_blocks": p.min_dispute_blocks,
             "dust_relay_fee_sat_per_kvb": p.dust_relay_fee_sat_per_kvb,
             "close_out_sat": p.close_out_sat,
         })

@@ -34,7 +34,7 @@ async fn json_api_open_pay_close_and_refusals() {
     // Open.
     let info: Value =
         client.get(format!("{base}/v1/info")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(info["version"], 1);
+    assert_eq!(info["version"], paychan_core::msg::PROTOCOL_VERSION);
     let merchant =
         PublicKey::from_slice(&Vec::<u8>::from_hex(info["public_key"].as_str().unwrap()).unwrap())
             .unwrap();
