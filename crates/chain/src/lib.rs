@@ -154,6 +154,27 @@ pub trait ChainSource: Send + Sync {
     /// reason; [`ChainError::PackagesUnsupported`] from a node older than Core 28.
     fn broadcast_package(&self, txs: &[Transaction]) -> Result<Vec<Txid>, ChainError>;
 
+    /// Sends `child` with its zero-fee `parent` (a dispute channel's trigger): as one package,
+    /// or the child alone when the node refuses the package because the parent is confirmed
+    /// already (then only the child is new). Returns the child's txid.
+    ///
+    /// # Errors
+    /// The package's refusal when the child alone is refused too.
+    fn broadcast_with_parent(
+        &self,
+        parent: &Transaction,
+        child: &Transaction,
+    ) -> Result<Txid, ChainError> {
+        match self.broadcast_package(&[parent.clone(), child.clone()]) {
+            Ok(_) => Ok(child.compute_txid()),
+            Err(package @ ChainError::Rejected { .. }) => match self.broadcast(child) {
+                Ok(txid) => Ok(txid),
+                Err(_) => Err(package),
+            },
+            Err(other) => Err(other),
+        }
+    }
+
     /// A transaction in the mempool (never a confirmed one: a node without `-txindex` cannot
     /// find those, so paychan never asks; confirmations and spends come from blocks, through
     /// [`ChainView`]).

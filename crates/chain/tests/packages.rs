@@ -215,3 +215,22 @@ fn a_node_without_submitpackage_is_named_as_too_old() {
     assert!(e.to_string().contains("Bitcoin Core 28 or later"), "{e}");
     server.join().unwrap();
 }
+
+/// `broadcast_with_parent` sends a package, and the child alone once the parent is confirmed
+/// (the package would be refused then: the parent is no longer new).
+#[test]
+fn broadcast_with_parent_sends_the_child_alone_once_the_parent_is_confirmed() {
+    let r = common::start();
+    let coins = coins(&r.node, 2);
+    let rpc = r.rpc();
+    let (parent, child) = package(&coins, 2_000);
+    assert_eq!(rpc.broadcast_with_parent(&parent, &child).unwrap(), child.compute_txid());
+    r.node.mine(1, &p2wpkh(&key(9))).unwrap();
+    // Another child, of the parent's confirmed output 0.
+    let out0 = (OutPoint { txid: parent.compute_txid(), vout: 0 }, parent.output[0].clone());
+    let back = TxOut { value: Amount::from_sat(998_000), script_pubkey: p2wpkh(&key(1)) };
+    let late = v(Version(3), &[out0], vec![back]);
+    assert!(rpc.broadcast_package(&[parent.clone(), late.clone()]).is_err());
+    assert_eq!(rpc.broadcast_with_parent(&parent, &late).unwrap(), late.compute_txid());
+    assert!(rpc.in_mempool(&late.compute_txid()).unwrap());
+}

@@ -90,10 +90,21 @@ impl Customer {
         if let Some(written) = &drained.written {
             e.ext.stored_acked = written.acked;
         }
-        for tx in drained.broadcasts {
+        for outpoint in drained.watches {
+            self.view.watch(outpoint, paychan_chain::Lookback::Never);
+        }
+        for b in drained.broadcasts {
             let chain = self.chain.clone();
-            let txid = tx.compute_txid();
-            if let Err(err) = blocking(move || chain.broadcast(&tx)).await {
+            let (txid, sent) = match b {
+                paychan_store::Broadcast::Transaction(tx) => {
+                    (tx.compute_txid(), blocking(move || chain.broadcast(&tx)).await)
+                }
+                paychan_store::Broadcast::Package { parent, child } => (
+                    child.compute_txid(),
+                    blocking(move || chain.broadcast_with_parent(&parent, &child)).await,
+                ),
+            };
+            if let Err(err) = sent {
                 warn!(%txid, error = %err, "broadcast failed; the next tick retries");
             }
         }

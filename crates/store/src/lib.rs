@@ -32,7 +32,7 @@ use std::pin::Pin;
 use paychan_core::bitcoin::{Amount, OutPoint, Txid};
 use paychan_core::channel::Phase;
 
-pub use persisted::{Drained, Persisted, Restore, Storage};
+pub use persisted::{Broadcast, Drained, Persisted, Restore, Storage};
 pub use postgres::PostgresStore;
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::{SqliteOptions, SqliteStore, DEFAULT_CACHE_MIB};

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use paychan_core::bitcoin::{Amount, Transaction};
+use paychan_core::bitcoin::{Amount, OutPoint, Transaction};
 use paychan_core::channel::{Effect, Event, Machine, StoredState};
 use paychan_core::msg::Message;
 
@@ -29,13 +29,31 @@ pub struct Storage<'a, M> {
     pub restore: Restore<'a, M>,
 }
 
+/// A transaction, or a zero-fee parent with the child that pays for it, for the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broadcast {
+    /// One transaction.
+    Transaction(Transaction),
+    /// A package (`ChainSource::broadcast_with_parent`): a dispute channel's trigger and the
+    /// settlement or exit child.
+    Package {
+        /// The trigger.
+        parent: Transaction,
+        /// Its child.
+        child: Transaction,
+    },
+}
+
 /// What a drain released, in order, once the writes they wait for were durable.
 #[derive(Debug)]
 pub struct Drained<S> {
     /// Messages for the peer.
     pub sends: Vec<Message>,
-    /// Transactions to broadcast.
-    pub broadcasts: Vec<Transaction>,
+    /// Transactions and packages to broadcast.
+    pub broadcasts: Vec<Broadcast>,
+    /// Outpoints the machine asked to be watched (beside the channel's own funding, which the
+    /// drivers watch from the start): a dispute channel's trigger output.
+    pub watches: Vec<OutPoint>,
     /// The newest state written by this drain, if any.
     pub written: Option<Box<S>>,
     /// How long each write took.
@@ -139,6 +157,7 @@ impl<M: Machine, X> Persisted<M, X> {
         let mut out = Drained {
             sends: Vec::new(),
             broadcasts: Vec::new(),
+            watches: Vec::new(),
             written: None,
             write_times: Vec::new(),
         };
@@ -147,15 +166,19 @@ impl<M: Machine, X> Persisted<M, X> {
             match self.channel.poll_effect() {
                 Some(Effect::Persist { id, state }) => pending = Some((id, state)),
                 Some(Effect::Event(e)) => on_event(&e),
-                Some(Effect::Watch(_)) => {}
+                Some(Effect::Watch(outpoint)) => out.watches.push(outpoint),
                 Some(other) => {
                     if let Some((id, state)) = pending.take() {
                         self.complete(to, id, state, &mut out).await?;
                     }
                     match other {
                         Effect::Send(m) => out.sends.push(m),
-                        Effect::Broadcast(tx) => out.broadcasts.push(tx),
-                        _ => {}
+                        Effect::Broadcast(tx) => out.broadcasts.push(Broadcast::Transaction(tx)),
+                        Effect::BroadcastPackage { parent, child } => {
+                            out.broadcasts.push(Broadcast::Package { parent, child })
+                        }
+                        // Persists, events and watches were taken above.
+                        Effect::Persist { .. } | Effect::Event(_) | Effect::Watch(_) => {}
                     }
                 }
                 None => match pending.take() {

@@ -75,3 +75,57 @@ async fn one_write_per_drain_and_a_reload_after_a_conflict() {
     let row = store.get(id, Role::Merchant).await.unwrap().unwrap();
     assert_eq!((row.total, row.version), (Amount::from_sat(500), p.version()));
 }
+
+/// A dispute channel's trigger makes the merchant watch the trigger's output and settle with
+/// the trigger as a package: the drain hands both out (after the write they wait for), not
+/// only single transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_and_watches_come_out_of_the_drain() {
+    use paychan_core::script::ChannelScript;
+    use paychan_core::tx::{dispute, ChannelParams, FundingOutput};
+    use paychan_harness::fixtures::{customer_key, funding_tx, merchant_key, p2wpkh, pubkey};
+    use paychan_store::Broadcast;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("p.db")).unwrap();
+    let to = Storage { store: &store, role: Role::Merchant, restore: &restore };
+    let now = Now { time: NOW, height: 800_000, median_time_past: NOW as u32 };
+    let script =
+        ChannelScript::dispute(pubkey(&merchant_key()), pubkey(&customer_key()), 144).unwrap();
+    let tx = funding_tx(&script, OutputKind::P2wsh, Amount::from_sat(1_000_000));
+    let funding = FundingOutput::find(&tx, &script).unwrap();
+    let params = ChannelParams::new(
+        script,
+        funding,
+        p2wpkh(&customer_key()),
+        Policy::default().dust_relay_fee,
+    )
+    .unwrap();
+    let unsigned = dispute::trigger(&params).unwrap();
+    let by_customer = dispute::sign(&params, &unsigned, &customer_key()).unwrap();
+    let m = MerchantChannel::open_dispute(
+        params.clone(),
+        Policy::default(),
+        &now,
+        0,
+        &by_customer,
+        &merchant_key(),
+    )
+    .unwrap();
+    let trigger = m.state().trigger.clone().unwrap();
+    let mut p: Persisted<MerchantChannel> = Persisted::new(m);
+    p.drain(&to, &mut |_| {}).await.unwrap();
+    p.channel.handle_funding_confirmations(1);
+    let sig = sign_payment(&params, Amount::from_sat(5_000), &customer_keypair()).unwrap();
+    p.channel.handle_payment(&now, params.id(), Amount::from_sat(5_000), &sig).unwrap();
+    p.drain(&to, &mut |_| {}).await.unwrap();
+
+    p.channel.handle_funding_spent(&trigger).unwrap();
+    let d = p.drain(&to, &mut |_| {}).await.unwrap();
+    assert_eq!(d.watches, vec![params.channel_input()]);
+    let fee = paychan_core::bitcoin::FeeRate::from_sat_per_vb(2).unwrap();
+    let settlement = p.channel.settle(&merchant_key(), p2wpkh(&merchant_key()), fee, &[]).unwrap();
+    let d = p.drain(&to, &mut |_| {}).await.unwrap();
+    assert_eq!(d.write_times.len(), 1, "written before it goes out");
+    assert_eq!(d.broadcasts, vec![Broadcast::Package { parent: trigger, child: settlement.tx }]);
+}

@@ -2,12 +2,13 @@
 //! driver ([`Persisted::drain`]), the broadcasts it releases, reloads after a failed write,
 //! and retries after a compare-and-swap conflict.
 
-use paychan_core::bitcoin::{OutPoint, Transaction};
+use paychan_chain::Lookback;
+use paychan_core::bitcoin::OutPoint;
 use paychan_core::channel::merchant::{MerchantChannel, MerchantState};
 use paychan_core::channel::{Event, Phase};
 use paychan_core::msg::Message;
 use paychan_core::Error;
-use paychan_store::{Role, Storage};
+use paychan_store::{Broadcast, Role, Storage};
 use tracing::{info, warn};
 
 use super::{ChannelServer, Slot, CONFLICT_RETRIES};
@@ -100,8 +101,13 @@ impl ChannelServer {
         for t in &drained.write_times {
             self.metrics.store_commit.observe(*t);
         }
-        for tx in drained.broadcasts {
-            let taken = self.broadcast(tx).await;
+        // Watches asked for by the machine (a dispute channel's trigger output) start at the
+        // tip unless the caller registered them first with a look back.
+        for outpoint in drained.watches {
+            self.view.watch(outpoint, Lookback::Never);
+        }
+        for b in drained.broadcasts {
+            let taken = self.broadcast(b).await;
             s.ext.broadcast(taken);
         }
         Ok(drained.sends)
@@ -119,11 +125,19 @@ impl ChannelServer {
         Ok(due)
     }
 
-    /// Hands `tx` to the node; false (logged) when it did not take it.
-    pub(super) async fn broadcast(&self, tx: Transaction) -> bool {
+    /// Hands a transaction (or a trigger with its child, as a package) to the node; false
+    /// (logged) when it did not take it.
+    pub(super) async fn broadcast(&self, b: Broadcast) -> bool {
         let chain = self.chain.clone();
-        let txid = tx.compute_txid();
-        match blocking(move || chain.broadcast(&tx)).await {
+        let txid = match &b {
+            Broadcast::Transaction(tx) => tx.compute_txid(),
+            Broadcast::Package { child, .. } => child.compute_txid(),
+        };
+        let sent = move || match &b {
+            Broadcast::Transaction(tx) => chain.broadcast(tx),
+            Broadcast::Package { parent, child } => chain.broadcast_with_parent(parent, child),
+        };
+        match blocking(sent).await {
             Ok(_) => true,
             Err(e) => {
                 warn!(%txid, error = %e, "broadcast failed; will retry");
