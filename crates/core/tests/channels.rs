@@ -736,21 +736,23 @@ fn the_merchant_settles_at_once_when_the_trigger_appears() {
     let settlement =
         h.merchant().settle(&merchant_key(), p2wpkh(&merchant_key()), rate(2), &[]).unwrap();
     h.run();
-    // Out as a package: the trigger and its child.
-    let at = |t: &Transaction| h.broadcasts.iter().position(|b| b == t);
-    assert!(at(&trigger).unwrap() < at(&settlement.tx).unwrap());
-    let spent = [trigger.output[0].clone(), trigger.output[1].clone()];
-    for i in 0..2 {
-        let v = verify_input(&settlement.tx, i, &spent[i], Some(&spent));
-        assert!(v.valid && v.standard, "input {i}: {v:?}");
-    }
+    // The trigger came from a block: the settlement goes out alone, spending its output 0 only
+    // (the anchor may be the customer's exit child's already).
+    assert!(h.broadcasts.contains(&settlement.tx));
+    assert_eq!(settlement.tx.input.len(), 1);
+    let v = verify_input(&settlement.tx, 0, &trigger.output[0], None);
+    assert!(v.valid && v.standard, "{v:?}");
     assert_eq!(settlement.tx.output[0].value, Amount::from_sat(95_000));
-    // Still due at every tick until it confirms; the customer's side sees the dispute too.
+    // Out: not due again, but followed (rebroadcast, replaced) by the scheduler until it
+    // confirms; the customer's side sees the dispute too.
     h.events.clear();
     let now = h.now;
     h.merchant().handle_tick(&now);
     h.run();
-    assert!(h.events.contains(&Event::SettleDue { channel: id, reason: SettleReason::Disputed }));
+    assert!(!h.events.iter().any(|e| matches!(e, Event::SettleDue { .. })), "{:?}", h.events);
+    let scheduler = paychan_core::channel::settlement::Scheduler::default();
+    let work = scheduler.handle_tick(&now, h.merchant.as_ref().unwrap(), false, true);
+    assert!(work.follow && !work.settle, "{work:?}");
     h.customer.handle_funding_spent(&trigger).unwrap();
     assert_eq!(h.customer.phase(), Phase::Disputed);
     assert!(h.pay(10).is_err(), "no payment once the trigger is out");
@@ -758,6 +760,34 @@ fn the_merchant_settles_at_once_when_the_trigger_appears() {
     h.customer.handle_funding_spent(&settlement.tx).unwrap();
     h.run();
     assert_eq!((h.merchant().phase(), h.customer.phase()), (Phase::Settled, Phase::Settled));
+}
+
+#[test]
+fn the_merchant_alone_settles_with_the_trigger_as_a_package() {
+    // The customer is gone: the merchant ends the channel by the trigger and its settlement,
+    // one package; the settlement spends the anchor and pays for both.
+    let mut h = Harness::dispute(144);
+    h.open(Amount::from_sat(100_000));
+    h.pay(3_000).unwrap();
+    let trigger = h.customer.trigger().unwrap().clone();
+    let settlement =
+        h.merchant().settle(&merchant_key(), p2wpkh(&merchant_key()), rate(2), &[]).unwrap();
+    h.run();
+    assert_eq!(h.merchant().phase(), Phase::Disputed);
+    let at = |t: &Transaction| h.broadcasts.iter().position(|b| b == t);
+    assert_eq!(at(&trigger).unwrap() + 1, at(&settlement.tx).unwrap(), "parent, then child");
+    let spent = [trigger.output[0].clone(), trigger.output[1].clone()];
+    for i in 0..2 {
+        let v = verify_input(&settlement.tx, i, &spent[i], Some(&spent));
+        assert!(v.valid && v.standard, "input {i}: {v:?}");
+    }
+    let vsize = (trigger.vsize() + settlement.tx.vsize()) as u64;
+    assert!(settlement.fee.to_sat() >= 2 * vsize, "the fee pays for the trigger too");
+    // The trigger confirming does not make it due again: the settlement is out.
+    h.events.clear();
+    h.merchant().handle_funding_spent(&trigger).unwrap();
+    h.run();
+    assert!(!h.events.iter().any(|e| matches!(e, Event::SettleDue { .. })), "{:?}", h.events);
 }
 
 #[test]

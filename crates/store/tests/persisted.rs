@@ -76,9 +76,9 @@ async fn one_write_per_drain_and_a_reload_after_a_conflict() {
     assert_eq!((row.total, row.version), (Amount::from_sat(500), p.version()));
 }
 
-/// A dispute channel's trigger makes the merchant watch the trigger's output and settle with
-/// the trigger as a package: the drain hands both out (after the write they wait for), not
-/// only single transactions.
+/// A dispute channel's merchant settling alone watches the trigger's output and sends the
+/// trigger with its settlement as a package: the drain hands both out (the package after the
+/// write it waits for), not only single transactions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packages_and_watches_come_out_of_the_drain() {
     use paychan_core::script::ChannelScript;
@@ -120,12 +120,11 @@ async fn packages_and_watches_come_out_of_the_drain() {
     p.channel.handle_payment(&now, params.id(), Amount::from_sat(5_000), &sig).unwrap();
     p.drain(&to, &mut |_| {}).await.unwrap();
 
-    p.channel.handle_funding_spent(&trigger).unwrap();
-    let d = p.drain(&to, &mut |_| {}).await.unwrap();
-    assert_eq!(d.watches, vec![params.channel_input()]);
+    // The merchant alone (the customer gone) settles by the trigger.
     let fee = paychan_core::bitcoin::FeeRate::from_sat_per_vb(2).unwrap();
     let settlement = p.channel.settle(&merchant_key(), p2wpkh(&merchant_key()), fee, &[]).unwrap();
     let d = p.drain(&to, &mut |_| {}).await.unwrap();
     assert_eq!(d.write_times.len(), 1, "written before it goes out");
+    assert_eq!(d.watches, vec![params.channel_input()]);
     assert_eq!(d.broadcasts, vec![Broadcast::Package { parent: trigger, child: settlement.tx }]);
 }

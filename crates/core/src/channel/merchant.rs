@@ -101,6 +101,9 @@ pub struct MerchantState {
     pub two1_token_redeemed: bool,
     /// A dispute channel's trigger, signed by both (stored before `Opened` is sent).
     pub trigger: Option<Transaction>,
+    /// Whether the trigger was seen confirmed (its spend of the funding came from a block):
+    /// the settlement then goes out alone, without the anchor.
+    pub trigger_confirmed: bool,
 }
 
 impl MerchantState {
@@ -117,6 +120,7 @@ impl MerchantState {
             settlement_txid: None,
             two1_token_redeemed: false,
             trigger: None,
+            trigger_confirmed: false,
         }
     }
 }
@@ -445,8 +449,12 @@ impl MerchantChannel {
     /// margin (when anything was paid) or while an exhausted channel is still open, and moves to [`Phase::Expired`] once the expiry itself
     /// has passed unsettled.
     pub fn handle_tick(&mut self, now: &Now) {
-        if self.state.phase == Phase::Disputed && self.state.accepted > Amount::ZERO {
-            // The trigger is out and the settlement not yet confirmed: due at every tick.
+        if self.state.phase == Phase::Disputed {
+            // The trigger is out: due at every tick until a settlement is out (then it is
+            // followed like any other, by its spend of the trigger's output).
+            if self.state.accepted == Amount::ZERO || self.state.settlement_txid.is_some() {
+                return;
+            }
             self.outbox.now(Effect::Event(Event::SettleDue {
                 channel: self.id(),
                 reason: SettleReason::Disputed,
@@ -560,18 +568,22 @@ impl MerchantChannel {
                 destination,
                 fee_rate,
                 wallet_inputs,
-                self.state.trigger.as_ref(),
+                self.unconfirmed_trigger(),
             )?,
         };
         let txid = settlement.tx.compute_txid();
-        if self.state.phase != Phase::Disputed {
-            self.state.phase = Phase::Settling;
-        }
+        // A dispute channel settles by its trigger: whoever broadcast it, the dispute is on.
+        self.state.phase =
+            if self.state.trigger.is_some() { Phase::Disputed } else { Phase::Settling };
         self.state.settlement_txid = Some(txid);
         self.outbox.persist(self.state.clone());
-        match &self.state.trigger {
+        if self.state.trigger.is_some() {
+            // What ends the channel now is the spend of the trigger's output.
+            self.outbox.now(Effect::Watch(self.state.params.channel_input()));
+        }
+        match self.unconfirmed_trigger().cloned() {
             Some(trigger) => self.outbox.after_persist(Effect::BroadcastPackage {
-                parent: trigger.clone(),
+                parent: trigger,
                 child: settlement.tx.clone(),
             }),
             None => self.outbox.after_persist(Effect::Broadcast(settlement.tx.clone())),
@@ -583,6 +595,11 @@ impl MerchantChannel {
             merchant_signature: Vec::new(),
         })));
         Ok(settlement)
+    }
+
+    /// A dispute channel's trigger while it is not known confirmed: the settlement's parent.
+    fn unconfirmed_trigger(&self) -> Option<&Transaction> {
+        self.state.trigger.as_ref().filter(|_| !self.state.trigger_confirmed)
     }
 
     /// A dispute channel's cooperative close (after the customer's [`Close`](crate::msg::Close)
@@ -662,14 +679,19 @@ impl MerchantChannel {
         let id = self.id();
         let is_trigger = self.state.trigger.as_ref().is_some_and(|t| t.compute_txid() == txid);
         if is_trigger {
-            if matches!(self.state.phase, Phase::Disputed | Phase::Settled | Phase::Refunded) {
+            // Spends reach the machine from blocks: the trigger is confirmed.
+            if self.state.trigger_confirmed || self.state.phase.is_final() {
                 return Ok(());
             }
+            self.state.trigger_confirmed = true;
+            let newly = self.state.phase != Phase::Disputed;
             self.state.phase = Phase::Disputed;
             self.outbox.persist(self.state.clone());
             self.outbox.now(Effect::Watch(self.state.params.channel_input()));
-            self.outbox.now(Effect::Event(Event::Disputed { channel: id, trigger: txid }));
-            if self.state.accepted > Amount::ZERO {
+            if newly {
+                self.outbox.now(Effect::Event(Event::Disputed { channel: id, trigger: txid }));
+            }
+            if self.state.accepted > Amount::ZERO && self.state.settlement_txid.is_none() {
                 self.outbox.now(Effect::Event(Event::SettleDue {
                     channel: id,
                     reason: SettleReason::Disputed,

@@ -53,6 +53,8 @@ struct MerchantRecord {
     two1_token_redeemed: bool,
     #[prost(bytes = "vec", optional, tag = "10")]
     trigger: Option<Vec<u8>>,
+    #[prost(bool, tag = "11")]
+    trigger_confirmed: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -167,6 +169,7 @@ impl MerchantState {
             key_index: self.key_index,
             two1_token_redeemed: self.two1_token_redeemed,
             trigger: self.trigger.as_ref().map(serialize),
+            trigger_confirmed: self.trigger_confirmed,
         }
         .encode_to_vec()
     }
@@ -189,6 +192,7 @@ impl MerchantState {
             key_index: r.key_index,
             two1_token_redeemed: r.two1_token_redeemed,
             trigger: tx_from(r.trigger)?,
+            trigger_confirmed: r.trigger_confirmed,
         })
     }
 }

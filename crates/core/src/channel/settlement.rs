@@ -165,7 +165,13 @@ impl Scheduler {
             return Work { settle: true, ..Work::default() };
         }
         let look = new_tip || self.backoff.failures() > 0;
-        Work { settle: false, follow: look && phase == Phase::Settling }
+        // A dispute channel's settlement goes out while disputed and stays so until it
+        // confirms; its cooperative close (settling) is the customer's to broadcast: nothing
+        // to follow but the funding's spend.
+        let state = channel.state();
+        let out = (phase == Phase::Settling && state.trigger.is_none())
+            || (phase == Phase::Disputed && state.settlement_txid.is_some());
+        Work { settle: false, follow: look && out }
     }
 
     /// Whether a settlement may be tried at `now` outside a tick (a payment exhausted the

@@ -72,9 +72,10 @@ pub fn build_settlement(
     )
 }
 
-/// [`build_settlement`] for a dispute channel whose trigger is not confirmed: the fee at
-/// `fee_rate` pays for `unconfirmed_parent` (the zero-fee trigger) too, as the package's
-/// child.
+/// [`build_settlement`] for a dispute channel whose trigger is not confirmed: the settlement
+/// also spends the trigger's anchor, and the fee at `fee_rate` pays for `unconfirmed_parent`
+/// (the zero-fee trigger) too, as the package's child. With `None` (a CLTV channel, or a
+/// confirmed trigger) it is [`build_settlement`].
 ///
 /// # Errors
 /// As [`build_settlement`].
@@ -103,9 +104,11 @@ pub fn build_settlement_with_parent(
     // Wallet inputs may be segwit while the funding input is not: count the segwit marker and
     // flag (2 WU) so the fee never falls short.
     let mut extra_weight = if wallet_inputs.is_empty() { Weight::ZERO } else { Weight::from_wu(2) };
-    // A dispute channel's settlement also spends the trigger's anchor (its ephemeral dust must
-    // be spent by the child that pays for it), with an empty witness.
-    if let Some((anchor, _)) = params.anchor() {
+    // A dispute channel's settlement with its trigger unconfirmed also spends the trigger's
+    // anchor (ephemeral dust must be spent by the child that pays for it), with an empty
+    // witness. Once the trigger is confirmed the anchor is no longer needed (and may be spent
+    // already by the customer's exit child).
+    if let Some((anchor, _)) = params.anchor().filter(|_| unconfirmed_parent.is_some()) {
         tx.input.push(TxIn {
             previous_output: anchor,
             script_sig: ScriptBuf::new(),

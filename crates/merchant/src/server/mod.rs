@@ -195,6 +195,10 @@ impl ChannelServer {
                 self.token_index().insert(tx.compute_txid(), row.id);
             }
             self.view.watch(row.id, self.lookback(&state));
+            if state.phase == Phase::Disputed {
+                // The trigger is out: what ends the channel is the spend of its output.
+                self.view.watch(state.params.channel_input(), self.lookback(&state));
+            }
             let channel = MerchantChannel::restore(state, self.config.policy.clone());
             let slot = Slot::stored(channel, row.version, row.total);
             self.slots().insert(row.id, Arc::new(tokio::sync::Mutex::new(slot)));
@@ -275,8 +279,16 @@ impl ChannelServer {
         let id = params.id();
         self.ensure_new(id).await?;
         let now = (self.clock)();
-        let channel =
-            MerchantChannel::open(params, self.config.policy.clone(), &now, open.key_index)?;
+        let policy = self.config.policy.clone();
+        let (channel, funding_tx) = if open.dispute_blocks > 0 {
+            // A dispute channel: the trigger signed by both before the customer signs the
+            // funding, which therefore came without its witnesses and cannot be broadcast
+            // here; the channel waits for the customer's broadcast to confirm.
+            let sig = &open.trigger_signature;
+            (MerchantChannel::open_dispute(params, policy, &now, open.key_index, sig, &key)?, None)
+        } else {
+            (MerchantChannel::open(params, policy, &now, open.key_index)?, Some(funding_tx))
+        };
         let out = self.admit(id, channel, funding_tx, Some(open.key_index)).await?;
         info!(channel = %id, "channel opened");
         out.into_iter()
@@ -293,26 +305,30 @@ impl ChannelServer {
         Ok(())
     }
 
-    /// Broadcasts a new channel's funding (the node's acceptance proves the deposit is real),
-    /// takes its key index (`key_index`: only once the deposit is real, so opens with made-up
-    /// deposits cannot use up indexes), stores the channel, and registers it.
+    /// Broadcasts a new channel's funding when given (the node's acceptance proves the deposit
+    /// is real), takes its key index (`key_index`: for a CLTV channel only once the deposit is
+    /// real, so opens with made-up deposits cannot use up indexes; a dispute channel's funding
+    /// comes without witnesses, so its deposit is proven only when it confirms), stores the
+    /// channel, and registers it.
     async fn admit(
         &self,
         id: OutPoint,
         channel: MerchantChannel,
-        funding_tx: Transaction,
+        funding_tx: Option<Transaction>,
         key_index: Option<u32>,
     ) -> Result<Vec<Message>, MerchantError> {
         let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(channel)));
         let mut guard = slot.lock().await;
-        let chain = self.chain.clone();
-        blocking(move || chain.broadcast(&funding_tx)).await.map_err(|e| match e {
-            // The customer's own transaction: say why the node refused it.
-            MerchantError::Chain(paychan_chain::ChainError::Rejected { reason, .. }) => {
-                MerchantError::Core(Error::FundingRefused { reason })
-            }
-            other => other,
-        })?;
+        if let Some(funding_tx) = funding_tx {
+            let chain = self.chain.clone();
+            blocking(move || chain.broadcast(&funding_tx)).await.map_err(|e| match e {
+                // The customer's own transaction: say why the node refused it.
+                MerchantError::Chain(paychan_chain::ChainError::Rejected { reason, .. }) => {
+                    MerchantError::Core(Error::FundingRefused { reason })
+                }
+                other => other,
+            })?;
+        }
         if let Some(index) = key_index {
             self.keys.mark_used(index)?;
         }

@@ -14,6 +14,8 @@ use paychan_core::msg::{self, Closed, Message};
 use paychan_core::Now;
 use tracing::{info, warn};
 
+use paychan_chain::Lookback;
+
 use super::{blocking, named, ChannelServer, Slot};
 use crate::MerchantError;
 
@@ -39,7 +41,25 @@ impl ChannelServer {
         let mut s = slot.lock().await;
         self.reload(&mut s).await?;
         s.channel.handle_close(&close.signature)?;
+        if s.channel.state().trigger.is_some() {
+            return self.close_cooperatively(&mut s).await;
+        }
         self.settle_locked(&mut s).await
+    }
+
+    /// A dispute channel's cooperative close at the fee estimate: the close and the merchant's
+    /// signature go back in `Closed`; the customer signs and broadcasts it, and the chain view
+    /// sees it spend the funding (no settlement to follow: the trigger remains the merchant's
+    /// way out if the customer never broadcasts it).
+    async fn close_cooperatively(&self, s: &mut Slot) -> Result<Closed, MerchantError> {
+        let fee_rate = self.cap().first(self.estimate().await?);
+        let key = self.keys.secret(s.channel.state().key_index)?;
+        let payout = self.payout();
+        s.channel.cooperative_close(&key, payout, fee_rate)?;
+        let out = self.drain(s).await?;
+        out.into_iter()
+            .find_map(|m| if let Message::Closed(c) = m { Some(c) } else { None })
+            .ok_or(MerchantError::Internal("no Closed message"))
     }
 
     /// Settles a channel a payment just exhausted, unless its settlement is backing off after
@@ -181,9 +201,15 @@ impl ChannelServer {
         }
         // Whoever spent the funding decides the phase, whatever the channel thought (its
         // settlement, the customer's refund, a settlement the store restored from an older
-        // copy does not know): the spend is in the chain view's memory, no call.
-        if self.view.spend(&id).is_some() {
-            return self.notice_spend(s, id).await;
+        // copy does not know): the spend is in the chain view's memory, no call. A dispute
+        // channel's funding is spent by its trigger (then its settlement is due at once, and
+        // what ends the channel is the spend of the trigger's output) or its cooperative close.
+        let spent = self.watched_spend_point(s, id);
+        if self.view.spend(&spent).is_some() {
+            self.notice_spend(s, spent).await?;
+            if s.channel.phase() != Phase::Disputed || spent != id {
+                return Ok(());
+            }
         }
         if s.ext.wants_confirmations(s.channel.phase(), new_tip) {
             self.refresh_confirmations(s, id).await?;
@@ -212,10 +238,26 @@ impl ChannelServer {
     async fn notice_spend(&self, s: &mut Slot, id: OutPoint) -> Result<(), MerchantError> {
         let Some(spend) = self.view.spend(&id) else { return Ok(()) };
         s.channel.handle_funding_spent(&spend.tx)?;
+        if s.channel.phase() == Phase::Disputed {
+            // The trigger confirmed at `spend.height`: its output is watched from that block
+            // on (a settlement may be in the same block). Registered before the drain, whose
+            // watch would start at the tip.
+            let output = s.channel.state().params.channel_input();
+            self.view.watch(output, Lookback::To { height: spend.height, time: 0 });
+        }
         self.drain(s).await?;
         let txid = spend.tx.compute_txid();
         info!(channel = %id, %txid, phase = s.channel.phase().as_str(), "the funding was spent");
         Ok(())
+    }
+
+    /// The outpoint whose spend ends the channel now: the funding, or, once a dispute
+    /// channel's trigger is out, the trigger's output.
+    fn watched_spend_point(&self, s: &Slot, id: OutPoint) -> OutPoint {
+        match s.channel.phase() {
+            Phase::Disputed => s.channel.state().params.channel_input(),
+            _ => id,
+        }
     }
 
     /// A settlement out: recorded when it confirms; broadcast again when it left the mempool;
@@ -231,8 +273,9 @@ impl ChannelServer {
     ) -> Result<(), MerchantError> {
         let Some(txid) = s.channel.state().settlement_txid else { return Ok(()) };
         // The funding spent in a block (by this settlement, an earlier one, or a refund), or
-        // the settlement still in the mempool (one call per settling channel).
-        let spend = self.view.spend(&id);
+        // the settlement still in the mempool (one call per settling channel). A disputed
+        // channel's settlement spends the trigger's output.
+        let spend = self.view.spend(&self.watched_spend_point(s, id));
         let seen = if spend.is_some() {
             SettlementSeen::Confirmed
         } else {

@@ -58,7 +58,7 @@ impl ChannelServer {
         let now = (self.clock)();
         let channel =
             MerchantChannel::open(params, self.config.policy.clone(), &now, TWO1_KEY_INDEX)?;
-        self.admit(id, channel, deposit.clone(), None).await?;
+        self.admit(id, channel, Some(deposit.clone()), None).await?;
         Ok(id)
     }
 
