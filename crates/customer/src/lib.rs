@@ -28,6 +28,7 @@ use paychan_store::{ChannelStore, Persisted, Role};
 use paychan_wallet::{KeyChain, Wallet};
 
 pub use conn::Connection;
+pub use lifecycle::ChannelKind;
 pub use paying::{Caps, PaidResponse, PayingClient, Progress};
 
 /// Errors of the customer.
@@ -37,6 +38,12 @@ pub enum CustomerError {
     /// The core refused (a cap, the cutoff, a transition).
     #[error(transparent)]
     Core(#[from] paychan_core::Error),
+    /// A dispute channel was asked of a merchant whose protocol has none.
+    #[error("the merchant speaks protocol {version}, which has no dispute channels: open a CLTV channel (--kind cltv)")]
+    NoDisputeChannels {
+        /// The merchant's protocol version.
+        version: u32,
+    },
     /// The merchant refused, with its code and reason.
     #[error("the merchant refused: {message} (code {code})")]
     Rejected {
@@ -121,8 +128,10 @@ pub struct ChannelStatus {
     pub signed: Amount,
     /// Acknowledged by the merchant.
     pub acked: Amount,
-    /// The expiry.
+    /// The expiry (0 for a dispute channel, which has none).
     pub expiry: u32,
+    /// A dispute channel's dispute period in blocks; `None` for a CLTV channel.
+    pub dispute_blocks: Option<u16>,
     /// The settlement or refund, once known.
     pub closing_txid: Option<Txid>,
 }
@@ -346,6 +355,7 @@ fn status_of(c: &CustomerChannel) -> Option<ChannelStatus> {
         signed: s.signed,
         acked: s.acked,
         expiry: params.script().expiry().map_or(0, |e| e.to_consensus_u32()),
+        dispute_blocks: params.script().dispute_blocks(),
         closing_txid: s.closing_txid,
     })
 }

@@ -16,20 +16,57 @@ use tracing::info;
 use crate::driver::blocking;
 use crate::{Connection, Customer, CustomerError, Entry};
 
+/// Which kind of channel to open (ADR 0023).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// A CLTV channel living `life_secs` (the merchant's default when `None`).
+    Cltv {
+        /// The channel's life in seconds.
+        life_secs: Option<u32>,
+    },
+    /// A dispute channel with a dispute period of `blocks` (the merchant's minimum when
+    /// `None`): no expiry; closed cooperatively or by the trigger.
+    Dispute {
+        /// The dispute period in blocks.
+        blocks: Option<u16>,
+    },
+}
+
 impl Customer {
-    /// Opens a channel of `deposit` with the merchant at `peer` (`host:port`), living
-    /// `life_secs` (the merchant's default when `None`). The funding is built by the wallet,
-    /// stored, sent to the merchant, and broadcast once the merchant accepts.
+    /// Opens a CLTV channel of `deposit` with the merchant at `peer`, living `life_secs` (the
+    /// merchant's default when `None`): [`Customer::open_kind`].
     ///
     /// # Errors
-    /// The merchant's refusal; wallet, store or connection errors.
+    /// As [`Customer::open_kind`].
     pub async fn open(
         &self,
         peer: &str,
         deposit: Amount,
         life_secs: Option<u32>,
     ) -> Result<OutPoint, CustomerError> {
+        self.open_kind(peer, deposit, ChannelKind::Cltv { life_secs }).await
+    }
+
+    /// Opens a channel of `kind` and `deposit` with the merchant at `peer`
+    /// (`<node id>@host:port`). The funding is built by the wallet, stored, sent to the
+    /// merchant, and broadcast once the merchant accepts (a dispute channel's: once the
+    /// merchant's signature of the trigger is checked and the trigger stored).
+    ///
+    /// # Errors
+    /// The merchant's refusal; [`CustomerError::NoDisputeChannels`] from a merchant that
+    /// speaks no dispute channels; wallet, store or connection errors.
+    pub async fn open_kind(
+        &self,
+        peer: &str,
+        deposit: Amount,
+        kind: ChannelKind,
+    ) -> Result<OutPoint, CustomerError> {
         let (mut conn, welcome) = Connection::connect(peer).await?;
+        if matches!(kind, ChannelKind::Dispute { .. })
+            && welcome.version < paychan_core::msg::DISPUTE_PROTOCOL_VERSION
+        {
+            return Err(CustomerError::NoDisputeChannels { version: welcome.version });
+        }
         let merchant = PublicKey::from_slice(&welcome.merchant_pubkey)
             .map_err(|_| CustomerError::Protocol("the merchant's key is not a valid public key"))?;
         let policy = welcome
@@ -37,7 +74,10 @@ impl Customer {
             .ok_or(CustomerError::Protocol("the merchant sent no policy"))?
             .to_policy()?;
         let now = (self.clock)();
-        let life = life_secs.unwrap_or(policy.default_expiry_secs);
+        let life = match kind {
+            ChannelKind::Cltv { life_secs } => life_secs.unwrap_or(policy.default_expiry_secs),
+            ChannelKind::Dispute { .. } => policy.default_expiry_secs,
+        };
         if life < policy.min_channel_life_secs || life > policy.max_channel_life_secs {
             // Said before any coin is touched (the merchant would refuse the open).
             return Err(CustomerError::LifeOutOfRange {
@@ -56,8 +96,15 @@ impl Customer {
             let mut w = self.wallet.lock().unwrap_or_else(|p| p.into_inner());
             w.new_address()?.script_pubkey()
         };
+        let script = match kind {
+            ChannelKind::Cltv { .. } => ChannelScript::new(merchant, customer_pub, expiry)?,
+            ChannelKind::Dispute { blocks } => {
+                let blocks = blocks.unwrap_or(policy.min_dispute_blocks);
+                ChannelScript::dispute(merchant, customer_pub, blocks)?
+            }
+        };
         let terms = CustomerTerms {
-            script: ChannelScript::new(merchant, customer_pub, expiry)?,
+            script,
             kind: OutputKind::P2wsh,
             change_script: change,
             dust_relay_fee: policy.dust_relay_fee,
@@ -79,7 +126,7 @@ impl Customer {
         .await?;
         let funding_txid = funding.compute_txid();
         let id = channel.handle_funding_built(funding)?;
-        if let Some(dir) = &self.backups {
+        if let (Some(dir), ChannelKind::Cltv { .. }) = (&self.backups, kind) {
             // Before the funding can reach the chain: the merchant broadcasts it on `Open`.
             let b = crate::backup::ChannelBackup {
                 funding: id,
@@ -151,6 +198,12 @@ impl Customer {
         let conn = e.ext.conn()?;
         conn.send(&msgs).await?;
         match conn.recv().await? {
+            // A dispute channel: the cooperative close, checked, signed and broadcast here.
+            Message::Closed(c) if !c.close_tx.is_empty() => {
+                let tx = e.channel.handle_cooperative_close(&c.close_tx, &c.merchant_signature)?;
+                self.drain(&mut e).await?;
+                Ok(tx.compute_txid())
+            }
             Message::Closed(c) => {
                 let txid = c.txid()?;
                 e.channel.handle_closed(txid)?;
@@ -164,8 +217,43 @@ impl Customer {
         }
     }
 
+    /// A dispute channel's force close: the customer leaves without the merchant. Broadcasts
+    /// the trigger with an exit child paying for both (from a confirmed wallet coin); no
+    /// payment is signed on the channel any more; [`Customer::tick`] refunds the deposit once
+    /// the trigger has the dispute period's confirmations, unless the merchant settled the
+    /// latest payment first. Returns the trigger's txid.
+    ///
+    /// # Errors
+    /// [`CustomerError::Core`] for a CLTV channel or one not open; wallet (no confirmed coin
+    /// for the fee) or chain errors.
+    pub async fn force_close(&self, id: OutPoint) -> Result<Txid, CustomerError> {
+        let mut e = self.locked(&id).await?;
+        let phase = e.channel.phase();
+        let not_dispute = || paychan_core::Error::InvalidTransition { phase, event: "force close" };
+        let trigger = e.channel.trigger().cloned().ok_or_else(not_dispute)?;
+        let params = e.channel.state().params.clone().ok_or_else(not_dispute)?;
+        let (anchor, anchor_output) = params.anchor().ok_or_else(not_dispute)?;
+        let chain = self.chain.clone();
+        let target = self.fee_target_blocks;
+        let fee_rate = blocking(move || chain.estimate_fee(target)).await?.min(self.max_fee_rate);
+        let wallet = self.wallet.clone();
+        let weight = trigger.weight();
+        let exit = blocking(move || {
+            let mut w = wallet.lock().unwrap_or_else(|p| p.into_inner());
+            w.build_anchor_child(anchor, anchor_output, weight, fee_rate)
+                .map_err(|e| paychan_chain::ChainError::Transport(e.to_string()))
+        })
+        .await?;
+        e.channel.force_close(exit)?;
+        self.drain(&mut e).await?;
+        let txid = trigger.compute_txid();
+        info!(channel = %id, trigger = %txid, "force close: the dispute period starts when the trigger confirms");
+        Ok(txid)
+    }
+
     /// Periodic check: notices funding spends (settled or refunded) and broadcasts the refund
-    /// of every channel whose expiry has passed unsettled. Returns the refunds broadcast.
+    /// of every channel whose expiry has passed unsettled (a dispute channel's, once its
+    /// trigger has the dispute period's confirmations). Returns the refunds broadcast.
     ///
     /// # Errors
     /// Chain, wallet or store errors.
@@ -181,11 +269,30 @@ impl Customer {
                 self.view.unwatch(&id);
                 continue;
             }
-            // The funding's spend, from the block the chain view read.
-            if let Some(spend) = self.view.spend(&id) {
+            // The funding's spend, from the block the chain view read (once a dispute
+            // channel's trigger is out: the trigger output's spend).
+            let disputed = e.channel.phase() == paychan_core::channel::Phase::Disputed;
+            let point = match (&e.channel.state().params, disputed) {
+                (Some(p), true) => p.channel_input(),
+                _ => id,
+            };
+            if let Some(spend) = self.view.spend(&point) {
                 e.channel.handle_funding_spent(&spend.tx)?;
+                if let (Some(p), true) = (&e.channel.state().params, point == id) {
+                    // The trigger confirmed at `spend.height`: its output is watched from that
+                    // block on (the merchant's settlement may be in it), before the drain's
+                    // watch from the tip.
+                    let lookback = Lookback::To { height: spend.height, time: 0 };
+                    self.view.watch(p.channel_input(), lookback);
+                }
                 self.drain(&mut e).await?;
-                continue;
+                if point != id || e.channel.phase() != paychan_core::channel::Phase::Disputed {
+                    continue;
+                }
+            }
+            if let Some(trigger) = e.channel.trigger() {
+                let confirmations = self.view.confirmations(&trigger.compute_txid());
+                e.channel.handle_trigger_confirmations(confirmations);
             }
             let now = (self.clock)();
             e.channel.handle_tick(&now);

@@ -25,7 +25,14 @@ use bdk_wallet::{Balance, KeychainKind, PersistedWallet, SignOptions};
 use bip39::Mnemonic;
 use paychan_chain::{ChainError, ChainSource};
 use paychan_core::bitcoin::bip32::Xpriv;
-use paychan_core::bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Transaction, Txid};
+use paychan_core::bitcoin::{
+    Address, Amount, FeeRate, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxOut, Txid,
+    Weight, Witness,
+};
+
+/// The size [`Wallet::build_anchor_child`] pays for itself: the anchor, one P2WPKH coin and
+/// the change, with room for a second coin.
+pub const ANCHOR_CHILD_VBYTES: u64 = 250;
 use tracing::{debug, info};
 
 /// Errors of the wallet. None of them carries a secret.
@@ -349,9 +356,71 @@ impl Wallet {
         let mut builder = self.inner.build_tx();
         builder.add_recipient(script_pubkey, amount);
         builder.fee_rate(fee_rate);
-        let mut psbt = builder.finish().map_err(|e| WalletError::Build(e.to_string()))?;
-        psbt.sign(&self.xprv, self.inner.secp_ctx())
-            .map_err(|_| WalletError::Sign("the wallet's keys do not sign every input".into()))?;
+        let psbt = builder.finish().map_err(|e| WalletError::Build(e.to_string()))?;
+        let tx = self.sign_and_keep(psbt)?;
+        let fee = self.inner.calculate_fee(&tx).map_err(|e| WalletError::Build(e.to_string()))?;
+        Ok((tx, fee))
+    }
+
+    /// A version-3 child of a zero-fee TRUC parent (a dispute channel's trigger): it spends
+    /// the parent's pay-to-anchor output `anchor` (empty witness) and confirmed coins of this
+    /// wallet (a TRUC child may not spend unconfirmed non-TRUC outputs), and returns the rest
+    /// to the wallet. Its fee pays `fee_rate` for the parent (`parent_weight`) and for itself,
+    /// counted as [`ANCHOR_CHILD_VBYTES`] (more inputs make its rate a little lower). Signed,
+    /// not broadcast: send it with the parent as a package.
+    ///
+    /// # Errors
+    /// [`WalletError::Build`] (no confirmed coin to pay with) or [`WalletError::Sign`].
+    pub fn build_anchor_child(
+        &mut self,
+        anchor: OutPoint,
+        anchor_output: TxOut,
+        parent_weight: Weight,
+        fee_rate: FeeRate,
+    ) -> Result<Transaction, WalletError> {
+        let build = |e: &dyn std::fmt::Display| WalletError::Build(e.to_string());
+        let allowance = parent_weight + Weight::from_vb(ANCHOR_CHILD_VBYTES).unwrap_or(Weight::MAX);
+        let fee = fee_rate.fee_wu(allowance).ok_or_else(|| build(&"the fee overflows"))?;
+        let change = self.inner.reveal_next_address(KeychainKind::Internal).script_pubkey();
+        let input = bdk_wallet::bitcoin::psbt::Input {
+            witness_utxo: Some(anchor_output),
+            // Already final: anyone spends a pay-to-anchor output with an empty witness.
+            final_script_witness: Some(Witness::new()),
+            ..Default::default()
+        };
+        let mut builder = self.inner.build_tx();
+        builder
+            .version(3)
+            .exclude_unconfirmed()
+            .only_witness_utxo()
+            .add_foreign_utxo_with_sequence(
+                anchor,
+                input,
+                Weight::from_wu(1),
+                Sequence::ENABLE_RBF_NO_LOCKTIME,
+            )
+            .map_err(|e| build(&e))?
+            .drain_to(change)
+            .fee_absolute(fee);
+        let psbt = builder.finish().map_err(|e| build(&e))?;
+        self.sign_and_keep(psbt)
+    }
+
+    /// Signs the wallet's inputs of `psbt` (inputs already final, such as a pay-to-anchor
+    /// spend, are no key's and stay as they are), finalises it, and records the transaction
+    /// as the wallet's own unconfirmed one (its coins spent, its change address handed out).
+    fn sign_and_keep(
+        &mut self,
+        mut psbt: bdk_wallet::bitcoin::Psbt,
+    ) -> Result<Transaction, WalletError> {
+        if let Err((_, errors)) = psbt.sign(&self.xprv, self.inner.secp_ctx()) {
+            let own_failed = errors.keys().any(|i| {
+                psbt.inputs.get(*i).is_some_and(|input| input.final_script_witness.is_none())
+            });
+            if own_failed {
+                return Err(WalletError::Sign("the wallet's keys do not sign its inputs".into()));
+            }
+        }
         let finalized = self
             .inner
             .finalize_psbt(&mut psbt, SignOptions::default())
@@ -360,11 +429,9 @@ impl Wallet {
             return Err(WalletError::Sign("the transaction could not be finalised".into()));
         }
         let tx = psbt.extract_tx().map_err(|e| WalletError::Sign(e.to_string()))?;
-        let fee = self.inner.calculate_fee(&tx).map_err(|e| WalletError::Build(e.to_string()))?;
-        // Remember the change address handed out and mark the coins as spent by this tx.
         self.inner.apply_unconfirmed_txs([(tx.clone(), 0)]);
         self.persist()?;
-        Ok((tx, fee))
+        Ok(tx)
     }
 
     /// Forgets a transaction built by [`Wallet::build_payment`] that will never be broadcast

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use paychan_chain::ChainSource;
 use paychan_core::bitcoin::{Amount, OutPoint};
-use paychan_customer::{ChannelStatus, Customer};
+use paychan_customer::{ChannelKind, ChannelStatus, Customer};
 use paychan_store::{ChannelStore, SqliteStore};
 use paychan_wallet::Wallet;
 use serde_json::{json, Value};
@@ -28,9 +28,16 @@ pub enum ChannelsCommand {
         /// The deposit: 100000sat, 0.001btc or satoshis.
         #[arg(long, value_parser = parse_amount, default_value = "100000sat")]
         deposit: Amount,
-        /// Channel life: 1d, 12h… (default: the merchant's).
-        #[arg(long, value_parser = parse_duration)]
+        /// Channel life: 1d, 12h… (default: the merchant's). CLTV channels only.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "dispute_blocks")]
         life: Option<u64>,
+        /// The kind: `cltv` (a fixed expiry; what 21 clients speak) or `dispute` (no expiry:
+        /// closed cooperatively, or by either side alone after a dispute period).
+        #[arg(long, default_value = "cltv", value_parser = ["cltv", "dispute"])]
+        kind: String,
+        /// A dispute channel's dispute period in blocks (default: the merchant's minimum).
+        #[arg(long)]
+        dispute_blocks: Option<u16>,
         /// Wait until the funding has a confirmation.
         #[arg(long)]
         wait: bool,
@@ -65,11 +72,16 @@ pub enum ChannelsCommand {
         #[arg(long)]
         channel: OutPoint,
     },
-    /// Ask the merchant to settle now.
+    /// Ask the merchant to settle now (a dispute channel: one cooperative close transaction).
     Close {
         /// The channel.
         #[arg(long)]
         channel: OutPoint,
+        /// A dispute channel without the merchant: broadcast the trigger (with a fee-paying
+        /// child); the deposit comes back after the dispute period unless the merchant
+        /// settles the latest payment first (`paychan channels list` follows it).
+        #[arg(long)]
+        force: bool,
     },
     /// Every channel.
     List,
@@ -85,7 +97,9 @@ fn status_json(s: &ChannelStatus) -> Value {
         "signed_sat": s.signed.to_sat(),
         "acked_sat": s.acked.to_sat(),
         "in_flight_sat": (s.signed - s.acked.min(s.signed)).to_sat(),
+        "kind": if s.dispute_blocks.is_some() { "dispute" } else { "cltv" },
         "expiry": s.expiry,
+        "dispute_blocks": s.dispute_blocks,
         "closing_txid": s.closing_txid.map(|t| t.to_string()),
     })
 }
@@ -138,9 +152,15 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
     runtime()?.block_on(async move {
         let (customer, chain) = customer(common).await?;
         match cmd {
-            ChannelsCommand::Open { merchant, deposit, life, wait } => {
-                let life = life.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
-                let id = customer.open(&merchant, deposit, life).await?;
+            ChannelsCommand::Open { merchant, deposit, life, kind, dispute_blocks, wait } => {
+                let kind = match kind.as_str() {
+                    "dispute" => ChannelKind::Dispute { blocks: dispute_blocks },
+                    _ => {
+                        let life_secs = life.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
+                        ChannelKind::Cltv { life_secs }
+                    }
+                };
+                let id = customer.open_kind(&merchant, deposit, kind).await?;
                 if wait {
                     let mut waited = 0u64;
                     loop {
@@ -204,7 +224,14 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
                     &format!("in sync: {} sat acknowledged", acked.to_sat()),
                 )?;
             }
-            ChannelsCommand::Close { channel } => {
+            ChannelsCommand::Close { channel, force: true } => {
+                let txid = customer.force_close(channel).await?;
+                common.print(
+                    &json!({"channel": channel.to_string(), "trigger_txid": txid.to_string()}),
+                    &format!("force close: trigger {txid} broadcast; the refund follows the dispute period"),
+                )?;
+            }
+            ChannelsCommand::Close { channel, force: false } => {
                 let txid = customer.close(channel).await?;
                 common.print(
                     &json!({"channel": channel.to_string(), "settlement_txid": txid.to_string()}),
