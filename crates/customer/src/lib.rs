@@ -281,6 +281,10 @@ impl Customer {
             if !channel.phase().is_final() {
                 self.view.watch(row.id, lookback(channel.state()));
             }
+            if let (Phase::Disputed, Some(p)) = (channel.phase(), &channel.state().params) {
+                // The trigger is out: its confirmations and its output's spend end the channel.
+                self.view.watch(p.channel_input(), lookback(channel.state()));
+            }
             live += usize::from(!channel.phase().is_final());
             let e = entry(Entry::stored(channel, row.version, row.total));
             self.map().insert(row.id, Arc::new(tokio::sync::Mutex::new(e)));

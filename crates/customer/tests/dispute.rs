@@ -120,3 +120,20 @@ async fn a_force_close_with_the_merchant_gone_refunds_after_the_dispute_period()
     let back = refund.output[0].value.to_sat();
     assert!(back > 99_000 && back < 100_000, "the whole deposit less the refund's fee: {back}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispute_channel_stays_payable_across_2000_blocks_and_90_days() {
+    let w = world().await;
+    let id = open_and_pay(&w, 1_000).await;
+    // 90 days of (mock) time and 2,000 blocks: no expiry, no settlement forced by anyone.
+    let later = w.node.now() + 90 * 86_400;
+    w.node.set_mock_time(later).unwrap();
+    mine(&w, 2_000);
+    w.server.tick().await.unwrap();
+    assert!(w.customer.tick().await.unwrap().is_empty(), "no refund");
+    assert!(w.node.mempool_txids().is_empty(), "nothing broadcast by either side");
+    assert_eq!(merchant_phase(&w, id).await, Phase::Open);
+    assert_eq!(w.customer.pay(id, Amount::from_sat(10)).await.unwrap(), Amount::from_sat(1_010));
+    let row = w.merchant_store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.total, Amount::from_sat(1_010));
+}
