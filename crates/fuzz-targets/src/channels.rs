@@ -8,6 +8,9 @@
 //! 2. the customer never signs above what its caller authorised, nor above the deposit;
 //! 3. the merchant never holds a total the customer has not durably recorded as spent;
 //! 4. after a resume with everything delivered, both agree.
+//!
+//! The first input byte's low bit picks the channel kind: a CLTV channel, or a dispute channel
+//! (its trigger signed by both at open, DESIGN §3a): the invariants are the same.
 
 use paychan_core::bitcoin::absolute::LockTime;
 use paychan_core::bitcoin::{Amount, FeeRate};
@@ -82,15 +85,17 @@ fn collect_merchant(w: &mut World) {
     }
 }
 
-/// Opens and confirms a channel, everything delivered and persisted.
-fn open(authorised: Amount) -> World {
+/// Opens and confirms a channel (a dispute channel when `dispute`), everything delivered and
+/// persisted.
+fn open(authorised: Amount, dispute: bool) -> World {
     let policy = Policy::default();
     let now = Now { time: NOW, height: 800_000, median_time_past: (NOW - 3600) as u32 };
-    let script = ChannelScript::new(
-        pubkey(&merchant_key()),
-        pubkey(&customer_key()),
-        LockTime::from_consensus(EXPIRY),
-    )
+    let (m, c) = (pubkey(&merchant_key()), pubkey(&customer_key()));
+    let script = if dispute {
+        ChannelScript::dispute(m, c, policy.min_dispute_blocks)
+    } else {
+        ChannelScript::new(m, c, LockTime::from_consensus(EXPIRY))
+    }
     .expect("channel script");
     let terms = CustomerTerms {
         script,
@@ -119,18 +124,29 @@ fn open(authorised: Amount) -> World {
             _ => {}
         }
     }
-    let (params, _) = params_from_open(&open.expect("an Open"), &pubkey(&merchant_key()), &policy)
-        .expect("params");
-    let mut merchant = MerchantChannel::open(params, policy.clone(), &now, 0).expect("merchant");
+    let open = open.expect("an Open");
+    let (params, _) = params_from_open(&open, &pubkey(&merchant_key()), &policy).expect("params");
+    let mut merchant = if dispute {
+        let sig = &open.trigger_signature;
+        MerchantChannel::open_dispute(params, policy.clone(), &now, 0, sig, &merchant_key())
+    } else {
+        MerchantChannel::open(params, policy.clone(), &now, 0)
+    }
+    .expect("merchant");
     merchant.handle_funding_confirmations(1);
     let mut m = Side::default();
+    let mut trigger_signature = Vec::new();
     while let Some(e) = merchant.poll_effect() {
-        if let Effect::Persist { id, state } = e {
-            m.durable = Some(state);
-            merchant.persisted(id).expect("persisted");
+        match e {
+            Effect::Persist { id, state } => {
+                m.durable = Some(state);
+                merchant.persisted(id).expect("persisted");
+            }
+            Effect::Send(Message::Opened(o)) => trigger_signature = o.trigger_signature,
+            _ => {}
         }
     }
-    customer.handle_opened(&[]).expect("opened");
+    customer.handle_opened(&trigger_signature).expect("opened");
     while let Some(e) = customer.poll_effect() {
         if let Effect::Persist { id, state } = e {
             c.durable = Some(state);
@@ -255,8 +271,9 @@ fn check_settles(w: &World) {
 /// The target.
 pub fn channels(data: &[u8]) {
     let mut input = Input(data);
-    let authorised = Amount::from_sat(u64::from(input.byte().unwrap_or(255)) * 4_000 + 1);
-    let mut w = open(authorised);
+    let first = input.byte().unwrap_or(255);
+    let authorised = Amount::from_sat(u64::from(first) * 4_000 + 1);
+    let mut w = open(authorised, first & 1 == 1);
     let mut steps = 0;
     while let Some(op) = input.byte() {
         steps += 1;
