@@ -37,8 +37,8 @@ async fn paid_app(w: &paychan_harness::World) -> String {
 }
 
 async fn charged(server: &ChannelServer, id: OutPoint) -> (Amount, Amount) {
-    let c = server.channels().await.unwrap().into_iter().find(|c| c.0 == id).unwrap();
-    (c.2, c.3)
+    let c = server.channels().await.unwrap().into_iter().find(|c| c.id == id).unwrap();
+    (c.paid, c.charged)
 }
 
 fn client(w: &paychan_harness::World) -> PayingClient {

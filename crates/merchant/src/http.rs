@@ -285,14 +285,16 @@ async fn admin_channels(
         .channels()
         .await?
         .into_iter()
-        .map(|(id, phase, paid, charged, capacity, expiry)| {
+        .map(|c| {
             json!({
-                "channel": id.to_string(),
-                "phase": phase.as_str(),
-                "paid_sat": paid.to_sat(),
-                "charged_sat": charged.to_sat(),
-                "capacity_sat": capacity.to_sat(),
-                "expiry": expiry,
+                "channel": c.id.to_string(),
+                "kind": c.kind(),
+                "phase": c.phase.as_str(),
+                "paid_sat": c.paid.to_sat(),
+                "charged_sat": c.charged.to_sat(),
+                "capacity_sat": c.capacity.to_sat(),
+                "expiry": c.expiry,
+                "dispute_blocks": c.dispute_blocks,
             })
         })
         .collect();
@@ -306,7 +308,8 @@ async fn admin_summary(
     authorised(&a, &headers)?;
     let mut by_phase = serde_json::Map::new();
     let (mut paid, mut revenue) = (0u64, 0u64);
-    for (_, phase, total, _, _, _) in a.server.channels().await? {
+    for c in a.server.channels().await? {
+        let (phase, total) = (c.phase, c.paid);
         let n = by_phase.get(phase.as_str()).and_then(Value::as_u64).unwrap_or(0);
         by_phase.insert(phase.as_str().into(), json!(n + 1));
         paid += total.to_sat();

@@ -72,7 +72,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// The text exposition, with `channels` as (phase, count).
-    pub fn render(&self, channels: &[(&str, usize)]) -> String {
+    pub fn render(&self, channels: &[(&str, usize)], kinds: &[(&str, usize)]) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(
@@ -125,6 +125,13 @@ impl Metrics {
         );
         for (phase, n) in channels {
             let _ = writeln!(out, "paychan_channels{{phase=\"{phase}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP paychan_channels_by_kind Live channels by kind (cltv, dispute).\n# TYPE paychan_channels_by_kind gauge"
+        );
+        for (kind, n) in kinds {
+            let _ = writeln!(out, "paychan_channels_by_kind{{kind=\"{kind}\"}} {n}");
         }
         self.payment_latency.render(
             "paychan_payment_latency_seconds",

@@ -101,6 +101,14 @@ async fn open(s: &Setup) -> (CustomerChannel, OutPoint) {
     s.server.tick().await.unwrap();
     let id = c.id().unwrap();
     assert_eq!(s.server.channel_status(id).await.unwrap().0, Phase::Open);
+    // The kind shows in the admin listing and the metrics.
+    let listed = s.server.channels().await.unwrap();
+    assert_eq!(
+        (listed[0].kind(), listed[0].dispute_blocks, listed[0].expiry),
+        ("dispute", Some(144), 0)
+    );
+    let metrics = s.server.metrics_text().await;
+    assert!(metrics.contains("paychan_channels_by_kind{kind=\"dispute\"} 1"), "{metrics}");
     (c, id)
 }
 

@@ -391,7 +391,7 @@ async fn settled_channels_survive_a_restart() {
     let listed = again.channels().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(
-        (listed[0].0, listed[0].1, listed[0].2),
+        (listed[0].id, listed[0].phase, listed[0].paid),
         (id, Phase::Settled, Amount::from_sat(3_000))
     );
 

@@ -143,7 +143,7 @@ async fn a_two1_client_opens_pays_and_closes() {
     );
     let id = server.find_by_txid(&deposit_txid.parse().unwrap()).unwrap();
     let charged = |server: std::sync::Arc<paychan_merchant::ChannelServer>| async move {
-        server.channels().await.unwrap().into_iter().find(|c| c.0 == id).unwrap().3
+        server.channels().await.unwrap().into_iter().find(|c| c.id == id).unwrap().charged
     };
     assert_eq!(charged(server.clone()).await, Amount::from_sat(1_000), "charged once");
 

@@ -317,8 +317,8 @@ async fn check(
         .channels()
         .await?
         .into_iter()
-        .find(|c| c.0 == paid.channel)
-        .map(|c| (c.2, c.3))
+        .find(|c| c.id == paid.channel)
+        .map(|c| (c.paid, c.charged))
         .ok_or_else(|| fail("the merchant lost the channel"))?;
     let deposit = status.capacity;
     let outputs: Amount = settled.tx.output.iter().map(|o| o.value).sum();

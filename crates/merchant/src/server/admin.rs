@@ -12,15 +12,46 @@ use super::ChannelServer;
 use crate::MerchantError;
 
 /// A channel as the admin API lists it.
-fn listing(id: OutPoint, st: &MerchantState) -> (OutPoint, Phase, Amount, Amount, Amount, u32) {
-    (
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelListing {
+    /// The channel (funding outpoint).
+    pub id: OutPoint,
+    /// Its phase.
+    pub phase: Phase,
+    /// The accepted (paid) total.
+    pub paid: Amount,
+    /// What paid requests charged against it.
+    pub charged: Amount,
+    /// The deposit.
+    pub capacity: Amount,
+    /// A CLTV channel's expiry (locktime value); 0 for a dispute channel.
+    pub expiry: u32,
+    /// A dispute channel's dispute period in blocks; `None` for a CLTV channel.
+    pub dispute_blocks: Option<u16>,
+}
+
+impl ChannelListing {
+    /// `"cltv"` or `"dispute"`.
+    pub fn kind(&self) -> &'static str {
+        if self.dispute_blocks.is_some() {
+            "dispute"
+        } else {
+            "cltv"
+        }
+    }
+}
+
+fn listing(id: OutPoint, st: &MerchantState) -> ChannelListing {
+    let script = st.params.script();
+    ChannelListing {
         id,
-        st.phase,
-        st.accepted,
-        st.charged,
-        st.params.capacity(),
-        st.params.script().expiry().map_or(0, |e| e.to_consensus_u32()),
-    )
+        phase: st.phase,
+        paid: st.accepted,
+        charged: st.charged,
+        capacity: st.params.capacity(),
+        expiry: script.expiry().map_or(0, |e| e.to_consensus_u32()),
+        dispute_blocks: script.dispute_blocks(),
+    }
 }
 
 impl ChannelServer {
@@ -28,24 +59,26 @@ impl ChannelServer {
     pub async fn metrics_text(&self) -> String {
         let slots: Vec<_> = self.slots().values().cloned().collect();
         let mut by_phase: HashMap<&'static str, usize> = HashMap::new();
+        let mut by_kind: HashMap<&'static str, usize> = HashMap::new();
         for slot in slots {
-            let phase = slot.lock().await.channel.phase();
-            *by_phase.entry(phase.as_str()).or_default() += 1;
+            let s = slot.lock().await;
+            *by_phase.entry(s.channel.phase().as_str()).or_default() += 1;
+            let l = listing(s.channel.id(), s.channel.state());
+            *by_kind.entry(l.kind()).or_default() += 1;
         }
         let mut phases: Vec<(&str, usize)> = by_phase.into_iter().collect();
         phases.sort_unstable();
-        self.metrics.render(&phases)
+        let mut kinds: Vec<(&str, usize)> = by_kind.into_iter().collect();
+        kinds.sort_unstable();
+        self.metrics.render(&phases, &kinds)
     }
 
     /// Every channel, live ones from memory and ended ones (settled, refunded, abandoned:
-    /// not kept in memory) from the store: (id, phase, accepted total, charged, capacity,
-    /// expiry).
+    /// not kept in memory) from the store.
     ///
     /// # Errors
     /// The store's, or an undecodable row.
-    pub async fn channels(
-        &self,
-    ) -> Result<Vec<(OutPoint, Phase, Amount, Amount, Amount, u32)>, MerchantError> {
+    pub async fn channels(&self) -> Result<Vec<ChannelListing>, MerchantError> {
         let slots: Vec<_> = self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut out = Vec::with_capacity(slots.len());
         for (id, slot) in slots {
@@ -66,7 +99,7 @@ impl ChannelServer {
             }
             out.push(listing(row.id, &MerchantState::decode(&row.state)?));
         }
-        out.sort_by_key(|c| (c.5, c.0));
+        out.sort_by_key(|c| (c.expiry, c.id));
         Ok(out)
     }
 

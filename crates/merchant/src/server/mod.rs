@@ -12,6 +12,7 @@
 //! * [`driver`]: effects through the one persisted-channel driver, broadcasts, reloads.
 
 mod admin;
+pub use admin::ChannelListing;
 mod driver;
 mod paid;
 mod settle;

@@ -186,7 +186,7 @@ async fn bench_http_in(
     let paid = latencies.len() as f64 / elapsed;
     latencies.sort_unstable();
     // Every paid request was charged exactly once.
-    let charged: Amount = server.channels().await?.iter().map(|c| c.3).sum();
+    let charged: Amount = server.channels().await?.iter().map(|c| c.charged).sum();
     let expected = price * (u64::from(connections) * u64::from(requests));
     if charged != expected {
         return Err(fail(format!("charged {charged}, expected {expected}")));

@@ -162,7 +162,7 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
         }
     }
     for c in server.channels().await? {
-        charged_total += c.3;
+        charged_total += c.charged;
     }
     let http_n = http_requests.load(Ordering::Relaxed);
     let r = json!({
