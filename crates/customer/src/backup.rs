@@ -7,14 +7,20 @@
 //! rebuilds the keys) and these files, [`refund_from_backups`] refunds every channel whose
 //! expiry has passed and whose deposit is still unspent, with no channel store at all.
 //!
+//! A dispute channel's backup is written once its trigger is signed by both (before its
+//! funding is broadcast), and holds the trigger: restoring then means broadcasting the
+//! trigger with a child paying for it (from the restored wallet), and, once the trigger has
+//! the dispute period's confirmations, the refund.
+//!
 //! A backup holds no secret: the key is derived from the mnemonic at restore time.
 
 use std::path::{Path, PathBuf};
 
 use paychan_chain::ChainSource;
 use paychan_core::bitcoin::absolute::LockTime;
+use paychan_core::bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use paychan_core::bitcoin::secp256k1::PublicKey;
-use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, Txid};
+use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, Transaction, Txid};
 use paychan_core::policy::DEFAULT_DUST_RELAY_FEE;
 use paychan_core::script::{ChannelScript, OutputKind};
 use paychan_core::tx::refund::build_refund;
@@ -39,20 +45,33 @@ pub struct ChannelBackup {
     pub customer: PublicKey,
     /// The index of the customer's key in its key chain (`KeyChain::CUSTOMER`).
     pub customer_key_index: u32,
-    /// The expiry (the refund's `nLockTime`).
+    /// The expiry (the refund's `nLockTime`); 0 for a dispute channel.
     pub expiry: LockTime,
+    /// A dispute channel's period and its trigger signed by both; `None` for a CLTV channel.
+    pub dispute: Option<DisputeBackup>,
     /// The merchant's address, for the record.
     pub peer: String,
 }
 
-/// The format's version in each file.
+/// What a dispute channel's backup adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisputeBackup {
+    /// The dispute period in blocks.
+    pub blocks: u16,
+    /// The trigger, signed by both.
+    pub trigger: Transaction,
+}
+
+/// The format's version in each file: 1 for a CLTV channel; 2 for a dispute channel (a
+/// reader of version 1 must not take it for a CLTV channel with expiry 0).
 const VERSION: u64 = 1;
+const DISPUTE_VERSION: u64 = 2;
 
 impl ChannelBackup {
     /// The file's JSON.
     pub fn to_json(&self) -> Value {
-        json!({
-            "paychan_channel_backup": VERSION,
+        let mut v = json!({
+            "paychan_channel_backup": if self.dispute.is_some() { DISPUTE_VERSION } else { VERSION },
             "funding": self.funding.to_string(),
             "value_sat": self.value.to_sat(),
             "kind": match self.kind { OutputKind::P2wsh => "p2wsh", OutputKind::P2sh => "p2sh" },
@@ -61,7 +80,12 @@ impl ChannelBackup {
             "customer_key_index": self.customer_key_index,
             "expiry": self.expiry.to_consensus_u32(),
             "peer": self.peer,
-        })
+        });
+        if let Some(d) = &self.dispute {
+            v["dispute_blocks"] = json!(d.blocks);
+            v["trigger"] = json!(serialize_hex(&d.trigger));
+        }
+        v
     }
 
     /// Reads a file's JSON.
@@ -70,11 +94,20 @@ impl ChannelBackup {
     /// [`CustomerError::Backup`] naming the field that is missing or wrong.
     pub fn from_json(v: &Value) -> Result<Self, CustomerError> {
         let bad = |what: &str| CustomerError::Backup(format!("{what} is missing or malformed"));
-        if v["paychan_channel_backup"].as_u64() != Some(VERSION) {
+        let version = v["paychan_channel_backup"].as_u64();
+        if version != Some(VERSION) && version != Some(DISPUTE_VERSION) {
             return Err(bad("paychan_channel_backup (the format version)"));
         }
         let text = |k: &str| v[k].as_str().ok_or_else(|| bad(k));
         let num = |k: &str| v[k].as_u64().ok_or_else(|| bad(k));
+        let dispute = if version == Some(DISPUTE_VERSION) {
+            Some(DisputeBackup {
+                blocks: u16::try_from(num("dispute_blocks")?).map_err(|_| bad("dispute_blocks"))?,
+                trigger: deserialize_hex(text("trigger")?).map_err(|_| bad("trigger"))?,
+            })
+        } else {
+            None
+        };
         Ok(ChannelBackup {
             funding: text("funding")?.parse().map_err(|_| bad("funding"))?,
             value: Amount::from_sat(num("value_sat")?),
@@ -86,6 +119,7 @@ impl ChannelBackup {
             expiry: LockTime::from_consensus(
                 u32::try_from(num("expiry")?).map_err(|_| bad("expiry"))?,
             ),
+            dispute,
             peer: text("peer")?.to_string(),
         })
     }
@@ -95,7 +129,10 @@ impl ChannelBackup {
         &self,
         destination: &paychan_core::bitcoin::ScriptBuf,
     ) -> Result<ChannelParams, CustomerError> {
-        let script = ChannelScript::new(self.merchant, self.customer, self.expiry)?;
+        let script = match &self.dispute {
+            Some(d) => ChannelScript::dispute(self.merchant, self.customer, d.blocks)?,
+            None => ChannelScript::new(self.merchant, self.customer, self.expiry)?,
+        };
         let funding = FundingOutput { outpoint: self.funding, value: self.value, kind: self.kind };
         Ok(ChannelParams::new(script, funding, destination.clone(), DEFAULT_DUST_RELAY_FEE)?)
     }
@@ -173,6 +210,21 @@ pub enum Restored {
         /// The expiry.
         expiry: LockTime,
     },
+    /// A dispute channel's trigger (with a child paying for it) was broadcast: the refund
+    /// follows once the trigger has the dispute period's confirmations (restore again then).
+    Triggered {
+        /// The channel.
+        funding: OutPoint,
+        /// The trigger.
+        trigger: Txid,
+    },
+    /// A dispute channel's trigger is out; its refund is valid after `remaining` more blocks.
+    Disputed {
+        /// The channel.
+        funding: OutPoint,
+        /// Blocks until the refund is valid.
+        remaining: u32,
+    },
     /// The deposit is spent already (settled, refunded) or was never funded.
     Spent {
         /// The channel.
@@ -205,6 +257,10 @@ pub fn refund_from_backups(
                 b.funding, b.customer_key_index
             )));
         }
+        if let Some(d) = &b.dispute {
+            out.push(restore_dispute(&b, d, &key, wallet, chain, fee_rate)?);
+            continue;
+        }
         if chain.utxo(&b.funding)?.is_none() {
             out.push(Restored::Spent { funding: b.funding });
             continue;
@@ -224,4 +280,45 @@ pub fn refund_from_backups(
         out.push(Restored::Refunded { funding: b.funding, txid });
     }
     Ok(out)
+}
+
+/// A dispute channel from its backup: the trigger (and a child paying for it) while the
+/// funding is unspent; the refund once the trigger has the period's confirmations.
+fn restore_dispute(
+    b: &ChannelBackup,
+    d: &DisputeBackup,
+    key: &paychan_core::bitcoin::secp256k1::SecretKey,
+    wallet: &mut Wallet,
+    chain: &dyn ChainSource,
+    fee_rate: FeeRate,
+) -> Result<Restored, CustomerError> {
+    let funding = b.funding;
+    let trigger_txid = d.trigger.compute_txid();
+    if chain.utxo(&funding)?.is_some() {
+        let anchor = OutPoint { txid: trigger_txid, vout: paychan_core::tx::dispute::ANCHOR_VOUT };
+        let child = wallet.build_anchor_child(
+            anchor,
+            paychan_core::tx::dispute::anchor_output(),
+            d.trigger.weight(),
+            fee_rate,
+        )?;
+        chain.broadcast_with_parent(&d.trigger, &child)?;
+        return Ok(Restored::Triggered { funding, trigger: trigger_txid });
+    }
+    let output = OutPoint { txid: trigger_txid, vout: paychan_core::tx::dispute::CHANNEL_VOUT };
+    let Some(utxo) = chain.utxo(&output)? else {
+        // Settled, closed cooperatively, refunded already, or never funded.
+        return Ok(Restored::Spent { funding });
+    };
+    if utxo.confirmations < u32::from(d.blocks) {
+        return Ok(Restored::Disputed {
+            funding,
+            remaining: u32::from(d.blocks) - utxo.confirmations,
+        });
+    }
+    let destination = wallet.new_address()?.script_pubkey();
+    let params = b.params(&destination)?;
+    let refund = build_refund(&params, key, destination, fee_rate)?;
+    let txid = chain.broadcast(&refund)?;
+    Ok(Restored::Refunded { funding, txid })
 }

@@ -136,6 +136,7 @@ impl Customer {
                 customer: customer_pub,
                 customer_key_index: key_index,
                 expiry,
+                dispute: None,
                 peer: peer.to_string(),
             };
             let dir = dir.clone();
@@ -169,7 +170,30 @@ impl Customer {
                 .await?;
             return Err(err);
         }
-        if let Err(e) = entry.channel.handle_opened(&trigger_signature) {
+        let opened = entry.channel.handle_opened(&trigger_signature);
+        if let (Ok(()), Some(dir), Some(trigger), Some(blocks)) = (
+            &opened,
+            &self.backups,
+            entry.channel.trigger().cloned(),
+            entry.channel.state().terms.script.dispute_blocks(),
+        ) {
+            // A dispute channel's backup holds its trigger: written before the funding can be
+            // broadcast (the drain below).
+            let b = crate::backup::ChannelBackup {
+                funding: id,
+                value: deposit,
+                kind: OutputKind::P2wsh,
+                merchant,
+                customer: customer_pub,
+                customer_key_index: key_index,
+                expiry: LockTime::ZERO,
+                dispute: Some(crate::backup::DisputeBackup { blocks, trigger }),
+                peer: peer.to_string(),
+            };
+            let dir = dir.clone();
+            blocking(move || crate::backup::write(&dir, &b)).await?;
+        }
+        if let Err(e) = opened {
             // A dispute channel whose trigger the merchant did not sign properly: the funding
             // was never signed for broadcast; free its coins.
             self.drain(&mut entry).await?;

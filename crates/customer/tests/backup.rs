@@ -190,3 +190,48 @@ async fn a_merchant_restored_from_before_its_settlement_finds_it_in_older_blocks
     assert_eq!(row.phase, Phase::Settled, "found in a block before the cursor");
     assert_eq!(row.closing_txid, Some(settlement));
 }
+
+/// A dispute channel's backup holds its trigger: from the mnemonic and the backup alone, the
+/// customer broadcasts the trigger (with a child paying for it), then refunds the whole
+/// deposit once the dispute period has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_dispute_channel_is_recovered_by_its_trigger_and_the_refund() {
+    use paychan_core::policy::Policy;
+    use paychan_customer::ChannelKind;
+    let policy = Policy { min_dispute_blocks: 10, ..Policy::default() };
+    let w =
+        paychan_harness::World::builder().policy(policy).customer_backups().start().await.unwrap();
+    let kind = ChannelKind::Dispute { blocks: None };
+    let id = w.customer.open_kind(&w.peer, Amount::from_sat(100_000), kind).await.unwrap();
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    w.customer.pay(id, Amount::from_sat(5_000)).await.unwrap();
+    w.stop_merchant().await;
+
+    let dir = w.dir.join("backups");
+    let backups = read_all(&dir).unwrap();
+    let d = backups[0].dispute.clone().expect("a dispute channel's backup");
+    assert_eq!(d.blocks, 10);
+    let mnemonic = std::fs::read_to_string(w.dir.join("customer").join("mnemonic")).unwrap();
+    let lost = tempfile::tempdir().unwrap();
+    let mut wallet = Wallet::create(lost.path(), Network::Regtest, Some(mnemonic.trim())).unwrap();
+    wallet.sync(&*w.chain).unwrap();
+    let fee_rate = FeeRate::from_sat_per_vb(2).unwrap();
+
+    // The funding is unspent: the trigger goes out with its child.
+    let r = refund_from_backups(&dir, &mut wallet, &*w.chain, fee_rate).unwrap();
+    let [Restored::Triggered { funding, trigger }] = r[..] else { panic!("{r:?}") };
+    assert_eq!((funding, trigger), (id, d.trigger.compute_txid()));
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    wallet.sync(&*w.chain).unwrap();
+    let r = refund_from_backups(&dir, &mut wallet, &*w.chain, fee_rate).unwrap();
+    assert!(matches!(r[..], [Restored::Disputed { remaining: 9, .. }]), "{r:?}");
+    w.node.mine(9, &p2wpkh(&key(0x77))).unwrap();
+    let r = refund_from_backups(&dir, &mut wallet, &*w.chain, fee_rate).unwrap();
+    let [Restored::Refunded { txid, .. }] = r[..] else { panic!("{r:?}") };
+    w.node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let (tx, at) = w.node.transaction(&txid).unwrap();
+    assert!(at.is_some(), "the refund is mined");
+    assert!(tx.output[0].value > Amount::from_sat(99_000), "the whole deposit less the fee");
+    let r = refund_from_backups(&dir, &mut wallet, &*w.chain, fee_rate).unwrap();
+    assert!(matches!(r[..], [Restored::Spent { .. }]), "{r:?}");
+}

@@ -112,6 +112,8 @@ pub fn run(cmd: BackupCommand, common: &Common) -> Result<ExitCode, CliError> {
                     Restored::Refunded { funding, txid } => json!({"channel": funding.to_string(), "refund": txid.to_string()}),
                     Restored::Locked { funding, expiry } => json!({"channel": funding.to_string(), "locked_until": expiry.to_consensus_u32()}),
                     Restored::Spent { funding } => json!({"channel": funding.to_string(), "spent": true}),
+                    Restored::Triggered { funding, trigger } => json!({"channel": funding.to_string(), "trigger": trigger.to_string()}),
+                    Restored::Disputed { funding, remaining } => json!({"channel": funding.to_string(), "refund_in_blocks": remaining}),
                 })
                 .collect();
             let text = done
@@ -126,6 +128,12 @@ pub fn run(cmd: BackupCommand, common: &Common) -> Result<ExitCode, CliError> {
                     ),
                     Restored::Spent { funding } => {
                         format!("{funding}: already spent (settled or refunded)")
+                    }
+                    Restored::Triggered { funding, trigger } => format!(
+                        "{funding}: trigger {trigger} broadcast; run again once the dispute period has passed"
+                    ),
+                    Restored::Disputed { funding, remaining } => {
+                        format!("{funding}: the refund is valid in {remaining} blocks")
                     }
                 })
                 .collect::<Vec<_>>()
