@@ -104,8 +104,10 @@ fn a_payment_file_is_verified_and_submitted_by_the_merchant_and_a_tampered_one_r
     let listen = serving["address"].as_str().unwrap().to_string();
 
     w.fund_customer();
+    // A CLTV channel: the merchant settles 500 sat alone with one transaction (a dispute
+    // channel's settlement would also pay for its trigger, too much for 500 sat).
     let mut c = paychan(&customer_home, &url, &cookie);
-    c.args(["channels", "open", "--merchant", &listen, "--deposit", "100000sat"]);
+    c.args(["channels", "open", "--merchant", &listen, "--deposit", "100000sat", "--kind", "cltv"]);
     let channel = run(c)["channel"].as_str().unwrap().to_string();
     let mut c = paychan(&customer_home, &url, &cookie);
     c.args(["node", "mine", "1"]);

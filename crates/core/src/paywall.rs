@@ -148,6 +148,10 @@ pub struct Limits {
     pub max_channel_life_secs: u32,
     /// Confirmations the funding needs before payments count (0 with zero-conf).
     pub min_confirmations: u32,
+    /// The shortest dispute period (blocks) of a dispute channel; 0 from a merchant without
+    /// dispute channels (then a paying client opens a CLTV channel).
+    #[serde(default)]
+    pub min_dispute_blocks: u32,
 }
 
 impl From<&Policy> for Limits {
@@ -159,6 +163,7 @@ impl From<&Policy> for Limits {
             min_channel_life_secs: p.min_channel_life_secs,
             max_channel_life_secs: p.max_channel_life_secs,
             min_confirmations: if p.zero_conf { 0 } else { p.min_confirmations },
+            min_dispute_blocks: u32::from(p.min_dispute_blocks),
         }
     }
 }

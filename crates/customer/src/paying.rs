@@ -323,7 +323,13 @@ impl PayingClient {
                 }
                 self.report(Progress::Opening { peer: peer.to_string(), deposit });
                 info!(%peer, %deposit, "opening a channel to pay");
-                let id = self.customer.open(peer, deposit, None).await?;
+                // A dispute channel (no expiry) when the merchant offers them.
+                let kind = if limits.min_dispute_blocks > 0 {
+                    crate::ChannelKind::Dispute { blocks: None }
+                } else {
+                    crate::ChannelKind::Cltv { life_secs: None }
+                };
+                let id = self.customer.open_kind(peer, deposit, kind).await?;
                 self.report(Progress::Opened { channel: id });
                 id
             }

@@ -28,12 +28,13 @@ pub enum ChannelsCommand {
         /// The deposit: 100000sat, 0.001btc or satoshis.
         #[arg(long, value_parser = parse_amount, default_value = "100000sat")]
         deposit: Amount,
-        /// Channel life: 1d, 12h… (default: the merchant's). CLTV channels only.
+        /// Channel life: 1d, 12h… (default: the merchant's). A CLTV channel's (implies
+        /// `--kind cltv`).
         #[arg(long, value_parser = parse_duration, conflicts_with = "dispute_blocks")]
         life: Option<u64>,
-        /// The kind: `cltv` (a fixed expiry; what 21 clients speak) or `dispute` (no expiry:
-        /// closed cooperatively, or by either side alone after a dispute period).
-        #[arg(long, default_value = "cltv", value_parser = ["cltv", "dispute"])]
+        /// The kind: `dispute` (no expiry: closed cooperatively, or by either side alone after
+        /// a dispute period) or `cltv` (a fixed expiry; what 21 clients speak).
+        #[arg(long, default_value = "dispute", value_parser = ["cltv", "dispute"])]
         kind: String,
         /// A dispute channel's dispute period in blocks (default: the merchant's minimum).
         #[arg(long)]
@@ -154,7 +155,7 @@ pub fn run(cmd: ChannelsCommand, common: &Common) -> Result<ExitCode, CliError> 
         match cmd {
             ChannelsCommand::Open { merchant, deposit, life, kind, dispute_blocks, wait } => {
                 let kind = match kind.as_str() {
-                    "dispute" => ChannelKind::Dispute { blocks: dispute_blocks },
+                    "dispute" if life.is_none() => ChannelKind::Dispute { blocks: dispute_blocks },
                     _ => {
                         let life_secs = life.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
                         ChannelKind::Cltv { life_secs }
