@@ -160,3 +160,29 @@ fn the_merchant_alone_ends_an_exhausted_channel_by_the_trigger_and_its_settlemen
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_merchant_sigkilled_and_restarted_during_the_dispute_period_still_settles() {
+    let w = World::new();
+    let (merchant, channel) = open_and_pay(&w, 700);
+    // SIGKILL; the customer leaves while the merchant is down, and blocks come.
+    drop(merchant);
+    let forced = w.customer(&["channels", "close", "--channel", &channel, "--force"]);
+    let trigger = forced["trigger_txid"].as_str().unwrap().to_string();
+    mine(&w, 3);
+    // The merchant comes back within the dispute period: it finds the trigger and settles.
+    let (_merchant, _) = w.serve(&["--tick-secs", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let settlement = loop {
+        if let Some(t) = rpc(&w).mempool().unwrap().first() {
+            break t.to_string();
+        }
+        assert!(Instant::now() < deadline, "no settlement after the restart");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let block = mine(&w, 1)["blocks"][0].clone();
+    let tx = mined_tx(&w, &settlement, &block);
+    assert_eq!(tx["vin"][0]["txid"], trigger.as_str());
+    assert_eq!(sat(&tx["vout"][0]["value"]), 93_000, "the customer's change for 7,000 sat");
+    assert!(sat(&tx["vout"][1]["value"]) > 6_000, "7,000 sat less the fee to the merchant");
+}
