@@ -923,3 +923,28 @@ fn a_dispute_channel_never_expires() {
     assert_eq!(h.merchant().phase(), Phase::Open);
     assert_eq!(h.merchant().accepted(), Amount::from_sat(20));
 }
+
+#[test]
+fn a_dispute_channel_waits_for_its_funding_to_confirm_even_under_zero_conf() {
+    // Zero-conf trusts a funding the merchant broadcast itself; a dispute channel's comes
+    // without witnesses and is the customer's to broadcast.
+    let mut h = Harness::dispute(144);
+    h.policy.zero_conf = true;
+    h.policy.min_confirmations = 0;
+    let script = h.customer.state().terms.script;
+    let tx = funding_tx(&script, OutputKind::P2wsh, Amount::from_sat(100_000));
+    h.customer.handle_funding_built(tx).unwrap();
+    h.run();
+    assert_eq!(h.merchant().phase(), Phase::AwaitingFunding);
+    assert!(h.pay(10).is_err() || h.merchant().accepted() == Amount::ZERO);
+    h.merchant().handle_funding_confirmations(0);
+    assert_eq!(h.merchant().phase(), Phase::AwaitingFunding);
+    // Seen in the mempool (the driver asks the node): zero-conf takes it from there.
+    h.merchant().handle_funding_in_mempool();
+    assert_eq!(h.merchant().phase(), Phase::Open);
+    h.merchant().handle_funding_confirmations(1);
+    assert_eq!(h.merchant().phase(), Phase::Open);
+    // Under zero-conf, no confirmation (yet, or after a reorg) does not stop it: it was seen.
+    h.merchant().handle_funding_confirmations(0);
+    assert_eq!(h.merchant().phase(), Phase::Open);
+}

@@ -227,7 +227,10 @@ impl MerchantChannel {
         let mut state = MerchantState::new(params);
         state.key_index = key_index;
         state.trigger = trigger;
-        if policy.zero_conf {
+        // Zero-conf is for a funding the merchant broadcast itself (the node's acceptance
+        // proved it); a dispute channel's funding comes without witnesses and is the
+        // customer's to broadcast, so it is taken only confirmed.
+        if policy.zero_conf && state.trigger.is_none() {
             state.phase = Phase::Open;
         }
         let mut ch = MerchantChannel {
@@ -242,11 +245,7 @@ impl MerchantChannel {
         ch.outbox.now(Effect::Watch(id));
         ch.outbox.after_persist(Effect::Send(Message::Opened(Opened {
             channel: Some(id.into()),
-            confirmations_required: if ch.policy.zero_conf {
-                0
-            } else {
-                ch.policy.min_confirmations
-            },
+            confirmations_required: ch.confirmations_required(),
             trigger_signature,
         })));
         Ok(ch)
@@ -349,11 +348,37 @@ impl MerchantChannel {
         }
     }
 
+    /// The funding's confirmations before payments are accepted: the policy's (0 with
+    /// zero-conf), and at least 1 for a dispute channel (its funding is not the merchant's to
+    /// broadcast: under zero-conf it is taken once seen in the mempool,
+    /// [`MerchantChannel::handle_funding_in_mempool`]).
+    fn confirmations_required(&self) -> u32 {
+        match (&self.state.trigger, self.policy.zero_conf) {
+            (Some(_), _) => self.policy.min_confirmations.max(1),
+            (None, true) => 0,
+            (None, false) => self.policy.min_confirmations,
+        }
+    }
+
+    /// A dispute channel's funding is in the node's mempool (the customer broadcast it): under
+    /// zero-conf, payments are accepted from now on, as a CLTV channel's are once the merchant
+    /// broadcast its funding. Nothing otherwise.
+    pub fn handle_funding_in_mempool(&mut self) {
+        if self.state.phase == Phase::AwaitingFunding
+            && self.state.trigger.is_some()
+            && self.policy.zero_conf
+        {
+            self.state.phase = Phase::Open;
+            self.outbox.persist(self.state.clone());
+            self.outbox.now(Effect::Event(Event::FundingConfirmed { channel: self.id() }));
+        }
+    }
+
     /// The funding transaction has `confirmations` confirmations.
     pub fn handle_funding_confirmations(&mut self, confirmations: u32) {
         let id = self.id();
         match self.state.phase {
-            Phase::AwaitingFunding if confirmations >= self.policy.min_confirmations => {
+            Phase::AwaitingFunding if confirmations >= self.confirmations_required() => {
                 self.state.phase = Phase::Open;
                 self.outbox.persist(self.state.clone());
                 self.outbox.now(Effect::Event(Event::FundingConfirmed { channel: id }));

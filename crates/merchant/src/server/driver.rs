@@ -39,6 +39,18 @@ impl ChannelServer {
             blocking(move || view.sync()).await?;
             self.refresh_confirmations(&mut s, id).await?;
         }
+        let unseen_dispute = s.channel.phase() == Phase::AwaitingFunding
+            && s.channel.state().trigger.is_some()
+            && self.config.policy.zero_conf;
+        if unseen_dispute {
+            // Zero-conf on a dispute channel: its funding must at least be in the node's
+            // mempool (the customer broadcasts it; the merchant never had it whole).
+            let chain = self.chain.clone();
+            if blocking(move || chain.utxo(&id)).await?.is_some() {
+                s.channel.handle_funding_in_mempool();
+                self.drain(&mut s).await?;
+            }
+        }
         Ok(s)
     }
 
