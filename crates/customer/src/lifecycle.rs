@@ -254,6 +254,15 @@ impl Customer {
         let mut e = self.locked(&id).await?;
         let phase = e.channel.phase();
         let not_dispute = || paychan_core::Error::InvalidTransition { phase, event: "force close" };
+        // Checked before the wallet builds (and reserves the coins of) an exit child.
+        if !matches!(
+            phase,
+            paychan_core::channel::Phase::Open
+                | paychan_core::channel::Phase::Settling
+                | paychan_core::channel::Phase::Disputed
+        ) {
+            return Err(not_dispute().into());
+        }
         let trigger = e.channel.trigger().cloned().ok_or_else(not_dispute)?;
         let params = e.channel.state().params.clone().ok_or_else(not_dispute)?;
         let (anchor, anchor_output) = params.anchor().ok_or_else(not_dispute)?;
@@ -265,10 +274,16 @@ impl Customer {
         let exit = blocking(move || {
             let mut w = wallet.lock().unwrap_or_else(|p| p.into_inner());
             w.build_anchor_child(anchor, anchor_output, weight, fee_rate)
-                .map_err(|e| paychan_chain::ChainError::Transport(e.to_string()))
         })
         .await?;
-        e.channel.force_close(exit)?;
+        let exit_txid = exit.compute_txid();
+        if let Err(err) = e.channel.force_close(exit) {
+            // Never broadcast: its coins are free again.
+            let wallet = self.wallet.clone();
+            blocking(move || wallet.lock().unwrap_or_else(|p| p.into_inner()).forget(exit_txid))
+                .await?;
+            return Err(err.into());
+        }
         self.drain(&mut e).await?;
         let txid = trigger.compute_txid();
         info!(channel = %id, trigger = %txid, "force close: the dispute period starts when the trigger confirms");

@@ -68,6 +68,11 @@ async fn a_cooperative_close_is_one_transaction_paying_the_latest_total() {
     assert_eq!(close.output[0].value, Amount::from_sat(90_000), "the customer's change");
     let fee = 10_000 - close.output[1].value.to_sat();
     assert!(fee > 0 && fee < 1_000, "the merchant's 10,000 sat less the fee: {fee}");
+    // Over: no force close, and no coin of the wallet is taken for one.
+    w.customer_wallet.lock().unwrap().sync(&*w.chain).unwrap();
+    let before = w.customer_wallet.lock().unwrap().balance();
+    assert!(w.customer.force_close(id).await.is_err());
+    assert_eq!(w.customer_wallet.lock().unwrap().balance(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
