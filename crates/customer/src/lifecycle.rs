@@ -126,19 +126,21 @@ impl Customer {
         .await?;
         let funding_txid = funding.compute_txid();
         let id = channel.handle_funding_built(funding)?;
+        // What a backup of this channel holds (a dispute channel's adds its trigger).
+        let backup = |expiry, dispute| crate::backup::ChannelBackup {
+            funding: id,
+            value: deposit,
+            kind: OutputKind::P2wsh,
+            merchant,
+            customer: customer_pub,
+            customer_key_index: key_index,
+            expiry,
+            dispute,
+            peer: peer.to_string(),
+        };
         if let (Some(dir), ChannelKind::Cltv { .. }) = (&self.backups, kind) {
             // Before the funding can reach the chain: the merchant broadcasts it on `Open`.
-            let b = crate::backup::ChannelBackup {
-                funding: id,
-                value: deposit,
-                kind: OutputKind::P2wsh,
-                merchant,
-                customer: customer_pub,
-                customer_key_index: key_index,
-                expiry,
-                dispute: None,
-                peer: peer.to_string(),
-            };
+            let b = backup(expiry, None);
             let dir = dir.clone();
             blocking(move || crate::backup::write(&dir, &b)).await?;
         }
@@ -179,17 +181,7 @@ impl Customer {
         ) {
             // A dispute channel's backup holds its trigger: written before the funding can be
             // broadcast (the drain below).
-            let b = crate::backup::ChannelBackup {
-                funding: id,
-                value: deposit,
-                kind: OutputKind::P2wsh,
-                merchant,
-                customer: customer_pub,
-                customer_key_index: key_index,
-                expiry: LockTime::ZERO,
-                dispute: Some(crate::backup::DisputeBackup { blocks, trigger }),
-                peer: peer.to_string(),
-            };
+            let b = backup(LockTime::ZERO, Some(crate::backup::DisputeBackup { blocks, trigger }));
             let dir = dir.clone();
             blocking(move || crate::backup::write(&dir, &b)).await?;
         }

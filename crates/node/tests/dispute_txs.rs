@@ -75,6 +75,19 @@ fn open() -> Channel {
     Channel { node, funding_out, trigger, params, spare: coins[1].clone() }
 }
 
+/// The customer's exit child of `c`'s trigger, paying 2 sat/vB for both from the spare coin.
+fn exit_child(c: &Channel) -> Transaction {
+    let coin = WalletInput {
+        outpoint: c.spare.0,
+        txout: c.spare.1.clone(),
+        satisfaction_weight: Weight::from_wu(108),
+    };
+    let mut exit =
+        dispute::exit_child(&c.trigger, std::slice::from_ref(&coin), miner_spk(), rate(2)).unwrap();
+    paychan_harness::fixtures::sign_p2wpkh(&mut exit, 1, &c.spare.1, &miner_key());
+    exit
+}
+
 fn trigger_outputs(c: &Channel) -> Vec<TxOut> {
     c.trigger.output.clone()
 }
@@ -147,14 +160,7 @@ fn the_merchant_settles_with_the_trigger_as_a_package_at_the_latest_payment() {
 #[test]
 fn the_customer_leaves_by_the_trigger_and_its_exit_child_then_refunds_after_the_dispute_period() {
     let c = open();
-    let coin = WalletInput {
-        outpoint: c.spare.0,
-        txout: c.spare.1.clone(),
-        satisfaction_weight: Weight::from_wu(108),
-    };
-    let mut exit =
-        dispute::exit_child(&c.trigger, std::slice::from_ref(&coin), miner_spk(), rate(2)).unwrap();
-    paychan_harness::fixtures::sign_p2wpkh(&mut exit, 1, &c.spare.1, &miner_key());
+    let exit = exit_child(&c);
     verified(&exit, &[dispute::anchor_output(), c.spare.1.clone()]);
     let o = c.node.submit_package(vec![c.trigger.clone(), exit.clone()], None).unwrap();
     assert!(o.success(), "{o:?}");
@@ -195,14 +201,7 @@ fn the_customer_leaves_by_the_trigger_and_its_exit_child_then_refunds_after_the_
 #[test]
 fn the_merchants_settlement_replaces_the_customers_exit_child() {
     let c = open();
-    let coin = WalletInput {
-        outpoint: c.spare.0,
-        txout: c.spare.1.clone(),
-        satisfaction_weight: Weight::from_wu(108),
-    };
-    let mut exit =
-        dispute::exit_child(&c.trigger, std::slice::from_ref(&coin), miner_spk(), rate(2)).unwrap();
-    paychan_harness::fixtures::sign_p2wpkh(&mut exit, 1, &c.spare.1, &miner_key());
+    let exit = exit_child(&c);
     assert!(c.node.submit_package(vec![c.trigger.clone(), exit.clone()], None).unwrap().success());
     // The trigger is in the mempool: the merchant settles at once. Both children spend the
     // anchor, so the settlement replaces the exit child by the ordinary replacement rules: a
