@@ -224,9 +224,9 @@ fn no_secret_appears_in_the_logs_of_a_full_run() {
 fn an_https_paywall_is_paid_by_buy_trusting_its_ca_and_a_wrong_certificate_is_refused() {
     let w = World::new();
     let (url, cookie, customer_home) = (w.url.clone(), w.cookie.clone(), w.customer_home.clone());
-    let pki = tempfile::tempdir().unwrap();
-    paychan_harness::tls::TestPki::write(pki.path()).unwrap();
-    let file = |n: &str| pki.path().join(n).display().to_string();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = paychan_harness::tls::TestPki::write(pki_dir.path()).unwrap();
+    let file = |p: &std::path::Path| p.display().to_string();
     let upstream = upstream();
     let (_merchant, serving) = w.serve(&[
         "--zero-conf",
@@ -238,9 +238,9 @@ fn an_https_paywall_is_paid_by_buy_trusting_its_ca_and_a_wrong_certificate_is_re
         "--free",
         "/health",
         "--tls-cert",
-        &file("cert.pem"),
+        &file(&pki.cert),
         "--tls-key",
-        &file("key.pem"),
+        &file(&pki.key),
     ]);
     assert_eq!(serving["tls"], true, "{serving}");
     let shop = format!("https://{}", serving["http"].as_str().unwrap());
@@ -257,7 +257,7 @@ fn an_https_paywall_is_paid_by_buy_trusting_its_ca_and_a_wrong_certificate_is_re
             .output()
             .unwrap()
     };
-    for refused in [vec![], vec!["--cacert".to_string(), file("other-ca.pem")]] {
+    for refused in [vec![], vec!["--cacert".to_string(), file(&pki.other_ca)]] {
         let args: Vec<&str> = refused.iter().map(String::as_str).collect();
         let o = buy(&args);
         assert!(!o.status.success(), "{args:?}");
@@ -273,17 +273,17 @@ fn an_https_paywall_is_paid_by_buy_trusting_its_ca_and_a_wrong_certificate_is_re
     let curl = |args: &[&str]| {
         Command::new("curl").args(["-s", "--max-time", "30"]).args(args).output().unwrap()
     };
-    let o = curl(&["--cacert", &file("ca.pem"), &format!("{shop}/health")]);
+    let o = curl(&["--cacert", &file(&pki.ca), &format!("{shop}/health")]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "upstream says hi to /health\n");
     assert!(!curl(&[&format!("{shop}/health")]).status.success(), "untrusted without the CA");
 
-    let o = buy(&["--cacert", &file("ca.pem")]);
+    let o = buy(&["--cacert", &file(&pki.ca)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "upstream says hi to /api/tls\n");
 
     // curl through the proxy, which reaches the merchant over TLS.
     let mut proxy = paychan(&customer_home, &url, &cookie)
-        .args(["proxy", "--listen", "127.0.0.1:0", "--https-upstream", "--cacert", &file("ca.pem")])
+        .args(["proxy", "--listen", "127.0.0.1:0", "--https-upstream", "--cacert", &file(&pki.ca)])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -307,14 +307,14 @@ fn an_https_paywall_is_paid_by_buy_trusting_its_ca_and_a_wrong_certificate_is_re
 fn an_https_upstream_is_reached_over_tls_trusting_its_ca() {
     let w = World::new();
     let (url, cookie, customer_home) = (w.url.clone(), w.cookie.clone(), w.customer_home.clone());
-    let pki = tempfile::tempdir().unwrap();
-    paychan_harness::tls::TestPki::write(pki.path()).unwrap();
-    let file = |n: &str| pki.path().join(n).display().to_string();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = paychan_harness::tls::TestPki::write(pki_dir.path()).unwrap();
+    let file = |p: &std::path::Path| p.display().to_string();
     // The upstream: another paychan, over TLS, forwarding everything for free.
     let plain = upstream();
-    let mut tls_upstream = paychan(&pki.path().join("upstream-home"), &url, &cookie)
+    let mut tls_upstream = paychan(&pki_dir.path().join("upstream-home"), &url, &cookie)
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--upstream", &plain])
-        .args(["--free", "/*", "--tls-cert", &file("cert.pem"), "--tls-key", &file("key.pem")])
+        .args(["--free", "/*", "--tls-cert", &file(&pki.cert), "--tls-key", &file(&pki.key)])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -327,7 +327,7 @@ fn an_https_upstream_is_reached_over_tls_trusting_its_ca() {
     {
         let mut args =
             vec!["--zero-conf", "true", "--upstream", &https_upstream, "--price", "10sat"];
-        let ca = file("ca.pem");
+        let ca = file(&pki.ca);
         if trusting {
             args.extend(["--upstream-cacert", ca.as_str()]);
         }

@@ -302,11 +302,8 @@ impl Customer {
             }
             // The funding's spend, from the block the chain view read (once a dispute
             // channel's trigger is out: the trigger output's spend).
-            let disputed = e.channel.phase() == paychan_core::channel::Phase::Disputed;
-            let point = match (&e.channel.state().params, disputed) {
-                (Some(p), true) => p.channel_input(),
-                _ => id,
-            };
+            let phase = e.channel.phase();
+            let point = e.channel.state().params.as_ref().map_or(id, |p| p.ending_outpoint(phase));
             if let Some(spend) = self.view.spend(&point) {
                 e.channel.handle_funding_spent(&spend.tx)?;
                 if let (Some(p), true) = (&e.channel.state().params, point == id) {

@@ -593,9 +593,7 @@ impl CustomerChannel {
     pub fn handle_funding_spent(&mut self, tx: &Transaction) -> Result<(), Error> {
         let params = self.params("spent")?;
         let (id, input) = (params.id(), params.channel_input());
-        let spends_funding = tx.input.iter().any(|i| i.previous_output == id);
-        let spends_input = input != id && tx.input.iter().any(|i| i.previous_output == input);
-        if !spends_funding && !spends_input {
+        if !params.spends_channel(tx) {
             return Err(Error::UnexpectedMessage("transaction does not spend the channel"));
         }
         let txid = tx.compute_txid();

@@ -671,15 +671,11 @@ impl MerchantChannel {
     /// [`Error::UnexpectedMessage`] when `tx` does not spend this channel's funding output.
     pub fn handle_funding_spent(&mut self, tx: &Transaction) -> Result<(), Error> {
         let id = self.id();
-        let input = self.state.params.channel_input();
-        let spends_funding = tx.input.iter().any(|i| i.previous_output == id);
-        // A dispute channel's trigger output is spent by the settlement or the refund.
-        let spends_input = input != id && tx.input.iter().any(|i| i.previous_output == input);
-        if !spends_funding && !spends_input {
+        if !self.state.params.spends_channel(tx) {
             return Err(Error::UnexpectedMessage("transaction does not spend the channel"));
         }
         let txid = tx.compute_txid();
-        if spends_funding && self.state.trigger.is_some() {
+        if self.state.params.spends_funding(tx) && self.state.trigger.is_some() {
             return self.handle_dispute_funding_spent(txid);
         }
         let event = match find_channel_spend(tx).map(|s| s.role) {

@@ -232,6 +232,26 @@ impl ChannelParams {
         }
     }
 
+    /// Whether `tx` spends the funding.
+    pub fn spends_funding(&self, tx: &Transaction) -> bool {
+        tx.input.iter().any(|i| i.previous_output == self.id())
+    }
+
+    /// Whether `tx` spends the funding or, for a dispute channel, the trigger's output (by the
+    /// settlement or the refund).
+    pub fn spends_channel(&self, tx: &Transaction) -> bool {
+        self.spends_funding(tx) || tx.input.iter().any(|i| i.previous_output == self.channel_input)
+    }
+
+    /// The outpoint whose spend ends the channel in `phase`: the funding, or, once a dispute
+    /// channel's trigger is out, the trigger's output.
+    pub fn ending_outpoint(&self, phase: crate::channel::Phase) -> OutPoint {
+        match phase {
+            crate::channel::Phase::Disputed => self.channel_input,
+            _ => self.id(),
+        }
+    }
+
     /// The trigger's anchor, which a dispute channel's settlement spends (its ephemeral dust);
     /// `None` for a CLTV channel.
     pub fn anchor(&self) -> Option<(OutPoint, bitcoin::TxOut)> {

@@ -204,7 +204,7 @@ impl ChannelServer {
         // copy does not know): the spend is in the chain view's memory, no call. A dispute
         // channel's funding is spent by its trigger (then its settlement is due at once, and
         // what ends the channel is the spend of the trigger's output) or its cooperative close.
-        let spent = self.watched_spend_point(s, id);
+        let spent = self.watched_spend_point(s);
         if self.view.spend(&spent).is_some() {
             self.notice_spend(s, spent).await?;
             if s.channel.phase() != Phase::Disputed || spent != id {
@@ -226,7 +226,7 @@ impl ChannelServer {
         }
         if work.follow && s.channel.phase() == Phase::Settling {
             s.ext.begin();
-            let r = self.follow_settlement(s, id, height).await;
+            let r = self.follow_settlement(s, height).await;
             self.record(s, id, &now, r, "settlement follow-up");
         }
         Ok(())
@@ -253,11 +253,8 @@ impl ChannelServer {
 
     /// The outpoint whose spend ends the channel now: the funding, or, once a dispute
     /// channel's trigger is out, the trigger's output.
-    fn watched_spend_point(&self, s: &Slot, id: OutPoint) -> OutPoint {
-        match s.channel.phase() {
-            Phase::Disputed => s.channel.state().params.channel_input(),
-            _ => id,
-        }
+    fn watched_spend_point(&self, s: &Slot) -> OutPoint {
+        s.channel.state().params.ending_outpoint(s.channel.phase())
     }
 
     /// A settlement out: recorded when it confirms; broadcast again when it left the mempool;
@@ -265,17 +262,12 @@ impl ChannelServer {
     /// `SINGLE|ANYONECANPAY` signature leaves the merchant's output and fee free). What to do
     /// is the scheduler's [`follow`](paychan_core::channel::settlement::Scheduler::follow).
     /// `height` is the tip the tick read (one RPC per tick, not one per settling channel).
-    async fn follow_settlement(
-        &self,
-        s: &mut Slot,
-        id: OutPoint,
-        height: u32,
-    ) -> Result<(), MerchantError> {
+    async fn follow_settlement(&self, s: &mut Slot, height: u32) -> Result<(), MerchantError> {
         let Some(txid) = s.channel.state().settlement_txid else { return Ok(()) };
         // The funding spent in a block (by this settlement, an earlier one, or a refund), or
         // the settlement still in the mempool (one call per settling channel). A disputed
         // channel's settlement spends the trigger's output.
-        let spend = self.view.spend(&self.watched_spend_point(s, id));
+        let spend = self.view.spend(&self.watched_spend_point(s));
         let seen = if spend.is_some() {
             SettlementSeen::Confirmed
         } else {
