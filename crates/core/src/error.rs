@@ -285,6 +285,37 @@ pub enum Error {
         /// Bytes present.
         have: usize,
     },
+    // ---- BOLT 3 (duplex channels) ----
+    /// A BOLT 3 key, script or transaction could not be built from these inputs.
+    #[error("bolt 3: {0}")]
+    Bolt3(&'static str),
+    /// A commitment's balances and HTLCs do not add up to the funding amount.
+    #[error("commitment amounts add up to {} msat, the funding is {funding_msat} msat", total_msat.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string()))]
+    Bolt3Amounts {
+        /// Balances plus HTLCs (`None` on overflow).
+        total_msat: Option<u64>,
+        /// The funding amount.
+        funding_msat: u64,
+    },
+    /// A per-commitment secret arrived for another index than the next one.
+    #[error("per-commitment secret for index {got}, expected index {expected}")]
+    SecretOutOfOrder {
+        /// The index expected next.
+        expected: u64,
+        /// The index given.
+        got: u64,
+    },
+    /// A per-commitment secret does not derive a secret received before: the peer lied about one
+    /// of them.
+    #[error("per-commitment secret for index {index} does not derive the secret of index {earlier} (slot {slot})")]
+    SecretInconsistent {
+        /// The index of the new secret.
+        index: u64,
+        /// The index of the earlier secret it fails to derive.
+        earlier: u64,
+        /// The storage slot of the earlier secret.
+        slot: usize,
+    },
     /// A frame's body is not a valid message.
     #[error("undecodable message: {0}")]
     Decode(String),
@@ -331,6 +362,10 @@ impl Error {
             Error::NotOurKey => 22,
             Error::WrongOutputKind => 23,
             Error::UnsupportedNetwork(_) => 24,
+            Error::Bolt3(_) => 25,
+            Error::Bolt3Amounts { .. } => 26,
+            Error::SecretOutOfOrder { .. } => 210,
+            Error::SecretInconsistent { .. } => 211,
             Error::WrongChannel { .. } => 100,
             Error::UnknownChannel(_) => 101,
             Error::ChannelNotOpen { .. } => 102,

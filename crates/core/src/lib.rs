@@ -9,6 +9,7 @@
 //!   send".
 //! * [`policy`]: limits, margins and defaults.
 //! * [`msg`]: the TCP protocol's protobuf messages and framing.
+//! * [`bolt3`]: BOLT 3 keys, scripts and transactions for duplex channels (DESIGN §3b).
 //! * [`verify`]: script checks with Bitcoin Core's interpreter plus its standardness rules.
 //!
 //! Nothing here reads a clock, draws randomness, touches a file or a socket: time comes in as
@@ -17,6 +18,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bolt3;
 pub mod channel;
 mod error;
 pub mod msg;
