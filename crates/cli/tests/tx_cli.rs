@@ -141,3 +141,104 @@ fn verify_a_settlement_built_by_the_core() {
     assert_eq!(j["channel"]["kind"], "p2wsh");
     assert_eq!(j["outputs"][0]["value_sat"], 100_000 - 12_345);
 }
+
+/// The first line of BOLT 3 (testdata copy) that starts with `prefix`, after it.
+fn bolt3_line(prefix: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/bolt3/03-transactions.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("{prefix}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn decode_recognises_bolt3_commitment_and_htlc_transactions() {
+    // Appendix C's first commitment: obscured number 0x2bb038521914 ^ 42.
+    let j = json_of(&paychan(&["tx", "decode", &bolt3_line("output commit_tx:")]));
+    assert_eq!(j["bolt3"]["kind"], "bolt3-commitment");
+    assert_eq!(j["bolt3"]["obscured_commitment_number"], 0x2bb0_3852_1914_u64 ^ 42);
+    assert_eq!(j["bolt3"]["signed"], true);
+    assert_eq!(
+        j["bolt3"]["funding"],
+        "8984484a580b825b9972d7adb15050b3ab624ccd731946b3eeddb92f4e7ef6be:0"
+    );
+    assert!(j["channel"].is_null());
+
+    let j = json_of(&paychan(&["tx", "decode", &bolt3_line("htlc_success_tx (htlc #0):")]));
+    assert_eq!(j["bolt3"]["kind"], "bolt3-htlc-success");
+    assert_eq!(j["bolt3"]["inputs"][0]["type"], "success");
+    assert_eq!(j["bolt3"]["inputs"][0]["channel_type"], "static_remotekey");
+    assert_eq!(j["bolt3"]["inputs"][0]["preimage"], "00".repeat(32));
+
+    let j = json_of(&paychan(&["tx", "decode", &bolt3_line("htlc_timeout_tx (htlc #2):")]));
+    assert_eq!(j["bolt3"]["kind"], "bolt3-htlc-timeout");
+    assert_eq!(j["bolt3"]["inputs"][0]["cltv_expiry"], 502);
+
+    // A unidirectional channel's transaction is not a BOLT 3 one.
+    let j = json_of(&paychan(&["tx", "decode", &v("refund_tx_hex")]));
+    assert!(j["bolt3"].is_null());
+}
+
+#[test]
+fn decode_recognises_bolt3_closing_and_justice_transactions() {
+    use paychan_core::bitcoin::hashes::Hash;
+    use paychan_core::bitcoin::secp256k1::{PublicKey, SecretKey};
+    use paychan_core::bitcoin::{OutPoint, Txid};
+    use paychan_core::bolt3::justice::{self, RevokedKind, RevokedOutput};
+    use paychan_core::bolt3::{closing, keys, script, sign};
+    use paychan_harness::fixtures::key;
+
+    let pk = |k: &SecretKey| PublicKey::from_secret_key(paychan_core::sig::secp(), k);
+    let (a, b) = (key(1), key(2));
+    let funding_script = script::funding(&pk(&a), &pk(&b));
+    let funding = OutPoint { txid: Txid::from_byte_array([5; 32]), vout: 1 };
+    let tx = closing::build(&closing::ClosingSpec {
+        funding_outpoint: funding,
+        to_local_msat: 600_000_000,
+        to_remote_msat: 400_000_000,
+        local_script: p2wpkh(&key(3)),
+        remote_script: p2wpkh(&key(4)),
+        fee_sat: 1_000,
+        local_is_opener: true,
+        dust_limit_sat: 546,
+    })
+    .unwrap();
+    let sig = |k| {
+        sign::sign(
+            &tx,
+            0,
+            &funding_script,
+            1_000_000,
+            paychan_core::bitcoin::EcdsaSighashType::All,
+            k,
+        )
+        .unwrap()
+    };
+    let mut signed = tx.clone();
+    signed.input[0].witness =
+        paychan_core::bolt3::funding_witness((&pk(&a), &sig(&a)), (&pk(&b), &sig(&b)));
+    let j = json_of(&paychan(&["tx", "decode", &serialize_hex(&signed)]));
+    assert_eq!(j["bolt3"]["kind"], "bolt3-closing");
+    assert_eq!(j["bolt3"]["funding"], format!("{}:1", funding.txid));
+
+    // A justice transaction taking a revoked to_local.
+    let secret = keys::commitment_secret(&[3; 32], keys::FIRST_INDEX - 7);
+    let point = keys::per_commitment_point(&secret).unwrap();
+    let revocation = keys::revocation_pubkey(&pk(&key(5)), &point).unwrap();
+    let revoked = [RevokedOutput {
+        outpoint: OutPoint { txid: Txid::from_byte_array([6; 32]), vout: 2 },
+        value_sat: 200_000,
+        witness_script: script::to_local(&revocation, 144, &pk(&key(6))),
+        kind: RevokedKind::ToLocal,
+    }];
+    let j_tx = justice::build(&revoked, p2wpkh(&key(7)), 1_000).unwrap();
+    let j_tx =
+        justice::sign_all(&j_tx, &revoked, &keys::revocation_privkey(&key(5), &secret).unwrap())
+            .unwrap();
+    let j = json_of(&paychan(&["tx", "decode", &serialize_hex(&j_tx)]));
+    assert_eq!(j["bolt3"]["kind"], "bolt3-justice");
+    assert_eq!(j["bolt3"]["inputs"][0]["takes"], "to_local");
+    assert_eq!(j["bolt3"]["inputs"][0]["revoked"], format!("{}:2", revoked[0].outpoint.txid));
+}

@@ -12,6 +12,7 @@ use paychan_core::bitcoin::{
     Address, Amount, CompressedPublicKey, Network, OutPoint, Script, ScriptBuf, Transaction, TxOut,
     Txid,
 };
+use paychan_core::bolt3::recognise::{recognise as recognise_bolt3, Bolt3Tx, JusticeInput};
 use paychan_core::script::{ChannelScript, Lock};
 use paychan_core::tx::recognise::{find_channel_spend, find_funding, Role};
 use paychan_core::verify::verify_input_raw;
@@ -23,7 +24,8 @@ use crate::CliError;
 /// `paychan tx …`
 #[derive(Debug, Subcommand)]
 pub enum TxCommand {
-    /// Decode a transaction; recognise channel funding, refunds, payments and settlements.
+    /// Decode a transaction; recognise channel funding, refunds, payments and settlements, and
+    /// BOLT 3 commitment, HTLC-timeout/success, closing and justice transactions.
     Decode(DecodeArgs),
     /// Verify a transaction's inputs with Bitcoin Core's script interpreter.
     ///
@@ -194,7 +196,51 @@ fn decode(a: &DecodeArgs, network: Network) -> Result<Value, CliError> {
         "inputs": inputs,
         "outputs": outputs,
         "channel": channel,
+        "bolt3": bolt3_json(&tx),
     }))
+}
+
+fn outpoint(o: &OutPoint) -> String {
+    format!("{}:{}", o.txid, o.vout)
+}
+
+/// What a BOLT 3 (duplex channel) transaction is, from its shape and witnesses.
+fn bolt3_json(tx: &Transaction) -> Value {
+    let Some(t) = recognise_bolt3(tx) else { return Value::Null };
+    let detail = match &t {
+        Bolt3Tx::Commitment { funding, obscured_number, signed } => json!({
+            "funding": outpoint(funding),
+            "obscured_commitment_number": obscured_number,
+            "signed": signed,
+        }),
+        Bolt3Tx::SecondStage { inputs } => json!({
+            "inputs": inputs.iter().map(|i| {
+                let mut v = json!({
+                    "htlc": outpoint(&i.htlc),
+                    "type": if i.preimage.is_some() { "success" } else { "timeout" },
+                    "channel_type": i.channel_type.as_str(),
+                });
+                match (i.preimage, &mut v) {
+                    (Some(p), Value::Object(m)) => { m.insert("preimage".into(), json!(hex(&p))); }
+                    (None, Value::Object(m)) => { m.insert("cltv_expiry".into(), json!(tx.lock_time.to_consensus_u32())); }
+                    _ => {}
+                }
+                v
+            }).collect::<Vec<_>>(),
+        }),
+        Bolt3Tx::Closing { funding } => json!({ "funding": outpoint(funding) }),
+        Bolt3Tx::Justice { inputs } => json!({
+            "inputs": inputs.iter().map(|(o, how)| json!({
+                "revoked": outpoint(o),
+                "takes": match how { JusticeInput::ToLocal => "to_local", JusticeInput::Htlc => "htlc" },
+            })).collect::<Vec<_>>(),
+        }),
+    };
+    let mut v = json!({ "kind": t.kind() });
+    if let (Value::Object(m), Value::Object(d)) = (&mut v, detail) {
+        m.extend(d);
+    }
+    v
 }
 
 fn hex(b: &[u8]) -> String {

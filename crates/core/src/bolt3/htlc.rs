@@ -134,7 +134,32 @@ impl HtlcTx {
     /// # Errors
     /// As [`sign::sign`].
     pub fn sign_local(&self, key: &SecretKey) -> Result<Signature, Error> {
-        sign::sign(&self.tx, 0, &self.witness_script, self.value_sat, EcdsaSighashType::All, key)
+        self.sign_local_on(&self.tx, key)
+    }
+
+    /// The broadcaster's signature on `tx`: this transaction with inputs and outputs added
+    /// after the HTLC input and its output (with anchors, to pay a fee; the countersignatory's
+    /// `SIGHASH_SINGLE|ANYONECANPAY` signature stays valid).
+    ///
+    /// # Errors
+    /// [`Error::Bolt3`] when `tx` does not keep this transaction's input 0 and output 0; as
+    /// [`sign::sign`].
+    pub fn sign_local_on(&self, tx: &Transaction, key: &SecretKey) -> Result<Signature, Error> {
+        self.check_extends(tx)?;
+        sign::sign(tx, 0, &self.witness_script, self.value_sat, EcdsaSighashType::All, key)
+    }
+
+    fn check_extends(&self, tx: &Transaction) -> Result<(), Error> {
+        let same_input = tx.input.first().map(|i| (i.previous_output, i.sequence))
+            == self.tx.input.first().map(|i| (i.previous_output, i.sequence));
+        if !same_input
+            || tx.output.first() != self.tx.output.first()
+            || tx.version != self.tx.version
+            || tx.lock_time != self.tx.lock_time
+        {
+            return Err(Error::Bolt3("the transaction does not extend this HTLC transaction"));
+        }
+        Ok(())
     }
 
     /// Checks the countersignatory's signature against `keys.countersignatory_htlc`.
@@ -170,13 +195,29 @@ impl HtlcTx {
         local: &Signature,
         preimage: Option<&[u8; 32]>,
     ) -> Result<Transaction, Error> {
+        self.complete_on(self.tx.clone(), channel_type, remote, local, preimage)
+    }
+
+    /// [`Self::complete`] on `tx`, this transaction with inputs and outputs added (see
+    /// [`Self::sign_local_on`]); only input 0's witness is written.
+    ///
+    /// # Errors
+    /// As [`Self::complete`], and when `tx` does not extend this transaction.
+    pub fn complete_on(
+        &self,
+        mut tx: Transaction,
+        channel_type: ChannelType,
+        remote: &Signature,
+        local: &Signature,
+        preimage: Option<&[u8; 32]>,
+    ) -> Result<Transaction, Error> {
+        self.check_extends(&tx)?;
         let last: &[u8] = match (self.timeout, preimage) {
             (true, None) => &[],
             (false, Some(p)) => p,
             (true, Some(_)) => return Err(Error::Bolt3("an HTLC-timeout takes no preimage")),
             (false, None) => return Err(Error::Bolt3("an HTLC-success needs the preimage")),
         };
-        let mut tx = self.tx.clone();
         let mut w = Witness::new();
         w.push([]);
         w.push(sign::witness_item(remote, remote_sighash(channel_type)));

@@ -25,7 +25,7 @@ pub mod secrets;
 pub mod sign;
 pub mod spend;
 
-use bitcoin::secp256k1::{ecdsa::Signature, SecretKey};
+use bitcoin::secp256k1::{ecdsa::Signature, PublicKey, SecretKey};
 use bitcoin::sighash::EcdsaSighashType;
 use bitcoin::{Transaction, Witness};
 
@@ -116,20 +116,26 @@ impl CommitmentParams {
         broadcaster_sig: &Signature,
         countersignatory_sig: &Signature,
     ) -> Transaction {
-        let b = sign::witness_item(broadcaster_sig, EcdsaSighashType::All);
-        let c = sign::witness_item(countersignatory_sig, EcdsaSighashType::All);
-        let broadcaster_first =
-            self.broadcaster.funding.serialize() <= self.countersignatory.funding.serialize();
-        let (first, second) = if broadcaster_first { (b, c) } else { (c, b) };
-        let mut w = Witness::new();
-        w.push([]);
-        w.push(first);
-        w.push(second);
-        w.push(self.funding_script().as_bytes());
+        let w = funding_witness(
+            (&self.broadcaster.funding, broadcaster_sig),
+            (&self.countersignatory.funding, countersignatory_sig),
+        );
         let mut tx = tx.clone();
         if let Some(input) = tx.input.first_mut() {
             input.witness = w;
         }
         tx
     }
+}
+
+/// The witness that spends the 2-of-2 funding output: `0 <sig for the first key> <sig for the
+/// second key> <script>`, keys in the script's (lexicographic) order, `SIGHASH_ALL`.
+pub fn funding_witness(a: (&PublicKey, &Signature), b: (&PublicKey, &Signature)) -> Witness {
+    let (first, second) = if a.0.serialize() <= b.0.serialize() { (a, b) } else { (b, a) };
+    let mut w = Witness::new();
+    w.push([]);
+    w.push(sign::witness_item(first.1, EcdsaSighashType::All));
+    w.push(sign::witness_item(second.1, EcdsaSighashType::All));
+    w.push(script::funding(a.0, b.0).as_bytes());
+    w
 }

@@ -107,6 +107,18 @@ pub enum JusticeInput {
     Htlc,
 }
 
+/// One HTLC output taken by its commitment's broadcaster through a pre-signed second-stage
+/// input (with anchors, several may share a transaction with fee inputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondStageInput {
+    /// The commitment output it spends.
+    pub htlc: OutPoint,
+    /// The channel type (from the script).
+    pub channel_type: ChannelType,
+    /// `Some(preimage)` for an HTLC-success, `None` for an HTLC-timeout.
+    pub preimage: Option<[u8; 32]>,
+}
+
 /// A BOLT 3 transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bolt3Tx {
@@ -119,23 +131,11 @@ pub enum Bolt3Tx {
         /// Whether it carries both funding signatures.
         signed: bool,
     },
-    /// An HTLC-success transaction (reveals the preimage).
-    HtlcSuccess {
-        /// The commitment output it spends.
-        htlc: OutPoint,
-        /// The preimage.
-        preimage: [u8; 32],
-        /// The channel type (from the script).
-        channel_type: ChannelType,
-    },
-    /// An HTLC-timeout transaction.
-    HtlcTimeout {
-        /// The commitment output it spends.
-        htlc: OutPoint,
-        /// The HTLC's expiry (the transaction's locktime).
-        cltv_expiry: u32,
-        /// The channel type (from the script).
-        channel_type: ChannelType,
+    /// HTLC-success and/or HTLC-timeout transactions (one, or several batched with fee
+    /// inputs). An HTLC-timeout's expiry is the transaction's locktime.
+    SecondStage {
+        /// The HTLC outputs it takes.
+        inputs: Vec<SecondStageInput>,
     },
     /// A mutual close of a channel.
     Closing {
@@ -149,64 +149,88 @@ pub enum Bolt3Tx {
     },
 }
 
+impl Bolt3Tx {
+    /// A short lowercase name of the kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Bolt3Tx::Commitment { .. } => "bolt3-commitment",
+            Bolt3Tx::SecondStage { inputs } if inputs.iter().all(|i| i.preimage.is_some()) => {
+                "bolt3-htlc-success"
+            }
+            Bolt3Tx::SecondStage { inputs } if inputs.iter().all(|i| i.preimage.is_none()) => {
+                "bolt3-htlc-timeout"
+            }
+            Bolt3Tx::SecondStage { .. } => "bolt3-htlc-success-and-timeout",
+            Bolt3Tx::Closing { .. } => "bolt3-closing",
+            Bolt3Tx::Justice { .. } => "bolt3-justice",
+        }
+    }
+}
+
+fn witness_script<'a>(w: &[&'a [u8]]) -> Option<(&'a Script, ScriptKind)> {
+    let s = Script::from_bytes(w.last()?);
+    Some((s, classify_script(s)?))
+}
+
 /// Recognises a BOLT 3 transaction; `None` when it is not one.
 pub fn recognise(tx: &Transaction) -> Option<Bolt3Tx> {
     if let [input] = tx.input.as_slice() {
         let w: Vec<&[u8]> = input.witness.iter().collect();
-        let last = w.last().map(|s| Script::from_bytes(s));
-        let kind = last.and_then(classify_script);
-        let obscured = obscured_parts(tx);
-        match (kind, w.len()) {
-            (Some(ScriptKind::Funding), 4) | (None, 0) if obscured.is_some() => {
-                let (lo, hi) = obscured?;
+        let funding_spend =
+            w.len() == 4 && matches!(witness_script(&w), Some((_, ScriptKind::Funding)));
+        if let Some((lo, hi)) = obscured_parts(tx) {
+            if funding_spend || w.is_empty() {
                 return Some(Bolt3Tx::Commitment {
                     funding: input.previous_output,
                     obscured_number: u64::from(hi) << 24 | u64::from(lo),
                     signed: !w.is_empty(),
                 });
             }
-            (Some(ScriptKind::Funding), 4) if tx.version == bitcoin::transaction::Version::TWO => {
-                return Some(Bolt3Tx::Closing { funding: input.previous_output });
-            }
-            (Some(ScriptKind::OfferedHtlc(ct)), 5) if w[0].is_empty() && w[3].is_empty() => {
-                return Some(Bolt3Tx::HtlcTimeout {
-                    htlc: input.previous_output,
-                    cltv_expiry: tx.lock_time.to_consensus_u32(),
+        }
+        if funding_spend && tx.version == bitcoin::transaction::Version::TWO {
+            return Some(Bolt3Tx::Closing { funding: input.previous_output });
+        }
+    }
+    let mut second = Vec::new();
+    let mut justice = Vec::new();
+    for i in &tx.input {
+        let w: Vec<&[u8]> = i.witness.iter().collect();
+        let Some((s, kind)) = witness_script(&w) else { continue };
+        match (kind, w.as_slice()) {
+            (ScriptKind::OfferedHtlc(ct), [[], _, _, [], _]) => {
+                second.push(SecondStageInput {
+                    htlc: i.previous_output,
                     channel_type: ct,
+                    preimage: None,
                 });
             }
-            (Some(ScriptKind::ReceivedHtlc { channel_type, .. }), 5) if w[0].is_empty() => {
-                let preimage = <[u8; 32]>::try_from(w[3]).ok()?;
-                return Some(Bolt3Tx::HtlcSuccess {
-                    htlc: input.previous_output,
-                    preimage,
-                    channel_type,
-                });
+            (ScriptKind::ReceivedHtlc { channel_type, .. }, [[], _, _, preimage, _]) => {
+                if let Ok(p) = <[u8; 32]>::try_from(*preimage) {
+                    second.push(SecondStageInput {
+                        htlc: i.previous_output,
+                        channel_type,
+                        preimage: Some(p),
+                    });
+                }
+            }
+            (ScriptKind::ToLocal { .. }, [_, middle, _]) if *middle == [1u8] => {
+                justice.push((i.previous_output, JusticeInput::ToLocal));
+            }
+            (ScriptKind::OfferedHtlc(_) | ScriptKind::ReceivedHtlc { .. }, [_, middle, _])
+                if middle.len() == 33
+                    && s.as_bytes().get(3..23)
+                        == Some(&hash160::Hash::hash(middle).to_byte_array()[..]) =>
+            {
+                justice.push((i.previous_output, JusticeInput::Htlc));
             }
             _ => {}
         }
     }
-    let inputs: Vec<(OutPoint, JusticeInput)> = tx
-        .input
-        .iter()
-        .filter_map(|i| {
-            let w: Vec<&[u8]> = i.witness.iter().collect();
-            let [_, middle, last] = w.as_slice() else { return None };
-            let s = Script::from_bytes(last);
-            match classify_script(s)? {
-                ScriptKind::ToLocal { .. } if *middle == [1u8] => {
-                    Some((i.previous_output, JusticeInput::ToLocal))
-                }
-                ScriptKind::OfferedHtlc(_) | ScriptKind::ReceivedHtlc { .. }
-                    if middle.len() == 33
-                        && s.as_bytes().get(3..23)
-                            == Some(&hash160::Hash::hash(middle).to_byte_array()[..]) =>
-                {
-                    Some((i.previous_output, JusticeInput::Htlc))
-                }
-                _ => None,
-            }
-        })
-        .collect();
-    (!inputs.is_empty()).then_some(Bolt3Tx::Justice { inputs })
+    if !justice.is_empty() {
+        Some(Bolt3Tx::Justice { inputs: justice })
+    } else if !second.is_empty() {
+        Some(Bolt3Tx::SecondStage { inputs: second })
+    } else {
+        None
+    }
 }
