@@ -28,7 +28,7 @@ use paychan_core::bolt3::commitment::{self, CommitmentParams, CommitmentState};
 use paychan_core::bolt3::justice::{self, RevokedKind, RevokedOutput};
 use paychan_core::bolt3::recognise::{recognise, Bolt3Tx};
 use paychan_core::bolt3::{
-    closing, htlc, keys, script, Basepoints, ChannelType, CommitmentKeys, CommitmentSecrets, Htlc,
+    closing, htlc, keys, script, BaseSecrets, ChannelType, CommitmentKeys, CommitmentSecrets, Htlc,
     OutputRole,
 };
 use paychan_core::{sig, verify, Error};
@@ -41,39 +41,19 @@ fn cases() -> u32 {
         .unwrap_or(if cfg!(debug_assertions) { 300 } else { 10_000 })
 }
 
-/// One side's five base secrets.
-#[derive(Debug, Clone)]
-struct Side {
-    funding: SecretKey,
-    revocation: SecretKey,
-    payment: SecretKey,
-    delayed: SecretKey,
-    htlc: SecretKey,
-}
-
-impl Side {
-    fn basepoints(&self) -> Basepoints {
-        let p = |k: &SecretKey| PublicKey::from_secret_key(sig::secp(), k);
-        Basepoints {
-            funding: p(&self.funding),
-            revocation: p(&self.revocation),
-            payment: p(&self.payment),
-            delayed_payment: p(&self.delayed),
-            htlc: p(&self.htlc),
-        }
-    }
-
-    fn ldk(&self) -> ChannelPublicKeys {
-        let b = self.basepoints();
-        ChannelPublicKeys {
-            funding_pubkey: b.funding,
-            revocation_basepoint: RevocationBasepoint(b.revocation),
-            payment_point: b.payment,
-            delayed_payment_basepoint: DelayedPaymentBasepoint(b.delayed_payment),
-            htlc_basepoint: HtlcBasepoint(b.htlc),
-        }
+/// A side's public keys as LDK takes them.
+fn ldk_pubkeys(side: &Side) -> ChannelPublicKeys {
+    let b = side.basepoints();
+    ChannelPublicKeys {
+        funding_pubkey: b.funding,
+        revocation_basepoint: RevocationBasepoint(b.revocation),
+        payment_point: b.payment,
+        delayed_payment_basepoint: DelayedPaymentBasepoint(b.delayed_payment),
+        htlc_basepoint: HtlcBasepoint(b.htlc),
     }
 }
+
+type Side = BaseSecrets;
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -107,7 +87,7 @@ fn side() -> impl Strategy<Value = Side> {
             funding,
             revocation,
             payment,
-            delayed,
+            delayed_payment: delayed,
             htlc,
         },
     )
@@ -219,8 +199,8 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let k = CommitmentKeys::derive(&point, &bb, &cb).expect("keys");
     let ldk_keys = ldk::TxCreationKeys::from_channel_static_keys(
         &point,
-        &c.broadcaster.ldk(),
-        &c.countersignatory.ldk(),
+        &ldk_pubkeys(&c.broadcaster),
+        &ldk_pubkeys(&c.countersignatory),
         secp,
     );
     prop_assert_eq!(k.revocation, ldk_keys.revocation_key.to_public_key());
@@ -335,11 +315,11 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         })
         .collect();
     let channel = ChannelTransactionParameters {
-        holder_pubkeys: c.broadcaster.ldk(),
+        holder_pubkeys: ldk_pubkeys(&c.broadcaster),
         holder_selected_contest_delay: 144,
         is_outbound_from_holder: c.broadcaster_is_opener,
         counterparty_parameters: Some(CounterpartyChannelTransactionParameters {
-            pubkeys: c.countersignatory.ldk(),
+            pubkeys: ldk_pubkeys(&c.countersignatory),
             selected_contest_delay: c.to_self_delay,
         }),
         funding_outpoint: Some(LdkOutPoint { txid: funding_outpoint.txid, index: c.funding_vout }),

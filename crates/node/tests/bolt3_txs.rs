@@ -21,7 +21,7 @@ use paychan_core::bolt3::htlc::{self, HtlcTx};
 use paychan_core::bolt3::justice::{self, RevokedKind, RevokedOutput};
 use paychan_core::bolt3::recognise::{recognise, Bolt3Tx, JusticeInput};
 use paychan_core::bolt3::{
-    closing, keys, script, sign, spend, Basepoints, ChannelType, CommitmentKeys, Htlc,
+    closing, keys, script, sign, spend, BaseSecrets, ChannelType, CommitmentKeys, Htlc,
 };
 use paychan_core::sig;
 use paychan_core::verify::verify_input;
@@ -33,33 +33,14 @@ const DELAY: u16 = 6;
 const FEERATE: u32 = 2_500; // sat/kw: 10 sat/vB
 const NUMBER: u64 = 42;
 
-struct SideKeys {
-    funding: SecretKey,
-    revocation: SecretKey,
-    payment: SecretKey,
-    delayed: SecretKey,
-    htlc: SecretKey,
-}
-
-impl SideKeys {
-    fn new(base: u8) -> Self {
-        SideKeys {
-            funding: key(base),
-            revocation: key(base + 1),
-            payment: key(base + 2),
-            delayed: key(base + 3),
-            htlc: key(base + 4),
-        }
-    }
-    fn basepoints(&self) -> Basepoints {
-        let p = |k: &SecretKey| PublicKey::from_secret_key(sig::secp(), k);
-        Basepoints {
-            funding: p(&self.funding),
-            revocation: p(&self.revocation),
-            payment: p(&self.payment),
-            delayed_payment: p(&self.delayed),
-            htlc: p(&self.htlc),
-        }
+/// Five consecutive fixture keys as one side's base secrets.
+fn side(base: u8) -> BaseSecrets {
+    BaseSecrets {
+        funding: key(base),
+        revocation: key(base + 1),
+        payment: key(base + 2),
+        delayed_payment: key(base + 3),
+        htlc: key(base + 4),
     }
 }
 
@@ -67,8 +48,8 @@ impl SideKeys {
 struct World {
     node: Node,
     ct: ChannelType,
-    local: SideKeys,
-    remote: SideKeys,
+    local: BaseSecrets,
+    remote: BaseSecrets,
     params: CommitmentParams,
     state: CommitmentState,
     commitment: Commitment,
@@ -85,7 +66,7 @@ impl World {
     fn new(ct: ChannelType) -> Self {
         let node = funded_node(1);
         let mut coins = split(&node, 1, 6, 1_000_000);
-        let (local, remote) = (SideKeys::new(0x10), SideKeys::new(0x20));
+        let (local, remote) = (side(0x10), side(0x20));
         let (lb, rb) = (local.basepoints(), remote.basepoints());
         let funding_script = script::funding(&lb.funding, &rb.funding);
         let funding_out = out(FUNDING, funding_script.to_p2wsh());
@@ -389,7 +370,7 @@ fn commitment_then_every_path_of_its_outputs() {
             DELAY,
             &w.commitment.keys.broadcaster_delayed,
         );
-        let delayed = keys::derive_privkey(&w.local.delayed, &w.point()).unwrap();
+        let delayed = keys::derive_privkey(&w.local.delayed_payment, &w.point()).unwrap();
         let value = w.output(lv).value.to_sat();
         let mut to_local =
             w.sweep(OutPoint { txid: w.txid(), vout: lv }, value, 0, u32::from(DELAY));

@@ -147,6 +147,44 @@ pub struct Basepoints {
     pub htlc: PublicKey,
 }
 
+/// One side's five base secrets, from which its [`Basepoints`] and every per-commitment
+/// private key are derived.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BaseSecrets {
+    /// The funding key.
+    pub funding: SecretKey,
+    /// The revocation basepoint secret.
+    pub revocation: SecretKey,
+    /// The payment basepoint secret.
+    pub payment: SecretKey,
+    /// The delayed payment basepoint secret.
+    pub delayed_payment: SecretKey,
+    /// The HTLC basepoint secret.
+    pub htlc: SecretKey,
+}
+
+impl core::fmt::Debug for BaseSecrets {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BaseSecrets")
+            .field("basepoints", &self.basepoints())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BaseSecrets {
+    /// The public basepoints.
+    pub fn basepoints(&self) -> Basepoints {
+        let p = |k: &SecretKey| PublicKey::from_secret_key(sig::secp(), k);
+        Basepoints {
+            funding: p(&self.funding),
+            revocation: p(&self.revocation),
+            payment: p(&self.payment),
+            delayed_payment: p(&self.delayed_payment),
+            htlc: p(&self.htlc),
+        }
+    }
+}
+
 /// The keys of one commitment transaction, seen from its broadcaster ("local").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitmentKeys {

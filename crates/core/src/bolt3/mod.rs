@@ -30,7 +30,7 @@ use bitcoin::sighash::EcdsaSighashType;
 use bitcoin::{Transaction, Witness};
 
 pub use commitment::{Commitment, CommitmentParams, CommitmentState, OutputRole};
-pub use keys::{Basepoints, CommitmentKeys};
+pub use keys::{BaseSecrets, Basepoints, CommitmentKeys};
 pub use secrets::CommitmentSecrets;
 
 use crate::Error;

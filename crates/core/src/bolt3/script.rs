@@ -116,26 +116,8 @@ pub(crate) fn offered_htlc_from(
     remote_htlc: &PublicKey,
     payment_hash160: [u8; 20],
 ) -> ScriptBuf {
-    let b = Builder::new()
-        .push_opcode(OP_DUP)
-        .push_opcode(OP_HASH160)
-        .push_slice(revocation_hash)
-        .push_opcode(OP_EQUAL)
-        .push_opcode(OP_IF)
-        .push_opcode(OP_CHECKSIG)
-        .push_opcode(OP_ELSE)
-        .push_slice(remote_htlc.serialize())
-        .push_opcode(OP_SWAP)
-        .push_opcode(OP_SIZE)
-        .push_int(32)
-        .push_opcode(OP_EQUAL)
-        .push_opcode(OP_NOTIF)
-        .push_opcode(OP_DROP)
-        .push_int(2)
-        .push_opcode(OP_SWAP)
-        .push_slice(local_htlc.serialize())
-        .push_int(2)
-        .push_opcode(OP_CHECKMULTISIG)
+    let b = htlc_head(revocation_hash, remote_htlc).push_opcode(OP_NOTIF).push_opcode(OP_DROP);
+    let b = two_of_two_with_local(b, local_htlc)
         .push_opcode(OP_ELSE)
         .push_opcode(OP_HASH160)
         .push_slice(payment_hash160)
@@ -174,7 +156,32 @@ pub(crate) fn received_htlc_from(
     payment_hash160: [u8; 20],
     cltv_expiry: u32,
 ) -> ScriptBuf {
-    let b = Builder::new()
+    let b = htlc_head(revocation_hash, remote_htlc)
+        .push_opcode(OP_IF)
+        .push_opcode(OP_HASH160)
+        .push_slice(payment_hash160)
+        .push_opcode(OP_EQUALVERIFY);
+    let b = two_of_two_with_local(b, local_htlc)
+        .push_opcode(OP_ELSE)
+        .push_opcode(OP_DROP)
+        .push_int(i64::from(cltv_expiry))
+        .push_opcode(OP_CLTV)
+        .push_opcode(OP_DROP)
+        .push_opcode(OP_CHECKSIG)
+        .push_opcode(OP_ENDIF);
+    csv_one(b, channel_type).push_opcode(OP_ENDIF).into_script()
+}
+
+/// The part both HTLC scripts share: the revocation branch, then the remote HTLC key and the
+/// preimage-size test that picks the branch.
+///
+/// ```text
+/// OP_DUP OP_HASH160 <RIPEMD160(SHA256(revocationpubkey))> OP_EQUAL
+/// OP_IF OP_CHECKSIG
+/// OP_ELSE <remote_htlcpubkey> OP_SWAP OP_SIZE 32 OP_EQUAL
+/// ```
+fn htlc_head(revocation_hash: [u8; 20], remote_htlc: &PublicKey) -> Builder {
+    Builder::new()
         .push_opcode(OP_DUP)
         .push_opcode(OP_HASH160)
         .push_slice(revocation_hash)
@@ -187,23 +194,16 @@ pub(crate) fn received_htlc_from(
         .push_opcode(OP_SIZE)
         .push_int(32)
         .push_opcode(OP_EQUAL)
-        .push_opcode(OP_IF)
-        .push_opcode(OP_HASH160)
-        .push_slice(payment_hash160)
-        .push_opcode(OP_EQUALVERIFY)
-        .push_int(2)
+}
+
+/// `2 OP_SWAP <local_htlcpubkey> 2 OP_CHECKMULTISIG`: the remote's key (already on the stack
+/// under its signature) and the local key, 2-of-2 (the second-stage transactions' path).
+fn two_of_two_with_local(b: Builder, local_htlc: &PublicKey) -> Builder {
+    b.push_int(2)
         .push_opcode(OP_SWAP)
         .push_slice(local_htlc.serialize())
         .push_int(2)
         .push_opcode(OP_CHECKMULTISIG)
-        .push_opcode(OP_ELSE)
-        .push_opcode(OP_DROP)
-        .push_int(i64::from(cltv_expiry))
-        .push_opcode(OP_CLTV)
-        .push_opcode(OP_DROP)
-        .push_opcode(OP_CHECKSIG)
-        .push_opcode(OP_ENDIF);
-    csv_one(b, channel_type).push_opcode(OP_ENDIF).into_script()
 }
 
 fn csv_one(b: Builder, channel_type: ChannelType) -> Builder {
