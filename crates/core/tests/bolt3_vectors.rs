@@ -12,7 +12,7 @@ use paychan_core::bitcoin::secp256k1::{ecdsa::Signature, PublicKey, SecretKey};
 use paychan_core::bitcoin::{OutPoint, Transaction, Txid};
 use paychan_core::bolt3::commitment::{self, CommitmentParams, CommitmentState};
 use paychan_core::bolt3::{
-    htlc, keys, Basepoints, ChannelType, CommitmentKeys, CommitmentSecrets, Htlc,
+    htlc, keys, sign, Basepoints, ChannelType, CommitmentKeys, CommitmentSecrets, Htlc,
 };
 use paychan_core::{sig, Error};
 
@@ -380,6 +380,10 @@ fn check_case(w: &World, c: &Case) -> usize {
     // Both signatures as the vector lists them, and the remote one verifies.
     let remote = params.sign_commitment(&built.tx, &w.remote_funding).expect("sign");
     assert_eq!(remote, c.remote_sig, "{}: remote signature", c.name);
+    // As BOLT 2 carries it: 64 bytes, read back; its high-S twin is refused.
+    assert_eq!(sign::from_wire(&sign::to_wire(&remote)), Ok(remote));
+    let high = sign::to_wire(&sig::malleate_s(&remote));
+    assert_eq!(sign::from_wire(&high), Err(Error::SignatureHighS));
     params.verify_countersignatory(&built.tx, &c.remote_sig).expect("remote signature verifies");
     let local = params.sign_commitment(&built.tx, &w.local_funding).expect("sign");
     if let Some(expected) = &c.local_sig {

@@ -75,8 +75,9 @@ fn channel(kind: OutputKind) -> &'static ChannelParams {
     cell.get_or_init(|| params_with(kind, Amount::from_sat(300_000), EXPIRY).0)
 }
 
-/// Transactions: decoded, then read as a 21 payment of a fixed channel, as channel spends, and
-/// their first input's script bytes as a compact payment signature of the output's value.
+/// Transactions: decoded, then read as a 21 payment of a fixed channel, as channel spends, as
+/// BOLT 3 transactions (every witness item as a script), and their first input's script bytes
+/// as a compact payment signature of the output's value.
 pub fn transactions(data: &[u8]) {
     let Ok(tx) = deserialize::<Transaction>(data) else { return };
     let sh = channel(OutputKind::P2sh);
@@ -85,6 +86,16 @@ pub fn transactions(data: &[u8]) {
         assert!(p.amount <= sh.capacity(), "a 21 payment above the deposit passed");
     }
     let _ = paychan_core::tx::recognise::find_channel_spend(&tx);
+    // BOLT 3 recognition reads every witness script; whatever it reports, rebuilding it from the
+    // parts it read gives the same script.
+    let _ = paychan_core::bolt3::recognise::recognise(&tx);
+    for input in &tx.input {
+        for item in input.witness.iter() {
+            let _ = paychan_core::bolt3::recognise::classify_script(
+                paychan_core::bitcoin::Script::from_bytes(item),
+            );
+        }
+    }
     let wsh = channel(OutputKind::P2wsh);
     let total = tx.output.first().map_or(Amount::ZERO, |o| o.value);
     if let Some(input) = tx.input.first() {

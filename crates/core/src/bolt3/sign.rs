@@ -66,6 +66,27 @@ pub fn verify(
     sig::secp().verify_ecdsa(&msg, signature, key).map_err(|_| Error::BadSignature)
 }
 
+/// A signature as BOLT 2 sends it (`commitment_signed`, `closing_signed`, …): 64 bytes,
+/// `r || s`, no sighash byte.
+pub fn to_wire(signature: &Signature) -> [u8; 64] {
+    signature.serialize_compact()
+}
+
+/// Reads a BOLT 2 signature, refusing what BOLT 2 says to refuse: an invalid encoding or a
+/// high S ("non-compliant with the LOW-S-standard rule").
+///
+/// # Errors
+/// [`Error::Bolt3`] for bytes that are not a signature; [`Error::SignatureHighS`].
+pub fn from_wire(bytes: &[u8; 64]) -> Result<Signature, Error> {
+    let s = Signature::from_compact(bytes).map_err(|_| Error::Bolt3("not a compact signature"))?;
+    let mut low = s;
+    low.normalize_s();
+    if low != s {
+        return Err(Error::SignatureHighS);
+    }
+    Ok(s)
+}
+
 /// A signature as a witness item: DER plus the sighash byte.
 pub fn witness_item(signature: &Signature, flag: EcdsaSighashType) -> Vec<u8> {
     sig::serialize(signature, flag)
