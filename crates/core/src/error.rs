@@ -285,6 +285,17 @@ pub enum Error {
         /// Bytes present.
         have: usize,
     },
+    /// A paid request's `accepted` is not what the merchant offers for it (x402 v2: the
+    /// payment names the requirement it pays).
+    #[error("the payment's accepted {field} is {accepted:?}, the merchant offers {offered:?}")]
+    AcceptedMismatch {
+        /// The field that differs (x402's name).
+        field: &'static str,
+        /// What the merchant offers.
+        offered: String,
+        /// What the payment says.
+        accepted: String,
+    },
     // ---- BOLT 3 (duplex channels) ----
     /// A BOLT 3 key, script or transaction could not be built from these inputs.
     #[error("bolt 3: {0}")]
@@ -381,6 +392,7 @@ impl Error {
             Error::AlreadyRedeemed { .. } => 112,
             Error::CreditTooLow { .. } => 113,
             Error::UnknownToken => 114,
+            Error::AcceptedMismatch { .. } => 115,
             Error::UnexpectedMessage(_) => 200,
             Error::FrameTooLarge { .. } => 201,
             Error::FrameTruncated { .. } => 202,

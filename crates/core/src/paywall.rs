@@ -66,40 +66,57 @@ pub fn caip2(network: Network) -> String {
     format!("bip122:{}", &genesis[..32])
 }
 
-/// The body of `PAYMENT-REQUIRED`.
+/// The CAIP-19 name of native bitcoin on `network`: `<caip2>/slip44:<coin type>` (0 on
+/// mainnet, 1 on the test networks), as x402's Bitcoin scheme drafts name it.
+pub fn asset(network: Network) -> String {
+    let coin_type = if network == Network::Bitcoin { 0 } else { 1 };
+    format!("{}/slip44:{coin_type}", caip2(network))
+}
+
+/// How long a client may take to pay, in seconds: one minute, plus an hour for each
+/// confirmation a new channel's funding needs (a first payment waits for them; a block takes
+/// more than an hour once in 400).
+pub fn max_timeout_seconds(limits: &Limits) -> u64 {
+    60 + 3_600 * u64::from(limits.min_confirmations)
+}
+
+/// A JSON object of protocol extensions (x402's `extensions`), kept as given.
+pub type Extensions = serde_json::Map<String, serde_json::Value>;
+
+/// The body of `PAYMENT-REQUIRED` (x402 v2 `PaymentRequired`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRequired {
     /// Always [`X402_VERSION`].
     pub x402_version: u32,
-    /// Why the request was not served (no payment, or what was wrong with it).
+    /// Why the request was not served, for people (the machine reason of a refused payment is
+    /// the `errorReason` of the answer's `PAYMENT-RESPONSE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// paychan's error code when a payment was refused (an extension; see
-    /// [`Error::code`](crate::Error::code)).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<u32>,
     /// The resource asked for.
     pub resource: Resource,
     /// The ways to pay, best first.
     pub accepts: Vec<Requirement>,
+    /// Protocol extensions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Extensions>,
 }
 
-/// The resource a 402 names.
+/// The resource a 402 names (x402 `ResourceInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Resource {
-    /// Its URL (path and query when the absolute URL is unknown).
+    /// Its absolute URL.
     pub url: String,
     /// What it is.
-    #[serde(default)]
-    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Its media type, when known.
-    #[serde(default)]
-    pub mime_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
 }
 
-/// One way to pay.
+/// One way to pay (x402 `PaymentRequirements`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Requirement {
@@ -107,13 +124,13 @@ pub struct Requirement {
     pub scheme: String,
     /// CAIP-2 network ([`caip2`]).
     pub network: String,
-    /// The price in satoshis, as a decimal string.
+    /// The price in satoshis, a canonical decimal string.
     pub amount: String,
-    /// `"sat"`.
+    /// CAIP-19 native bitcoin ([`asset`]).
     pub asset: String,
-    /// Where channels are opened: the merchant's channel server, `host:port`.
+    /// The merchant's node id: its compressed public key, 66 lowercase hex digits.
     pub pay_to: String,
-    /// How long the payment stays good.
+    /// How long the client may take to pay ([`max_timeout_seconds`]).
     pub max_timeout_seconds: u64,
     /// The scheme's details.
     pub extra: PaychanExtra,
@@ -123,7 +140,7 @@ pub struct Requirement {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaychanExtra {
-    /// The channel server (TCP protocol), `host:port`.
+    /// The channel server (BOLT 8 channel protocol), `nodeid@host:port`.
     pub peer: String,
     /// The 21 REST protocol's endpoint, an absolute URL, when served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,29 +186,96 @@ impl From<&Policy> for Limits {
 }
 
 impl Requirement {
-    /// The price, when `amount` is a satoshi count.
+    /// The price, when `amount` is a canonical satoshi count.
     ///
     /// # Errors
     /// [`Error::Malformed`].
     pub fn price(&self) -> Result<Amount, Error> {
-        self.amount.parse::<u64>().map(Amount::from_sat).map_err(|e| Error::malformed("price", e))
+        parse_sat("price", &self.amount)
+    }
+
+    /// Checks that `accepted` (a client's `PaymentPayload.accepted`) is this requirement: every
+    /// core field, and the scheme's server-declared `extra` fields (the client may add
+    /// fields of its own).
+    ///
+    /// # Errors
+    /// [`Error::AcceptedMismatch`] naming the first field that differs.
+    pub fn check_accepted(&self, accepted: &Requirement) -> Result<(), Error> {
+        let fields: [(&'static str, &str, &str); 6] = [
+            ("scheme", &self.scheme, &accepted.scheme),
+            ("network", &self.network, &accepted.network),
+            ("amount", &self.amount, &accepted.amount),
+            ("asset", &self.asset, &accepted.asset),
+            ("payTo", &self.pay_to, &accepted.pay_to),
+            ("extra.peer", &self.extra.peer, &accepted.extra.peer),
+        ];
+        for (field, offered, got) in fields {
+            if offered != got {
+                return Err(Error::AcceptedMismatch {
+                    field,
+                    offered: offered.to_string(),
+                    accepted: got.to_string(),
+                });
+            }
+        }
+        if self.max_timeout_seconds != accepted.max_timeout_seconds {
+            return Err(Error::AcceptedMismatch {
+                field: "maxTimeoutSeconds",
+                offered: self.max_timeout_seconds.to_string(),
+                accepted: accepted.max_timeout_seconds.to_string(),
+            });
+        }
+        Ok(())
     }
 }
 
-/// The body of `PAYMENT-SIGNATURE`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PaymentSignature {
-    /// Always [`X402_VERSION`].
-    pub x402_version: u32,
-    /// The requirement this pays (echoed; informative).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accepted: Option<serde_json::Value>,
-    /// The channel payment.
-    pub payload: ChannelPayment,
+/// A canonical decimal satoshi count: digits only, no sign, no leading zero (but "0").
+fn parse_sat(what: &'static str, s: &str) -> Result<Amount, Error> {
+    let canonical = !s.is_empty()
+        && s.len() <= 20
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    if !canonical {
+        return Err(Error::malformed(what, format!("{s:?} is not a canonical satoshi amount")));
+    }
+    s.parse::<u64>().map(Amount::from_sat).map_err(|e| Error::malformed(what, e))
 }
 
-impl PaymentSignature {
+/// The body of `PAYMENT-SIGNATURE` (x402 v2 `PaymentPayload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentPayload {
+    /// Always [`X402_VERSION`].
+    pub x402_version: u32,
+    /// The resource paid for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+    /// The requirement this pays, as offered (checked by the merchant).
+    pub accepted: Requirement,
+    /// The channel payment.
+    pub payload: ChannelPayment,
+    /// Protocol extensions (echoed from the 402).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Extensions>,
+}
+
+impl PaymentPayload {
+    /// The payload that pays `requirement` (one of `required.accepts`) with `payment`: the
+    /// resource and extensions of the 402 echoed, the requirement as `accepted`.
+    pub fn paying(
+        required: &PaymentRequired,
+        requirement: &Requirement,
+        payment: ChannelPayment,
+    ) -> Self {
+        PaymentPayload {
+            x402_version: X402_VERSION,
+            resource: Some(required.resource.clone()),
+            accepted: requirement.clone(),
+            payload: payment,
+            extensions: required.extensions.clone(),
+        }
+    }
+
     /// The payment it carries, for this x402 version only.
     ///
     /// # Errors
@@ -214,8 +298,8 @@ impl PaymentSignature {
 pub struct ChannelPayment {
     /// The channel, `txid:vout`.
     pub channel: String,
-    /// The new cumulative total, sat.
-    pub total: u64,
+    /// The new cumulative total, sat, a canonical decimal string.
+    pub total: String,
     /// The DER signature with its sighash byte, hex.
     pub signature: String,
 }
@@ -225,7 +309,7 @@ impl ChannelPayment {
     pub fn new(channel: OutPoint, total: Amount, signature: &[u8]) -> Self {
         ChannelPayment {
             channel: channel.to_string(),
-            total: total.to_sat(),
+            total: total.to_sat().to_string(),
             signature: signature.to_lower_hex_string(),
         }
     }
@@ -233,41 +317,113 @@ impl ChannelPayment {
     /// The decoded fields.
     ///
     /// # Errors
-    /// [`Error::Malformed`] for a channel that is not `txid:vout` or a signature that is not
-    /// hex of at most 73 bytes.
+    /// [`Error::Malformed`] for a channel that is not `txid:vout`, a total that is not a
+    /// canonical satoshi count, or a signature that is not hex of at most 73 bytes.
     pub fn decode(&self) -> Result<(OutPoint, Amount, Vec<u8>), Error> {
         let channel: OutPoint =
             self.channel.parse().map_err(|e| Error::malformed("payment channel", e))?;
+        let total = parse_sat("payment total", &self.total)?;
         let sig = Vec::<u8>::from_hex(&self.signature)
             .map_err(|e| Error::malformed("payment signature", e))?;
         if sig.len() > 73 {
             return Err(Error::malformed("payment signature", "longer than 73 bytes"));
         }
-        Ok((channel, Amount::from_sat(self.total), sig))
+        Ok((channel, total, sig))
     }
 }
 
-/// The body of `PAYMENT-RESPONSE`: the receipt.
+/// The body of `PAYMENT-RESPONSE` (x402 v2 `SettlementResponse`): the receipt of a paid
+/// request, or why a payment was refused.
+///
+/// A channel payment moves no coin on chain per request, so `transaction` is empty (as in
+/// x402's Bitcoin batch-settlement draft); the channel and its totals are in `extra`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentResponse {
-    /// Whether the request was charged (false when the charge was reversed).
+    /// Whether the request was charged (false when refused or when the charge was reversed).
     pub success: bool,
-    /// [`SCHEME`].
-    pub scheme: String,
+    /// Why not, as a stable string ([`reason`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_reason: Option<String>,
+    /// Why not, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// The payer: the channel, `txid:vout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<String>,
+    /// Always empty: no on-chain transaction per request (required by x402 all the same).
+    #[serde(default)]
+    pub transaction: String,
     /// CAIP-2 network.
     pub network: String,
+    /// What this request was charged, sat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// The channel's state after the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<ReceiptExtra>,
+}
+
+/// The paychan details of a [`PaymentResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptExtra {
+    /// [`SCHEME`].
+    pub scheme: String,
     /// The channel, `txid:vout`.
     pub channel: String,
     /// The channel's highest accepted total, sat.
-    pub total: u64,
-    /// What this request was charged, sat.
-    pub charged: u64,
+    pub total: String,
     /// Paid but not yet charged on the channel, sat.
-    pub credit: u64,
-    /// Why the charge was reversed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub credit: String,
+}
+
+impl ReceiptExtra {
+    /// The accepted total and the credit, sat.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] for amounts that are not canonical satoshi counts.
+    pub fn amounts(&self) -> Result<(Amount, Amount), Error> {
+        Ok((parse_sat("receipt total", &self.total)?, parse_sat("receipt credit", &self.credit)?))
+    }
+}
+
+/// The stable `errorReason` strings of refused payments, and the core error codes they stand
+/// for. x402's own strings where one fits (`insufficient_funds`, `invalid_payload`,
+/// `invalid_x402_version`), `invalid_paychan_*` for the scheme's own rules.
+pub mod reason {
+    /// (core error code, `errorReason`).
+    pub const TABLE: &[(u32, &str)] = &[
+        (100, "invalid_paychan_wrong_channel"),
+        (101, "invalid_paychan_unknown_channel"),
+        (102, "invalid_paychan_channel_not_open"),
+        (103, "invalid_paychan_channel_past_cutoff"),
+        (104, "invalid_paychan_total_not_increasing"),
+        (105, "insufficient_funds"),
+        (106, "invalid_paychan_payload_sighash"),
+        (107, "invalid_paychan_payload_signature"),
+        (108, "invalid_paychan_payload_signature_high_s"),
+        (109, "invalid_paychan_payload_sighash"),
+        (110, "invalid_paychan_payload_signature"),
+        (111, "invalid_payload"),
+        (112, "invalid_paychan_total_already_used"),
+        (113, "invalid_paychan_amount_below_price"),
+        (114, "invalid_paychan_unknown_token"),
+        (115, "invalid_paychan_accepted_mismatch"),
+        (10, "invalid_payload"),
+        (204, "invalid_x402_version"),
+    ];
+
+    /// The `errorReason` of a core error code; `unexpected_settle_error` for a code that is no
+    /// refusal of a payment.
+    pub fn of_code(code: u32) -> &'static str {
+        TABLE.iter().find(|(c, _)| *c == code).map_or("unexpected_settle_error", |(_, r)| r)
+    }
+
+    /// The core error code an `errorReason` stands for (the first listed for a shared reason).
+    pub fn code_of(reason: &str) -> Option<u32> {
+        TABLE.iter().find(|(_, r)| *r == reason).map(|(c, _)| *c)
+    }
 }
 
 /// A header value: base64 of the JSON of `value`.
@@ -304,23 +460,96 @@ mod tests {
 
     #[test]
     fn headers_round_trip_and_garbage_is_an_error() {
-        let p = PaymentSignature {
+        let p = PaymentPayload {
             x402_version: X402_VERSION,
-            accepted: None,
+            resource: None,
+            accepted: requirement(),
             payload: ChannelPayment::new(OutPoint::null(), Amount::from_sat(10), &[0x30, 1]),
+            extensions: None,
         };
         let h = encode_header(&p).unwrap();
-        assert_eq!(decode_header::<PaymentSignature>(h.as_bytes()).unwrap(), p);
+        assert_eq!(decode_header::<PaymentPayload>(h.as_bytes()).unwrap(), p);
         assert!(p.decode().is_ok());
-        let v1 = PaymentSignature { x402_version: 1, ..p.clone() };
+        let v1 = PaymentPayload { x402_version: 1, ..p.clone() };
         assert_eq!(v1.decode().unwrap_err().code(), 204, "a v1 payload is not read as v2");
         for bad in [&b"%%%"[..], b"", b"e30=", &[b'A'; MAX_HEADER_LEN + 4][..]] {
-            assert!(matches!(decode_header::<PaymentSignature>(bad), Err(Error::Malformed { .. })));
+            assert!(matches!(decode_header::<PaymentPayload>(bad), Err(Error::Malformed { .. })));
         }
         let long = ChannelPayment { signature: "00".repeat(80), ..p.payload.clone() };
         assert!(long.decode().is_err());
-        let bad_channel = ChannelPayment { channel: "nope".into(), ..p.payload };
+        let bad_channel = ChannelPayment { channel: "nope".into(), ..p.payload.clone() };
         assert!(bad_channel.decode().is_err());
+        for total in ["", "-1", "+1", "01", "1.0", "1e3", " 1", "99999999999999999999999"] {
+            let bad_total = ChannelPayment { total: total.into(), ..p.payload.clone() };
+            assert!(bad_total.decode().is_err(), "total {total:?}");
+        }
+        // `accepted` is required.
+        let mut json: serde_json::Value = serde_json::to_value(&p).unwrap();
+        json.as_object_mut().unwrap().remove("accepted");
+        assert!(serde_json::from_value::<PaymentPayload>(json).is_err());
+    }
+
+    fn requirement() -> Requirement {
+        Requirement {
+            scheme: SCHEME.into(),
+            network: caip2(Network::Regtest),
+            amount: "10".into(),
+            asset: asset(Network::Regtest),
+            pay_to: "02".to_string() + &"ab".repeat(32),
+            max_timeout_seconds: 60,
+            extra: PaychanExtra {
+                peer: "x@127.0.0.1:9735".into(),
+                two1_server: None,
+                policy: Limits {
+                    min_deposit: 1,
+                    max_deposit: 2,
+                    default_deposit: 2,
+                    min_channel_life_secs: 1,
+                    max_channel_life_secs: 2,
+                    min_confirmations: 1,
+                    min_dispute_blocks: 144,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn accepted_must_be_what_was_offered() {
+        let offered = requirement();
+        assert_eq!(offered.check_accepted(&offered.clone()), Ok(()));
+        let mut other = offered.clone();
+        other.amount = "9".into();
+        assert!(matches!(
+            offered.check_accepted(&other),
+            Err(Error::AcceptedMismatch { field: "amount", .. })
+        ));
+        let mut other = offered.clone();
+        other.extra.peer = "y@127.0.0.1:1".into();
+        assert!(matches!(
+            offered.check_accepted(&other),
+            Err(Error::AcceptedMismatch { field: "extra.peer", .. })
+        ));
+        let mut other = offered.clone();
+        other.max_timeout_seconds = 61;
+        assert!(offered.check_accepted(&other).is_err());
+        // Fields the client adds to `extra` are its own.
+        let mut json = serde_json::to_value(&offered).unwrap();
+        json["extra"]["clientNote"] = serde_json::json!("hi");
+        let with_more: Requirement = serde_json::from_value(json).unwrap();
+        assert_eq!(offered.check_accepted(&with_more), Ok(()));
+    }
+
+    #[test]
+    fn reasons_and_assets() {
+        assert_eq!(reason::of_code(105), "insufficient_funds");
+        assert_eq!(reason::of_code(500), "unexpected_settle_error");
+        assert_eq!(reason::code_of("invalid_paychan_channel_not_open"), Some(102));
+        assert_eq!(asset(Network::Bitcoin), "bip122:000000000019d6689c085ae165831e93/slip44:0");
+        assert_eq!(asset(Network::Regtest), "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:1");
+        let mut l = requirement().extra.policy;
+        assert_eq!(max_timeout_seconds(&l), 3_660);
+        l.min_confirmations = 0;
+        assert_eq!(max_timeout_seconds(&l), 60);
     }
 
     #[test]

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use paychan_core::bitcoin::{Amount, OutPoint};
 use paychan_core::channel::Phase;
 use paychan_core::paywall::{
-    decode_header, encode_header, ChannelPayment, PaymentRequired, PaymentResponse,
-    PaymentSignature, Requirement, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME,
-    X402_VERSION,
+    decode_header, encode_header, reason, ChannelPayment, PaymentPayload, PaymentRequired,
+    PaymentResponse, Requirement, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tracing::{debug, info};
@@ -205,7 +204,8 @@ impl PayingClient {
         let peer = requirement.extra.peer.clone();
         let mut tried_fresh = false;
         loop {
-            let (channel, header, paid) = self.payment_for(&peer, requirement, price).await?;
+            let (channel, header, paid) =
+                self.payment_for(&peer, &required, requirement, price).await?;
             let started = Instant::now();
             loop {
                 let mut resp =
@@ -217,9 +217,8 @@ impl PayingClient {
                     self.receipt(&peer, channel, &mut resp).await;
                     return Ok(resp);
                 }
-                let refusal = parse_402(&resp.headers, &resp.body)?;
-                let error = refusal.error.unwrap_or_default();
-                match refusal.code {
+                let (code, error) = refusal_of(&resp.headers, &resp.body)?;
+                match code {
                     // Not open yet: the merchant waits for the funding's confirmations.
                     Some(102) if started.elapsed() < self.caps.confirm_timeout => {
                         self.report(Progress::WaitingForConfirmation {
@@ -265,8 +264,14 @@ impl PayingClient {
         else {
             return;
         };
-        if let Err(e) = self.customer.acknowledge(channel, Amount::from_sat(r.total)).await {
-            debug!(%channel, error = %e, "receipt for a total never signed");
+        match r.extra.as_ref().map(|x| x.amounts()) {
+            Some(Ok((total, _))) => {
+                if let Err(e) = self.customer.acknowledge(channel, total).await {
+                    debug!(%channel, error = %e, "receipt for a total never signed");
+                }
+            }
+            Some(Err(e)) => debug!(%channel, error = %e, "unreadable receipt"),
+            None => debug!(%channel, "receipt without the channel's totals"),
         }
         if !r.success {
             // Reversed: the price stays with the merchant as credit for the next request.
@@ -282,6 +287,7 @@ impl PayingClient {
     async fn payment_for(
         &self,
         peer: &str,
+        required: &PaymentRequired,
         requirement: &Requirement,
         price: Amount,
     ) -> Result<(OutPoint, HeaderValue, Amount), CustomerError> {
@@ -338,11 +344,11 @@ impl PayingClient {
         let pay = self.customer.sign_payment(channel, increment).await?;
         book.credit = book.credit.checked_sub(price - increment).unwrap_or(Amount::ZERO);
         drop(books);
-        let payment = PaymentSignature {
-            x402_version: X402_VERSION,
-            accepted: serde_json::to_value(requirement).ok(),
-            payload: ChannelPayment::new(channel, Amount::from_sat(pay.total_sat), &pay.signature),
-        };
+        let payment = PaymentPayload::paying(
+            required,
+            requirement,
+            ChannelPayment::new(channel, Amount::from_sat(pay.total_sat), &pay.signature),
+        );
         let header = encode_header(&payment)
             .ok()
             .and_then(|h| HeaderValue::from_str(&h).ok())
@@ -390,6 +396,22 @@ impl PayingClient {
             channel: None,
         })
     }
+}
+
+/// Why a paid request was refused: the core error code of the `PAYMENT-RESPONSE`'s
+/// `errorReason` (0 for a reason this build does not know) and its message.
+fn refusal_of(headers: &HeaderMap, body: &[u8]) -> Result<(Option<u32>, String), CustomerError> {
+    if let Some(r) = headers
+        .get(PAYMENT_RESPONSE)
+        .and_then(|h| decode_header::<PaymentResponse>(h.as_bytes()).ok())
+        .filter(|r| !r.success)
+    {
+        let reason = r.error_reason.unwrap_or_default();
+        let message = r.error_message.unwrap_or_else(|| reason.clone());
+        return Ok((Some(reason::code_of(&reason).unwrap_or(0)), message));
+    }
+    let refusal = parse_402(headers, body)?;
+    Ok((None, refusal.error.unwrap_or_default()))
 }
 
 /// The 402's `PAYMENT-REQUIRED` (or, failing that, its JSON body).

@@ -12,10 +12,11 @@ use axum::routing::get;
 use axum::Router;
 use paychan_core::bitcoin::{Amount, OutPoint};
 use paychan_core::paywall::{
-    decode_header, encode_header, ChannelPayment, PaymentRequired, PaymentResponse,
-    PaymentSignature, SCHEME,
+    decode_header, encode_header, ChannelPayment, PaymentPayload, PaymentRequired, PaymentResponse,
+    SCHEME,
 };
 use paychan_customer::{Caps, CustomerError, PayingClient};
+use paychan_harness::paywall::{payment_header, payment_required};
 use paychan_merchant::paywall::{reverse_proxy, PaywallConfig, PaywallLayer, Pricing};
 use paychan_merchant::{http, ChannelServer};
 
@@ -46,13 +47,19 @@ fn client(w: &paychan_harness::World) -> PayingClient {
     PayingClient::new(w.customer.clone(), caps)
 }
 
-fn signature_header(id: OutPoint, total: u64, sig: &[u8]) -> String {
-    encode_header(&PaymentSignature {
-        x402_version: 2,
-        accepted: None,
-        payload: ChannelPayment::new(id, Amount::from_sat(total), sig),
-    })
-    .unwrap()
+/// The receipt's (charged, total, credit), sat.
+fn amounts(r: &PaymentResponse) -> (u64, u64, u64) {
+    let (total, credit) = r.extra.as_ref().unwrap().amounts().unwrap();
+    (r.amount.as_deref().unwrap().parse().unwrap(), total.to_sat(), credit.to_sat())
+}
+
+/// The `errorReason` of a refused paid request's `PAYMENT-RESPONSE`.
+fn reason(r: &reqwest::Response) -> String {
+    let refusal: PaymentResponse =
+        decode_header(r.headers()["payment-response"].as_bytes()).unwrap();
+    assert!(!refusal.success);
+    assert_eq!(refusal.transaction, "");
+    refusal.error_reason.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,6 +81,11 @@ async fn unpaid_gets_402_paid_gets_200_a_replay_is_refused() {
     assert_eq!(req.extra.peer, w.peer);
     assert_eq!(req.extra.policy.min_confirmations, 1);
     assert_eq!(req.network, "bip122:0f9188f13cb7b2c71f2a335e3a4fc328");
+    assert_eq!(req.asset, "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:1");
+    assert_eq!(Some(req.pay_to.as_str()), w.peer.split('@').next(), "payTo is the node id");
+    assert_eq!(req.max_timeout_seconds, 60 + 3_600, "a minute and an hour per confirmation");
+    assert_eq!(required.resource.url, format!("{base}/hello"), "an absolute URL");
+    assert!(r.headers().get("payment-response").is_none(), "nothing refused yet");
     // Free paths are free.
     let r = plain.get(format!("{base}/free")).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "free".to_string()));
@@ -86,7 +98,8 @@ async fn unpaid_gets_402_paid_gets_200_a_replay_is_refused() {
     assert_eq!(r.paid, Amount::from_sat(10));
     let receipt = r.receipt.clone().unwrap();
     assert!(receipt.success);
-    assert_eq!((receipt.charged, receipt.total, receipt.credit), (10, 10, 0));
+    assert_eq!(amounts(&receipt), (10, 10, 0));
+    assert_eq!(receipt.transaction, "");
     let id = r.channel.unwrap();
     assert_eq!(charged(&w.server, id).await, (Amount::from_sat(10), Amount::from_sat(10)));
     assert_eq!(w.customer.status(id).await.unwrap().acked, Amount::from_sat(10));
@@ -96,19 +109,22 @@ async fn unpaid_gets_402_paid_gets_200_a_replay_is_refused() {
 
     // A payment header used twice: served once, then refused with its code; nothing changes.
     let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
-    let header = signature_header(id, pay.total_sat, &pay.signature);
+    let required = payment_required(&format!("{base}/hello")).await.unwrap();
+    let header =
+        payment_header(&required, id, Amount::from_sat(pay.total_sat), &pay.signature).unwrap();
     let send = || plain.get(format!("{base}/hello")).header("PAYMENT-SIGNATURE", &header).send();
     let r = send().await.unwrap();
     assert_eq!(r.status(), 200);
     let receipt: PaymentResponse =
         decode_header(r.headers()["payment-response"].as_bytes()).unwrap();
-    assert_eq!(receipt.total, 30);
+    assert_eq!(amounts(&receipt).1, 30);
     let before = charged(&w.server, id).await;
     let r = send().await.unwrap();
     assert_eq!(r.status(), 402);
+    assert_eq!(reason(&r), "invalid_paychan_total_already_used");
     let refusal: PaymentRequired =
         decode_header(r.headers()["payment-required"].as_bytes()).unwrap();
-    assert_eq!(refusal.code, Some(112), "{refusal:?}");
+    assert_eq!(refusal.accepts.len(), 1, "a refusal offers the way to pay again");
     assert_eq!(charged(&w.server, id).await, before, "a replay changes nothing");
 
     // Garbage in the header: 400, nothing changes.
@@ -116,7 +132,9 @@ async fn unpaid_gets_402_paid_gets_200_a_replay_is_refused() {
         plain.get(format!("{base}/hello")).header("PAYMENT-SIGNATURE", "%%%").send().await.unwrap();
     assert_eq!(r.status(), 400);
     // A tampered total: the signature does not verify.
-    let forged = signature_header(id, pay.total_sat + 1_000, &pay.signature);
+    let forged =
+        payment_header(&required, id, Amount::from_sat(pay.total_sat + 1_000), &pay.signature)
+            .unwrap();
     let r = plain
         .get(format!("{base}/hello"))
         .header("PAYMENT-SIGNATURE", forged)
@@ -124,9 +142,37 @@ async fn unpaid_gets_402_paid_gets_200_a_replay_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 402);
-    let refusal: PaymentRequired =
-        decode_header(r.headers()["payment-required"].as_bytes()).unwrap();
-    assert_eq!(refusal.code, Some(110));
+    assert_eq!(reason(&r), "invalid_paychan_payload_signature");
+    assert_eq!(charged(&w.server, id).await, before);
+    // A payment that names another price than the one offered: refused, nothing changes.
+    let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+    let mut payload: PaymentPayload = decode_header(
+        payment_header(&required, id, Amount::from_sat(pay.total_sat), &pay.signature)
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    payload.accepted.amount = "1".into();
+    let r = plain
+        .get(format!("{base}/hello"))
+        .header("PAYMENT-SIGNATURE", encode_header(&payload).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(reason(&r), "invalid_paychan_accepted_mismatch");
+    assert_eq!(charged(&w.server, id).await, before);
+    // Without `accepted` the header does not decode: 400.
+    let mut json = serde_json::to_value(&payload).unwrap();
+    json.as_object_mut().unwrap().remove("accepted");
+    let r = plain
+        .get(format!("{base}/hello"))
+        .header("PAYMENT-SIGNATURE", encode_header(&json).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(reason(&r), "invalid_payload");
     assert_eq!(charged(&w.server, id).await, before);
     drop(w.node);
 }
@@ -169,7 +215,9 @@ async fn a_failed_request_is_not_charged_and_its_credit_pays_the_next() {
     assert_eq!(r.status, 500);
     let receipt = r.receipt.unwrap();
     assert!(!receipt.success);
-    assert_eq!((receipt.charged, receipt.credit), (0, 10));
+    let (charged_now, _, credit) = amounts(&receipt);
+    assert_eq!((charged_now, credit), (0, 10));
+    assert_eq!(receipt.error_reason.as_deref(), Some("paychan_request_failed_not_charged"));
     let after = charged(&w.server, id).await;
     assert_eq!(after.1, before.1, "an upstream 500 leaves `charged` unchanged");
     assert_eq!(after.0, before.0 + Amount::from_sat(10), "the payment itself was accepted");
@@ -314,5 +362,148 @@ async fn the_charge_is_durable_before_the_handler_runs() {
         let r = c.get(&format!("{base}/audit")).await.unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(String::from_utf8(r.body).unwrap(), format!("{}", 7 * n), "request {n}");
+    }
+}
+
+/// Every header shape the paywall and the paying client emit, fed to the x402 reference SDK for
+/// Python (PyPI `x402`, pinned in `sdk/python/conformance/requirements.txt`): its decoders and
+/// pydantic models must take each one whole (nothing unknown dropped, nothing missing); and
+/// the SDK's own encodings (a payment it builds from our 402, its re-encoded 402s and receipts)
+/// must be read by us and paid for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
+    let Some(python) = std::env::var_os("PAYCHAN_X402_PYTHON") else {
+        eprintln!(
+            "skipped: PAYCHAN_X402_PYTHON is unset (.ci/run installs the x402 SDK and sets it)"
+        );
+        return;
+    };
+    let w = world().await;
+    let base = paid_app(&w).await;
+    let url = format!("{base}/hello");
+    let plain = reqwest::Client::new();
+    let header_of = |h: &reqwest::header::HeaderMap, name: &str| -> String {
+        h.get(name).unwrap_or_else(|| panic!("no {name}")).to_str().unwrap().to_string()
+    };
+    let (mut required, mut payloads, mut responses) = (Vec::new(), Vec::new(), Vec::new());
+
+    // The 402 of an unpaid request.
+    let r = plain.get(&url).send().await.unwrap();
+    required.push(header_of(r.headers(), "payment-required"));
+    // A paid request (the client opens the channel) and a reversed one (the upstream fails).
+    let c = client(&w);
+    let paid = c.get(&url).await.unwrap();
+    assert_eq!(paid.status, 200);
+    responses.push(header_of(&paid.headers, "payment-response"));
+    let id = paid.channel.unwrap();
+    let failed = c.get(&format!("{base}/fail")).await.unwrap();
+    responses.push(header_of(&failed.headers, "payment-response"));
+
+    // Refusals, one per reason we can provoke, each with the payload that provoked it.
+    let offer = payment_required(&url).await.unwrap();
+    let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+    let good = payment_header(&offer, id, Amount::from_sat(pay.total_sat), &pay.signature).unwrap();
+    let mut mismatch: PaymentPayload = decode_header(good.as_bytes()).unwrap();
+    mismatch.accepted.amount = "9".into();
+    let mut v1 = mismatch.clone();
+    v1.accepted.amount = "10".into();
+    v1.x402_version = 3;
+    let unknown: OutPoint = format!("{}:7", "cd".repeat(32)).parse().unwrap();
+    let cases: Vec<(String, &str, bool)> = vec![
+        (good.clone(), "", true), // paid: 200
+        (good.clone(), "invalid_paychan_total_already_used", true),
+        (
+            payment_header(&offer, id, Amount::from_sat(pay.total_sat + 5), &pay.signature)
+                .unwrap(),
+            "invalid_paychan_payload_signature",
+            true,
+        ),
+        (
+            payment_header(&offer, unknown, Amount::from_sat(10), &pay.signature).unwrap(),
+            "invalid_paychan_unknown_channel",
+            true,
+        ),
+        (encode_header(&mismatch).unwrap(), "invalid_paychan_accepted_mismatch", true),
+        (encode_header(&v1).unwrap(), "invalid_x402_version", false),
+    ];
+    for (header, reason_expected, is_payload) in cases {
+        let r = plain.get(&url).header("payment-signature", &header).send().await.unwrap();
+        if reason_expected.is_empty() {
+            assert_eq!(r.status(), 200);
+            responses.push(header_of(r.headers(), "payment-response"));
+        } else {
+            assert_eq!(reason(&r), reason_expected);
+            required.push(header_of(r.headers(), "payment-required"));
+            responses.push(header_of(r.headers(), "payment-response"));
+        }
+        // Every payload we sent is the SDK's to read but the x402Version 3 one (the SDK reads
+        // any other version as v2 or v1 by design).
+        if is_payload {
+            payloads.push(header);
+        }
+    }
+    // The paying client's own header, as it sent it.
+    payloads
+        .push(payment_header(&offer, id, Amount::from_sat(pay.total_sat), &pay.signature).unwrap());
+
+    // Payments the SDK will encode from our 402.
+    let mut sign = Vec::new();
+    for _ in 0..3 {
+        let p = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+        sign.push(ChannelPayment::new(id, Amount::from_sat(p.total_sat), &p.signature));
+    }
+    let job = serde_json::json!({
+        "required": required, "payloads": payloads, "responses": responses, "sign": sign,
+    });
+    let script =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../sdk/python/conformance/x402_headers.py");
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(job.to_string().as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the SDK script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("x402 SDK {} checked {}", report["sdk_version"], report["checked"]);
+    assert_eq!(report["errors"], serde_json::json!([]), "the SDK refused or changed headers");
+    assert_eq!(report["checked"]["required"], required.len());
+    assert_eq!(report["checked"]["responses"], responses.len());
+    assert!(required.len() >= 5 && responses.len() >= 8 && payloads.len() >= 5);
+
+    // What the SDK encodes, we read: its payments are paid for…
+    let before = charged(&w.server, id).await;
+    for h in report["sdk_payloads"].as_array().unwrap() {
+        let r =
+            plain.get(&url).header("payment-signature", h.as_str().unwrap()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "an SDK-encoded payment");
+        let receipt: PaymentResponse =
+            decode_header(r.headers()["payment-response"].as_bytes()).unwrap();
+        assert!(receipt.success);
+    }
+    let after = charged(&w.server, id).await;
+    assert_eq!(after.1 - before.1, Amount::from_sat(30), "three SDK-encoded payments, 10 sat each");
+    // …and its re-encodings of our 402s and receipts decode to the same values.
+    for (ours, theirs) in required.iter().zip(report["sdk_required"].as_array().unwrap()) {
+        let a: PaymentRequired = decode_header(ours.as_bytes()).unwrap();
+        let b: PaymentRequired = decode_header(theirs.as_str().unwrap().as_bytes()).unwrap();
+        assert_eq!(a, b);
+    }
+    for (ours, theirs) in responses.iter().zip(report["sdk_responses"].as_array().unwrap()) {
+        let a: PaymentResponse = decode_header(ours.as_bytes()).unwrap();
+        let b: PaymentResponse = decode_header(theirs.as_str().unwrap().as_bytes()).unwrap();
+        assert_eq!(a, b);
     }
 }

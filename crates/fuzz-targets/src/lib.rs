@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use paychan_core::bitcoin::consensus::encode::deserialize;
 use paychan_core::bitcoin::{Amount, Transaction};
 use paychan_core::msg::{self, FrameDecoder, Message, MAX_FRAME_LEN};
-use paychan_core::paywall::{decode_header, PaymentRequired, PaymentResponse, PaymentSignature};
+use paychan_core::paywall::{decode_header, PaymentPayload, PaymentRequired, PaymentResponse};
 use paychan_core::script::OutputKind;
 use paychan_core::tx::ChannelParams;
 use paychan_harness::fixtures::{params_with, EXPIRY};
@@ -116,15 +116,19 @@ pub fn two1_forms(data: &[u8]) {
 /// The paywall headers: `PAYMENT-SIGNATURE` (and its payment), `PAYMENT-REQUIRED`,
 /// `PAYMENT-RESPONSE`.
 pub fn paywall_headers(data: &[u8]) {
-    if let Ok(p) = decode_header::<PaymentSignature>(data) {
+    if let Ok(p) = decode_header::<PaymentPayload>(data) {
         let _ = p.payload.decode();
+        // A requirement always accepts itself.
+        assert!(p.accepted.check_accepted(&p.accepted).is_ok());
     }
     if let Ok(r) = decode_header::<PaymentRequired>(data) {
         for a in &r.accepts {
             let _ = a.price();
         }
     }
-    let _ = decode_header::<PaymentResponse>(data);
+    if let Ok(r) = decode_header::<PaymentResponse>(data) {
+        let _ = r.extra.map(|x| x.amounts());
+    }
 }
 
 /// Methods that change the node's state or take unbounded time (mining counts): not fuzzed

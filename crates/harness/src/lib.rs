@@ -21,6 +21,7 @@
 
 pub mod chain;
 pub mod fixtures;
+pub mod paywall;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +66,9 @@ pub enum HarnessError {
     /// A TLS configuration was refused.
     #[error("{0}")]
     Transport(#[from] paychan_transport::TransportError),
+    /// A paid request could not be prepared (the 402 could not be had or read).
+    #[error("paywall: {0}")]
+    Paywall(String),
 }
 
 /// Where the merchant's settlements pay.

@@ -26,9 +26,10 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, St
 use axum::response::{IntoResponse, Response};
 use paychan_core::bitcoin::{Amount, Network, OutPoint, Txid};
 use paychan_core::paywall::{
-    caip2, decode_header, encode_header, end_to_end, Limits, PaychanExtra, PaymentRequired,
-    PaymentResponse, PaymentSignature, Requirement, Resource, MAX_PROXY_BODY, PAYMENT_REQUIRED,
-    PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME, X402_VERSION,
+    asset, caip2, decode_header, encode_header, end_to_end, max_timeout_seconds, reason, Limits,
+    PaychanExtra, PaymentPayload, PaymentRequired, PaymentResponse, ReceiptExtra, Requirement,
+    Resource, MAX_PROXY_BODY, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME,
+    X402_VERSION,
 };
 use paychan_core::Error;
 use serde_json::json;
@@ -40,6 +41,9 @@ use crate::{ChannelServer, MerchantError};
 
 /// The 21 token header.
 pub const TOKEN_HEADER: &str = "bitcoin-payment-channel-token";
+
+/// The `errorReason` of a receipt whose charge was reversed because the request failed.
+pub const REVERSED: &str = "paychan_request_failed_not_charged";
 
 /// A price rule's path pattern: `/exact`, `/prefix/*`, or `*` for every path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,8 +141,9 @@ impl Pricing {
 pub struct PaywallConfig {
     /// The prices.
     pub pricing: Pricing,
-    /// Where customers open channels (the TCP channel server), `host:port`. A host of
-    /// `0.0.0.0` or `[::]` is replaced by the host the request was sent to.
+    /// Where customers open channels: the channel server's address, `nodeid@host:port` (the
+    /// node id is the requirement's `payTo`). A host of `0.0.0.0` or `[::]` is replaced by the
+    /// host the request was sent to.
     pub channel_peer: String,
     /// Path (on the request's host) or absolute URL of the 21 REST endpoint, named in
     /// `Bitcoin-Payment-Channel-Server`; `None` when it is not served.
@@ -147,6 +152,12 @@ pub struct PaywallConfig {
     pub network: Network,
     /// The `description` of the 402's resource.
     pub description: String,
+    /// The public base URL of the paywall (`https://api.example.com`), when it sits behind a
+    /// proxy or load balancer: resource URLs are built on it. `None`: the request's `Host` on
+    /// `http`, or on `https` when [`Self::tls`].
+    pub public_url: Option<String>,
+    /// Whether the paywall's own listener speaks TLS.
+    pub tls: bool,
 }
 
 impl PaywallConfig {
@@ -159,6 +170,8 @@ impl PaywallConfig {
             two1_endpoint: Some("/payment".into()),
             network: Network::Regtest,
             description: String::new(),
+            public_url: None,
+            tls: false,
         }
     }
 }
@@ -167,6 +180,7 @@ struct Paywall {
     server: Arc<ChannelServer>,
     config: PaywallConfig,
     network: String,
+    asset: String,
     limits: Limits,
 }
 
@@ -187,7 +201,8 @@ impl PaywallLayer {
     pub fn new(server: Arc<ChannelServer>, config: PaywallConfig) -> Self {
         let limits = Limits::from(server.policy());
         let network = caip2(config.network);
-        PaywallLayer { paywall: Arc::new(Paywall { server, config, network, limits }) }
+        let asset = asset(config.network);
+        PaywallLayer { paywall: Arc::new(Paywall { server, config, network, asset, limits }) }
     }
 }
 
@@ -259,12 +274,16 @@ impl Paywall {
         };
         let headers = req.headers();
         let (paid, redeemed) = if let Some(h) = headers.get(PAYMENT_SIGNATURE) {
-            let payment =
-                match decode_header::<PaymentSignature>(h.as_bytes()).and_then(|p| p.decode()) {
-                    Ok(p) => p,
-                    Err(e) => return self.refused(&req, price, &e.into(), Op::Redeem),
-                };
-            let (channel, total, signature) = payment;
+            let offered = self.requirement(&req, price);
+            let payment = decode_header::<PaymentPayload>(h.as_bytes()).and_then(|p| {
+                let decoded = p.decode()?;
+                offered.check_accepted(&p.accepted)?;
+                Ok(decoded)
+            });
+            let (channel, total, signature) = match payment {
+                Ok(p) => p,
+                Err(e) => return self.refused(&req, price, &e.into(), Op::Redeem),
+            };
             match self.server.redeem(channel, total, &signature, price).await {
                 Ok(r) => (Paid::Payment { channel, total }, r),
                 Err(e) => return self.refused(&req, price, &e, Op::Redeem),
@@ -289,13 +308,18 @@ impl Paywall {
         let mut resp = call(inner, req).await;
         let mut receipt = PaymentResponse {
             success: true,
-            scheme: SCHEME.into(),
+            error_reason: None,
+            error_message: None,
+            payer: Some(channel.to_string()),
+            transaction: String::new(),
             network: self.network.clone(),
-            channel: channel.to_string(),
-            total: redeemed.accepted.to_sat(),
-            charged: price.to_sat(),
-            credit: redeemed.credit.to_sat(),
-            error: None,
+            amount: Some(price.to_sat().to_string()),
+            extra: Some(ReceiptExtra {
+                scheme: SCHEME.into(),
+                channel: channel.to_string(),
+                total: redeemed.accepted.to_sat().to_string(),
+                credit: redeemed.credit.to_sat().to_string(),
+            }),
         };
         if resp.status().is_server_error() {
             // A failed request is not paid for: reverse the charge before answering.
@@ -303,10 +327,13 @@ impl Paywall {
                 Ok(credit) => {
                     debug!(%channel, status = %resp.status(), "request failed upstream; charge reversed");
                     receipt.success = false;
-                    receipt.charged = 0;
-                    receipt.credit = credit.to_sat();
-                    receipt.error =
+                    receipt.amount = Some("0".into());
+                    receipt.error_reason = Some(REVERSED.into());
+                    receipt.error_message =
                         Some(format!("the request failed ({}): not charged", resp.status()));
+                    if let Some(x) = receipt.extra.as_mut() {
+                        x.credit = credit.to_sat().to_string();
+                    }
                 }
                 Err(e) => {
                     warn!(%channel, error = %e, "reversing the charge of a failed request failed");
@@ -340,22 +367,32 @@ impl Paywall {
     fn requirement(&self, req: &Request<Body>, price: Amount) -> Requirement {
         let host = request_host(req);
         let peer = replace_wildcard_host(&self.config.channel_peer, host.as_deref());
+        let node_id = peer.split_once('@').map_or("", |(id, _)| id).to_string();
         let two1 = self.config.two1_endpoint.as_ref().map(|e| {
             if e.starts_with("http://") || e.starts_with("https://") {
                 e.clone()
             } else {
-                format!("http://{}{e}", host.as_deref().unwrap_or("127.0.0.1"))
+                format!("{}{e}", self.base_url(host.as_deref()))
             }
         });
         Requirement {
             scheme: SCHEME.into(),
             network: self.network.clone(),
             amount: price.to_sat().to_string(),
-            asset: "sat".into(),
-            pay_to: peer.clone(),
-            max_timeout_seconds: 60,
+            asset: self.asset.clone(),
+            pay_to: node_id,
+            max_timeout_seconds: max_timeout_seconds(&self.limits),
             extra: PaychanExtra { peer, two1_server: two1, policy: self.limits },
         }
+    }
+
+    /// `scheme://host` of the paywall as its clients reach it.
+    fn base_url(&self, host: Option<&str>) -> String {
+        if let Some(u) = &self.config.public_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        let scheme = if self.config.tls { "https" } else { "http" };
+        format!("{scheme}://{}", host.unwrap_or("127.0.0.1"))
     }
 
     fn payment_required(
@@ -366,25 +403,43 @@ impl Paywall {
         status: StatusCode,
     ) -> Response {
         let requirement = self.requirement(req, price);
-        let (error, code) = match error {
-            Some((e, c)) => (e, Some(c)),
-            None => ("payment required".to_string(), None),
-        };
+        let host = request_host(req);
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let body = PaymentRequired {
             x402_version: X402_VERSION,
-            error: Some(error),
-            code,
+            error: Some(match &error {
+                Some((message, _)) => message.clone(),
+                None => "PAYMENT-SIGNATURE header is required".to_string(),
+            }),
             resource: Resource {
-                url: req.uri().to_string(),
-                description: self.config.description.clone(),
-                mime_type: String::new(),
+                url: format!("{}{path}", self.base_url(host.as_deref())),
+                description: (!self.config.description.is_empty())
+                    .then(|| self.config.description.clone()),
+                mime_type: None,
             },
             accepts: vec![requirement.clone()],
+            extensions: None,
         };
         let mut resp = (status, axum::Json(&body)).into_response();
         let h = resp.headers_mut();
         if let Some(v) = header_value(&body) {
             h.insert(HeaderName::from_static(PAYMENT_REQUIRED), v);
+        }
+        // A refused payment also says why in x402's settlement-response shape.
+        if let Some((message, code)) = error {
+            let refusal = PaymentResponse {
+                success: false,
+                error_reason: Some(reason::of_code(code).to_string()),
+                error_message: Some(message),
+                payer: None,
+                transaction: String::new(),
+                network: self.network.clone(),
+                amount: None,
+                extra: None,
+            };
+            if let Some(v) = header_value(&refusal) {
+                h.insert(HeaderName::from_static(PAYMENT_RESPONSE), v);
+            }
         }
         h.insert(HeaderName::from_static("price"), HeaderValue::from(price.to_sat()));
         if let Some(v) = requirement.extra.two1_server.and_then(|u| HeaderValue::from_str(&u).ok())

@@ -13,7 +13,7 @@ use paychan_core::bitcoin::hex::DisplayHex;
 use paychan_core::bitcoin::secp256k1::Keypair;
 use paychan_core::bitcoin::{Amount, CompressedPublicKey, ScriptBuf};
 use paychan_core::msg::{self, FrameDecoder, Message};
-use paychan_core::paywall::{encode_header, ChannelPayment, PaymentSignature};
+use paychan_core::paywall::{decode_header, reason, PaymentResponse};
 use paychan_core::policy::Policy;
 use paychan_core::tx::payment::sign_payment;
 use paychan_core::tx::two1::{build_payment, TWO1_FEE};
@@ -146,22 +146,26 @@ async fn the_paywall_answers_a_402_with_the_mappings_code_and_reason() {
     let w = world().await;
     let expected = refusal().answer(Op::Redeem);
     assert_eq!(expected.message, refusal().answer(Op::Pay).message, "the same text");
-    let header = PaymentSignature {
-        x402_version: 2,
-        accepted: None,
-        payload: ChannelPayment::new(w.id, Amount::from_sat(2_000), &w.forged),
-    };
-    let r = w
-        .client
-        .get(format!("{}/resource", w.base))
-        .header("payment-signature", encode_header(&header).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{}/resource", w.base);
+    let required = paychan_harness::paywall::payment_required(&url).await.unwrap();
+    let header = paychan_harness::paywall::payment_header(
+        &required,
+        w.id,
+        Amount::from_sat(2_000),
+        &w.forged,
+    )
+    .unwrap();
+    let r = w.client.get(&url).header("payment-signature", header).send().await.unwrap();
     assert_eq!(r.status(), expected.paywall_status);
     assert_eq!(r.status(), 402);
+    let refusal: PaymentResponse =
+        decode_header(r.headers()["payment-response"].as_bytes()).unwrap();
+    assert_eq!(
+        (refusal.error_reason.as_deref(), refusal.error_message.as_deref()),
+        (Some(reason::of_code(110)), Some(&*expected.message))
+    );
     let v: Value = r.json().await.unwrap();
-    assert_eq!((v["code"].as_u64(), v["error"].as_str()), (Some(110), Some(&*expected.message)));
+    assert_eq!(v["error"].as_str(), Some(&*expected.message));
     w.unchanged().await;
 }
 

@@ -513,29 +513,41 @@ async fn metrics_need_the_token_or_loopback() {
 /// A payment header of another x402 version is not read as version 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_x402_v1_payment_is_refused() {
-    use paychan_core::paywall::{encode_header, ChannelPayment, PaymentSignature};
+    use paychan_core::paywall::{
+        decode_header, encode_header, ChannelPayment, PaymentPayload, PaymentRequired,
+        PaymentResponse,
+    };
     use tower::ServiceExt;
     let Setup { server, dir: _dir, .. } = setup(101);
     let app = axum::Router::new()
         .route("/r", axum::routing::get(|| async { "ok" }))
         .layer(PaywallLayer::new(server, PaywallConfig::new(pricing(), "127.0.0.1:9735")));
+    let get = |h: Option<String>| {
+        let mut req = axum::http::Request::get("/r");
+        if let Some(h) = h {
+            req = req.header("payment-signature", h);
+        }
+        app.clone().oneshot(req.body(axum::body::Body::empty()).unwrap())
+    };
+    let first = get(None).await.unwrap();
+    let required: PaymentRequired =
+        decode_header(first.headers()["payment-required"].as_bytes()).unwrap();
     let channel: paychan_core::bitcoin::OutPoint =
         format!("{}:0", "ab".repeat(32)).parse().unwrap();
     for version in [1, 3] {
-        let p = PaymentSignature {
+        let p = PaymentPayload {
             x402_version: version,
-            accepted: None,
-            payload: ChannelPayment::new(channel, Amount::from_sat(10), &[0x30, 1]),
+            ..PaymentPayload::paying(
+                &required,
+                &required.accepts[0],
+                ChannelPayment::new(channel, Amount::from_sat(10), &[0x30, 1]),
+            )
         };
-        let req = axum::http::Request::get("/r")
-            .header("payment-signature", encode_header(&p).unwrap())
-            .body(axum::body::Body::empty())
-            .unwrap();
-        let resp = app.clone().oneshot(req).await.unwrap();
+        let resp = get(Some(encode_header(&p).unwrap())).await.unwrap();
         assert_eq!(resp.status().as_u16(), 400, "x402Version {version}");
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["code"], 204, "{v}");
+        let refusal: PaymentResponse =
+            decode_header(resp.headers()["payment-response"].as_bytes()).unwrap();
+        assert_eq!(refusal.error_reason.as_deref(), Some("invalid_x402_version"));
     }
 }
 

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use paychan_core::bitcoin::secp256k1::Message;
 use paychan_core::bitcoin::{Amount, OutPoint};
-use paychan_core::paywall::{encode_header, ChannelPayment, PaymentSignature, X402_VERSION};
 use paychan_core::policy::Policy;
 use paychan_core::script::OutputKind;
 use paychan_core::tx::payment::{sign_payment, verify_payment};
@@ -20,6 +19,7 @@ use serde_json::json;
 use super::measure::{on_all_cores, peak_rss_mib, percentile, say};
 use crate::error::fail;
 use crate::CliError;
+use paychan_harness::paywall::{payment_header, payment_required};
 
 /// Raw verifies/s and the merchant's validate-only bound (rebuild the payment, sighash,
 /// strict-DER and low-S checks, verify), on all cores.
@@ -130,19 +130,16 @@ async fn bench_http_in(
         }
     }
     node.mine(1, &paychan_core::bitcoin::ScriptBuf::new_op_return([]))?;
+    let required = Arc::new(payment_required(&format!("{base}/paid")).await?);
     let mut signers = Vec::new();
     for id in &channels {
-        let (customer, id) = (customer.clone(), *id);
+        let (customer, id, required) = (customer.clone(), *id, required.clone());
         signers.push(tokio::spawn(async move {
             let mut headers = Vec::with_capacity(requests as usize);
             for _ in 0..requests {
                 let p = customer.sign_payment(id, price).await.map_err(|e| e.to_string())?;
-                let h = encode_header(&PaymentSignature {
-                    x402_version: X402_VERSION,
-                    accepted: None,
-                    payload: ChannelPayment::new(id, Amount::from_sat(p.total_sat), &p.signature),
-                })
-                .map_err(|e| e.to_string())?;
+                let h = payment_header(&required, id, Amount::from_sat(p.total_sat), &p.signature)
+                    .map_err(|e| e.to_string())?;
                 headers.push(h);
             }
             Ok::<_, String>(headers)

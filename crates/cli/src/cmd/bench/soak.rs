@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use paychan_core::bitcoin::{Amount, ScriptBuf};
-use paychan_core::paywall::{
-    decode_header, encode_header, ChannelPayment, PaymentResponse, PaymentSignature, X402_VERSION,
-};
+use paychan_core::paywall::{decode_header, PaymentResponse};
 use paychan_harness::{Payout, World};
 use paychan_merchant::paywall::Pricing;
 use paychan_store::Role;
@@ -20,6 +18,7 @@ use serde_json::{json, Value};
 use super::measure::{peak_rss_mib, rss_mib, say};
 use crate::error::fail;
 use crate::CliError;
+use paychan_harness::paywall::{payment_header, payment_required};
 
 /// Runs the soak: `customers` channels (half TCP, half HTTP) for `secs` seconds.
 pub async fn soak(customers: u32, secs: f64) -> Result<Value, CliError> {
@@ -42,6 +41,7 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
     let price = Amount::from_sat(1);
     let routes = axum::Router::new().route("/api", get(|| async { "paid\n" }));
     let url = format!("{}/api", w.serve_paywalled(routes, Pricing::new(price)).await?);
+    let required = Arc::new(payment_required(&url).await?);
     let (node, server, peer, customer, mstore) =
         (&w.node, &w.server, &w.peer, &w.customer, &w.merchant_store);
     say(&format!("opening {customers} channels…"));
@@ -77,7 +77,7 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
             // Each HTTP customer pays on its own channel and connection: signs (and stores)
             // a payment, sends it in the header, takes the receipt as the acknowledgement.
             let n = http_requests.clone();
-            let url = url.clone();
+            let (url, required) = (url.clone(), required.clone());
             tasks.push(tokio::spawn(async move {
                 let http = reqwest::Client::builder()
                     .pool_max_idle_per_host(1)
@@ -88,15 +88,12 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
                         .sign_payment(id, price)
                         .await
                         .map_err(|e| format!("signing on {id}: {e}"))?;
-                    let header = encode_header(&PaymentSignature {
-                        x402_version: X402_VERSION,
-                        accepted: None,
-                        payload: ChannelPayment::new(
-                            id,
-                            Amount::from_sat(pay.total_sat),
-                            &pay.signature,
-                        ),
-                    })
+                    let header = payment_header(
+                        &required,
+                        id,
+                        Amount::from_sat(pay.total_sat),
+                        &pay.signature,
+                    )
                     .map_err(|e| e.to_string())?;
                     let r = http
                         .get(&url)
@@ -113,8 +110,14 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
                         .and_then(|h| decode_header::<PaymentResponse>(h.as_bytes()).ok())
                         .ok_or_else(|| format!("HTTP request on {id}: no receipt"))?;
                     let _ = r.bytes().await;
+                    let (total, _) = receipt
+                        .extra
+                        .as_ref()
+                        .ok_or_else(|| format!("HTTP request on {id}: receipt without totals"))?
+                        .amounts()
+                        .map_err(|e| format!("HTTP request on {id}: {e}"))?;
                     customer
-                        .acknowledge(id, Amount::from_sat(receipt.total))
+                        .acknowledge(id, total)
                         .await
                         .map_err(|e| format!("receipt on {id}: {e}"))?;
                     n.fetch_add(1, Ordering::Relaxed);
