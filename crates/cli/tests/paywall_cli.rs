@@ -31,9 +31,28 @@ fn buy_and_curl_through_the_proxy_pay_a_reverse_proxied_upstream() {
         "/api/*=25sat",
         "--free",
         "/health",
+        "--public-url",
+        "https://shop.example/",
     ]);
     let shop = format!("http://{}", serving["http"].as_str().unwrap());
     w.fund_customer();
+
+    // The 402 names the resource on the public URL, and payTo is the merchant's node id.
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "30", "-D", "-", "-o", "/dev/null"])
+        .arg(format!("{shop}/api/report?q=1"))
+        .output()
+        .expect("curl runs");
+    let head = String::from_utf8_lossy(&o.stdout).to_string();
+    let value = head
+        .lines()
+        .find_map(|l| l.strip_prefix("payment-required: "))
+        .unwrap_or_else(|| panic!("no PAYMENT-REQUIRED in {head}"));
+    let required: paychan_core::paywall::PaymentRequired =
+        paychan_core::paywall::decode_header(value.trim().as_bytes()).unwrap();
+    assert_eq!(required.resource.url, "https://shop.example/api/report?q=1");
+    assert_eq!(required.accepts[0].pay_to, serving["node_id"].as_str().unwrap());
+    assert_eq!(required.accepts[0].amount, "25");
 
     // A price above --max-price: refused, nothing paid, no channel.
     let o = paychan(&customer_home, &url, &cookie)

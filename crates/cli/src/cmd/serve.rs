@@ -68,6 +68,11 @@ pub struct ServeArgs {
     /// Seconds to wait for the upstream's answer (then 504, not charged).
     #[arg(long)]
     upstream_timeout_secs: Option<u64>,
+    /// The paywall's public base URL (`https://api.example.com`) when a proxy or load balancer
+    /// sits in front: the 402's resource URLs are built on it (default: the request's `Host`,
+    /// on `https` when `--tls-cert` is given).
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
     /// Trust the CA certificates in this PEM file for an `https://` upstream, besides the
     /// system's.
     #[arg(long, value_name = "PEM")]
@@ -122,6 +127,7 @@ struct ServeFile {
     #[serde(default)]
     free: Vec<String>,
     upstream_timeout_secs: Option<u64>,
+    public_url: Option<String>,
     upstream_cacert: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -201,6 +207,14 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         _ => return Err(fail("TLS needs both a certificate (tls_cert) and its key (tls_key)")),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let public_url = a.public_url.or(file.public_url);
+    if let Some(u) = &public_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(CliError::Usage(format!(
+                "--public-url {u:?}: give the scheme, like https://api.example.com"
+            )));
+        }
+    }
     let upstream_http = paychan_transport::tls::http_client_builder(
         a.upstream_cacert.or(file.upstream_cacert).as_deref(),
     )?;
@@ -257,6 +271,8 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         let fallback = upstream.as_ref().map(|u| {
             let mut config = PaywallConfig::new(pricing.clone(), address.clone());
             config.network = n.network;
+            config.tls = scheme == "https";
+            config.public_url = public_url.clone();
             reverse_proxy_with(u.clone(), upstream_timeout, upstream_http)
                 .layer(PaywallLayer::new(server.clone(), config))
         });
