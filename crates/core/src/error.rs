@@ -296,6 +296,17 @@ pub enum Error {
         /// What the payment says.
         accepted: String,
     },
+    /// A facilitator was asked to settle for requirements that are not its own (another
+    /// scheme, network, asset or payee).
+    #[error("the payment requirements' {field} is {got:?}; this merchant settles {ours:?}")]
+    NotOurRequirements {
+        /// The field (x402's name).
+        field: &'static str,
+        /// What the requirements say.
+        got: String,
+        /// What this merchant settles.
+        ours: String,
+    },
     // ---- BOLT 3 (duplex channels) ----
     /// A BOLT 3 key, script or transaction could not be built from these inputs.
     #[error("bolt 3: {0}")]
@@ -393,6 +404,7 @@ impl Error {
             Error::CreditTooLow { .. } => 113,
             Error::UnknownToken => 114,
             Error::AcceptedMismatch { .. } => 115,
+            Error::NotOurRequirements { .. } => 116,
             Error::UnexpectedMessage(_) => 200,
             Error::FrameTooLarge { .. } => 201,
             Error::FrameTruncated { .. } => 202,

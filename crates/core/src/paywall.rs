@@ -388,6 +388,62 @@ impl ReceiptExtra {
     }
 }
 
+/// The body of a facilitator's `POST /verify` and `POST /settle` (x402 §7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FacilitatorRequest {
+    /// The x402 version of the request.
+    pub x402_version: u32,
+    /// The client's payment.
+    pub payment_payload: PaymentPayload,
+    /// What the resource server asks for this request.
+    pub payment_requirements: Requirement,
+}
+
+/// The answer of a facilitator's `POST /verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyResponse {
+    /// Whether settling the payment now would succeed.
+    pub is_valid: bool,
+    /// Why not, as a stable string ([`reason`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
+    /// Why not, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_message: Option<String>,
+    /// The payer: the channel, `txid:vout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<String>,
+}
+
+/// One kind of payment a facilitator settles (x402 §7.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SupportedKind {
+    /// The x402 version.
+    pub x402_version: u32,
+    /// [`SCHEME`].
+    pub scheme: String,
+    /// CAIP-2 network.
+    pub network: String,
+    /// The scheme's details: where channels are opened and the merchant's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<PaychanExtra>,
+}
+
+/// The answer of a facilitator's `GET /supported`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SupportedResponse {
+    /// What it settles.
+    pub kinds: Vec<SupportedKind>,
+    /// Extensions it implements.
+    pub extensions: Vec<String>,
+    /// CAIP-2 patterns to the keys payments are bound to (the merchant's node id).
+    pub signers: std::collections::BTreeMap<String, Vec<String>>,
+}
+
 /// The stable `errorReason` strings of refused payments, and the core error codes they stand
 /// for. x402's own strings where one fits (`insufficient_funds`, `invalid_payload`,
 /// `invalid_x402_version`), `invalid_paychan_*` for the scheme's own rules.
@@ -410,6 +466,7 @@ pub mod reason {
         (113, "invalid_paychan_amount_below_price"),
         (114, "invalid_paychan_unknown_token"),
         (115, "invalid_paychan_accepted_mismatch"),
+        (116, "invalid_paychan_requirements"),
         (10, "invalid_payload"),
         (204, "invalid_x402_version"),
     ];

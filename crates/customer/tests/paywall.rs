@@ -365,6 +365,32 @@ async fn the_charge_is_durable_before_the_handler_runs() {
     }
 }
 
+/// Runs the x402 SDK script (`sdk/python/conformance/x402_headers.py`) on `job`; its report.
+async fn run_sdk(python: std::ffi::OsString, job: serde_json::Value) -> serde_json::Value {
+    let script =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../sdk/python/conformance/x402_headers.py");
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(job.to_string().as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the SDK script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Every header shape the paywall and the paying client emit, fed to the x402 reference SDK for
 /// Python (PyPI `x402`, pinned in `sdk/python/conformance/requirements.txt`): its decoders and
 /// pydantic models must take each one whole (nothing unknown dropped, nothing missing); and
@@ -455,28 +481,7 @@ async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
     let job = serde_json::json!({
         "required": required, "payloads": payloads, "responses": responses, "sign": sign,
     });
-    let script =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../sdk/python/conformance/x402_headers.py");
-    let out = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = std::process::Command::new(python)
-            .arg(script)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(job.to_string().as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "the SDK script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = run_sdk(python, job).await;
     eprintln!("x402 SDK {} checked {}", report["sdk_version"], report["checked"]);
     assert_eq!(report["errors"], serde_json::json!([]), "the SDK refused or changed headers");
     assert_eq!(report["checked"]["required"], required.len());
@@ -506,4 +511,126 @@ async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
         let b: PaymentResponse = decode_header(theirs.as_str().unwrap().as_bytes()).unwrap();
         assert_eq!(a, b);
     }
+}
+
+/// The x402 facilitator (`/x402/verify`, `/x402/settle`, `/x402/supported`): verify changes
+/// nothing, settle charges as the paywall does, a settled payment is not settled twice,
+/// requirements that are not this merchant's and a missing token are refused; then the x402
+/// SDK's own facilitator client drives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_facilitator_verifies_and_settles_channel_payments() {
+    use paychan_core::paywall::{FacilitatorRequest, SupportedResponse, VerifyResponse};
+    use paychan_merchant::facilitator::{router, FacilitatorConfig};
+    let w = world().await;
+    let config = FacilitatorConfig {
+        network: paychan_core::bitcoin::Network::Regtest,
+        peer: w.peer.clone(),
+        token: "tok".into(),
+    };
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello, paid world" }))
+        .merge(router(w.server.clone(), config));
+    let base =
+        w.serve_paywalled(app, Pricing::new(Amount::from_sat(10)).free("/x402/*")).await.unwrap();
+    let url = format!("{base}/hello");
+    let c = client(&w);
+    let id = c.get(&url).await.unwrap().channel.unwrap();
+    let offer = payment_required(&url).await.unwrap();
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value, token: Option<&str>| {
+        let mut r = http.post(format!("{base}/x402/{path}")).json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let request = |total_sat: u64, sig: &[u8]| {
+        let payload: PaymentPayload = decode_header(
+            payment_header(&offer, id, Amount::from_sat(total_sat), sig).unwrap().as_bytes(),
+        )
+        .unwrap();
+        FacilitatorRequest {
+            x402_version: 2,
+            payment_payload: payload,
+            payment_requirements: offer.accepts[0].clone(),
+        }
+    };
+    let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+    let req = serde_json::to_value(request(pay.total_sat, &pay.signature)).unwrap();
+
+    // No token, a wrong token: 401; a body that is no request: 400. Nothing charged.
+    let before = charged(&w.server, id).await;
+    assert_eq!(post("verify", req.clone(), None).await.unwrap().status(), 401);
+    assert_eq!(post("settle", req.clone(), Some("nope")).await.unwrap().status(), 401);
+    assert_eq!(
+        post("settle", serde_json::json!({"x": 1}), Some("tok")).await.unwrap().status(),
+        400
+    );
+    // Verify: valid, and nothing changes.
+    let v: VerifyResponse =
+        post("verify", req.clone(), Some("tok")).await.unwrap().json().await.unwrap();
+    assert!(v.is_valid, "{v:?}");
+    assert_eq!(v.payer, Some(id.to_string()));
+    assert_eq!(charged(&w.server, id).await, before, "verify charges nothing");
+    // Settle: charged, once.
+    let s: PaymentResponse =
+        post("settle", req.clone(), Some("tok")).await.unwrap().json().await.unwrap();
+    assert!(s.success, "{s:?}");
+    assert_eq!((s.amount.as_deref(), s.transaction.as_str()), (Some("10"), ""));
+    assert_eq!(charged(&w.server, id).await.1, before.1 + Amount::from_sat(10));
+    let again: PaymentResponse =
+        post("settle", req.clone(), Some("tok")).await.unwrap().json().await.unwrap();
+    assert!(!again.success);
+    assert_eq!(again.error_reason.as_deref(), Some("invalid_paychan_total_already_used"));
+    let v: VerifyResponse =
+        post("verify", req.clone(), Some("tok")).await.unwrap().json().await.unwrap();
+    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_paychan_total_already_used"));
+    // Requirements for another payee: refused before anything is looked at.
+    let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+    let mut other = request(pay.total_sat, &pay.signature);
+    other.payment_requirements.pay_to = "02".to_string() + &"11".repeat(32);
+    other.payment_payload.accepted.pay_to = other.payment_requirements.pay_to.clone();
+    let s: PaymentResponse = post("settle", serde_json::to_value(&other).unwrap(), Some("tok"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s.error_reason.as_deref(), Some("invalid_paychan_requirements"));
+    let after_refusals = charged(&w.server, id).await;
+    // Supported: public.
+    let sup: SupportedResponse =
+        http.get(format!("{base}/x402/supported")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(sup.kinds[0].scheme, "paychan");
+    assert_eq!(sup.signers["bip122:*"], vec![offer.accepts[0].pay_to.clone()]);
+
+    // The SDK's facilitator client, against the same endpoints.
+    let Some(python) = std::env::var_os("PAYCHAN_X402_PYTHON") else {
+        eprintln!("skipped the SDK part: PAYCHAN_X402_PYTHON is unset (.ci/run sets it)");
+        return;
+    };
+    let mut payments = Vec::new();
+    for _ in 0..2 {
+        let p = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+        payments
+            .push(payment_header(&offer, id, Amount::from_sat(p.total_sat), &p.signature).unwrap());
+    }
+    let required = encode_header(&offer).unwrap();
+    let job = serde_json::json!({"facilitator": {
+        "url": format!("{base}/x402"), "token": "tok", "required": required, "payments": payments,
+    }});
+    let report = run_sdk(python, job).await;
+    assert_eq!(report["supported"]["kinds"][0]["scheme"], "paychan", "{report}");
+    for r in report["results"].as_array().unwrap() {
+        assert_eq!(r["verify"]["isValid"], true, "{r}");
+        assert_eq!(r["settle"]["success"], true, "{r}");
+        assert_eq!(r["settle_again"]["success"], false, "{r}");
+        assert_eq!(r["settle_again"]["errorReason"], "invalid_paychan_total_already_used");
+    }
+    assert_eq!(report["results"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        charged(&w.server, id).await.1,
+        after_refusals.1 + Amount::from_sat(20),
+        "two SDK settlements, 10 sat each, nothing twice"
+    );
 }

@@ -255,16 +255,19 @@ pub fn admin_router(server: Arc<ChannelServer>, admin: AdminConfig) -> Router {
         .with_state(state)
 }
 
-fn authorised(a: &Admin, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+/// Whether `headers` carry `Authorization: Bearer <token>` (compared in constant time).
+pub(crate) fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let want = a.token.as_bytes();
-    let ok = given.len() == want.len()
-        && given.bytes().zip(want).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-    if ok {
+    let want = token.as_bytes();
+    given.len() == want.len() && given.bytes().zip(want).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorised(a: &Admin, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    if bearer_matches(headers, &a.token) {
         Ok(())
     } else {
         Err(ApiError(

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod answer;
+pub mod facilitator;
 pub mod http;
 pub mod listen;
 pub mod metrics;

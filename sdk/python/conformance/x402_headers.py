@@ -67,8 +67,42 @@ def raw_or(header: str):
         return header
 
 
+def facilitator(job: dict) -> dict:
+    """Drive a paychan facilitator with the SDK's own facilitator client: supported, then
+    verify and settle of each payment (a PAYMENT-SIGNATURE header value) against the
+    requirements of the first 402."""
+    from x402.http import HTTPFacilitatorClientSync
+
+    token = job["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    client = HTTPFacilitatorClientSync(
+        {"url": job["url"], "create_headers": lambda: {"verify": auth, "settle": auth, "supported": {}}}
+    )
+    supported = client.get_supported()
+    requirements = decode_payment_required_header(job["required"]).accepts[0]
+    results = []
+    for header in job["payments"]:
+        payload = decode_payment_signature_header(header)
+        v = client.verify(payload, requirements)
+        s = client.settle(payload, requirements)
+        again = client.settle(payload, requirements)
+        results.append({
+            "verify": v.model_dump(by_alias=True, exclude_none=True),
+            "settle": s.model_dump(by_alias=True, exclude_none=True),
+            "settle_again": again.model_dump(by_alias=True, exclude_none=True),
+        })
+    return {
+        "sdk_version": version("x402"),
+        "supported": supported.model_dump(by_alias=True, exclude_none=True),
+        "results": results,
+    }
+
+
 def main():
     job = json.load(sys.stdin)
+    if "facilitator" in job:
+        json.dump(facilitator(job["facilitator"]), sys.stdout)
+        return
     errors = []
     required = [check("PAYMENT-REQUIRED", h, decode_payment_required_header, PaymentRequired, errors)
                 for h in job["required"]]

@@ -279,8 +279,17 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         if let Some(u) = &upstream {
             tracing::info!(upstream = %u, ?pricing, "paywall: forwarding paid requests to the upstream");
         }
+        // An x402 facilitator for resource servers in any language, behind the admin token.
+        let facilitator = paychan_merchant::facilitator::router(
+            server.clone(),
+            paychan_merchant::facilitator::FacilitatorConfig {
+                network: n.network,
+                peer: address.clone(),
+                token: token.clone(),
+            },
+        );
         let admin = paychan_merchant::http::AdminConfig { token, metrics: metrics_access };
-        let app = paychan_merchant::http::app(server.clone(), Some(admin), fallback);
+        let app = paychan_merchant::http::app(server.clone(), Some(admin), fallback).merge(facilitator);
         let http_task = tokio::spawn(paychan_merchant::http::serve_app_tls(
             app,
             http_listener,

@@ -49,6 +49,24 @@ impl ChannelServer {
         .await
     }
 
+    /// What [`Self::redeem`] would answer now, without charging anything or writing: the
+    /// payment checked against the channel as it is (an x402 facilitator's `/verify`).
+    ///
+    /// # Errors
+    /// As [`Self::redeem`].
+    pub async fn check_redeem(
+        &self,
+        channel: OutPoint,
+        total: Amount,
+        signature: &[u8],
+        price: Amount,
+    ) -> Result<Redeemed, MerchantError> {
+        let s = self.payable(channel).await?;
+        let now = (self.clock)();
+        let mut probe = s.channel.clone();
+        Ok(probe.redeem(&now, channel, total, signature, price)?)
+    }
+
     /// Redeems a 21 token (the txid a `PUT /payment/…` answered) for a request of `price`.
     ///
     /// # Errors
