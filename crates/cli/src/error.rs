@@ -53,9 +53,35 @@ pub fn fail(e: impl std::fmt::Display) -> CliError {
 impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
+        use paychan_customer::CustomerError;
         match self {
             CliError::Usage(_) => 2,
+            CliError::Customer(CustomerError::PriceTooHigh { .. }) => {
+                crate::cmd::buy::EXIT_PRICE_ABOVE_MAX
+            }
+            CliError::Customer(CustomerError::SpendingCap { .. }) => {
+                crate::cmd::buy::EXIT_SPENDING_CAP
+            }
             _ => 1,
+        }
+    }
+
+    /// A short stable name of the kind of error, for `--json` output.
+    pub fn kind(&self) -> &'static str {
+        use paychan_customer::CustomerError;
+        match self {
+            CliError::Usage(_) => "usage",
+            CliError::Customer(CustomerError::PriceTooHigh { .. }) => "price_above_max",
+            CliError::Customer(CustomerError::SpendingCap { .. }) => "spending_cap",
+            CliError::Customer(_) => "customer",
+            CliError::Merchant(_) => "merchant",
+            CliError::Core(_) => "core",
+            CliError::Node(_) => "node",
+            CliError::Chain(_) => "chain",
+            CliError::Store(_) => "store",
+            CliError::Wallet(_) => "wallet",
+            CliError::Io(_) => "io",
+            _ => "failed",
         }
     }
 }

@@ -52,6 +52,8 @@ enum Command {
     Buy(cmd::buy::BuyArgs),
     /// A local HTTP proxy that pays 402s: `curl -x http://127.0.0.1:8402 http://merchant/…`.
     Proxy(cmd::buy::ProxyArgs),
+    /// What `buy` and `proxy` paid: when, to whom, for which URL.
+    Spent,
 }
 
 fn main() -> ExitCode {
@@ -80,11 +82,21 @@ fn main() -> ExitCode {
         Command::Backup(c) => cmd::backup::run(c, &cli.common),
         Command::Buy(a) => cmd::buy::buy(a, &cli.common),
         Command::Proxy(a) => cmd::buy::proxy(a, &cli.common),
+        Command::Spent => cmd::buy::spent(&cli.common),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(std::io::stderr().lock(), "error: {e}");
+            if cli.common.json {
+                // With --json, the error is also a JSON object on stdout.
+                let v = serde_json::json!({
+                    "error": e.to_string(),
+                    "kind": e.kind(),
+                    "exit_code": e.exit_code(),
+                });
+                let _ = writeln!(std::io::stdout().lock(), "{v}");
+            }
             ExitCode::from(e.exit_code())
         }
     }

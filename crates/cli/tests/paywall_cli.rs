@@ -59,9 +59,42 @@ fn buy_and_curl_through_the_proxy_pay_a_reverse_proxied_upstream() {
         .args(["buy", "--max-price", "20sat", &format!("{shop}/api/report")])
         .output()
         .unwrap();
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(3), "a price above --max-price has its own exit code");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("above the limit") && err.contains("nothing was paid"), "{err}");
+    // The same with --json: the error is a JSON object on stdout too.
+    let o = paychan(&customer_home, &url, &cookie)
+        .args(["buy", "--max-price", "20sat", &format!("{shop}/api/report")])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((e["kind"].as_str(), e["exit_code"].as_u64()), (Some("price_above_max"), Some(3)));
+    // --no-pay: the price, nothing paid.
+    let o = paychan(&customer_home, &url, &cookie)
+        .args(["buy", "--no-pay", &format!("{shop}/api/report")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let q: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (q["status"].as_u64(), q["price_sat"].as_u64(), q["paid_sat"].as_u64()),
+        (Some(402), Some(25), Some(0))
+    );
+    assert_eq!(q["pay_to"], serving["node_id"]);
+    // Without --json (as people run it).
+    let plain = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_paychan"));
+        c.arg("--home").arg(&customer_home).args(["--rpc-url", &url, "--rpc-cookie"]).arg(&cookie);
+        c
+    };
+    let o = plain().args(["buy", "--no-pay", &format!("{shop}/api/report")]).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.starts_with("25 sat for https://shop.example/api/report")
+            && said.contains("nothing was paid"),
+        "{said}"
+    );
     let mut c = paychan(&customer_home, &url, &cookie);
     c.args(["channels", "list"]);
     assert_eq!(run(c), serde_json::json!([]));
@@ -77,6 +110,17 @@ fn buy_and_curl_through_the_proxy_pay_a_reverse_proxied_upstream() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "upstream says hi to /api/report?q=1\n");
+    // -o FILE -s: the body in the file, nothing on stdout or stderr.
+    let file = customer_home.join("report.txt");
+    let o = plain()
+        .args(["buy", "-s", "-o"])
+        .arg(&file)
+        .arg(format!("{shop}/api/report?q=2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "upstream says hi to /api/report?q=2\n");
 
     // curl through `paychan proxy`: paid automatically.
     let mut proxy = paychan(&customer_home, &url, &cookie)
@@ -116,7 +160,25 @@ fn buy_and_curl_through_the_proxy_pay_a_reverse_proxied_upstream() {
     c.args(["channels", "list"]);
     let list = run(c);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    assert_eq!(list[0]["paid_sat"], 60);
+    assert_eq!(list[0]["paid_sat"], 85);
+    // `paychan spent`: every paid request, to whom, for which URL; the free one is not there.
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["spent"]);
+    let spent = run(c);
+    let entries = spent["entries"].as_array().unwrap();
+    let urls: Vec<&str> = entries.iter().map(|e| e["url"].as_str().unwrap()).collect();
+    assert_eq!(
+        urls,
+        vec![
+            format!("{shop}/api/report?q=1"),
+            format!("{shop}/api/report?q=2"),
+            format!("{shop}/api/weather"),
+            format!("{shop}/other"),
+        ],
+        "{spent}"
+    );
+    assert!(entries.iter().all(|e| e["merchant"] == serving["node_id"] && e["charged"] == true));
+    assert_eq!(spent["total_paid_sat"], 85);
 }
 
 #[test]

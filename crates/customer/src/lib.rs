@@ -15,6 +15,7 @@ mod lifecycle;
 mod pay;
 pub mod paying;
 pub mod proxy;
+pub mod spent;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +68,9 @@ pub enum CustomerError {
     /// The connection failed.
     #[error("connection: {0}")]
     Io(String),
+    /// The spending log could not be written or read.
+    #[error("spending log: {0}")]
+    SpendingLog(String),
     /// The merchant's address is not `<node id>@host:port`, or the peer there could not prove
     /// that node id (nothing but the handshake was sent).
     #[error("transport: {0}")]

@@ -108,6 +108,7 @@ pub struct PayingClient {
     caps: Caps,
     books: tokio::sync::Mutex<HashMap<String, Book>>,
     progress: Option<ProgressFn>,
+    log: Option<crate::spent::SpendingLog>,
 }
 
 impl std::fmt::Debug for PayingClient {
@@ -126,6 +127,7 @@ impl PayingClient {
             caps,
             books: tokio::sync::Mutex::new(HashMap::new()),
             progress: None,
+            log: None,
         }
     }
 
@@ -152,6 +154,39 @@ impl PayingClient {
     pub fn with_progress(mut self, f: ProgressFn) -> Self {
         self.progress = Some(f);
         self
+    }
+
+    /// Appends every paid request to `log` (what was paid, to whom, for which URL).
+    pub fn with_spending_log(mut self, log: crate::spent::SpendingLog) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// What `url` costs, paying nothing: the request is sent once; a `402`'s paychan
+    /// requirement comes back as [`Quote::Price`], any other answer as [`Quote::Answer`].
+    ///
+    /// # Errors
+    /// [`CustomerError::Http`]; [`CustomerError::Protocol`] for a 402 without a paychan way
+    /// to pay.
+    pub async fn quote(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<Quote, CustomerError> {
+        let first = self.send(method, url, headers, body, None).await?;
+        if first.status != 402 {
+            return Ok(Quote::Answer(first));
+        }
+        let required = parse_402(&first.headers, &first.body)?;
+        let requirement = required
+            .accepts
+            .iter()
+            .find(|r| r.scheme == SCHEME)
+            .cloned()
+            .ok_or(CustomerError::Protocol("the 402 offers no paychan payment"))?;
+        Ok(Quote::Price { price: requirement.price()?, requirement, resource: required.resource })
     }
 
     /// The customer paying.
@@ -215,6 +250,7 @@ impl PayingClient {
                 resp.channel = Some(channel);
                 if resp.status != 402 {
                     self.receipt(&peer, channel, &mut resp).await;
+                    self.log_spent(&method, url, requirement, &resp).await;
                     return Ok(resp);
                 }
                 let (code, error) = refusal_of(&resp.headers, &resp.body)?;
@@ -253,6 +289,34 @@ impl PayingClient {
                     }
                 }
             }
+        }
+    }
+
+    /// Appends a paid request to the spending log; a log that cannot be written is said, not
+    /// fatal (the channel store has the payment).
+    async fn log_spent(
+        &self,
+        method: &reqwest::Method,
+        url: &str,
+        requirement: &Requirement,
+        resp: &PaidResponse,
+    ) {
+        let Some(log) = &self.log else { return };
+        let entry = crate::spent::Spent {
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            method: method.to_string(),
+            url: url.to_string(),
+            merchant: requirement.pay_to.clone(),
+            channel: resp.channel.map(|c| c.to_string()).unwrap_or_default(),
+            price_sat: resp.price.to_sat(),
+            paid_sat: resp.paid.to_sat(),
+            status: resp.status,
+            charged: resp.receipt.as_ref().is_some_and(|r| r.success),
+        };
+        if let Err(e) = log.append(&entry).await {
+            tracing::warn!(error = %e, "a paid request is not in the spending log");
         }
     }
 
@@ -396,6 +460,22 @@ impl PayingClient {
             channel: None,
         })
     }
+}
+
+/// What a resource costs ([`PayingClient::quote`]).
+#[derive(Debug)]
+pub enum Quote {
+    /// The server answered without asking to pay.
+    Answer(PaidResponse),
+    /// The server asks `price` (nothing was paid).
+    Price {
+        /// The price, sat.
+        price: Amount,
+        /// The paychan requirement of the 402.
+        requirement: Requirement,
+        /// The resource the 402 names.
+        resource: paychan_core::paywall::Resource,
+    },
 }
 
 /// Why a paid request was refused: the core error code of the `PAYMENT-RESPONSE`'s

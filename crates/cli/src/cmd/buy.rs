@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::Args;
 use paychan_core::bitcoin::Amount;
+use paychan_customer::paying::Quote;
+use paychan_customer::spent::{SpendingLog, Spent};
 use paychan_customer::{Caps, PayingClient, Progress};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
@@ -62,9 +64,25 @@ pub struct BuyArgs {
     /// A header, `Name: value`; repeatable.
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// Write the answer's body to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<std::path::PathBuf>,
+    /// Say nothing on stderr but errors (no progress, no channel opening lines).
+    #[arg(short = 's', long = "silent")]
+    silent: bool,
+    /// Show the price and pay nothing: the request is sent once, a 402's price is printed.
+    #[arg(long)]
+    no_pay: bool,
     #[command(flatten)]
     caps: CapArgs,
 }
+
+/// `paychan buy`'s exit status when the price is above `--max-price` (nothing was paid).
+pub const EXIT_PRICE_ABOVE_MAX: u8 = 3;
+/// `paychan buy`'s exit status when paying would pass `--max-per-merchant`.
+pub const EXIT_SPENDING_CAP: u8 = 4;
+/// `paychan buy`'s exit status when the server answered an error (as `curl --fail`).
+pub const EXIT_HTTP_ERROR: u8 = 22;
 
 /// Arguments of `paychan proxy`.
 #[derive(Debug, Args)]
@@ -111,9 +129,22 @@ fn progress() -> paychan_customer::paying::ProgressFn {
     })
 }
 
-async fn paying_client(common: &Common, caps: &CapArgs) -> Result<PayingClient, CliError> {
+/// The spending log of the customer's home (`paychan spent` reads it).
+pub fn spending_log_path(common: &Common) -> std::path::PathBuf {
+    common.home().join("spent.jsonl")
+}
+
+async fn paying_client(
+    common: &Common,
+    caps: &CapArgs,
+    silent: bool,
+) -> Result<PayingClient, CliError> {
     let (customer, _) = super::channels::customer(common).await?;
-    let mut client = PayingClient::new(Arc::new(customer), caps.caps()).with_progress(progress());
+    let mut client = PayingClient::new(Arc::new(customer), caps.caps())
+        .with_spending_log(SpendingLog::new(spending_log_path(common)));
+    if !silent {
+        client = client.with_progress(progress());
+    }
     if let Some(ca) = &caps.cacert {
         client = client.with_cacert(ca)?;
     }
@@ -144,10 +175,14 @@ pub fn buy(a: BuyArgs, common: &Common) -> Result<ExitCode, CliError> {
             .insert("content-type", HeaderValue::from_static("application/x-www-form-urlencoded"));
     }
     let body = a.data.clone().unwrap_or_default().into_bytes();
+    if a.no_pay {
+        return quote(&a, common, method, &headers, body);
+    }
     let r = runtime()?.block_on(async {
-        let client = paying_client(common, &a.caps).await?;
-        client.request(method, &a.url, &headers, body).await.map_err(fail)
+        let client = paying_client(common, &a.caps, a.silent).await?;
+        client.request(method, &a.url, &headers, body).await.map_err(CliError::from)
     })?;
+    write_body(&a, common.json, &r.body)?;
     if common.json {
         common.print(
             &json!({
@@ -156,34 +191,118 @@ pub fn buy(a: BuyArgs, common: &Common) -> Result<ExitCode, CliError> {
                 "paid_sat": r.paid.to_sat(),
                 "channel": r.channel.map(|c| c.to_string()),
                 "receipt": r.receipt,
-                "body": String::from_utf8_lossy(&r.body),
+                "body": if a.output.is_some() { serde_json::Value::Null } else { json!(String::from_utf8_lossy(&r.body)) },
             }),
             "",
         )?;
-    } else {
-        let mut out = std::io::stdout().lock();
-        out.write_all(&r.body)?;
-        out.flush()?;
-        if r.price > Amount::ZERO {
-            tracing::info!(
-                price = r.price.to_sat(),
-                paid = r.paid.to_sat(),
-                status = r.status,
-                "paid request"
-            );
-        }
+    } else if r.price > Amount::ZERO {
+        tracing::info!(
+            price = r.price.to_sat(),
+            paid = r.paid.to_sat(),
+            status = r.status,
+            "paid request"
+        );
     }
     if r.status >= 400 {
         let _ = writeln!(std::io::stderr().lock(), "error: the server answered HTTP {}", r.status);
-        return Ok(ExitCode::from(22));
+        return Ok(ExitCode::from(EXIT_HTTP_ERROR));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The body to `-o FILE`, or to stdout (not with `--json`: the body is in the JSON).
+fn write_body(a: &BuyArgs, json: bool, body: &[u8]) -> Result<(), CliError> {
+    match &a.output {
+        Some(path) => std::fs::write(path, body)
+            .map_err(|e| fail(format!("cannot write {}: {e}", path.display()))),
+        None if json => Ok(()),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(body)?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+/// `paychan buy --no-pay`: the price, nothing paid.
+fn quote(
+    a: &BuyArgs,
+    common: &Common,
+    method: reqwest::Method,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+) -> Result<ExitCode, CliError> {
+    let q = runtime()?.block_on(async {
+        let client = paying_client(common, &a.caps, a.silent).await?;
+        client.quote(method, &a.url, headers, body).await.map_err(CliError::from)
+    })?;
+    match q {
+        Quote::Price { price, requirement, resource } => {
+            let above = price > a.caps.max_price;
+            common.print(
+                &json!({
+                    "status": 402,
+                    "price_sat": price.to_sat(),
+                    "paid_sat": 0,
+                    "above_max_price": above,
+                    "resource": resource.url,
+                    "pay_to": requirement.pay_to,
+                    "peer": requirement.extra.peer,
+                    "network": requirement.network,
+                    "max_timeout_seconds": requirement.max_timeout_seconds,
+                }),
+                &format!(
+                    "{} sat for {} (merchant {}, channels at {}){}; nothing was paid",
+                    price.to_sat(),
+                    resource.url,
+                    requirement.pay_to,
+                    requirement.extra.peer,
+                    if above { ", above --max-price" } else { "" }
+                ),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Quote::Answer(r) => {
+            write_body(a, true, &r.body)?;
+            common.print(
+                &json!({"status": r.status, "price_sat": 0, "paid_sat": 0, "body": String::from_utf8_lossy(&r.body)}),
+                &format!("free: the server answered HTTP {} without asking to pay", r.status),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs `paychan spent`: what was paid, to whom, for which URL.
+pub fn spent(common: &Common) -> Result<ExitCode, CliError> {
+    let entries: Vec<Spent> = SpendingLog::read(&spending_log_path(common))?;
+    let total: u64 = entries.iter().map(|e| e.paid_sat).sum();
+    let human = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{}  {:>8} sat  {} {}  → {}  HTTP {}{}",
+                e.time,
+                e.paid_sat,
+                e.method,
+                e.url,
+                e.merchant,
+                e.status,
+                if e.charged { "" } else { "  (not charged: credit kept)" }
+            )
+        })
+        .chain(std::iter::once(format!("{} requests, {total} sat", entries.len())))
+        .collect::<Vec<_>>()
+        .join("\n");
+    common.print(&json!({"entries": entries, "total_paid_sat": total}), &human)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `paychan proxy` until Ctrl-C or SIGTERM.
 pub fn proxy(a: ProxyArgs, common: &Common) -> Result<ExitCode, CliError> {
     runtime()?.block_on(async {
-        let client = Arc::new(paying_client(common, &a.caps).await?);
+        let client = Arc::new(paying_client(common, &a.caps, false).await?);
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .map_err(|e| fail(format!("cannot listen on {}: {e}", a.listen)))?;
