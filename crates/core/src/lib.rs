@@ -26,6 +26,7 @@ pub mod network;
 pub mod noise;
 pub mod paywall;
 pub mod policy;
+pub mod ratelimit;
 pub mod script;
 pub mod sig;
 

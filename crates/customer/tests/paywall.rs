@@ -634,3 +634,143 @@ async fn the_facilitator_verifies_and_settles_channel_payments() {
         "two SDK settlements, 10 sat each, nothing twice"
     );
 }
+
+/// Rate limits: a client over its address's rate, or a channel over its rate, gets `429` with
+/// `Retry-After` and is not charged; the free quota serves without asking a price, then asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_requests_get_429_and_are_not_charged() {
+    use paychan_core::ratelimit::Rate;
+    use paychan_merchant::paywall::RateLimits;
+    let w = world().await;
+    let app = Router::new().route("/hello", get(|| async { "hello, paid world" }));
+    let mut config = PaywallConfig::new(Pricing::new(Amount::from_sat(10)), w.peer.clone());
+    config.limits = RateLimits {
+        per_ip: Some(Rate::parse("100/m").unwrap()),
+        per_channel: Some(Rate::parse("2/h").unwrap()),
+        free_per_ip: Some(Rate::parse("2/h").unwrap()),
+    };
+    let base = w.serve_paywalled_with(app, config).await.unwrap();
+    let url = format!("{base}/hello");
+    let plain = reqwest::Client::new();
+    // The free quota: two requests served without a price, the third asks one.
+    for _ in 0..2 {
+        let r = plain.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-paychan-free"], "1");
+    }
+    assert_eq!(plain.get(&url).send().await.unwrap().status(), 402);
+    // The paying client: its first request opens a channel and pays (1 of the channel's 2).
+    let c = client(&w);
+    let r = c.get(&url).await.unwrap();
+    assert_eq!(r.status, 200);
+    let id = r.channel.unwrap();
+    assert_eq!(c.get(&url).await.unwrap().status, 200);
+    let before = charged(&w.server, id).await;
+    let acked = w.customer.status(id).await.unwrap().acked;
+    // The channel's third paid request within the hour: 429, Retry-After, nothing charged.
+    let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+    let offer = payment_required(&url).await.unwrap();
+    let header =
+        payment_header(&offer, id, Amount::from_sat(pay.total_sat), &pay.signature).unwrap();
+    let r = plain.get(&url).header("payment-signature", &header).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=1_800).contains(&retry), "Retry-After {retry}");
+    assert!(r.headers().get("payment-response").is_none(), "no receipt: nothing was taken");
+    assert_eq!(charged(&w.server, id).await, before, "a limited request is not charged");
+    assert_eq!(w.customer.status(id).await.unwrap().acked, acked);
+    // The paying client sees the 429 as it is.
+    assert_eq!(c.get(&url).await.unwrap().status, 429);
+    assert_eq!(charged(&w.server, id).await, before);
+}
+
+/// Prices changed at runtime through the admin API take effect on the next request, and are
+/// read back from their file after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_changed_through_the_admin_api_hold_now_and_after_a_restart() {
+    use paychan_merchant::http::{admin_router, AdminConfig};
+    use paychan_merchant::paywall::PriceBook;
+    let w = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prices.json");
+    // The admin API beside the paid routes is free (as `paychan serve` routes it).
+    let pricing = Pricing::new(Amount::from_sat(10)).free("/admin/*");
+    let prices = PriceBook::stored(pricing.clone(), file.clone()).unwrap();
+    let app = Router::new().route("/api/report", get(|| async { "report" }));
+    let mut config = PaywallConfig::new(pricing.clone(), w.peer.clone());
+    config.prices = prices.clone();
+    let admin = AdminConfig { prices: Some(prices.clone()), ..AdminConfig::new("tok") };
+    let app = app.merge(admin_router(w.server.clone(), admin));
+    let base = w.serve_paywalled_with(app, config).await.unwrap();
+    let price = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move { payment_required(&url).await.unwrap().accepts[0].amount.clone() }
+    };
+    assert_eq!(price("/api/report").await, "10");
+    let http = reqwest::Client::new();
+    // Without the token: 401, nothing changes.
+    let r = http
+        .post(format!("{base}/admin/prices/routes"))
+        .json(&serde_json::json!({"pattern": "/api/*", "price_sat": 25}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(price("/api/report").await, "10");
+    // A bad pattern: 400, nothing changes.
+    let r = http
+        .post(format!("{base}/admin/prices/routes"))
+        .bearer_auth("tok")
+        .json(&serde_json::json!({"pattern": "api*x", "price_sat": 25}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(!file.exists(), "nothing stored");
+    // Set: the next request pays 25.
+    let r = http
+        .post(format!("{base}/admin/prices/routes"))
+        .bearer_auth("tok")
+        .json(&serde_json::json!({"pattern": "/api/*", "price_sat": 25}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(price("/api/report").await, "25");
+    let c = client(&w);
+    let r = c.get(&format!("{base}/api/report")).await.unwrap();
+    assert_eq!((r.status, r.price), (200, Amount::from_sat(25)));
+    let table: serde_json::Value = http
+        .get(format!("{base}/admin/prices"))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(table["routes"][0], serde_json::json!({"pattern": "/api/*", "price_sat": 25}));
+    // A restart reads the stored prices (the flags say 10 sat; the file wins).
+    let again = PriceBook::stored(pricing, file.clone()).unwrap();
+    let uri: axum::http::Uri = "/api/report".parse().unwrap();
+    assert_eq!(
+        again.price_of(&axum::http::Method::GET, &uri, &axum::http::HeaderMap::new()),
+        Some(Amount::from_sat(25))
+    );
+    // Remove: back to the default.
+    let r = http
+        .delete(format!("{base}/admin/prices/routes?pattern=/api/*"))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(price("/api/report").await, "10");
+    let r = http
+        .delete(format!("{base}/admin/prices/routes?pattern=/api/*"))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -383,10 +383,20 @@ impl World {
         routes: axum::Router,
         pricing: Pricing,
     ) -> Result<String, HarnessError> {
-        let app = routes.layer(PaywallLayer::new(
-            self.server.clone(),
-            PaywallConfig::new(pricing, self.peer.clone()),
-        ));
+        self.serve_paywalled_with(routes, PaywallConfig::new(pricing, self.peer.clone())).await
+    }
+
+    /// [`Self::serve_paywalled`] with a whole paywall configuration (rate limits, a shared
+    /// price book, …).
+    ///
+    /// # Errors
+    /// As [`Self::serve_paywalled`].
+    pub async fn serve_paywalled_with(
+        &self,
+        routes: axum::Router,
+        config: PaywallConfig,
+    ) -> Result<String, HarnessError> {
+        let app = routes.layer(PaywallLayer::new(self.server.clone(), config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let server = self.server.clone();

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use paychan_core::bitcoin::hex::{DisplayHex, FromHex};
-use paychan_core::bitcoin::OutPoint;
+use paychan_core::bitcoin::{Amount, OutPoint};
 use paychan_core::msg;
 use serde_json::{json, Value};
 
@@ -188,6 +188,7 @@ struct Admin {
     server: Arc<ChannelServer>,
     token: Arc<String>,
     metrics: MetricsAccess,
+    prices: Option<crate::paywall::PriceBook>,
 }
 
 /// Who may read `/metrics` (its figures include revenue).
@@ -216,12 +217,15 @@ impl std::str::FromStr for MetricsAccess {
 }
 
 /// The admin API's settings (its `Debug` hides the token).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct AdminConfig {
     /// The bearer token of `/admin/*` (and of `/metrics`, see [`MetricsAccess`]).
     pub token: String,
     /// Who may read `/metrics`.
     pub metrics: MetricsAccess,
+    /// The paywall's prices, changed at runtime through `/admin/prices` (none without a
+    /// paywall).
+    pub prices: Option<crate::paywall::PriceBook>,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -233,7 +237,7 @@ impl std::fmt::Debug for AdminConfig {
 impl AdminConfig {
     /// `token`, with `/metrics` open to loopback.
     pub fn new(token: impl Into<String>) -> Self {
-        AdminConfig { token: token.into(), metrics: MetricsAccess::default() }
+        AdminConfig { token: token.into(), metrics: MetricsAccess::default(), prices: None }
     }
 }
 
@@ -245,14 +249,93 @@ impl AdminConfig {
 /// | `GET /admin/summary` | channels by phase, total paid, revenue (paid on settled channels) |
 /// | `POST /admin/channels/{txid}:{vout}/settle` | settles now; `{settlement_txid}` |
 /// | `GET /metrics` | counters, channels by phase, payment and store latency histograms |
+/// | `GET /admin/prices` | the paywall's prices: `{default_sat, routes: [{pattern, price_sat}], free}` |
+/// | `PUT /admin/prices` | replaces them (same JSON); stored, then in force for the next request |
+/// | `POST /admin/prices/routes` | `{pattern, price_sat}`: sets one route's price (a new one goes first) |
+/// | `DELETE /admin/prices/routes?pattern=/api/*` | removes one route (`404` when there is none) |
 pub fn admin_router(server: Arc<ChannelServer>, admin: AdminConfig) -> Router {
-    let state = Admin { server, token: Arc::new(admin.token), metrics: admin.metrics };
+    let state = Admin {
+        server,
+        token: Arc::new(admin.token),
+        metrics: admin.metrics,
+        prices: admin.prices,
+    };
     Router::new()
         .route("/admin/channels", get(admin_channels))
         .route("/admin/summary", get(admin_summary))
         .route("/admin/channels/{id}/settle", post(admin_settle))
+        .route("/admin/prices", get(admin_prices).put(admin_set_prices))
+        .route("/admin/prices/routes", post(admin_set_route).delete(admin_remove_route))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+fn price_book(a: &Admin) -> Result<&crate::paywall::PriceBook, ApiError> {
+    a.prices.as_ref().ok_or_else(|| {
+        ApiError(StatusCode::NOT_FOUND, 404, "this merchant runs no paywall (no --upstream)".into())
+    })
+}
+
+async fn admin_prices(
+    State(a): State<Admin>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<crate::paywall::PriceTable>, ApiError> {
+    authorised(&a, &headers)?;
+    Ok(Json(price_book(&a)?.table()))
+}
+
+async fn admin_set_prices(
+    State(a): State<Admin>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::paywall::PriceTable>, ApiError> {
+    authorised(&a, &headers)?;
+    let table: crate::paywall::PriceTable =
+        serde_json::from_slice(&body).map_err(|e| bad(&format!("not a price table: {e}")))?;
+    let book = price_book(&a)?;
+    book.set(table).await?;
+    Ok(Json(book.table()))
+}
+
+#[derive(serde::Deserialize)]
+struct RouteBody {
+    pattern: String,
+    price_sat: u64,
+}
+
+async fn admin_set_route(
+    State(a): State<Admin>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::paywall::PriceTable>, ApiError> {
+    authorised(&a, &headers)?;
+    let r: RouteBody = serde_json::from_slice(&body)
+        .map_err(|e| bad(&format!("expected {{\"pattern\", \"price_sat\"}}: {e}")))?;
+    let book = price_book(&a)?;
+    book.set_route(&r.pattern, Amount::from_sat(r.price_sat)).await?;
+    Ok(Json(book.table()))
+}
+
+#[derive(serde::Deserialize)]
+struct PatternQuery {
+    pattern: String,
+}
+
+async fn admin_remove_route(
+    State(a): State<Admin>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<PatternQuery>,
+) -> Result<Json<crate::paywall::PriceTable>, ApiError> {
+    authorised(&a, &headers)?;
+    let book = price_book(&a)?;
+    if !book.remove_route(&q.pattern).await? {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            404,
+            format!("no route {:?} to remove", q.pattern),
+        ));
+    }
+    Ok(Json(book.table()))
 }
 
 /// Whether `headers` carry `Authorization: Bearer <token>` (compared in constant time).

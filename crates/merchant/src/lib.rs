@@ -64,6 +64,9 @@ pub enum MerchantError {
     /// One failure, answered to each payment of a run that it failed.
     #[error(transparent)]
     Shared(std::sync::Arc<MerchantError>),
+    /// The stored prices cannot be read or written.
+    #[error("prices: {0}")]
+    Prices(String),
 }
 
 impl MerchantError {

@@ -31,6 +31,7 @@ use paychan_core::paywall::{
     Resource, MAX_PROXY_BODY, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME,
     X402_VERSION,
 };
+use paychan_core::ratelimit::{retry_after_secs, Limiter, Rate};
 use paychan_core::Error;
 use serde_json::json;
 use tower::{Layer, Service, ServiceExt};
@@ -53,6 +54,25 @@ impl Pattern {
     /// A pattern from its text.
     pub fn new(p: impl Into<String>) -> Self {
         Pattern(p.into())
+    }
+
+    /// The pattern's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A pattern from user input: `/exact`, `/prefix/*` or `*`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPolicy`] for anything else.
+    pub fn parse(p: &str) -> Result<Self, Error> {
+        let ok = p == "*" || (p.starts_with('/') && !p[..p.len() - 1].contains('*'));
+        if !ok || p.len() > 1_024 {
+            return Err(Error::InvalidPolicy(format!(
+                "{p:?} is not a route pattern: /exact, /prefix/* or *"
+            )));
+        }
+        Ok(Pattern(p.to_string()))
     }
 
     /// Whether `path` matches.
@@ -117,6 +137,38 @@ impl Pricing {
         self
     }
 
+    /// The static rules as a table (the dynamic function is not in it).
+    pub fn table(&self) -> PriceTable {
+        PriceTable {
+            default_sat: self.default.map(Amount::to_sat),
+            routes: self
+                .routes
+                .iter()
+                .map(|(p, a)| RoutePrice { pattern: p.0.clone(), price_sat: a.to_sat() })
+                .collect(),
+            free: self.free.iter().map(|p| p.0.clone()).collect(),
+        }
+    }
+
+    /// These prices with the static rules of `table` (the dynamic function is kept).
+    ///
+    /// # Errors
+    /// [`Error::InvalidPolicy`] for a pattern that is not one.
+    pub fn with_table(&self, table: &PriceTable) -> Result<Self, Error> {
+        let routes = table
+            .routes
+            .iter()
+            .map(|r| Ok((Pattern::parse(&r.pattern)?, Amount::from_sat(r.price_sat))))
+            .collect::<Result<_, Error>>()?;
+        let free = table.free.iter().map(|f| Pattern::parse(f)).collect::<Result<_, _>>()?;
+        Ok(Pricing {
+            default: table.default_sat.map(Amount::from_sat),
+            routes,
+            free,
+            dynamic: self.dynamic.clone(),
+        })
+    }
+
     /// The price of a request; `None` or zero means free. The paywall asks with the request's
     /// canonical path ([`crate::path`]); patterns are matched against that.
     pub fn price_of(
@@ -136,11 +188,236 @@ impl Pricing {
     }
 }
 
+/// The static prices as the admin API shows and takes them, and as they are stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PriceTable {
+    /// The price of every path no rule names, sat (`None`: free).
+    pub default_sat: Option<u64>,
+    /// Prices of some paths; the first matching pattern wins.
+    pub routes: Vec<RoutePrice>,
+    /// Free paths (checked first).
+    pub free: Vec<String>,
+}
+
+/// One route's price.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RoutePrice {
+    /// `/exact`, `/prefix/*` or `*`.
+    pub pattern: String,
+    /// Its price, sat.
+    pub price_sat: u64,
+}
+
+/// The prices in force, shared by the paywall and the admin API, changed at runtime. With a
+/// file, every change is written there (atomically, synced) before it takes effect, and a
+/// restart reads it back.
+#[derive(Clone)]
+pub struct PriceBook {
+    prices: Arc<std::sync::RwLock<Pricing>>,
+    file: Option<Arc<std::path::PathBuf>>,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for PriceBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PriceBook")
+            .field("prices", &self.table())
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+impl PriceBook {
+    /// Prices kept in memory only.
+    pub fn new(pricing: Pricing) -> Self {
+        PriceBook {
+            prices: Arc::new(std::sync::RwLock::new(pricing)),
+            file: None,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Prices kept in `file`: when it exists its table replaces the static rules of `pricing`
+    /// (the prices set at runtime survive a restart); else `pricing` holds until the first
+    /// change.
+    ///
+    /// # Errors
+    /// [`MerchantError::Prices`] for a file that cannot be read or is not a price table.
+    pub fn stored(pricing: Pricing, file: std::path::PathBuf) -> Result<Self, MerchantError> {
+        let pricing = match std::fs::read(&file) {
+            Ok(bytes) => {
+                let table: PriceTable = serde_json::from_slice(&bytes).map_err(|e| {
+                    MerchantError::Prices(format!("{}: not a price table: {e}", file.display()))
+                })?;
+                pricing
+                    .with_table(&table)
+                    .map_err(|e| MerchantError::Prices(format!("{}: {e}", file.display())))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => pricing,
+            Err(e) => return Err(MerchantError::Prices(format!("{}: {e}", file.display()))),
+        };
+        Ok(PriceBook { file: Some(Arc::new(file)), ..PriceBook::new(pricing) })
+    }
+
+    fn file_name(&self) -> String {
+        self.file.as_ref().map_or_else(String::new, |f| f.display().to_string())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Pricing> {
+        self.prices.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The price of a request now (see [`Pricing::price_of`]).
+    pub fn price_of(
+        &self,
+        method: &Method,
+        uri: &axum::http::Uri,
+        headers: &HeaderMap,
+    ) -> Option<Amount> {
+        self.read().price_of(method, uri, headers)
+    }
+
+    /// The static rules now.
+    pub fn table(&self) -> PriceTable {
+        self.read().table()
+    }
+
+    /// Replaces the static rules with `table`: stored first (when the book has a file), then
+    /// in force for the next request.
+    ///
+    /// # Errors
+    /// [`MerchantError::Core`] ([`Error::InvalidPolicy`]) for a bad pattern;
+    /// [`MerchantError::Prices`] when the file cannot be written (nothing changes then).
+    pub async fn set(&self, table: PriceTable) -> Result<(), MerchantError> {
+        let _one_writer = self.writer.lock().await;
+        let next = self.read().with_table(&table)?;
+        if let Some(file) = &self.file {
+            let (file, bytes) =
+                (file.clone(), serde_json::to_vec_pretty(&table).unwrap_or_default());
+            tokio::task::spawn_blocking(move || write_synced(&file, &bytes))
+                .await
+                .map_err(|_| MerchantError::TaskFailed)?
+                .map_err(|e| MerchantError::Prices(format!("{}: {e}", self.file_name())))?;
+        }
+        *self.prices.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        Ok(())
+    }
+
+    /// Sets the price of `pattern` (a new rule goes first, so it wins over broader ones).
+    ///
+    /// # Errors
+    /// As [`Self::set`].
+    pub async fn set_route(&self, pattern: &str, price: Amount) -> Result<(), MerchantError> {
+        Pattern::parse(pattern)?;
+        let mut t = self.table();
+        match t.routes.iter_mut().find(|r| r.pattern == pattern) {
+            Some(r) => r.price_sat = price.to_sat(),
+            None => t
+                .routes
+                .insert(0, RoutePrice { pattern: pattern.into(), price_sat: price.to_sat() }),
+        }
+        self.set(t).await
+    }
+
+    /// Removes the rule of `pattern`; whether there was one.
+    ///
+    /// # Errors
+    /// As [`Self::set`].
+    pub async fn remove_route(&self, pattern: &str) -> Result<bool, MerchantError> {
+        let mut t = self.table();
+        let before = t.routes.len();
+        t.routes.retain(|r| r.pattern != pattern);
+        if t.routes.len() == before {
+            return Ok(false);
+        }
+        self.set(t).await.map(|()| true)
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one: a temporary
+/// file beside it, synced, renamed over it, the directory synced.
+fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Rate limits and a free quota of the paywall (none by default). A limited request is
+/// answered `429 Too Many Requests` with `Retry-After`, and nothing is charged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Priced requests per client address (behind a proxy, the proxy's address).
+    pub per_ip: Option<Rate>,
+    /// Paid requests per channel.
+    pub per_channel: Option<Rate>,
+    /// Requests per client address served free of charge (without a payment) before a price
+    /// is asked.
+    pub free_per_ip: Option<Rate>,
+}
+
+/// Keys each limiter remembers at most.
+const LIMITER_KEYS: usize = 100_000;
+
+struct Limiters {
+    origin: std::time::Instant,
+    per_ip: Option<std::sync::Mutex<Limiter<std::net::IpAddr>>>,
+    per_channel: Option<std::sync::Mutex<Limiter<OutPoint>>>,
+    free_per_ip: Option<std::sync::Mutex<Limiter<std::net::IpAddr>>>,
+}
+
+fn limiter<K: std::hash::Hash + Eq + Clone>(
+    r: Option<Rate>,
+) -> Option<std::sync::Mutex<Limiter<K>>> {
+    r.map(|r| std::sync::Mutex::new(Limiter::new(r, LIMITER_KEYS)))
+}
+
+impl Limiters {
+    fn new(l: RateLimits) -> Self {
+        Limiters {
+            origin: std::time::Instant::now(),
+            per_ip: limiter(l.per_ip),
+            per_channel: limiter(l.per_channel),
+            free_per_ip: limiter(l.free_per_ip),
+        }
+    }
+
+    /// Takes a token of `limiter` for `key`: `Err(ms)` to wait when there is none.
+    fn take<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        limiter: &Option<std::sync::Mutex<Limiter<K>>>,
+        key: &K,
+    ) -> Result<(), u64> {
+        let Some(l) = limiter else { return Ok(()) };
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        l.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(key, now)
+    }
+
+    /// Returns a token of `limiter` taken for `key` by a request that was not served.
+    fn give_back<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        limiter: &Option<std::sync::Mutex<Limiter<K>>>,
+        key: &K,
+    ) {
+        if let Some(l) = limiter {
+            l.lock().unwrap_or_else(std::sync::PoisonError::into_inner).give_back(key);
+        }
+    }
+}
+
 /// The paywall's settings.
 #[derive(Debug, Clone)]
 pub struct PaywallConfig {
-    /// The prices.
-    pub pricing: Pricing,
+    /// The prices (shared with the admin API, which changes them at runtime).
+    pub prices: PriceBook,
+    /// Rate limits and a free quota.
+    pub limits: RateLimits,
     /// Where customers open channels: the channel server's address, `nodeid@host:port` (the
     /// node id is the requirement's `payTo`). A host of `0.0.0.0` or `[::]` is replaced by the
     /// host the request was sent to.
@@ -165,7 +442,8 @@ impl PaywallConfig {
     /// `/payment`, on regtest.
     pub fn new(pricing: Pricing, channel_peer: impl Into<String>) -> Self {
         PaywallConfig {
-            pricing,
+            prices: PriceBook::new(pricing),
+            limits: RateLimits::default(),
             channel_peer: channel_peer.into(),
             two1_endpoint: Some("/payment".into()),
             network: Network::Regtest,
@@ -182,6 +460,7 @@ struct Paywall {
     network: String,
     asset: String,
     limits: Limits,
+    rate: Limiters,
 }
 
 /// The paywall as a tower [`Layer`]: `Router::new().route(…).layer(PaywallLayer::new(…))`.
@@ -202,7 +481,8 @@ impl PaywallLayer {
         let limits = Limits::from(server.policy());
         let network = caip2(config.network);
         let asset = asset(config.network);
-        PaywallLayer { paywall: Arc::new(Paywall { server, config, network, asset, limits }) }
+        let rate = Limiters::new(config.limits);
+        PaywallLayer { paywall: Arc::new(Paywall { server, config, network, asset, limits, rate }) }
     }
 }
 
@@ -267,11 +547,31 @@ impl Paywall {
             Ok(uri) => *req.uri_mut() = uri,
             Err(e) => return bad_path(&e),
         }
-        let price = self.config.pricing.price_of(req.method(), req.uri(), req.headers());
+        let price = self.config.prices.price_of(req.method(), req.uri(), req.headers());
         let price = match price {
             Some(p) if p > Amount::ZERO => p,
             _ => return call(inner, req).await,
         };
+        let ip = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(ip) = ip {
+            if let Err(wait) = self.rate.take(&self.rate.per_ip, &ip) {
+                return too_many(wait, "requests from this address");
+            }
+            let unpaid = !req.headers().contains_key(PAYMENT_SIGNATURE)
+                && !req.headers().contains_key(TOKEN_HEADER);
+            if unpaid
+                && self.rate.free_per_ip.is_some()
+                && self.rate.take(&self.rate.free_per_ip, &ip).is_ok()
+            {
+                // Within the free quota: served, nothing asked.
+                let mut resp = call(inner, req).await;
+                resp.headers_mut().insert("x-paychan-free", HeaderValue::from_static("1"));
+                return resp;
+            }
+        }
         let headers = req.headers();
         let (paid, redeemed) = if let Some(h) = headers.get(PAYMENT_SIGNATURE) {
             let offered = self.requirement(&req, price);
@@ -284,9 +584,16 @@ impl Paywall {
                 Ok(p) => p,
                 Err(e) => return self.refused(&req, price, &e.into(), Op::Redeem),
             };
+            if let Err(wait) = self.rate.take(&self.rate.per_channel, &channel) {
+                return too_many(wait, "paid requests on this channel");
+            }
             match self.server.redeem(channel, total, &signature, price).await {
                 Ok(r) => (Paid::Payment { channel, total }, r),
-                Err(e) => return self.refused(&req, price, &e, Op::Redeem),
+                Err(e) => {
+                    // A refused payment does not count against the channel's rate.
+                    self.rate.give_back(&self.rate.per_channel, &channel);
+                    return self.refused(&req, price, &e, Op::Redeem);
+                }
             }
         } else if let Some(h) = headers.get(TOKEN_HEADER) {
             let Some(token) = h.to_str().ok().and_then(|t| t.trim().parse::<Txid>().ok()) else {
@@ -458,6 +765,22 @@ where
         Ok(r) => r,
         Err(never) => match never {},
     }
+}
+
+/// `429 Too Many Requests` with `Retry-After` (whole seconds); nothing was charged.
+fn too_many(wait_ms: u64, what: &str) -> Response {
+    let secs = retry_after_secs(wait_ms);
+    debug!(what, secs, "rate limited");
+    let mut r = (
+        StatusCode::TOO_MANY_REQUESTS,
+        axum::Json(json!({
+            "error": format!("too many {what}: retry in {secs} s (nothing was charged)"),
+            "retry_after_secs": secs,
+        })),
+    )
+        .into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
 }
 
 /// A paywall header's value (base64 is always a valid header value).

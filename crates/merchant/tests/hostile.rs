@@ -485,7 +485,7 @@ async fn metrics_need_the_token_or_loopback() {
     let ask = |access: MetricsAccess, from: &'static str, token: Option<&'static str>| {
         let app = http::app(
             server.clone(),
-            Some(AdminConfig { token: "tok".into(), metrics: access }),
+            Some(AdminConfig { token: "tok".into(), metrics: access, prices: None }),
             None,
         );
         async move {

@@ -10,9 +10,12 @@ use clap::Args;
 use paychan_core::bitcoin::Amount;
 use paychan_core::network::NetworkParams;
 use paychan_core::policy::Policy;
+use paychan_core::ratelimit::Rate;
 use paychan_merchant::http::MetricsAccess;
 use paychan_merchant::listen::Limits;
-use paychan_merchant::paywall::{reverse_proxy_with, PaywallConfig, PaywallLayer, Pricing};
+use paychan_merchant::paywall::{
+    reverse_proxy_with, PaywallConfig, PaywallLayer, PriceBook, Pricing, RateLimits,
+};
 use paychan_merchant::{tcp, ChannelServer, ServerConfig};
 use paychan_store::{ChannelStore, PostgresStore, SqliteStore};
 use paychan_wallet::{KeyChain, Wallet};
@@ -68,6 +71,17 @@ pub struct ServeArgs {
     /// Seconds to wait for the upstream's answer (then 504, not charged).
     #[arg(long)]
     upstream_timeout_secs: Option<u64>,
+    /// At most this many priced requests per client address, like `10/s` or `600/m` (then
+    /// `429` with `Retry-After`, nothing charged).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    rate_limit_ip: Option<Rate>,
+    /// At most this many paid requests per channel, like `100/s`.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    rate_limit_channel: Option<Rate>,
+    /// Requests each client address gets free (without paying) before a price is asked, like
+    /// `100/d`.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    free_quota: Option<Rate>,
     /// The paywall's public base URL (`https://api.example.com`) when a proxy or load balancer
     /// sits in front: the 402's resource URLs are built on it (default: the request's `Host`,
     /// on `https` when `--tls-cert` is given).
@@ -100,6 +114,11 @@ pub struct ServeArgs {
     metrics: Option<MetricsAccess>,
 }
 
+/// `N/s`, `N/m`, `N/h`, `N/d`.
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    Rate::parse(s).map_err(|e| e.to_string())
+}
+
 /// `PATTERN=AMOUNT`.
 fn parse_route(s: &str) -> Result<(String, Amount), String> {
     let (pattern, price) = s
@@ -128,6 +147,9 @@ struct ServeFile {
     free: Vec<String>,
     upstream_timeout_secs: Option<u64>,
     public_url: Option<String>,
+    rate_limit_ip: Option<String>,
+    rate_limit_channel: Option<String>,
+    free_quota: Option<String>,
     upstream_cacert: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -208,6 +230,18 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let public_url = a.public_url.or(file.public_url);
+    let rate_of = |flag: Option<Rate>, key: &Option<String>| -> Result<Option<Rate>, CliError> {
+        match (flag, key) {
+            (Some(r), _) => Ok(Some(r)),
+            (None, Some(k)) => Rate::parse(k).map(Some).map_err(|e| CliError::Usage(e.to_string())),
+            (None, None) => Ok(None),
+        }
+    };
+    let rate_limits = RateLimits {
+        per_ip: rate_of(a.rate_limit_ip, &file.rate_limit_ip)?,
+        per_channel: rate_of(a.rate_limit_channel, &file.rate_limit_channel)?,
+        free_per_ip: rate_of(a.free_quota, &file.free_quota)?,
+    };
     if let Some(u) = &public_url {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
             return Err(CliError::Usage(format!(
@@ -268,8 +302,12 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             Some(t) => t,
             None => read_or_make_token(&token_path)?,
         };
+        // The prices: as given, or as last set through the admin API (stored in the home).
+        let prices = PriceBook::stored(pricing.clone(), home.join("prices.json"))?;
         let fallback = upstream.as_ref().map(|u| {
             let mut config = PaywallConfig::new(pricing.clone(), address.clone());
+            config.prices = prices.clone();
+            config.limits = rate_limits;
             config.network = n.network;
             config.tls = scheme == "https";
             config.public_url = public_url.clone();
@@ -277,7 +315,7 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
                 .layer(PaywallLayer::new(server.clone(), config))
         });
         if let Some(u) = &upstream {
-            tracing::info!(upstream = %u, ?pricing, "paywall: forwarding paid requests to the upstream");
+            tracing::info!(upstream = %u, ?prices, "paywall: forwarding paid requests to the upstream");
         }
         // An x402 facilitator for resource servers in any language, behind the admin token.
         let facilitator = paychan_merchant::facilitator::router(
@@ -288,7 +326,11 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
                 token: token.clone(),
             },
         );
-        let admin = paychan_merchant::http::AdminConfig { token, metrics: metrics_access };
+        let admin = paychan_merchant::http::AdminConfig {
+            token,
+            metrics: metrics_access,
+            prices: upstream.is_some().then(|| prices.clone()),
+        };
         let app = paychan_merchant::http::app(server.clone(), Some(admin), fallback).merge(facilitator);
         let http_task = tokio::spawn(paychan_merchant::http::serve_app_tls(
             app,
