@@ -434,3 +434,47 @@ fn an_https_upstream_is_reached_over_tls_trusting_its_ca() {
         }
     }
 }
+
+/// A route's price set through the admin API holds for the next request and after the merchant
+/// restarts (the flags say otherwise; the stored prices win).
+#[test]
+fn a_price_set_through_the_admin_api_survives_a_restart() {
+    let w = World::new();
+    let (url, cookie, customer_home) = (w.url.clone(), w.cookie.clone(), w.customer_home.clone());
+    let upstream = upstream();
+    let args = [
+        "--zero-conf",
+        "true",
+        "--upstream",
+        &upstream,
+        "--price",
+        "10sat",
+        "--admin-token",
+        "tok",
+    ];
+    let (merchant, serving) = w.serve(&args);
+    let shop = format!("http://{}", serving["http"].as_str().unwrap());
+    let price_of = |shop: &str| {
+        let o = paychan(&customer_home, &url, &cookie)
+            .args(["buy", "--no-pay", &format!("{shop}/api/report")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["price_sat"].as_u64().unwrap()
+    };
+    assert_eq!(price_of(&shop), 10);
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "30", "-X", "POST", "-H", "content-type: application/json"])
+        .args(["-H", "authorization: Bearer tok"])
+        .args(["-d", r#"{"pattern": "/api/*", "price_sat": 42}"#])
+        .arg(format!("{shop}/admin/prices/routes"))
+        .output()
+        .expect("curl runs");
+    let table: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(table["routes"][0]["price_sat"], 42, "{table}");
+    assert_eq!(price_of(&shop), 42, "the next request");
+    drop(merchant);
+    let (_merchant, serving) = w.serve(&args);
+    let shop = format!("http://{}", serving["http"].as_str().unwrap());
+    assert_eq!(price_of(&shop), 42, "after a restart");
+}

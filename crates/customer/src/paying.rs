@@ -162,12 +162,10 @@ impl PayingClient {
         self
     }
 
-    /// What `url` costs, paying nothing: the request is sent once; a `402`'s paychan
-    /// requirement comes back as [`Quote::Price`], any other answer as [`Quote::Answer`].
+    /// What `url` costs, paying nothing (see [`quote`]).
     ///
     /// # Errors
-    /// [`CustomerError::Http`]; [`CustomerError::Protocol`] for a 402 without a paychan way
-    /// to pay.
+    /// As [`quote`].
     pub async fn quote(
         &self,
         method: reqwest::Method,
@@ -175,18 +173,7 @@ impl PayingClient {
         headers: &HeaderMap,
         body: Vec<u8>,
     ) -> Result<Quote, CustomerError> {
-        let first = self.send(method, url, headers, body, None).await?;
-        if first.status != 402 {
-            return Ok(Quote::Answer(first));
-        }
-        let required = parse_402(&first.headers, &first.body)?;
-        let requirement = required
-            .accepts
-            .iter()
-            .find(|r| r.scheme == SCHEME)
-            .cloned()
-            .ok_or(CustomerError::Protocol("the 402 offers no paychan payment"))?;
-        Ok(Quote::Price { price: requirement.price()?, requirement, resource: required.resource })
+        quote(&self.http, method, url, headers, body).await
     }
 
     /// The customer paying.
@@ -439,30 +426,70 @@ impl PayingClient {
         body: Vec<u8>,
         payment: Option<&HeaderValue>,
     ) -> Result<PaidResponse, CustomerError> {
-        let mut req = self.http.request(method, url).headers(headers.clone());
-        if !body.is_empty() {
-            req = req.body(body);
-        }
-        if let Some(p) = payment {
-            req = req.header(HeaderName::from_static(PAYMENT_SIGNATURE), p.clone());
-        }
-        let resp = req.send().await.map_err(|e| CustomerError::Http(error_chain(&e)))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|e| CustomerError::Http(e.to_string()))?.to_vec();
-        Ok(PaidResponse {
-            status,
-            headers,
-            body,
-            paid: Amount::ZERO,
-            price: Amount::ZERO,
-            receipt: None,
-            channel: None,
-        })
+        send_on(&self.http, method, url, headers, body, payment).await
     }
 }
 
-/// What a resource costs ([`PayingClient::quote`]).
+/// Sends one request with `http`, with the payment header when given.
+async fn send_on(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+    payment: Option<&HeaderValue>,
+) -> Result<PaidResponse, CustomerError> {
+    let mut req = http.request(method, url).headers(headers.clone());
+    if !body.is_empty() {
+        req = req.body(body);
+    }
+    if let Some(p) = payment {
+        req = req.header(HeaderName::from_static(PAYMENT_SIGNATURE), p.clone());
+    }
+    let resp = req.send().await.map_err(|e| CustomerError::Http(error_chain(&e)))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.map_err(|e| CustomerError::Http(e.to_string()))?.to_vec();
+    Ok(PaidResponse {
+        status,
+        headers,
+        body,
+        paid: Amount::ZERO,
+        price: Amount::ZERO,
+        receipt: None,
+        channel: None,
+    })
+}
+
+/// What `url` costs, paying nothing and needing no channel or wallet: the request is sent
+/// once with `http`; a `402`'s paychan requirement comes back as [`Quote::Price`], any other
+/// answer as [`Quote::Answer`].
+///
+/// # Errors
+/// [`CustomerError::Http`]; [`CustomerError::Protocol`] for a 402 without a paychan way to
+/// pay.
+pub async fn quote(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+) -> Result<Quote, CustomerError> {
+    let first = send_on(http, method, url, headers, body, None).await?;
+    if first.status != 402 {
+        return Ok(Quote::Answer(first));
+    }
+    let required = parse_402(&first.headers, &first.body)?;
+    let requirement = required
+        .accepts
+        .iter()
+        .find(|r| r.scheme == SCHEME)
+        .cloned()
+        .ok_or(CustomerError::Protocol("the 402 offers no paychan payment"))?;
+    Ok(Quote::Price { price: requirement.price()?, requirement, resource: required.resource })
+}
+
+/// What a resource costs ([`quote`]).
 #[derive(Debug)]
 pub enum Quote {
     /// The server answered without asking to pay.

@@ -233,10 +233,13 @@ fn quote(
     headers: &HeaderMap,
     body: Vec<u8>,
 ) -> Result<ExitCode, CliError> {
-    let q = runtime()?.block_on(async {
-        let client = paying_client(common, &a.caps, a.silent).await?;
-        client.quote(method, &a.url, headers, body).await.map_err(CliError::from)
-    })?;
+    // No wallet, no channel: one plain request.
+    let http = paychan_transport::tls::http_client_builder(a.caps.cacert.as_deref())?
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| fail(format!("HTTP client: {e}")))?;
+    let q = runtime()?
+        .block_on(paychan_customer::paying::quote(&http, method, &a.url, headers, body))?;
     match q {
         Quote::Price { price, requirement, resource } => {
             let above = price > a.caps.max_price;
