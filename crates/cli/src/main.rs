@@ -54,6 +54,8 @@ enum Command {
     Proxy(cmd::buy::ProxyArgs),
     /// What `buy` and `proxy` paid: when, to whom, for which URL.
     Spent,
+    /// The running merchant's admin API: prices.
+    Admin(cmd::admin::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Buy(a) => cmd::buy::buy(a, &cli.common),
         Command::Proxy(a) => cmd::buy::proxy(a, &cli.common),
         Command::Spent => cmd::buy::spent(&cli.common),
+        Command::Admin(c) => cmd::admin::run(c, &cli.common),
     };
     match result {
         Ok(code) => code,

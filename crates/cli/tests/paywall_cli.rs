@@ -477,4 +477,16 @@ fn a_price_set_through_the_admin_api_survives_a_restart() {
     let (_merchant, serving) = w.serve(&args);
     let shop = format!("http://{}", serving["http"].as_str().unwrap());
     assert_eq!(price_of(&shop), 42, "after a restart");
+    // The same through `paychan admin prices` (the home names the merchant and its token).
+    let mut c = w.merchant_cmd();
+    c.args(["admin", "--admin-token", "tok", "prices", "set", "/api/*", "7sat"]);
+    assert_eq!(run(c)["routes"][0]["price_sat"], 7);
+    assert_eq!(price_of(&shop), 7);
+    let mut c = w.merchant_cmd();
+    c.args(["admin", "prices", "remove", "/api/*"]).env("PAYCHAN_ADMIN_TOKEN", "tok");
+    assert_eq!(run(c)["routes"], serde_json::json!([]));
+    assert_eq!(price_of(&shop), 10);
+    let mut c = w.merchant_cmd();
+    c.args(["admin", "--admin-token", "tok", "prices", "list"]);
+    assert_eq!(run(c)["default_sat"], 10);
 }

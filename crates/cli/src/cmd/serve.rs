@@ -296,7 +296,7 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         )?;
         // Where the running merchant can be reached: `paychan payment submit` goes through
         // its API instead of writing the store behind its back. Removed at a clean exit.
-        let running = RunningFile::write(&home, addr, http_addr)?;
+        let running = RunningFile::write(&home, addr, http_addr, scheme)?;
         let token_path = home.join("admin.token");
         let token = match admin_token {
             Some(t) => t,
@@ -385,10 +385,11 @@ impl RunningFile {
         home: &std::path::Path,
         listen: SocketAddr,
         http: SocketAddr,
+        scheme: &str,
     ) -> Result<Self, CliError> {
         std::fs::create_dir_all(home)?;
         let path = home.join(RUNNING_FILE);
-        let body = json!({"listen": listen.to_string(), "http": http.to_string(), "pid": std::process::id()});
+        let body = json!({"listen": listen.to_string(), "http": http.to_string(), "scheme": scheme, "pid": std::process::id()});
         std::fs::write(&path, body.to_string())
             .map_err(|e| fail(format!("{}: {e}", path.display())))?;
         Ok(RunningFile(path))
@@ -399,6 +400,15 @@ impl Drop for RunningFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// The base URL (`http://…` or `https://…`) of the merchant `serve` runs for `home`, if its
+/// file is there.
+pub fn running_url(home: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(home.join(RUNNING_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let scheme = v["scheme"].as_str().unwrap_or("http");
+    Some(format!("{scheme}://{}", v["http"].as_str()?))
 }
 
 /// The HTTP address of the merchant `serve` runs for `home`, if its file is there (it may be
