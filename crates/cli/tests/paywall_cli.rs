@@ -490,3 +490,102 @@ fn a_price_set_through_the_admin_api_survives_a_restart() {
     c.args(["admin", "--admin-token", "tok", "prices", "list"]);
     assert_eq!(run(c)["default_sat"], 10);
 }
+
+/// An upstream that answers every request with `size` bytes (a known length, written 64 KiB
+/// at a time, as fast as the reader takes them).
+fn big_upstream(size: u64) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(10) {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n");
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = vec![0x5au8; 64 * 1024];
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64) as usize;
+                    if stream.write_all(&chunk[..n]).is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+    url
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A 200 MiB download streams through `paychan serve --upstream`: every byte arrives and the
+/// merchant's resident memory stays flat (it holds no whole body).
+#[test]
+fn a_200_mib_download_streams_through_the_proxy_with_flat_memory() {
+    const SIZE: u64 = 200 * 1024 * 1024;
+    let w = World::new();
+    let big = big_upstream(SIZE);
+    let (merchant, serving) =
+        w.serve(&["--zero-conf", "true", "--upstream", &big, "--free", "/download"]);
+    let pid = merchant.0.id();
+    let shop = format!("http://{}", serving["http"].as_str().unwrap());
+    // Warm up (allocators, connection pools), then take the baseline.
+    let o = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-r", "0-0"])
+        .arg(format!("{shop}/download"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let baseline = rss_kib(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let started = std::time::Instant::now();
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "120", "-o", "/dev/null", "-w", "%{size_download} %{http_code}"])
+        .arg(format!("{shop}/download"))
+        .output()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(said, format!("{SIZE} 200"), "every byte arrived");
+    let growth_mib = peak.saturating_sub(baseline) as f64 / 1024.0;
+    eprintln!(
+        "200 MiB through the proxy in {secs:.2} s ({:.0} MiB/s): merchant RSS {:.1} MiB before, peak {:.1} MiB (+{growth_mib:.1} MiB)",
+        200.0 / secs,
+        baseline as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    assert!(growth_mib < 32.0, "the proxy held {growth_mib:.1} MiB of a 200 MiB body");
+}

@@ -774,3 +774,123 @@ async fn prices_changed_through_the_admin_api_hold_now_and_after_a_restart() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// The reverse proxy streams: server-sent events reach the client as the upstream sends them;
+/// a WebSocket passes through the paywall, charged once at the upgrade; two upstreams are
+/// chosen by path prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_streams_events_passes_websockets_and_routes_two_upstreams() {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use futures_util::{SinkExt, StreamExt};
+    use paychan_merchant::proxy::{router as proxy, Upstream, Upstreams};
+    let w = world().await;
+    // Upstream one: events every 400 ms, a WebSocket echo, `/who`.
+    let events = || async {
+        let stream = futures_util::stream::unfold(0u32, |n| async move {
+            if n == 3 {
+                return None;
+            }
+            if n > 0 {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            Some((Ok::<_, std::convert::Infallible>(format!("data: {n}\n\n")), n + 1))
+        });
+        ([("content-type", "text/event-stream")], axum::body::Body::from_stream(stream))
+    };
+    let echo = |ws: WebSocketUpgrade| async {
+        ws.on_upgrade(|mut socket| async move {
+            while let Some(Ok(m)) = socket.recv().await {
+                if matches!(m, Message::Close(_)) || socket.send(m).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let one = Router::new()
+        .route("/events", get(events))
+        .route("/ws", get(echo))
+        .route("/who", get(|| async { "one" }));
+    let two = Router::new().route("/files/who", get(|| async { "two" }));
+    let serve = |app: Router| async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    };
+    let (one, two) = (serve(one).await, serve(two).await);
+    let upstreams = Upstreams::new(vec![
+        Upstream::parse(&one).unwrap(),
+        Upstream::parse(&format!("/files={two}")).unwrap(),
+    ]);
+    let app = proxy(upstreams, Duration::from_secs(5), reqwest::Client::builder(), None);
+    let base = w.serve_paywalled(app, Pricing::new(Amount::from_sat(10))).await.unwrap();
+
+    // Two upstreams by prefix, both paid.
+    let c = client(&w);
+    let r = c.get(&format!("{base}/who")).await.unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"one"[..]));
+    let id = r.channel.unwrap();
+    let r = c.get(&format!("{base}/files/who")).await.unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"two"[..]));
+
+    // Server-sent events: the first event arrives long before the stream ends.
+    let offer = payment_required(&format!("{base}/events")).await.unwrap();
+    let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+    let header =
+        payment_header(&offer, id, Amount::from_sat(pay.total_sat), &pay.signature).unwrap();
+    let started = std::time::Instant::now();
+    let r = reqwest::Client::new()
+        .get(format!("{base}/events"))
+        .header("payment-signature", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert_eq!(&first[..], b"data: 0\n\n");
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    let all_at = started.elapsed();
+    assert_eq!(rest, b"data: 1\n\ndata: 2\n\n");
+    assert!(all_at >= Duration::from_millis(800), "the upstream took 800 ms: {all_at:?}");
+    assert!(
+        first_at + Duration::from_millis(600) < all_at,
+        "first event at {first_at:?}, all at {all_at:?}"
+    );
+
+    // A WebSocket through the paywall: paid at the upgrade, charged once, then free talk.
+    let before = charged(&w.server, id).await;
+    let offer = payment_required(&format!("{base}/ws")).await.unwrap();
+    let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+    let header =
+        payment_header(&offer, id, Amount::from_sat(pay.total_sat), &pay.signature).unwrap();
+    let ws_url = format!("{}/ws", base.replacen("http://", "ws://", 1));
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            ws_url.as_str(),
+        )
+        .unwrap();
+    request.headers_mut().insert("payment-signature", header.parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    assert!(resp.headers().get("payment-response").is_some(), "the upgrade carries the receipt");
+    for i in 0..5 {
+        let text = format!("hello {i}");
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone())).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).await.unwrap();
+    let after = charged(&w.server, id).await;
+    assert_eq!(after.1 - before.1, Amount::from_sat(10), "charged once for the whole socket");
+    // Without a payment the upgrade is a 402, and nothing is proxied.
+    let e = tokio_tungstenite::connect_async(ws_url.as_str()).await.unwrap_err();
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status(), 402),
+        other => panic!("expected a 402, got {other}"),
+    }
+}

@@ -16,6 +16,7 @@ pub mod listen;
 pub mod metrics;
 pub mod path;
 pub mod paywall;
+pub mod proxy;
 mod server;
 pub mod tcp;
 pub mod two1;
@@ -67,6 +68,9 @@ pub enum MerchantError {
     /// The stored prices cannot be read or written.
     #[error("prices: {0}")]
     Prices(String),
+    /// An upstream of the reverse proxy is not one.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl MerchantError {

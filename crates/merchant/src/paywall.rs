@@ -26,10 +26,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, St
 use axum::response::{IntoResponse, Response};
 use paychan_core::bitcoin::{Amount, Network, OutPoint, Txid};
 use paychan_core::paywall::{
-    asset, caip2, decode_header, encode_header, end_to_end, max_timeout_seconds, reason, Limits,
-    PaychanExtra, PaymentPayload, PaymentRequired, PaymentResponse, ReceiptExtra, Requirement,
-    Resource, MAX_PROXY_BODY, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME,
-    X402_VERSION,
+    asset, caip2, decode_header, encode_header, max_timeout_seconds, reason, Limits, PaychanExtra,
+    PaymentPayload, PaymentRequired, PaymentResponse, ReceiptExtra, Requirement, Resource,
+    PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME, X402_VERSION,
 };
 use paychan_core::ratelimit::{retry_after_secs, Limiter, Rate};
 use paychan_core::Error;
@@ -829,8 +828,10 @@ fn replace_wildcard_host(peer: &str, request_host: Option<&str>) -> String {
 }
 
 /// A service forwarding every request to `upstream` (`http://host:port` or `https://…`, whose
-/// certificate must chain to the system's roots; optionally with a base path). Put [`PaywallLayer`] on it to charge for the upstream's API. An unreachable
-/// upstream is a `502`, a slow one (over `timeout`) a `504`; both reverse the charge.
+/// certificate must chain to the system's roots; optionally with a base path), streaming both
+/// ways ([`crate::proxy`]). Put [`PaywallLayer`] on it to charge for the upstream's API. An
+/// unreachable upstream is a `502`, a slow one (no answer within `timeout`) a `504`; both
+/// reverse the charge.
 pub fn reverse_proxy(upstream: String, timeout: std::time::Duration) -> axum::Router {
     let http = paychan_transport::tls::http_client_builder(None)
         .unwrap_or_else(|_| reqwest::Client::builder());
@@ -844,54 +845,12 @@ pub fn reverse_proxy_with(
     timeout: std::time::Duration,
     http: reqwest::ClientBuilder,
 ) -> axum::Router {
-    let client = http
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default();
-    let base = upstream.trim_end_matches('/').to_string();
-    axum::Router::new().fallback(move |req: Request<Body>| {
-        let client = client.clone();
-        let base = base.clone();
-        async move { forward(&client, &base, req).await }
-    })
-}
-
-async fn forward(client: &reqwest::Client, base: &str, req: Request<Body>) -> Response {
-    let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_PROXY_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return (StatusCode::PAYLOAD_TOO_LARGE, "request body above 16 MiB").into_response()
-        }
+    let all = crate::proxy::Upstream {
+        host: None,
+        prefix: "/".into(),
+        base: upstream.trim_end_matches('/').to_string(),
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("{base}{path}");
-    let Ok(method) = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) else {
-        return (StatusCode::METHOD_NOT_ALLOWED, "unsupported method").into_response();
-    };
-    let out = client.request(method, &url).headers(end_to_end(&parts.headers)).body(body);
-    let resp = match out.send().await {
-        Ok(r) => r,
-        Err(e) if e.is_timeout() => {
-            return (StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time")
-                .into_response()
-        }
-        Err(e) => {
-            warn!(upstream = %base, error = %e, "upstream unreachable");
-            return (StatusCode::BAD_GATEWAY, "the upstream is unreachable").into_response();
-        }
-    };
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let headers = end_to_end(resp.headers());
-    match resp.bytes().await {
-        Ok(bytes) => {
-            let mut r = (status, bytes).into_response();
-            r.headers_mut().extend(headers);
-            r
-        }
-        Err(_) => (StatusCode::BAD_GATEWAY, "the upstream's answer broke off").into_response(),
-    }
+    crate::proxy::router(crate::proxy::Upstreams::new(vec![all]), timeout, http, None)
 }
 
 #[cfg(test)]

@@ -13,9 +13,7 @@ use paychan_core::policy::Policy;
 use paychan_core::ratelimit::Rate;
 use paychan_merchant::http::MetricsAccess;
 use paychan_merchant::listen::Limits;
-use paychan_merchant::paywall::{
-    reverse_proxy_with, PaywallConfig, PaywallLayer, PriceBook, Pricing, RateLimits,
-};
+use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, PriceBook, Pricing, RateLimits};
 use paychan_merchant::{tcp, ChannelServer, ServerConfig};
 use paychan_store::{ChannelStore, PostgresStore, SqliteStore};
 use paychan_wallet::{KeyChain, Wallet};
@@ -55,9 +53,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PAYCHAN_ADMIN_TOKEN")]
     admin_token: Option<String>,
     /// Protect this API (`http://host:port`): every path the merchant's own API does not use is
-    /// forwarded to it, paid per request, on the HTTP listener.
+    /// forwarded to it, paid per request, on the HTTP listener. Repeatable with a route:
+    /// `/files=http://files:9000` (a path prefix) or `cdn.example/=http://cdn:9000` (a host and
+    /// prefix); the most specific route wins.
     #[arg(long)]
-    upstream: Option<String>,
+    upstream: Vec<String>,
     /// The price of a request to the upstream (with --upstream; default 10sat).
     #[arg(long, value_parser = parse_amount)]
     price: Option<Amount>,
@@ -140,6 +140,8 @@ struct ServeFile {
     min_confirmations: Option<u32>,
     tick_secs: Option<u64>,
     upstream: Option<String>,
+    #[serde(default)]
+    upstreams: Vec<String>,
     price: Option<String>,
     #[serde(default)]
     routes: Vec<String>,
@@ -203,7 +205,17 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
     policy.validate_for(&n)?;
     let tick = Duration::from_secs(a.tick_secs.or(file.tick_secs).unwrap_or(2).max(1));
     let admin_token = a.admin_token;
-    let upstream = a.upstream.or(file.upstream);
+    let upstream_args: Vec<String> = if a.upstream.is_empty() {
+        file.upstream.into_iter().chain(file.upstreams).collect()
+    } else {
+        a.upstream
+    };
+    let upstreams = upstream_args
+        .iter()
+        .map(|u| paychan_merchant::proxy::Upstream::parse(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let upstream = (!upstreams.is_empty()).then(|| upstream_args.join(" "));
     let price = match (a.price, file.price) {
         (Some(p), _) => p,
         (None, Some(p)) => parse_amount(&p).map_err(fail)?,
@@ -249,9 +261,12 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             )));
         }
     }
-    let upstream_http = paychan_transport::tls::http_client_builder(
-        a.upstream_cacert.or(file.upstream_cacert).as_deref(),
-    )?;
+    let upstream_cacert = a.upstream_cacert.or(file.upstream_cacert);
+    let upstream_http = paychan_transport::tls::http_client_builder(upstream_cacert.as_deref())?;
+    // The trust of WebSocket upgrades to https:// upstreams (the same as the HTTP client's).
+    let upstream_tls = paychan_transport::tls::client_config(upstream_cacert.as_deref())
+        .ok()
+        .map(std::sync::Arc::new);
     let metrics_access = match (a.metrics, &file.metrics) {
         (Some(m), _) => m,
         (None, Some(m)) => m.parse().map_err(fail)?,
@@ -304,15 +319,20 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         };
         // The prices: as given, or as last set through the admin API (stored in the home).
         let prices = PriceBook::stored(pricing.clone(), home.join("prices.json"))?;
-        let fallback = upstream.as_ref().map(|u| {
+        let fallback = upstream.as_ref().map(|_| {
             let mut config = PaywallConfig::new(pricing.clone(), address.clone());
             config.prices = prices.clone();
             config.limits = rate_limits;
             config.network = n.network;
             config.tls = scheme == "https";
             config.public_url = public_url.clone();
-            reverse_proxy_with(u.clone(), upstream_timeout, upstream_http)
-                .layer(PaywallLayer::new(server.clone(), config))
+            paychan_merchant::proxy::router(
+                paychan_merchant::proxy::Upstreams::new(upstreams.clone()),
+                upstream_timeout,
+                upstream_http,
+                upstream_tls.clone(),
+            )
+            .layer(PaywallLayer::new(server.clone(), config))
         });
         if let Some(u) = &upstream {
             tracing::info!(upstream = %u, ?prices, "paywall: forwarding paid requests to the upstream");
