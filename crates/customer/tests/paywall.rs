@@ -413,20 +413,22 @@ async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
     };
     let (mut required, mut payloads, mut responses) = (Vec::new(), Vec::new(), Vec::new());
 
-    // The 402 of an unpaid request.
+    // The 402 of an unpaid request, with the 21 headers beside x402's (two1 clients unaffected).
     let r = plain.get(&url).send().await.unwrap();
     required.push(header_of(r.headers(), "payment-required"));
+    assert_eq!(header_of(r.headers(), "price"), "10");
+    assert!(header_of(r.headers(), "bitcoin-payment-channel-server").ends_with("/payment"));
     // A paid request (the client opens the channel) and a reversed one (the upstream fails).
     let c = client(&w);
     let paid = c.get(&url).await.unwrap();
     assert_eq!(paid.status, 200);
     responses.push(header_of(&paid.headers, "payment-response"));
     let id = paid.channel.unwrap();
-    let failed = c.get(&format!("{base}/fail")).await.unwrap();
-    responses.push(header_of(&failed.headers, "payment-response"));
 
     // Refusals, one per reason we can provoke, each with the payload that provoked it.
     let offer = payment_required(&url).await.unwrap();
+    // A total one satoshi up (below the 10 sat price), then one ten up (the price).
+    let small = w.customer.sign_payment(id, Amount::from_sat(1)).await.unwrap();
     let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
     let good = payment_header(&offer, id, Amount::from_sat(pay.total_sat), &pay.signature).unwrap();
     let mut mismatch: PaymentPayload = decode_header(good.as_bytes()).unwrap();
@@ -435,7 +437,21 @@ async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
     v1.accepted.amount = "10".into();
     v1.x402_version = 3;
     let unknown: OutPoint = format!("{}:7", "cd".repeat(32)).parse().unwrap();
+    // A total above the deposit (its signature cannot be right either; the deposit is checked
+    // first).
+    let capacity = w.customer.status(id).await.unwrap().capacity;
     let cases: Vec<(String, &str, bool)> = vec![
+        (
+            payment_header(&offer, id, Amount::from_sat(small.total_sat), &small.signature)
+                .unwrap(),
+            "invalid_paychan_amount_below_price",
+            true,
+        ),
+        (
+            payment_header(&offer, id, capacity + Amount::ONE_SAT, &pay.signature).unwrap(),
+            "insufficient_funds",
+            true,
+        ),
         (good.clone(), "", true), // paid: 200
         (good.clone(), "invalid_paychan_total_already_used", true),
         (
@@ -468,6 +484,9 @@ async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
             payloads.push(header);
         }
     }
+    // A reversed charge (the upstream failed): its receipt.
+    let failed = c.get(&format!("{base}/fail")).await.unwrap();
+    responses.push(header_of(&failed.headers, "payment-response"));
     // The paying client's own header, as it sent it.
     payloads
         .push(payment_header(&offer, id, Amount::from_sat(pay.total_sat), &pay.signature).unwrap());
@@ -486,7 +505,7 @@ async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
     assert_eq!(report["errors"], serde_json::json!([]), "the SDK refused or changed headers");
     assert_eq!(report["checked"]["required"], required.len());
     assert_eq!(report["checked"]["responses"], responses.len());
-    assert!(required.len() >= 5 && responses.len() >= 8 && payloads.len() >= 5);
+    assert!(required.len() >= 7 && responses.len() >= 10 && payloads.len() >= 7);
 
     // What the SDK encodes, we read: its payments are paid for…
     let before = charged(&w.server, id).await;
