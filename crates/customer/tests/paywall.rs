@@ -913,3 +913,71 @@ async fn the_proxy_streams_events_passes_websockets_and_routes_two_upstreams() {
         other => panic!("expected a 402, got {other}"),
     }
 }
+
+/// A price hook: asked first for every request not on a free path; `null` leaves the price to
+/// the static rules; a hook that fails makes the request a 503, nothing charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_hook_sets_prices_and_its_failure_charges_nothing() {
+    use paychan_merchant::paywall::PriceHook;
+    let w = world().await;
+    let hook = Router::new().route(
+        "/price",
+        axum::routing::post(|axum::Json(v): axum::Json<serde_json::Value>| async move {
+            match v["path"].as_str() {
+                Some("/broken") => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(serde_json::json!({})))
+                }
+                Some(p) if p.starts_with("/api/") => {
+                    let big = v["query"].as_str() == Some("size=big");
+                    (
+                        StatusCode::OK,
+                        axum::Json(serde_json::json!({"price_sat": if big { 70 } else { 7 }})),
+                    )
+                }
+                _ => (StatusCode::OK, axum::Json(serde_json::json!({"price_sat": null}))),
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/price", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, hook).await });
+    let app = Router::new()
+        .route("/api/report", get(|| async { "report" }))
+        .route("/other", get(|| async { "other" }))
+        .route("/broken", get(|| async { "never served" }))
+        .route("/free", get(|| async { "free" }));
+    let mut config =
+        PaywallConfig::new(Pricing::new(Amount::from_sat(10)).free("/free"), w.peer.clone());
+    config.price_hook = Some(PriceHook::new(hook_url, Duration::from_secs(2)).unwrap());
+    let base = w.serve_paywalled_with(app, config).await.unwrap();
+    let amount = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move { payment_required(&url).await.unwrap().accepts[0].amount.clone() }
+    };
+    assert_eq!(amount("/api/report").await, "7");
+    assert_eq!(amount("/api/report?size=big").await, "70");
+    assert_eq!(amount("/other").await, "10", "null: the static rules");
+    // Paid at the hook's price.
+    let c = client(&w);
+    let r = c.get(&format!("{base}/api/report")).await.unwrap();
+    assert_eq!((r.status, r.price), (200, Amount::from_sat(7)));
+    let id = r.channel.unwrap();
+    let before = charged(&w.server, id).await;
+    // The hook fails: 503, not served, nothing charged (even with a payment attached).
+    let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
+    let offer = payment_required(&format!("{base}/other")).await.unwrap();
+    let header =
+        payment_header(&offer, id, Amount::from_sat(pay.total_sat), &pay.signature).unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{base}/broken"))
+        .header("payment-signature", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_ne!(r.text().await.unwrap(), "never served");
+    assert_eq!(charged(&w.server, id).await, before);
+    // Free paths never ask the hook.
+    let r = reqwest::get(format!("{base}/free")).await.unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -168,6 +168,11 @@ impl Pricing {
         })
     }
 
+    /// Whether `path` is on a free rule.
+    pub fn is_free(&self, path: &str) -> bool {
+        self.free.iter().any(|p| p.matches(path))
+    }
+
     /// The price of a request; `None` or zero means free. The paywall asks with the request's
     /// canonical path ([`crate::path`]); patterns are matched against that.
     pub fn price_of(
@@ -266,6 +271,11 @@ impl PriceBook {
         self.prices.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether `path` is free now (a free rule).
+    pub fn is_free(&self, path: &str) -> bool {
+        self.read().is_free(path)
+    }
+
     /// The price of a request now (see [`Pricing::price_of`]).
     pub fn price_of(
         &self,
@@ -348,6 +358,59 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// An external price service: for each request not on a free path, the paywall `POST`s
+/// `{"method", "path", "query"}` to `url` and takes `{"price_sat": N}` (or `null`: the static
+/// rules decide). A hook that fails or does not answer within `timeout` makes the request a
+/// `503` (nothing served, nothing charged): a price is never guessed.
+#[derive(Debug, Clone)]
+pub struct PriceHook {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl PriceHook {
+    /// A hook at `url` (`http://…` or `https://…`) answering within `timeout`.
+    ///
+    /// # Errors
+    /// [`MerchantError::Prices`] for a URL that is not `http(s)://`.
+    pub fn new(
+        url: impl Into<String>,
+        timeout: std::time::Duration,
+    ) -> Result<Self, MerchantError> {
+        let url = url.into();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(MerchantError::Prices(format!("price hook {url:?}: not an http(s) URL")));
+        }
+        let client = paychan_transport::tls::http_client_builder(None)
+            .unwrap_or_else(|_| reqwest::Client::builder())
+            .timeout(timeout)
+            .build()
+            .map_err(|e| MerchantError::Prices(format!("price hook: {e}")))?;
+        Ok(PriceHook { url, client })
+    }
+
+    /// The hook's price of a request: `Ok(None)` when it leaves it to the static rules.
+    async fn price(
+        &self,
+        method: &Method,
+        uri: &axum::http::Uri,
+    ) -> Result<Option<Amount>, String> {
+        let body = json!({"method": method.as_str(), "path": uri.path(), "query": uri.query().unwrap_or("")});
+        let r = self.client.post(&self.url).json(&body).send().await.map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("HTTP {}", r.status()));
+        }
+        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        match &v["price_sat"] {
+            serde_json::Value::Null => Ok(None),
+            p => p
+                .as_u64()
+                .map(|n| Some(Amount::from_sat(n)))
+                .ok_or_else(|| format!("price_sat is not a count of satoshis: {p}")),
+        }
+    }
+}
+
 /// Rate limits and a free quota of the paywall (none by default). A limited request is
 /// answered `429 Too Many Requests` with `Retry-After`, and nothing is charged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -417,6 +480,8 @@ pub struct PaywallConfig {
     pub prices: PriceBook,
     /// Rate limits and a free quota.
     pub limits: RateLimits,
+    /// An external price service, asked before the static rules.
+    pub price_hook: Option<PriceHook>,
     /// Where customers open channels: the channel server's address, `nodeid@host:port` (the
     /// node id is the requirement's `payTo`). A host of `0.0.0.0` or `[::]` is replaced by the
     /// host the request was sent to.
@@ -443,6 +508,7 @@ impl PaywallConfig {
         PaywallConfig {
             prices: PriceBook::new(pricing),
             limits: RateLimits::default(),
+            price_hook: None,
             channel_peer: channel_peer.into(),
             two1_endpoint: Some("/payment".into()),
             network: Network::Regtest,
@@ -546,7 +612,24 @@ impl Paywall {
             Ok(uri) => *req.uri_mut() = uri,
             Err(e) => return bad_path(&e),
         }
-        let price = self.config.prices.price_of(req.method(), req.uri(), req.headers());
+        let hooked = match &self.config.price_hook {
+            Some(hook) if !self.config.prices.is_free(req.uri().path()) => {
+                match hook.price(req.method(), req.uri()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(error = %e, "the price hook failed: request not served");
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(json!({"error": "the price of this request is unavailable: try again later"})),
+                        )
+                            .into_response();
+                    }
+                }
+            }
+            _ => None,
+        };
+        let price =
+            hooked.or_else(|| self.config.prices.price_of(req.method(), req.uri(), req.headers()));
         let price = match price {
             Some(p) if p > Amount::ZERO => p,
             _ => return call(inner, req).await,

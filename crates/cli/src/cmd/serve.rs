@@ -13,7 +13,9 @@ use paychan_core::policy::Policy;
 use paychan_core::ratelimit::Rate;
 use paychan_merchant::http::MetricsAccess;
 use paychan_merchant::listen::Limits;
-use paychan_merchant::paywall::{PaywallConfig, PaywallLayer, PriceBook, Pricing, RateLimits};
+use paychan_merchant::paywall::{
+    PaywallConfig, PaywallLayer, PriceBook, PriceHook, Pricing, RateLimits,
+};
 use paychan_merchant::{tcp, ChannelServer, ServerConfig};
 use paychan_store::{ChannelStore, PostgresStore, SqliteStore};
 use paychan_wallet::{KeyChain, Wallet};
@@ -82,6 +84,11 @@ pub struct ServeArgs {
     /// `100/d`.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     free_quota: Option<Rate>,
+    /// Ask this price service for each request's price first (`POST {method, path, query}` →
+    /// `{price_sat}` or `{price_sat: null}` for the static rules); when it fails the request
+    /// is a 503, never charged at a guessed price.
+    #[arg(long, value_name = "URL")]
+    price_hook: Option<String>,
     /// The paywall's public base URL (`https://api.example.com`) when a proxy or load balancer
     /// sits in front: the 402's resource URLs are built on it (default: the request's `Host`,
     /// on `https` when `--tls-cert` is given).
@@ -152,6 +159,7 @@ struct ServeFile {
     rate_limit_ip: Option<String>,
     rate_limit_channel: Option<String>,
     free_quota: Option<String>,
+    price_hook: Option<String>,
     upstream_cacert: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -249,6 +257,12 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             (None, None) => Ok(None),
         }
     };
+    let price_hook = a
+        .price_hook
+        .or(file.price_hook)
+        .map(|u| PriceHook::new(u, Duration::from_secs(2)))
+        .transpose()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let rate_limits = RateLimits {
         per_ip: rate_of(a.rate_limit_ip, &file.rate_limit_ip)?,
         per_channel: rate_of(a.rate_limit_channel, &file.rate_limit_channel)?,
@@ -323,6 +337,7 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             let mut config = PaywallConfig::new(pricing.clone(), address.clone());
             config.prices = prices.clone();
             config.limits = rate_limits;
+            config.price_hook = price_hook.clone();
             config.network = n.network;
             config.tls = scheme == "https";
             config.public_url = public_url.clone();
