@@ -54,6 +54,9 @@ enum Command {
     Proxy(cmd::buy::ProxyArgs),
     /// What `buy` and `proxy` paid: when, to whom, for which URL.
     Spent,
+    /// Sign a payment of one x402 requirement (for an x402 SDK's paychan plugin): prints
+    /// `{channel, total, signature}`.
+    SignPayment(cmd::buy::SignArgs),
     /// The running merchant's admin API: prices.
     Admin(cmd::admin::AdminArgs),
 }
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Buy(a) => cmd::buy::buy(a, &cli.common),
         Command::Proxy(a) => cmd::buy::proxy(a, &cli.common),
         Command::Spent => cmd::buy::spent(&cli.common),
+        Command::SignPayment(a) => cmd::buy::sign_payment(a, &cli.common),
         Command::Admin(c) => cmd::admin::run(c, &cli.common),
     };
     match result {

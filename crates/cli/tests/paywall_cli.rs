@@ -589,3 +589,74 @@ fn a_200_mib_download_streams_through_the_proxy_with_flat_memory() {
     );
     assert!(growth_mib < 32.0, "the proxy held {growth_mib:.1} MiB of a 200 MiB body");
 }
+
+/// A stock x402 resource server (Flask with the x402 SDK's middleware) and a stock x402 client
+/// (requests with the SDK's adapter), each with paychan's scheme plugin (`sdk/python`), pay and
+/// charge through a running `paychan serve` (its facilitator at `/x402`).
+#[test]
+fn a_stock_x402_client_and_server_pay_and_charge_through_paychan() {
+    let Some(python) = std::env::var_os("PAYCHAN_X402_PYTHON") else {
+        eprintln!(
+            "skipped: PAYCHAN_X402_PYTHON is unset (.ci/run installs the x402 SDK and sets it)"
+        );
+        return;
+    };
+    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sdk/python");
+    let w = World::new();
+    let (url, cookie, customer_home) = (w.url.clone(), w.cookie.clone(), w.customer_home.clone());
+    let (_merchant, serving) = w.serve(&["--zero-conf", "true", "--admin-token", "tok"]);
+    let facilitator = format!("http://{}/x402", serving["http"].as_str().unwrap());
+    let node_id = serving["node_id"].as_str().unwrap().to_string();
+    let network = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328";
+    w.fund_customer();
+    // The resource server, on a free loopback port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Command::new(&python)
+        .arg(format!("{sdk}/examples/paychan_server.py"))
+        .args([&facilitator, "tok", &node_id, network, &port.to_string()])
+        .env("PYTHONPATH", sdk)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Kill(server);
+    let up = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "the x402 resource server did not start");
+    let resource = format!("http://127.0.0.1:{port}/report");
+    let pay = || {
+        let o = Command::new(&python)
+            .arg(format!("{sdk}/examples/paychan_client.py"))
+            .args([&resource, network, env!("CARGO_BIN_EXE_paychan"), "--home"])
+            .arg(&customer_home)
+            .args(["--rpc-url", &url, "--rpc-cookie"])
+            .arg(&cookie)
+            .env("PYTHONPATH", sdk)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "client: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let r = pay();
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["body"], "a report worth 21 satoshis\n");
+    assert_eq!(r["payment_response"]["success"], true, "{r}");
+    assert_eq!(r["payment_response"]["amount"], "21");
+    let r = pay();
+    assert_eq!(r["status"], 200, "{r}");
+    // One channel, 42 sat signed by the customer and charged by the merchant.
+    let mut c = paychan(&customer_home, &url, &cookie);
+    c.args(["channels", "list"]);
+    let list = run(c);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["paid_sat"], 42);
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "30", "-H", "authorization: Bearer tok"])
+        .arg(format!("http://{}/admin/channels", serving["http"].as_str().unwrap()))
+        .output()
+        .unwrap();
+    let channels: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(channels[0]["charged_sat"], 42, "{channels}");
+}

@@ -226,8 +226,11 @@ impl PayingClient {
         let peer = requirement.extra.peer.clone();
         let mut tried_fresh = false;
         loop {
-            let (channel, header, paid) =
-                self.payment_for(&peer, &required, requirement, price).await?;
+            let (channel, payment, paid) = self.sign_for(&peer, requirement, price).await?;
+            let header = encode_header(&PaymentPayload::paying(&required, requirement, payment))
+                .ok()
+                .and_then(|h| HeaderValue::from_str(&h).ok())
+                .ok_or(CustomerError::Protocol("cannot encode the payment header"))?;
             let started = Instant::now();
             loop {
                 let mut resp =
@@ -334,14 +337,13 @@ impl PayingClient {
     }
 
     /// Signs a payment for `price` to the merchant at `peer`, opening a channel if needed.
-    /// Returns the channel, the header value and the new money signed.
-    async fn payment_for(
+    /// Returns the channel, the payment and the new money signed.
+    async fn sign_for(
         &self,
         peer: &str,
-        required: &PaymentRequired,
         requirement: &Requirement,
         price: Amount,
-    ) -> Result<(OutPoint, HeaderValue, Amount), CustomerError> {
+    ) -> Result<(OutPoint, ChannelPayment, Amount), CustomerError> {
         // One merchant's book is locked while its cap is checked and the payment signed, so
         // concurrent requests never overshoot the cap.
         let mut books = self.books.lock().await;
@@ -395,16 +397,32 @@ impl PayingClient {
         let pay = self.customer.sign_payment(channel, increment).await?;
         book.credit = book.credit.checked_sub(price - increment).unwrap_or(Amount::ZERO);
         drop(books);
-        let payment = PaymentPayload::paying(
-            required,
-            requirement,
-            ChannelPayment::new(channel, Amount::from_sat(pay.total_sat), &pay.signature),
-        );
-        let header = encode_header(&payment)
-            .ok()
-            .and_then(|h| HeaderValue::from_str(&h).ok())
-            .ok_or(CustomerError::Protocol("cannot encode the payment header"))?;
-        Ok((channel, header, increment))
+        let payment = ChannelPayment::new(channel, Amount::from_sat(pay.total_sat), &pay.signature);
+        Ok((channel, payment, increment))
+    }
+
+    /// Signs (and stores as spent) a payment of one x402 requirement, within the caps: for an
+    /// x402 SDK's scheme plugin, which wraps it in the `PaymentPayload` itself. Opens (or
+    /// reuses) a channel with the merchant the requirement names.
+    ///
+    /// # Errors
+    /// [`CustomerError::Protocol`] for a requirement of another scheme;
+    /// [`CustomerError::PriceTooHigh`] / [`CustomerError::SpendingCap`] before anything is
+    /// signed; channel errors.
+    pub async fn pay_requirement(
+        &self,
+        requirement: &Requirement,
+    ) -> Result<ChannelPayment, CustomerError> {
+        if requirement.scheme != SCHEME {
+            return Err(CustomerError::Protocol("not a paychan requirement"));
+        }
+        let price = requirement.price()?;
+        if price > self.caps.max_price {
+            return Err(CustomerError::PriceTooHigh { price, max: self.caps.max_price });
+        }
+        let peer = requirement.extra.peer.clone();
+        let (_, payment, _) = self.sign_for(&peer, requirement, price).await?;
+        Ok(payment)
     }
 
     /// Everything signed to the merchant at `peer`, over all channels.

@@ -84,6 +84,16 @@ pub const EXIT_SPENDING_CAP: u8 = 4;
 /// `paychan buy`'s exit status when the server answered an error (as `curl --fail`).
 pub const EXIT_HTTP_ERROR: u8 = 22;
 
+/// Arguments of `paychan sign-payment`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The x402 requirement to pay (JSON, as in a 402's `accepts`).
+    #[arg(long)]
+    requirement: String,
+    #[command(flatten)]
+    caps: CapArgs,
+}
+
 /// Arguments of `paychan proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
@@ -275,6 +285,22 @@ fn quote(
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `paychan sign-payment`: signs (and stores as spent) a payment of one x402 requirement,
+/// opening or reusing a channel, and prints the scheme's payload (`{channel, total,
+/// signature}`) as JSON, for an x402 SDK's paychan plugin to send.
+pub fn sign_payment(a: SignArgs, common: &Common) -> Result<ExitCode, CliError> {
+    let requirement: paychan_core::paywall::Requirement = serde_json::from_str(&a.requirement)
+        .map_err(|e| CliError::Usage(format!("--requirement is not an x402 requirement: {e}")))?;
+    let payment = runtime()?.block_on(async {
+        let client = paying_client(common, &a.caps, true).await?;
+        client.pay_requirement(&requirement).await.map_err(CliError::from)
+    })?;
+    let v = serde_json::to_value(&payment).map_err(|e| fail(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `paychan spent`: what was paid, to whom, for which URL.
