@@ -431,6 +431,13 @@ async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
     let small = w.customer.sign_payment(id, Amount::from_sat(1)).await.unwrap();
     let pay = w.customer.sign_payment(id, Amount::from_sat(10)).await.unwrap();
     let good = payment_header(&offer, id, Amount::from_sat(pay.total_sat), &pay.signature).unwrap();
+    // The same signature with a high S (BIP 62: non-standard), and with another sighash byte.
+    let (der, flag) = pay.signature.split_at(pay.signature.len() - 1);
+    let parsed = paychan_core::bitcoin::secp256k1::ecdsa::Signature::from_der(der).unwrap();
+    let mut high_s = paychan_core::sig::malleate_s(&parsed).serialize_der().to_vec();
+    high_s.push(flag[0]);
+    let mut wrong_flag = der.to_vec();
+    wrong_flag.push(0x03);
     let mut mismatch: PaymentPayload = decode_header(good.as_bytes()).unwrap();
     mismatch.accepted.amount = "9".into();
     let mut v1 = mismatch.clone();
@@ -450,6 +457,22 @@ async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
         (
             payment_header(&offer, id, capacity + Amount::ONE_SAT, &pay.signature).unwrap(),
             "insufficient_funds",
+            true,
+        ),
+        (
+            payment_header(&offer, id, Amount::from_sat(pay.total_sat), &high_s).unwrap(),
+            "invalid_paychan_payload_signature_high_s",
+            true,
+        ),
+        (
+            payment_header(&offer, id, Amount::from_sat(pay.total_sat), &[0x30, 0x01, 0x01])
+                .unwrap(),
+            "invalid_paychan_payload_signature",
+            true,
+        ),
+        (
+            payment_header(&offer, id, Amount::from_sat(pay.total_sat), &wrong_flag).unwrap(),
+            "invalid_paychan_payload_sighash",
             true,
         ),
         (good.clone(), "", true), // paid: 200
