@@ -369,6 +369,16 @@ async fn the_charge_is_durable_before_the_handler_runs() {
 async fn run_sdk(python: std::ffi::OsString, job: serde_json::Value) -> serde_json::Value {
     let script =
         concat!(env!("CARGO_MANIFEST_DIR"), "/../../sdk/python/conformance/x402_headers.py");
+    run_script(python, script, job).await
+}
+
+/// Runs `program script` with `job` on stdin; its JSON report.
+async fn run_script(
+    program: std::ffi::OsString,
+    script: &'static str,
+    job: serde_json::Value,
+) -> serde_json::Value {
+    let python = program;
     let out = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = std::process::Command::new(python)
@@ -523,6 +533,20 @@ async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
     let job = serde_json::json!({
         "required": required, "payloads": payloads, "responses": responses, "sign": sign,
     });
+    // The TypeScript SDK (npm @x402/core) too, when installed (.ci/run installs it).
+    match std::env::var_os("PAYCHAN_X402_NODE") {
+        Some(node) => {
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../sdk/typescript/conformance/x402_headers.mjs"
+            );
+            let ts = run_script(node, script, job.clone()).await;
+            eprintln!("@x402/core {} checked {}", ts["sdk_version"], ts["checked"]);
+            assert_eq!(ts["errors"], serde_json::json!([]), "@x402/core refused headers");
+            assert_eq!(ts["checked"]["required"], required.len());
+        }
+        None => eprintln!("skipped @x402/core: PAYCHAN_X402_NODE is unset"),
+    }
     let report = run_sdk(python, job).await;
     eprintln!("x402 SDK {} checked {}", report["sdk_version"], report["checked"]);
     assert_eq!(report["errors"], serde_json::json!([]), "the SDK refused or changed headers");
