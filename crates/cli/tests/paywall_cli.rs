@@ -646,17 +646,46 @@ fn a_stock_x402_client_and_server_pay_and_charge_through_paychan() {
     assert_eq!(r["payment_response"]["amount"], "21");
     let r = pay();
     assert_eq!(r["status"], 200, "{r}");
-    // One channel, 42 sat signed by the customer and charged by the merchant.
+    // The TypeScript SDK's client (@x402/core) with paychan's plugin (`sdk/typescript`), on the
+    // same server and channel.
+    let mut expected = 42;
+    match std::env::var_os("PAYCHAN_X402_NODE") {
+        Some(node) => {
+            let o = Command::new(node)
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../sdk/typescript/examples/paychan_client.mjs"
+                ))
+                .args([&resource, network, env!("CARGO_BIN_EXE_paychan"), "--home"])
+                .arg(&customer_home)
+                .args(["--rpc-url", &url, "--rpc-cookie"])
+                .arg(&cookie)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "TypeScript client: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(r["status"], 200, "{r}");
+            assert_eq!(r["body"], "a report worth 21 satoshis\n");
+            assert_eq!(r["payment_response"]["success"], true, "{r}");
+            expected += 21;
+        }
+        None => eprintln!("skipped the TypeScript client: PAYCHAN_X402_NODE is unset"),
+    }
+    // One channel, every payment signed by the customer and charged by the merchant.
     let mut c = paychan(&customer_home, &url, &cookie);
     c.args(["channels", "list"]);
     let list = run(c);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    assert_eq!(list[0]["paid_sat"], 42);
+    assert_eq!(list[0]["paid_sat"], expected);
     let o = Command::new("curl")
         .args(["-s", "--max-time", "30", "-H", "authorization: Bearer tok"])
         .arg(format!("http://{}/admin/channels", serving["http"].as_str().unwrap()))
         .output()
         .unwrap();
     let channels: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(channels[0]["charged_sat"], 42, "{channels}");
+    assert_eq!(channels[0]["charged_sat"], expected, "{channels}");
 }
