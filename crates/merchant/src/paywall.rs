@@ -65,7 +65,9 @@ impl Pattern {
     /// # Errors
     /// [`Error::InvalidPolicy`] for anything else.
     pub fn parse(p: &str) -> Result<Self, Error> {
-        let ok = p == "*" || (p.starts_with('/') && !p[..p.len() - 1].contains('*'));
+        // A `*` only as the last character.
+        let ok =
+            p == "*" || (p.starts_with('/') && !p.strip_suffix('*').unwrap_or(p).contains('*'));
         if !ok || p.len() > 1_024 {
             return Err(Error::InvalidPolicy(format!(
                 "{p:?} is not a route pattern: /exact, /prefix/* or *"
@@ -966,6 +968,16 @@ mod tests {
             dynamic.price_of(&Method::GET, &uri, &HeaderMap::new()),
             Some(Amount::from_sat(25))
         );
+    }
+
+    #[test]
+    fn route_patterns_from_input() {
+        for good in ["*", "/", "/api", "/api/*", "/é/*"] {
+            assert!(Pattern::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "api", "/a*b", "/**", "**", "/é*x"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
