@@ -517,6 +517,28 @@ async fn the_x402_reference_sdk_reads_every_header_and_we_read_its() {
             payloads.push(header);
         }
     }
+    // A channel whose funding has no confirmation yet (a merchant without a miner beside it):
+    // not open.
+    let quiet = paychan_harness::World::builder().start().await.unwrap();
+    let quiet_base = quiet
+        .serve_paywalled(
+            Router::new().route("/hello", get(|| async { "hello" })),
+            Pricing::new(Amount::from_sat(10)),
+        )
+        .await
+        .unwrap();
+    let quiet_url = format!("{quiet_base}/hello");
+    let quiet_id = quiet.customer.open(&quiet.peer, Amount::from_sat(100_000), None).await.unwrap();
+    let quiet_offer = payment_required(&quiet_url).await.unwrap();
+    let p = quiet.customer.sign_payment(quiet_id, Amount::from_sat(10)).await.unwrap();
+    let header =
+        payment_header(&quiet_offer, quiet_id, Amount::from_sat(p.total_sat), &p.signature)
+            .unwrap();
+    let r = plain.get(&quiet_url).header("payment-signature", &header).send().await.unwrap();
+    assert_eq!(reason(&r), "invalid_paychan_channel_not_open");
+    required.push(header_of(r.headers(), "payment-required"));
+    responses.push(header_of(r.headers(), "payment-response"));
+    payloads.push(header);
     // A reversed charge (the upstream failed): its receipt.
     let failed = c.get(&format!("{base}/fail")).await.unwrap();
     responses.push(header_of(&failed.headers, "payment-response"));
