@@ -184,7 +184,7 @@ impl Pricing {
         headers: &HeaderMap,
     ) -> Option<Amount> {
         let path = uri.path();
-        if self.free.iter().any(|p| p.matches(path)) {
+        if self.is_free(path) {
             return None;
         }
         if let Some(p) = self.dynamic.as_ref().and_then(|f| f(method, uri, headers)) {
