@@ -415,6 +415,11 @@ impl PriceHook {
 
 /// Rate limits and a free quota of the paywall (none by default). A limited request is
 /// answered `429 Too Many Requests` with `Retry-After`, and nothing is charged.
+///
+/// The per-address limits read the connection's address from the request's
+/// `ConnectInfo<SocketAddr>` extension, which paychan's HTTP server sets; an app served without
+/// it (plain `axum::serve` without `into_make_service_with_connect_info`) is limited per channel
+/// only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateLimits {
     /// Priced requests per client address (behind a proxy, the proxy's address).
