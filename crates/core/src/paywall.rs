@@ -364,6 +364,47 @@ pub struct PaymentResponse {
     pub extra: Option<ReceiptExtra>,
 }
 
+impl PaymentResponse {
+    /// The receipt of a request charged `price` on `channel`, which now stands as `redeemed`
+    /// says.
+    pub fn charged(
+        network: &str,
+        channel: OutPoint,
+        price: Amount,
+        redeemed: &crate::channel::merchant::Redeemed,
+    ) -> Self {
+        PaymentResponse {
+            success: true,
+            error_reason: None,
+            error_message: None,
+            payer: Some(channel.to_string()),
+            transaction: String::new(),
+            network: network.to_string(),
+            amount: Some(price.to_sat().to_string()),
+            extra: Some(ReceiptExtra {
+                scheme: SCHEME.into(),
+                channel: channel.to_string(),
+                total: redeemed.accepted.to_sat().to_string(),
+                credit: redeemed.credit.to_sat().to_string(),
+            }),
+        }
+    }
+
+    /// A refused payment: `reason` ([`reason`]) and `message`, from `payer` when known.
+    pub fn refused(network: &str, reason: &str, message: String, payer: Option<String>) -> Self {
+        PaymentResponse {
+            success: false,
+            error_reason: Some(reason.to_string()),
+            error_message: Some(message),
+            payer,
+            transaction: String::new(),
+            network: network.to_string(),
+            amount: None,
+            extra: None,
+        }
+    }
+}
+
 /// The paychan details of a [`PaymentResponse`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -209,7 +209,7 @@ impl PayingClient {
         headers: &HeaderMap,
         body: Vec<u8>,
     ) -> Result<PaidResponse, CustomerError> {
-        let first = self.send(method.clone(), url, headers, body.clone(), None).await?;
+        let first = send_on(&self.http, method.clone(), url, headers, body.clone(), None).await?;
         if first.status != 402 {
             return Ok(first);
         }
@@ -234,7 +234,8 @@ impl PayingClient {
             let started = Instant::now();
             loop {
                 let mut resp =
-                    self.send(method.clone(), url, headers, body.clone(), Some(&header)).await?;
+                    send_on(&self.http, method.clone(), url, headers, body.clone(), Some(&header))
+                        .await?;
                 resp.paid = paid;
                 resp.price = price;
                 resp.channel = Some(channel);
@@ -434,17 +435,6 @@ impl PayingClient {
             .filter(|s| s.peer == peer)
             .map(|s| s.signed)
             .fold(Amount::ZERO, |a, b| a.checked_add(b).unwrap_or(Amount::MAX_MONEY))
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        url: &str,
-        headers: &HeaderMap,
-        body: Vec<u8>,
-        payment: Option<&HeaderValue>,
-    ) -> Result<PaidResponse, CustomerError> {
-        send_on(&self.http, method, url, headers, body, payment).await
     }
 }
 

@@ -24,8 +24,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use paychan_core::bitcoin::{Amount, Network, OutPoint};
 use paychan_core::paywall::{
-    asset, caip2, reason, FacilitatorRequest, Limits, PaychanExtra, PaymentResponse, ReceiptExtra,
-    Requirement, SupportedKind, SupportedResponse, VerifyResponse, SCHEME, X402_VERSION,
+    asset, caip2, reason, FacilitatorRequest, Limits, PaychanExtra, PaymentResponse, Requirement,
+    SupportedKind, SupportedResponse, VerifyResponse, SCHEME, X402_VERSION,
 };
 use paychan_core::Error;
 use serde_json::json;
@@ -200,33 +200,16 @@ async fn settle(State(f): State<Facilitator>, headers: HeaderMap, body: Bytes) -
         Err(e) => Err(e.into()),
     };
     match result {
-        Ok((channel, price, r)) => Json(PaymentResponse {
-            success: true,
-            error_reason: None,
-            error_message: None,
-            payer: Some(channel.to_string()),
-            transaction: String::new(),
-            network: f.network.clone(),
-            amount: Some(price.to_sat().to_string()),
-            extra: Some(ReceiptExtra {
-                scheme: SCHEME.into(),
-                channel: channel.to_string(),
-                total: r.accepted.to_sat().to_string(),
-                credit: r.credit.to_sat().to_string(),
-            }),
-        })
-        .into_response(),
+        Ok((channel, price, r)) => {
+            Json(PaymentResponse::charged(&f.network, channel, price, &r)).into_response()
+        }
         Err(e) => match refusal(&e) {
-            Some((reason, message)) => Json(PaymentResponse {
-                success: false,
-                error_reason: Some(reason.into()),
-                error_message: Some(message),
-                payer: Some(req.payment_payload.payload.channel.clone()),
-                transaction: String::new(),
-                network: f.network.clone(),
-                amount: None,
-                extra: None,
-            })
+            Some((reason, message)) => Json(PaymentResponse::refused(
+                &f.network,
+                reason,
+                message,
+                Some(req.payment_payload.payload.channel.clone()),
+            ))
             .into_response(),
             None => failure("unexpected_settle_error", &e),
         },

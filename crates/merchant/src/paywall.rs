@@ -27,8 +27,8 @@ use axum::response::{IntoResponse, Response};
 use paychan_core::bitcoin::{Amount, Network, OutPoint, Txid};
 use paychan_core::paywall::{
     asset, caip2, decode_header, encode_header, max_timeout_seconds, reason, Limits, PaychanExtra,
-    PaymentPayload, PaymentRequired, PaymentResponse, ReceiptExtra, Requirement, Resource,
-    PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME, X402_VERSION,
+    PaymentPayload, PaymentRequired, PaymentResponse, Requirement, Resource, PAYMENT_REQUIRED,
+    PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SCHEME, X402_VERSION,
 };
 use paychan_core::ratelimit::{retry_after_secs, Limiter, Rate};
 use paychan_core::Error;
@@ -702,21 +702,7 @@ impl Paywall {
         req.headers_mut().remove(PAYMENT_SIGNATURE);
         req.headers_mut().remove(TOKEN_HEADER);
         let mut resp = call(inner, req).await;
-        let mut receipt = PaymentResponse {
-            success: true,
-            error_reason: None,
-            error_message: None,
-            payer: Some(channel.to_string()),
-            transaction: String::new(),
-            network: self.network.clone(),
-            amount: Some(price.to_sat().to_string()),
-            extra: Some(ReceiptExtra {
-                scheme: SCHEME.into(),
-                channel: channel.to_string(),
-                total: redeemed.accepted.to_sat().to_string(),
-                credit: redeemed.credit.to_sat().to_string(),
-            }),
-        };
+        let mut receipt = PaymentResponse::charged(&self.network, channel, price, &redeemed);
         if resp.status().is_server_error() {
             // A failed request is not paid for: reverse the charge before answering.
             match self.server.refund_request(channel, total, price).await {
@@ -823,16 +809,8 @@ impl Paywall {
         }
         // A refused payment also says why in x402's settlement-response shape.
         if let Some((message, code)) = error {
-            let refusal = PaymentResponse {
-                success: false,
-                error_reason: Some(reason::of_code(code).to_string()),
-                error_message: Some(message),
-                payer: None,
-                transaction: String::new(),
-                network: self.network.clone(),
-                amount: None,
-                extra: None,
-            };
+            let refusal =
+                PaymentResponse::refused(&self.network, reason::of_code(code), message, None);
             if let Some(v) = header_value(&refusal) {
                 h.insert(HeaderName::from_static(PAYMENT_RESPONSE), v);
             }
