@@ -214,11 +214,7 @@ impl PayingClient {
             return Ok(first);
         }
         let required = parse_402(&first.headers, &first.body)?;
-        let requirement = required
-            .accepts
-            .iter()
-            .find(|r| r.scheme == SCHEME)
-            .ok_or(CustomerError::Protocol("the 402 offers no paychan payment"))?;
+        let requirement = paychan_requirement(&required)?;
         let price = requirement.price()?;
         if price > self.caps.max_price {
             return Err(CustomerError::PriceTooHigh { price, max: self.caps.max_price });
@@ -488,13 +484,17 @@ pub async fn quote(
         return Ok(Quote::Answer(first));
     }
     let required = parse_402(&first.headers, &first.body)?;
-    let requirement = required
+    let requirement = paychan_requirement(&required)?.clone();
+    Ok(Quote::Price { price: requirement.price()?, requirement, resource: required.resource })
+}
+
+/// The 402's paychan way to pay.
+fn paychan_requirement(required: &PaymentRequired) -> Result<&Requirement, CustomerError> {
+    required
         .accepts
         .iter()
         .find(|r| r.scheme == SCHEME)
-        .cloned()
-        .ok_or(CustomerError::Protocol("the 402 offers no paychan payment"))?;
-    Ok(Quote::Price { price: requirement.price()?, requirement, resource: required.resource })
+        .ok_or(CustomerError::Protocol("the 402 offers no paychan payment"))
 }
 
 /// What a resource costs ([`quote`]).
