@@ -257,6 +257,67 @@ fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
     assert_eq!(change, 1_000_000 - merchant_total, "settled at the merchant's total");
 }
 
+/// The customer's write of a payment overlaps its send (DESIGN §6): here the customer's store
+/// is held locked by another process, so the payment leaves and is acknowledged while its write
+/// cannot land; the customer is SIGKILLed then. Its store lacks the payment; the resume adopts
+/// the total the merchant shows with the customer's own signature, and both agree.
+#[test]
+fn a_customer_killed_between_send_and_write_adopts_the_merchants_total() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node_dir, m, c) = (tmp.path().join("node"), tmp.path().join("m"), tmp.path().join("c"));
+    let (_node, url, cookie) = start_node(&node_dir);
+    let env = Env { url, cookie };
+    let (_merchant, address) = env.serve(&m, free_port());
+    env.run(&c, &["wallet", "new"]);
+    env.run(&c, &["wallet", "faucet"]);
+    let opened =
+        env.run(&c, &["channels", "open", "--merchant", &address, "--deposit", "1000000sat"]);
+    let channel = opened["channel"].as_str().unwrap().to_string();
+    let id: OutPoint = channel.parse().unwrap();
+    env.run(&c, &["node", "mine", "1"]);
+    env.run(&c, &["channels", "pay", "--channel", &channel, "--amount", "500sat"]);
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let stored = |db: &Path, role| {
+        rt.block_on(async {
+            let store = SqliteStore::open(db).unwrap();
+            store.get(id, role).await.unwrap().unwrap().total.to_sat()
+        })
+    };
+    assert_eq!(stored(&m.join("merchant.db"), Role::Merchant), 500);
+
+    // Another process holds the customer's database's write lock.
+    let blocker = rusqlite::Connection::open(c.join("channels.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut payer = env
+        .cmd(&c)
+        .args(["channels", "pay", "--channel", &channel, "--amount", "700sat"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The payment reaches the merchant (stored, acknowledged) while the customer's write waits.
+    let start = Instant::now();
+    while stored(&m.join("merchant.db"), Role::Merchant) < 1_200 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the payment left before its write");
+        assert!(payer.try_wait().unwrap().is_none(), "the payer waits for its write");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    payer.kill().unwrap();
+    payer.wait().unwrap();
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    assert_eq!(stored(&c.join("channels.db"), Role::Customer), 500, "the write was lost");
+
+    let synced = env.run(&c, &["channels", "sync", "--channel", &channel]);
+    assert_eq!(synced["acked_sat"].as_u64().unwrap(), 1_200, "adopted from the merchant");
+    assert_eq!(stored(&c.join("channels.db"), Role::Customer), 1_200, "and stored");
+    // It goes on from there: the next payment builds on 1,200.
+    env.run(&c, &["channels", "pay", "--channel", &channel, "--amount", "1sat"]);
+    assert_eq!(stored(&m.join("merchant.db"), Role::Merchant), 1_201);
+    assert_eq!(stored(&c.join("channels.db"), Role::Customer), 1_201);
+}
+
 #[test]
 fn with_the_merchant_stopped_the_refund_is_mined_after_expiry() {
     let tmp = tempfile::tempdir().unwrap();

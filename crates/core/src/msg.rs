@@ -321,6 +321,10 @@ pub struct Resumed {
     /// The highest total the merchant has stored, sat.
     #[prost(uint64, tag = "2")]
     pub total_sat: u64,
+    /// The customer's signature of `total_sat` (empty for zero): what lets a customer that
+    /// lost the write of a payment it sent adopt the total.
+    #[prost(bytes = "vec", tag = "3")]
+    pub signature: Vec<u8>,
 }
 
 /// The customer asks the merchant to settle now.

@@ -189,6 +189,7 @@ impl Harness {
                 let resumed = paychan_core::msg::Resumed {
                     channel: Some(m.id().into()),
                     total_sat: m.accepted().to_sat(),
+                    signature: m.state().signature.clone(),
                 };
                 self.to_customer.push(Message::Resumed(resumed));
                 Ok(())
@@ -211,7 +212,7 @@ impl Harness {
                 self.customer.handle_ack(Amount::from_sat(ack.total_sat)).unwrap()
             }
             Message::Resumed(r) => {
-                self.customer.handle_resumed(Amount::from_sat(r.total_sat)).unwrap()
+                self.customer.handle_resumed(Amount::from_sat(r.total_sat), &r.signature).unwrap()
             }
             Message::Closed(c) if !c.close_tx.is_empty() => {
                 self.customer.handle_cooperative_close(&c.close_tx, &c.merchant_signature).unwrap();
@@ -343,7 +344,7 @@ fn merchant_ack_is_released_only_after_the_persist_completes() {
 }
 
 #[test]
-fn customer_sends_a_payment_only_after_recording_it() {
+fn customer_queues_a_payments_write_before_its_send_and_the_send_does_not_wait() {
     let mut h = Harness::new(OutputKind::P2wsh);
     h.open(Amount::from_sat(100_000));
     let now = h.now;
@@ -352,11 +353,60 @@ fn customer_sends_a_payment_only_after_recording_it() {
         panic!("the first effect of a payment must be its persist");
     };
     assert_eq!(state.signed, Amount::from_sat(500));
-    assert!(h.customer.poll_effect().is_none(), "nothing leaves before the write completes");
-    h.customer.persisted(id).unwrap();
+    // The send leaves while the write is in flight (DESIGN §6).
     assert!(
         matches!(h.customer.poll_effect(), Some(Effect::Send(Message::Pay(p))) if p.total_sat == 500)
     );
+    assert!(h.customer.poll_effect().is_none());
+    h.customer.persisted(id).unwrap();
+    // But not before a message held earlier: a resume waiting for a write goes first.
+    h.customer.pay(&now, Amount::from_sat(100)).unwrap();
+    h.customer.resume().unwrap();
+    h.customer.pay(&now, Amount::from_sat(100)).unwrap();
+    let kinds: Vec<&str> = std::iter::from_fn(|| h.customer.poll_effect())
+        .map(|e| match e {
+            Effect::Persist { .. } => "persist",
+            Effect::Send(Message::Pay(_)) => "pay",
+            Effect::Send(Message::Resume(_)) => "resume",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, vec!["persist", "pay", "persist"], "the resume waits for its write");
+}
+
+/// A customer restarted from a record that lacks a payment it sent (its write was lost in a
+/// crash) adopts the merchant's total only with its own valid signature of it.
+#[test]
+fn a_resume_adopts_a_higher_total_only_with_the_customers_signature() {
+    let mut h = Harness::new(OutputKind::P2wsh);
+    h.open(Amount::from_sat(100_000));
+    h.pay(1_000).unwrap();
+    let stored = h.customer.state().clone();
+    h.pay(700).unwrap();
+    let merchant_sig = h.merchant().state().signature.clone();
+    assert_eq!(h.merchant().accepted(), Amount::from_sat(1_700));
+    let key = paychan_harness::fixtures::customer_key();
+    let restart = || CustomerChannel::restore(stored.clone(), key).unwrap();
+
+    // A signature that is not the customer's of 1,700 (its signature of 1,000): refused,
+    // nothing changes.
+    let mut c = restart();
+    let err = c.handle_resumed(Amount::from_sat(1_700), &stored.signature).unwrap_err();
+    assert_eq!(err, Error::UnexpectedMessage("merchant claims a total never signed"));
+    assert_eq!(c.state(), &stored);
+    assert!(c.poll_effect().is_none());
+    // The customer's own signature: adopted, acknowledged and stored.
+    let mut c = restart();
+    c.handle_resumed(Amount::from_sat(1_700), &merchant_sig).unwrap();
+    assert_eq!(
+        (c.state().signed, c.state().acked),
+        (Amount::from_sat(1_700), Amount::from_sat(1_700))
+    );
+    let Some(Effect::Persist { state, .. }) = c.poll_effect() else { panic!("stored") };
+    assert_eq!(state.signed, Amount::from_sat(1_700));
+    // And the next payment builds on it.
+    let now = h.now;
+    assert_eq!(c.pay(&now, Amount::from_sat(1)).unwrap(), Amount::from_sat(1_701));
 }
 
 #[test]

@@ -201,7 +201,11 @@ fn sample_messages(total: u64, sig: Vec<u8>, vout: u32, text: String) -> Vec<Mes
         Message::Pay(msg::Pay { channel: ch.clone(), total_sat: total, signature: sig.clone() }),
         Message::PaymentAck(msg::PaymentAck { channel: ch.clone(), total_sat: total }),
         Message::Resume(msg::Resume { channel: ch.clone() }),
-        Message::Resumed(msg::Resumed { channel: ch.clone(), total_sat: total }),
+        Message::Resumed(msg::Resumed {
+            channel: ch.clone(),
+            total_sat: total,
+            signature: sig.clone(),
+        }),
         Message::Close(msg::Close { channel: ch.clone(), signature: sig.clone() }),
         Message::Closed(msg::Closed {
             channel: ch.clone(),

@@ -6,7 +6,7 @@ use paychan_core::bitcoin::OutPoint;
 use paychan_core::channel::customer::{CustomerChannel, CustomerState};
 use paychan_core::channel::Event;
 use paychan_core::msg::Message;
-use paychan_store::{Role, Storage};
+use paychan_store::{Drained, InFlight, Landed, Role, Storage};
 use tracing::warn;
 
 use crate::{Customer, CustomerError, Entry};
@@ -86,9 +86,44 @@ impl Customer {
         let restore = self.restorer();
         let drained = e.drain(&self.storage(&restore), on_event).await;
         crate::after_reload(e);
-        let drained = drained?;
+        Ok(self.released(e, drained?).await)
+    }
+
+    /// Runs the channel's effects and queues their write without waiting for it
+    /// ([`Persisted::submit`](paychan_store::Persisted::submit)): returns the messages for the
+    /// merchant released at once (a payment may leave while its write is in flight, DESIGN
+    /// §6) and the write, for [`Customer::land`].
+    pub(crate) async fn submit(
+        &self,
+        e: &mut Entry,
+    ) -> (Vec<Message>, Option<InFlight<CustomerState>>) {
+        let restore = self.restorer();
+        let submitted = e.submit(&self.storage(&restore), &mut |_| {});
+        (self.released(e, submitted.released).await, submitted.write)
+    }
+
+    /// Completes a write [`Customer::submit`] queued, once it landed; returns the messages it
+    /// released.
+    ///
+    /// # Errors
+    /// The write's failure: the channel is reloaded from the store (and must resume before
+    /// its next payment).
+    pub(crate) async fn land(
+        &self,
+        e: &mut Entry,
+        landed: Landed<CustomerState>,
+    ) -> Result<Vec<Message>, CustomerError> {
+        let restore = self.restorer();
+        let drained = e.land(&self.storage(&restore), landed, &mut |_| {}).await;
+        crate::after_reload(e);
+        Ok(self.released(e, drained?).await)
+    }
+
+    /// Acts on what a write released: the acknowledged total it stored, watches, broadcasts;
+    /// returns the messages for the merchant.
+    async fn released(&self, e: &mut Entry, drained: Drained<CustomerState>) -> Vec<Message> {
         if let Some(written) = &drained.written {
-            e.ext.stored_acked = written.acked;
+            e.ext.stored_acked = e.ext.stored_acked.max(written.acked);
         }
         for outpoint in drained.watches {
             self.view.watch(outpoint, paychan_chain::Lookback::Never);
@@ -108,6 +143,6 @@ impl Customer {
                 warn!(%txid, error = %err, "broadcast failed; the next tick retries");
             }
         }
-        Ok(drained.sends)
+        drained.sends
     }
 }

@@ -5,7 +5,24 @@ use paychan_core::bitcoin::{Amount, OutPoint};
 use paychan_core::msg::{self, Message};
 use tracing::{info, warn};
 
+use paychan_core::channel::customer::CustomerState;
+use paychan_store::InFlight;
+
 use crate::{Connection, Customer, CustomerError, Entry};
+
+/// Hands `latency` the time since signing of every payment in `in_flight` that is paid:
+/// acknowledged and stored.
+fn pop_paid(
+    e: &Entry,
+    in_flight: &mut std::collections::VecDeque<(Amount, std::time::Instant)>,
+    latency: &mut (dyn FnMut(std::time::Duration) + Send),
+) {
+    let paid = e.channel.state().acked.min(e.stored_total());
+    while let Some((_, signed)) = in_flight.front().filter(|(t, _)| *t <= paid) {
+        latency(signed.elapsed());
+        in_flight.pop_front();
+    }
+}
 
 impl Customer {
     /// Limits what a channel may ever sign (a spending cap).
@@ -26,13 +43,16 @@ impl Customer {
         self.pay_many(id, &[amount]).await
     }
 
-    /// Pays each of `amounts` in turn, pipelined: every payment is signed and stored, all are
-    /// sent in one write, and the acknowledgements are awaited in order. Returns the final
-    /// acknowledged total.
+    /// Pays each of `amounts` in turn, pipelined: every payment is signed, queued for the
+    /// store and sent in one write while the store writes (DESIGN §6), and the
+    /// acknowledgements are awaited in order. Returns the final acknowledged total once the
+    /// payments are stored too.
     ///
     /// # Errors
     /// The core's refusal (cap, cutoff) before anything is sent; the merchant's refusal; store
-    /// or connection errors (the signed payments then count as spent until a resume settles it).
+    /// or connection errors (the signed payments then count as spent until a resume settles
+    /// it: a payment whose write failed after it was sent is adopted again from the
+    /// merchant's answer to the resume).
     pub async fn pay_many(
         &self,
         id: OutPoint,
@@ -48,12 +68,18 @@ impl Customer {
                 Err(err) => return Err(self.unsign(&mut e, err).await),
             }
         }
-        let msgs = self.drain(&mut e).await?;
-        let conn = e.ext.conn()?;
-        let answered = match conn.send(&msgs).await {
-            Ok(()) => self.await_acks(&mut e, last).await,
+        let (msgs, write) = self.submit_to_send(&mut e).await?;
+        let sent = match e.ext.conn() {
+            Ok(conn) => conn.send(&msgs).await,
             Err(err) => Err(err),
         };
+        let mut writes = std::collections::VecDeque::from_iter(write);
+        let answered = match sent {
+            Ok(()) => self.await_acks(&mut e, last, &mut writes).await,
+            Err(err) => Err(err),
+        };
+        // Paid once stored too: the write went on meanwhile.
+        self.land_all(&mut e, &mut writes).await?;
         match answered {
             // The connection broke (a merchant closes connections idle for long, or it
             // restarted): once more on a fresh one, whose resume delivers what was signed.
@@ -67,10 +93,83 @@ impl Customer {
         }
     }
 
+    /// Queues the write of the payments just signed and returns them to send, with the write
+    /// if it is still in flight. A write the store refused at once sends nothing: the
+    /// payments are forgotten (the channel reloaded as stored) and the caller told they failed.
+    ///
+    /// # Errors
+    /// The store's refusal.
+    async fn submit_to_send(
+        &self,
+        e: &mut Entry,
+    ) -> Result<(Vec<Message>, Option<InFlight<CustomerState>>), CustomerError> {
+        let (mut msgs, write) = self.submit(e).await;
+        match write.map(InFlight::landed_now) {
+            None => Ok((msgs, None)),
+            Some(Err(in_flight)) => Ok((msgs, Some(in_flight))),
+            Some(Ok(landed)) => {
+                msgs.extend(self.land(e, landed).await?);
+                Ok((msgs, None))
+            }
+        }
+    }
+
+    /// Lands every write in `writes`, oldest first, waiting for each.
+    ///
+    /// # Errors
+    /// The first write that failed (the channel is then reloaded from the store; the writes
+    /// after it land nothing).
+    async fn land_all(
+        &self,
+        e: &mut Entry,
+        writes: &mut std::collections::VecDeque<InFlight<CustomerState>>,
+    ) -> Result<(), CustomerError> {
+        let mut first_error = None;
+        while let Some(write) = writes.pop_front() {
+            let landed = write.wait().await;
+            match self.land(e, landed).await {
+                Ok(msgs) => self.send_released(e, &msgs).await?,
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Lands the writes in `writes` that have landed already, oldest first, without waiting.
+    async fn land_ready(
+        &self,
+        e: &mut Entry,
+        writes: &mut std::collections::VecDeque<InFlight<CustomerState>>,
+    ) -> Result<(), CustomerError> {
+        while let Some(write) = writes.pop_front() {
+            match write.landed_now() {
+                Ok(landed) => {
+                    let msgs = self.land(e, landed).await?;
+                    self.send_released(e, &msgs).await?;
+                }
+                Err(write) => {
+                    writes.push_front(write);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what a landed write released (nothing, for payments: they left at once).
+    async fn send_released(&self, e: &mut Entry, msgs: &[Message]) -> Result<(), CustomerError> {
+        if !msgs.is_empty() {
+            e.ext.conn()?.send(msgs).await?;
+        }
+        Ok(())
+    }
+
     /// Pays `count` payments of `amount` on channel `id` with up to `window` unacknowledged
     /// at any time (a sliding window): while the merchant checks one half-window, the next is
-    /// signed, stored and sent, so both sides work at once. Returns the final acknowledged
-    /// total.
+    /// signed, queued for the store and sent, so both sides work at once. Returns the final
+    /// acknowledged total, once every payment is stored too.
     ///
     /// # Errors
     /// As [`Customer::pay_many`].
@@ -81,12 +180,48 @@ impl Customer {
         count: u64,
         window: u32,
     ) -> Result<Amount, CustomerError> {
+        self.pay_window_timed(id, amount, count, window, &mut |_| {}).await
+    }
+
+    /// [`Customer::pay_window`], handing `latency` each payment's time from its signing until
+    /// it is paid (acknowledged and stored), as they come.
+    ///
+    /// # Errors
+    /// As [`Customer::pay_many`].
+    pub async fn pay_window_timed(
+        &self,
+        id: OutPoint,
+        amount: Amount,
+        count: u64,
+        window: u32,
+        latency: &mut (dyn FnMut(std::time::Duration) + Send),
+    ) -> Result<Amount, CustomerError> {
         let mut e = self.locked(&id).await?;
         self.ensure_connected(&mut e).await?;
+        let mut writes = std::collections::VecDeque::new();
+        let paid = self.window(&mut e, amount, count, window, &mut writes, latency).await;
+        // Whatever happened, the writes queued go on: land them before anything else.
+        let landed = self.land_all(&mut e, &mut writes).await;
+        let acked = paid?;
+        landed?;
+        Ok(acked)
+    }
+
+    async fn window(
+        &self,
+        e: &mut Entry,
+        amount: Amount,
+        count: u64,
+        window: u32,
+        writes: &mut std::collections::VecDeque<InFlight<CustomerState>>,
+        latency: &mut (dyn FnMut(std::time::Duration) + Send),
+    ) -> Result<Amount, CustomerError> {
         let window = u64::from(window.max(1));
         let chunk = (window / 2).max(1);
-        // Totals sent and not yet acknowledged, oldest first.
-        let mut in_flight: std::collections::VecDeque<Amount> = std::collections::VecDeque::new();
+        // Totals sent and not yet paid (acknowledged and stored), oldest first, with when
+        // each was signed.
+        let mut in_flight: std::collections::VecDeque<(Amount, std::time::Instant)> =
+            std::collections::VecDeque::new();
         let mut left = count;
         loop {
             // Refill a whole chunk at a time: each chunk costs one durable write.
@@ -95,30 +230,50 @@ impl Customer {
                 let now = (self.clock)();
                 for _ in 0..n {
                     match e.channel.pay(&now, amount) {
-                        Ok(total) => in_flight.push_back(total),
-                        Err(err) => return Err(self.unsign(&mut e, err).await),
+                        Ok(total) => in_flight.push_back((total, std::time::Instant::now())),
+                        Err(err) => {
+                            // Forget the chunk's signed payments (never sent) as stored, once
+                            // the writes of the chunks before it landed.
+                            self.land_all(e, writes).await?;
+                            return Err(self.unsign(e, err).await);
+                        }
                     }
                 }
                 left -= n;
-                // One durable write for the chunk, then one send.
-                let msgs = self.drain(&mut e).await?;
-                let conn = e.ext.conn()?;
-                conn.send(&msgs).await?;
+                // The chunk's write queued, its payments sent while the store writes.
+                let (msgs, write) = self.submit_to_send(e).await?;
+                writes.extend(write);
+                e.ext.conn()?.send(&msgs).await?;
             }
             if in_flight.is_empty() {
                 return Ok(e.channel.state().acked);
             }
+            if e.channel.state().acked >= in_flight.back().map_or(Amount::ZERO, |t| t.0) {
+                // Everything sent is acknowledged: what is left is the store.
+                let Some(write) = writes.pop_front() else {
+                    // Every write landed: all of it is stored.
+                    for (_, signed) in in_flight.drain(..) {
+                        latency(signed.elapsed());
+                    }
+                    continue;
+                };
+                let msgs = self.land(e, write.wait().await).await?;
+                self.send_released(e, &msgs).await?;
+                pop_paid(e, &mut in_flight, latency);
+                continue;
+            }
             let m = e.ext.recv().await?;
             match m {
                 Message::PaymentAck(a) => e.channel.handle_ack(Amount::from_sat(a.total_sat))?,
-                Message::Error(err) => return Err(self.refused(&mut e, err).await),
+                Message::Error(err) => {
+                    self.land_all(e, writes).await?;
+                    return Err(self.refused(e, err).await);
+                }
                 _ => return Err(CustomerError::Protocol("unexpected message while paying")),
             }
-            let acked = e.channel.state().acked;
-            while in_flight.front().is_some_and(|t| *t <= acked) {
-                in_flight.pop_front();
-            }
-            self.drain(&mut e).await?;
+            self.land_ready(e, writes).await?;
+            pop_paid(e, &mut in_flight, latency);
+            self.drain(e).await?;
         }
     }
 
@@ -142,10 +297,13 @@ impl Customer {
             .ok_or(CustomerError::Protocol("no payment was signed"))
     }
 
+    /// Awaits acknowledgements up to `target`. `writes` are the payments' writes in flight:
+    /// landed before a refusal is handled (its resume waits for them).
     pub(crate) async fn await_acks(
         &self,
         e: &mut Entry,
         target: Amount,
+        writes: &mut std::collections::VecDeque<InFlight<CustomerState>>,
     ) -> Result<Amount, CustomerError> {
         loop {
             if e.channel.state().acked >= target {
@@ -154,8 +312,13 @@ impl Customer {
             let m = e.ext.recv().await?;
             match m {
                 Message::PaymentAck(a) => e.channel.handle_ack(Amount::from_sat(a.total_sat))?,
-                Message::Resumed(r) => e.channel.handle_resumed(Amount::from_sat(r.total_sat))?,
-                Message::Error(err) => return Err(self.refused(e, err).await),
+                Message::Resumed(r) => {
+                    e.channel.handle_resumed(Amount::from_sat(r.total_sat), &r.signature)?
+                }
+                Message::Error(err) => {
+                    self.land_all(e, writes).await?;
+                    return Err(self.refused(e, err).await);
+                }
                 _ => return Err(CustomerError::Protocol("unexpected message while paying")),
             }
             let msgs = self.drain(e).await?;
@@ -257,7 +420,9 @@ impl Customer {
         let conn = e.ext.conn()?;
         conn.send(&msgs).await?;
         match conn.recv().await? {
-            Message::Resumed(r) => e.channel.handle_resumed(Amount::from_sat(r.total_sat))?,
+            Message::Resumed(r) => {
+                e.channel.handle_resumed(Amount::from_sat(r.total_sat), &r.signature)?
+            }
             Message::Error(err) => {
                 return Err(CustomerError::Rejected { code: err.code, message: err.message })
             }
@@ -268,7 +433,7 @@ impl Customer {
         if !msgs.is_empty() {
             let conn = e.ext.conn()?;
             conn.send(&msgs).await?;
-            self.await_acks(e, signed).await?;
+            self.await_acks(e, signed, &mut std::collections::VecDeque::new()).await?;
         }
         Ok(())
     }

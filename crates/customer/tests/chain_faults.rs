@@ -37,13 +37,18 @@ struct FaultyStore {
 }
 
 impl FaultyStore {
-    fn write<'a, T: Send + 'a>(&'a self, f: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
+    /// A write: refused at the call (nothing queued), or queued and its reply lost.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> StoreFuture<'static, T>,
+    ) -> StoreFuture<'static, T> {
+        if self.faults.fail_writes.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Database("disk I/O error (test)".into())) });
+        }
+        let (f, faults) = (f(), self.faults.clone());
         Box::pin(async move {
-            if self.faults.fail_writes.load(Ordering::SeqCst) {
-                return Err(StoreError::Database("disk I/O error (test)".into()));
-            }
             let r = f.await;
-            if self.faults.lose_write_replies.load(Ordering::SeqCst) {
+            if faults.lose_write_replies.load(Ordering::SeqCst) {
                 return Err(StoreError::Database("connection reset after commit (test)".into()));
             }
             r
@@ -61,14 +66,14 @@ impl FaultyStore {
 }
 
 impl ChannelStore for FaultyStore {
-    fn create(&self, channel: NewChannel) -> StoreFuture<'_, u64> {
-        self.write(self.inner.create(channel))
+    fn create(&self, channel: NewChannel) -> StoreFuture<'static, u64> {
+        self.write(|| self.inner.create(channel))
     }
-    fn record_payment(&self, update: PaymentUpdate) -> StoreFuture<'_, u64> {
-        self.write(self.inner.record_payment(update))
+    fn record_payment(&self, update: PaymentUpdate) -> StoreFuture<'static, u64> {
+        self.write(|| self.inner.record_payment(update))
     }
-    fn update_state(&self, update: StateUpdate) -> StoreFuture<'_, u64> {
-        self.write(self.inner.update_state(update))
+    fn update_state(&self, update: StateUpdate) -> StoreFuture<'static, u64> {
+        self.write(|| self.inner.update_state(update))
     }
     fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>> {
         self.read(self.inner.get(id, role))

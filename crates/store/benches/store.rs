@@ -62,6 +62,7 @@ async fn payments(store: Arc<dyn ChannelStore>, channels: u32, base: u32) -> f64
                         signature: sig,
                         state,
                         expected_version: version,
+                        chained: false,
                     })
                     .await
                     .unwrap();

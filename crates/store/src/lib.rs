@@ -32,7 +32,7 @@ use std::pin::Pin;
 use paychan_core::bitcoin::{Amount, OutPoint, Txid};
 use paychan_core::channel::Phase;
 
-pub use persisted::{Broadcast, Drained, Persisted, Restore, Storage};
+pub use persisted::{Broadcast, Drained, InFlight, Landed, Persisted, Restore, Storage, Submitted};
 pub use postgres::PostgresStore;
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::{SqliteOptions, SqliteStore, DEFAULT_CACHE_MIB};
@@ -81,6 +81,15 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// The write queued before this one on the same channel (through the same store) failed,
+    /// and this one was chained behind it ([`PaymentUpdate::chained`]): not applied.
+    #[error("channel {0}: the write queued before this one failed; this one was not applied")]
+    AfterFailedWrite(OutPoint),
+    /// The channel was reloaded from the store while this write was in flight (an earlier
+    /// write of its pipeline failed): the write's outcome is in the store, and nothing held
+    /// behind it was released. Re-read and decide again.
+    #[error("channel {0} was reloaded from the store while this write was in flight")]
+    Superseded(OutPoint),
     /// The store is shut down.
     #[error("the store is closed")]
     Closed,
@@ -205,6 +214,12 @@ pub struct PaymentUpdate {
     pub state: Vec<u8>,
     /// The version the caller read; the write happens only if the row still has it.
     pub expected_version: u64,
+    /// Queued behind an earlier write of this channel through the same store that has not
+    /// landed yet (a pipelined driver, [`Persisted::submit`]): `expected_version` is the one
+    /// that write produces. Applied only if that write was; else
+    /// [`StoreError::AfterFailedWrite`]. (Versions alone cannot tell: another writer's change
+    /// may have produced the same version.)
+    pub chained: bool,
 }
 
 /// A phase change (or any other state change that is not a payment).
@@ -222,6 +237,8 @@ pub struct StateUpdate {
     pub state: Vec<u8>,
     /// The version the caller read.
     pub expected_version: u64,
+    /// As [`PaymentUpdate::chained`].
+    pub chained: bool,
 }
 
 /// Which channels to list.
@@ -258,15 +275,20 @@ pub struct PaymentEntry {
 }
 
 /// The store's contract (see the crate documentation).
+///
+/// A write is queued when its method is called, not when its future is first polled, and the
+/// writes of one channel are applied in the order their methods were called: a driver may
+/// queue the write of a channel's next state before the previous write has landed
+/// ([`Persisted::submit`]). The futures of writes borrow nothing.
 pub trait ChannelStore: Send + Sync {
     /// Creates a channel row at version 1. Durable when it resolves.
-    fn create(&self, channel: NewChannel) -> StoreFuture<'_, u64>;
+    fn create(&self, channel: NewChannel) -> StoreFuture<'static, u64>;
 
     /// Records a payment by compare-and-swap; returns the new version. Durable when it resolves.
-    fn record_payment(&self, update: PaymentUpdate) -> StoreFuture<'_, u64>;
+    fn record_payment(&self, update: PaymentUpdate) -> StoreFuture<'static, u64>;
 
     /// Writes a phase change; returns the new version. Durable when it resolves.
-    fn update_state(&self, update: StateUpdate) -> StoreFuture<'_, u64>;
+    fn update_state(&self, update: StateUpdate) -> StoreFuture<'static, u64>;
 
     /// One channel.
     fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>>;

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, error, info, warn};
 
-use crate::ops::{version, Done, Job, Op};
+use crate::ops::{version, Chains, Done, Job, Op};
 use crate::schema::{self, Dialect};
 use crate::{
     parse_outpoint, parse_phase, phase_str, unix_now, ChannelRow, ChannelStore, NewChannel,
@@ -120,11 +120,25 @@ impl PostgresStore {
         Ok(PostgresStore { jobs, pool })
     }
 
-    fn submit(&self, op: Op) -> StoreFuture<'_, Done> {
+    /// Queues `op` now (writes of one channel are applied in call order); the future answers
+    /// once its transaction committed.
+    fn submit(&self, op: Op) -> StoreFuture<'static, Done> {
         let (reply, rx) = oneshot::channel();
         let jobs = self.jobs.clone();
+        // Queued at the call, so that writes keep the order of the calls.
+        let waiting = match jobs.try_send(Job { op, reply }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(job)) => Some(job),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Box::pin(async { Err(StoreError::Closed) })
+            }
+        };
         Box::pin(async move {
-            jobs.send(Job { op, reply }).await.map_err(|_| StoreError::Closed)?;
+            if let Some(job) = waiting {
+                // The queue is full: wait for room. (A later write of the same channel may
+                // then go first; its compare-and-swap fails, safely.)
+                jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+            }
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
@@ -196,28 +210,52 @@ async fn write_loop(url: String, client: Client, mut rx: mpsc::Receiver<Job>, ma
         wait: RECONNECT_FIRST,
         next_try: tokio::time::Instant::now(),
     };
-    while let Some(first) = rx.recv().await {
+    let mut chains = Chains::default();
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {
+                // A chained write goes in a later batch than the write it is chained behind:
+                // the statements of a batch run pipelined, so it could not see how that one
+                // went.
+                Ok(j) if j.op.chained() && batch.iter().any(|b| b.op.key() == j.op.key()) => {
+                    carried = Some(j);
+                    break;
+                }
                 Ok(j) => batch.push(j),
                 Err(_) => break,
             }
         }
+        let refusals: Vec<Option<StoreError>> =
+            batch.iter().map(|j| chains.refusal(&j.op)).collect();
         let results = match writer.client().await {
-            Ok(client) => run_batch(client, &batch).await,
+            Ok(client) => run_batch(client, &batch, refusals).await,
             Err(e) => {
                 let text = e.to_string();
                 batch.iter().map(|_| Err(StoreError::Database(text.clone()))).collect()
             }
         };
         for (job, r) in batch.into_iter().zip(results) {
+            chains.record(&job.op, r.is_ok());
             let _ = job.reply.send(r);
         }
     }
 }
 
-async fn run_batch(client: &mut Client, batch: &[Job]) -> Vec<Result<Done, StoreError>> {
+/// Runs a batch in one transaction; a job with a refusal is answered with it and not run.
+async fn run_batch(
+    client: &mut Client,
+    batch: &[Job],
+    mut refusals: Vec<Option<StoreError>>,
+) -> Vec<Result<Done, StoreError>> {
     let failed = |e: &tokio_postgres::Error| -> Vec<Result<Done, StoreError>> {
         batch.iter().map(|_| Err(StoreError::Database(describe(e)))).collect()
     };
@@ -228,11 +266,13 @@ async fn run_batch(client: &mut Client, batch: &[Job]) -> Vec<Result<Done, Store
     // Every write is one statement, so the whole batch is pipelined on the connection. The
     // server runs pipelined statements in the order they were sent: writes to one channel keep
     // their order.
-    let results = futures_util::future::join_all(batch.iter().map(|j| apply(&tx, &j.op))).await;
-    let mut out = Vec::with_capacity(batch.len());
-    for r in results {
+    let run: Vec<usize> = (0..batch.len()).filter(|i| refusals[*i].is_none()).collect();
+    let results =
+        futures_util::future::join_all(run.iter().map(|i| apply(&tx, &batch[*i].op))).await;
+    let mut applied: Vec<Option<Result<Done, StoreError>>> = batch.iter().map(|_| None).collect();
+    for (i, r) in run.into_iter().zip(results) {
         match r {
-            Ok(r) => out.push(r),
+            Ok(r) => applied[i] = Some(r),
             // A statement error aborts a PostgreSQL transaction: nothing of this batch commits.
             Err(e) => {
                 error!(error = %describe(&e), "postgres write failed");
@@ -241,7 +281,17 @@ async fn run_batch(client: &mut Client, batch: &[Job]) -> Vec<Result<Done, Store
         }
     }
     match tx.commit().await {
-        Ok(()) => out,
+        Ok(()) => applied
+            .into_iter()
+            .zip(refusals.iter_mut())
+            .map(|(r, refused)| match (r, refused.take()) {
+                (Some(r), _) => r,
+                (None, Some(refused)) => Err(refused),
+                (None, None) => {
+                    Err(StoreError::Database("a write was neither run nor refused".into()))
+                }
+            })
+            .collect(),
         Err(e) => failed(&e),
     }
 }
@@ -383,17 +433,17 @@ fn to_row(r: &tokio_postgres::Row) -> Result<ChannelRow, StoreError> {
 }
 
 impl ChannelStore for PostgresStore {
-    fn create(&self, channel: NewChannel) -> StoreFuture<'_, u64> {
+    fn create(&self, channel: NewChannel) -> StoreFuture<'static, u64> {
         let f = self.submit(Op::Create(channel));
         Box::pin(async move { version(f.await?) })
     }
 
-    fn record_payment(&self, update: crate::PaymentUpdate) -> StoreFuture<'_, u64> {
+    fn record_payment(&self, update: crate::PaymentUpdate) -> StoreFuture<'static, u64> {
         let f = self.submit(Op::Payment(update));
         Box::pin(async move { version(f.await?) })
     }
 
-    fn update_state(&self, update: crate::StateUpdate) -> StoreFuture<'_, u64> {
+    fn update_state(&self, update: crate::StateUpdate) -> StoreFuture<'static, u64> {
         let f = self.submit(Op::State(update));
         Box::pin(async move { version(f.await?) })
     }

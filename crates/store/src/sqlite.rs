@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
-use crate::ops::{version, Done, Job, Op};
+use crate::ops::{version, Chains, Done, Job, Op};
 use crate::schema::{self, Dialect};
 use crate::{
     parse_outpoint, parse_phase, phase_str, unix_now, ChannelRow, ChannelStore, NewChannel,
@@ -132,20 +132,27 @@ impl SqliteStore {
         &self.path
     }
 
-    fn submit(&self, op: Op) -> StoreFuture<'_, Done> {
+    /// Queues `op` now (writes of one channel are applied in call order); the future answers
+    /// once its transaction committed.
+    fn submit(&self, op: Op) -> StoreFuture<'static, Done> {
         let (reply, rx) = oneshot::channel();
         let jobs = self.jobs.clone();
+        // Queued at the call, so that writes keep the order of the calls.
+        let waiting = match jobs.try_send(Job { op, reply }) {
+            Ok(()) => None,
+            Err(mpsc::TrySendError::Full(job)) => Some(job),
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Box::pin(async { Err(StoreError::Closed) })
+            }
+        };
         Box::pin(async move {
-            // The queue is bounded: when full, wait for room off the async workers.
-            match jobs.try_send(Job { op, reply }) {
-                Ok(()) => {}
-                Err(mpsc::TrySendError::Full(job)) => {
-                    tokio::task::spawn_blocking(move || jobs.send(job))
-                        .await
-                        .map_err(|_| StoreError::Closed)?
-                        .map_err(|_| StoreError::Closed)?;
-                }
-                Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+            if let Some(job) = waiting {
+                // The queue is full: wait for room off the async workers. (A later write of
+                // the same channel may then go first; its compare-and-swap fails, safely.)
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|_| StoreError::Closed)?
+                    .map_err(|_| StoreError::Closed)?;
             }
             rx.await.map_err(|_| StoreError::Closed)?
         })
@@ -198,6 +205,7 @@ impl SqliteStore {
 }
 
 fn write_loop(mut conn: Connection, rx: Receiver<Job>, max_batch: usize) {
+    let mut chains = Chains::default();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -208,8 +216,17 @@ fn write_loop(mut conn: Connection, rx: Receiver<Job>, max_batch: usize) {
         }
         let results = match conn.transaction() {
             Ok(tx) => {
-                let results: Vec<Result<Done, StoreError>> =
-                    batch.iter().map(|j| apply(&tx, &j.op)).collect();
+                // In order: a chained write sees how the write before it (in this batch or an
+                // earlier one) went.
+                let mut results = Vec::with_capacity(batch.len());
+                for j in &batch {
+                    let r = match chains.refusal(&j.op) {
+                        Some(refused) => Err(refused),
+                        None => apply(&tx, &j.op),
+                    };
+                    chains.record(&j.op, r.is_ok());
+                    results.push(r);
+                }
                 match tx.commit() {
                     Ok(()) => results,
                     Err(e) => {
@@ -221,6 +238,8 @@ fn write_loop(mut conn: Connection, rx: Receiver<Job>, max_batch: usize) {
             Err(e) => batch.iter().map(|_| Err(db_clone(&e))).collect(),
         };
         for (job, r) in batch.into_iter().zip(results) {
+            // Nothing of a batch that did not commit was applied.
+            chains.record(&job.op, r.is_ok());
             let _ = job.reply.send(r);
         }
     }
@@ -414,17 +433,17 @@ fn to_row(r: RawRow) -> Result<ChannelRow, StoreError> {
 }
 
 impl ChannelStore for SqliteStore {
-    fn create(&self, channel: NewChannel) -> StoreFuture<'_, u64> {
+    fn create(&self, channel: NewChannel) -> StoreFuture<'static, u64> {
         let f = self.submit(Op::Create(channel));
         Box::pin(async move { version(f.await?) })
     }
 
-    fn record_payment(&self, update: PaymentUpdate) -> StoreFuture<'_, u64> {
+    fn record_payment(&self, update: PaymentUpdate) -> StoreFuture<'static, u64> {
         let f = self.submit(Op::Payment(update));
         Box::pin(async move { version(f.await?) })
     }
 
-    fn update_state(&self, update: StateUpdate) -> StoreFuture<'_, u64> {
+    fn update_state(&self, update: StateUpdate) -> StoreFuture<'static, u64> {
         let f = self.submit(Op::State(update));
         Box::pin(async move { version(f.await?) })
     }

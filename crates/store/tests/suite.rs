@@ -22,6 +22,7 @@ fn pay(n: u32, total: u64, expected_version: u64) -> PaymentUpdate {
         signature: vec![0x30, total as u8],
         state: total.to_le_bytes().to_vec(),
         expected_version,
+        chained: false,
     }
 }
 
@@ -66,6 +67,35 @@ async fn payments_are_compare_and_swap(s: &dyn ChannelStore) {
     assert_eq!(history[1].signature, vec![0x30, 250]);
 }
 
+/// Writes queued before the one ahead of them landed (a pipelined driver): applied in call
+/// order; and one chained behind a write that failed is refused even when its expected
+/// version is the one another writer's change produced.
+async fn chained_writes(s: &dyn ChannelStore) {
+    s.create(new_channel(5, Role::Merchant)).await.unwrap();
+    let chained = |total, version| PaymentUpdate { chained: true, ..pay(5, total, version) };
+    // Three queued at once, each counting on the one before.
+    let (a, b, c) = (
+        s.record_payment(pay(5, 10, 1)),
+        s.record_payment(chained(20, 2)),
+        s.record_payment(chained(30, 3)),
+    );
+    assert_eq!((a.await.unwrap(), b.await.unwrap(), c.await.unwrap()), (2, 3, 4));
+    // Another writer takes version 5; ours expected 4 and fails; the write chained behind it
+    // expects 5, which exists, and is still refused.
+    assert_eq!(s.record_payment(pay(5, 35, 4)).await.unwrap(), 5);
+    let (a, b) = (s.record_payment(pay(5, 40, 4)), s.record_payment(chained(50, 5)));
+    assert!(matches!(a.await, Err(StoreError::Conflict { .. })));
+    match b.await {
+        Err(StoreError::AfterFailedWrite(id)) => assert_eq!(id, channel_id(5)),
+        other => panic!("expected the chained write refused, got {other:?}"),
+    }
+    let row = s.get(channel_id(5), Role::Merchant).await.unwrap().unwrap();
+    assert_eq!((row.total, row.version), (Amount::from_sat(35), 5));
+    // An unchained write (after a reload) goes through, and chains work again after it.
+    assert_eq!(s.record_payment(pay(5, 60, 5)).await.unwrap(), 6);
+    assert_eq!(s.record_payment(chained(70, 6)).await.unwrap(), 7);
+}
+
 async fn phase_changes(s: &dyn ChannelStore) {
     s.create(new_channel(3, Role::Merchant)).await.unwrap();
     let txid = Txid::from_byte_array([9; 32]);
@@ -76,6 +106,7 @@ async fn phase_changes(s: &dyn ChannelStore) {
         closing_txid: Some(txid),
         state: vec![3],
         expected_version: 1,
+        chained: false,
     };
     assert_eq!(s.update_state(up.clone()).await.unwrap(), 2);
     assert!(matches!(s.update_state(up.clone()).await, Err(StoreError::Conflict { .. })));
@@ -168,6 +199,7 @@ async fn race(s: Arc<dyn ChannelStore>) {
 async fn whole_suite(s: Arc<dyn ChannelStore>) {
     create_and_get(&*s).await;
     payments_are_compare_and_swap(&*s).await;
+    chained_writes(&*s).await;
     phase_changes(&*s).await;
     queries(&*s).await;
     race(s).await;

@@ -30,7 +30,7 @@ use super::{Effect, Event, Outbox, Phase};
 use crate::msg::{close_digest, Close, Message, Open, Pay, Resume};
 use crate::script::{ChannelScript, Lock, OutputKind};
 use crate::time::Now;
-use crate::tx::payment::sign_payment;
+use crate::tx::payment::{sign_payment, verify_payment};
 use crate::tx::recognise::{find_channel_spend, Role};
 use crate::tx::refund::build_refund;
 use crate::tx::{dispute, ChannelParams, FundingOutput};
@@ -296,7 +296,11 @@ impl CustomerChannel {
     }
 
     /// Pays `amount` more: signs the new cumulative total, records it as spent (persist) and
-    /// then sends it. Returns the new total.
+    /// sends it. The send may leave while the write is in flight (DESIGN §6), after every
+    /// message held before it; a driver reports the payment paid only once both its
+    /// acknowledgement and its write are done, and a resume after a crash that lost the write
+    /// adopts the total the merchant shows with this customer's signature
+    /// ([`CustomerChannel::handle_resumed`]). Returns the new total.
     ///
     /// # Errors
     /// [`Error::InvalidTransition`] unless open; [`Error::PastCutoff`] when the merchant would
@@ -329,7 +333,7 @@ impl CustomerChannel {
         self.state.signed = total;
         self.state.signature = signature.clone();
         self.outbox.persist(self.state.clone());
-        self.outbox.after_persist(Effect::Send(Message::Pay(Pay {
+        self.outbox.overlapped(Effect::Send(Message::Pay(Pay {
             channel: Some(id.into()),
             total_sat: total.to_sat(),
             signature,
@@ -364,15 +368,32 @@ impl CustomerChannel {
         Ok(())
     }
 
-    /// The merchant's latest stored total after a resume. When it lacks the latest signed
-    /// payment, the same signature is sent again (never a new one).
+    /// The merchant's latest stored total after a resume, with its signature. When it lacks
+    /// the latest signed payment, the same signature is sent again (never a new one). When it
+    /// holds more than this side has stored (a payment sent while its write was in flight,
+    /// and the write lost in a crash), the total is adopted, acknowledged and stored if
+    /// `signature` is this customer's valid signature of it.
     ///
     /// # Errors
-    /// [`Error::UnexpectedMessage`] when the merchant claims more than was ever signed.
-    pub fn handle_resumed(&mut self, merchant_total: Amount) -> Result<(), Error> {
-        let id = self.params("resumed")?.id();
+    /// [`Error::UnexpectedMessage`] when the merchant claims more than was signed and cannot
+    /// show the signature. Nothing changes then.
+    pub fn handle_resumed(
+        &mut self,
+        merchant_total: Amount,
+        signature: &[u8],
+    ) -> Result<(), Error> {
+        let params = self.params("resumed")?;
+        let id = params.id();
         if merchant_total > self.state.signed {
-            return Err(Error::UnexpectedMessage("merchant claims a total never signed"));
+            if verify_payment(params, merchant_total, signature).is_err() {
+                return Err(Error::UnexpectedMessage("merchant claims a total never signed"));
+            }
+            self.state.signed = merchant_total;
+            self.state.signature = signature.to_vec();
+            self.state.authorised = self.state.authorised.max(merchant_total);
+            self.state.acked = merchant_total;
+            self.outbox.persist(self.state.clone());
+            return Ok(());
         }
         self.handle_ack(merchant_total)?;
         if merchant_total < self.state.signed && self.state.phase == Phase::Open {

@@ -373,6 +373,16 @@ impl<S> Outbox<S> {
         }
     }
 
+    /// Queues an effect that may run while the persists queued so far are in flight, but after
+    /// every effect already held (so messages still leave in order): a customer's payment,
+    /// whose write may overlap its send (DESIGN §6).
+    pub(crate) fn overlapped(&mut self, effect: Effect<S>) {
+        match self.held.back().map(|h| h.0) {
+            Some(gate) => self.held.push_back((gate, effect)),
+            None => self.ready.push_back(effect),
+        }
+    }
+
     /// Queues an effect that needs no persist (events, watches).
     pub(crate) fn now(&mut self, effect: Effect<S>) {
         self.ready.push_back(effect);

@@ -61,7 +61,7 @@ impl ChannelServer {
         let mut by_phase: HashMap<&'static str, usize> = HashMap::new();
         let mut by_kind: HashMap<&'static str, usize> = HashMap::new();
         for slot in slots {
-            let s = slot.lock().await;
+            let s = slot.peek().await;
             *by_phase.entry(s.channel.phase().as_str()).or_default() += 1;
             let l = listing(s.channel.id(), s.channel.state());
             *by_kind.entry(l.kind()).or_default() += 1;
@@ -82,7 +82,7 @@ impl ChannelServer {
         let slots: Vec<_> = self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut out = Vec::with_capacity(slots.len());
         for (id, slot) in slots {
-            let s = slot.lock().await;
+            let s = slot.peek().await;
             out.push(listing(id, s.channel.state()));
         }
         let ended = self
@@ -109,7 +109,7 @@ impl ChannelServer {
     /// [`Error::UnknownChannel`]; the store's.
     pub async fn channel_status(&self, id: OutPoint) -> Result<(Phase, Amount), MerchantError> {
         if let Ok(slot) = self.slot(&id) {
-            let s = slot.lock().await;
+            let s = slot.peek().await;
             return Ok((s.channel.phase(), s.stored_total()));
         }
         let row = self.store.get(id, Role::Merchant).await?.ok_or(Error::UnknownChannel(id))?;
@@ -122,7 +122,7 @@ impl ChannelServer {
     /// [`Error::UnknownChannel`].
     pub async fn channel_expiry(&self, id: OutPoint) -> Result<u32, MerchantError> {
         let slot = self.slot(&id)?;
-        let s = slot.lock().await;
+        let s = slot.peek().await;
         Ok(s.channel.state().params.script().expiry().map_or(0, |e| e.to_consensus_u32()))
     }
 }

@@ -8,10 +8,10 @@ use paychan_core::channel::merchant::{MerchantChannel, MerchantState};
 use paychan_core::channel::{Event, Phase};
 use paychan_core::msg::Message;
 use paychan_core::Error;
-use paychan_store::{Broadcast, Role, Storage};
+use paychan_store::{Broadcast, Drained, Landed, Role, Storage};
 use tracing::{info, warn};
 
-use super::{ChannelServer, Slot, CONFLICT_RETRIES};
+use super::{ChannelServer, Locked, Slot, CONFLICT_RETRIES};
 use crate::MerchantError;
 
 /// Runs a call to the chain (which may block) off the async runtime.
@@ -25,19 +25,26 @@ pub(super) async fn blocking<T: Send + 'static>(
 }
 
 impl ChannelServer {
-    /// Channel `id` locked, ready to take a payment: reloaded from the store if a write
+    /// Channel `id` locked, ready to take a payment ([`Self::ready_to_pay`]).
+    pub(super) async fn payable(&self, id: OutPoint) -> Result<Locked, MerchantError> {
+        let mut s = self.slot(&id)?.lock().await;
+        self.ready_to_pay(&mut s, id).await?;
+        Ok(s)
+    }
+
+    /// Makes locked channel `id` ready to take a payment: reloaded from the store if a write
     /// failed, and its funding's confirmations looked at again while it awaits them (the
     /// chain view brought to the tip first: one call when no block came).
-    pub(super) async fn payable(
+    pub(super) async fn ready_to_pay(
         &self,
+        s: &mut Slot,
         id: OutPoint,
-    ) -> Result<tokio::sync::OwnedMutexGuard<Slot>, MerchantError> {
-        let mut s = self.slot(&id)?.lock_owned().await;
-        self.reload(&mut s).await?;
+    ) -> Result<(), MerchantError> {
+        self.reload(s).await?;
         if s.channel.phase() == Phase::AwaitingFunding {
             let view = self.view.clone();
             blocking(move || view.sync()).await?;
-            self.refresh_confirmations(&mut s, id).await?;
+            self.refresh_confirmations(s, id).await?;
         }
         let unseen_dispute = s.channel.phase() == Phase::AwaitingFunding
             && s.channel.state().trigger.is_some()
@@ -48,10 +55,10 @@ impl ChannelServer {
             let chain = self.chain.clone();
             if blocking(move || chain.utxo(&id)).await?.is_some() {
                 s.channel.handle_funding_in_mempool();
-                self.drain(&mut s).await?;
+                self.drain(s).await?;
             }
         }
-        Ok(s)
+        Ok(())
     }
 
     /// Runs `op`, and runs it again (up to [`CONFLICT_RETRIES`] times) when its write met a
@@ -110,6 +117,29 @@ impl ChannelServer {
         let restore = self.restorer();
         // On a failed write the driver has reloaded the machine (or marked it stale).
         let drained = s.drain(&self.storage(&restore), &mut events).await?;
+        Ok(self.released(s, drained).await)
+    }
+
+    /// Completes a pipelined write that landed ([`Persisted::land`]); returns the messages it
+    /// released for the peer.
+    pub(super) async fn land(
+        &self,
+        s: &mut Slot,
+        landed: Landed<MerchantState>,
+    ) -> Result<Vec<Message>, MerchantError> {
+        let restore = self.restorer();
+        let drained = s.land(&self.storage(&restore), landed, &mut |_| {}).await?;
+        let mut sends = self.released(s, drained).await;
+        // What the write released may ask for more (nothing, for payments).
+        if s.in_flight() == 0 {
+            sends.extend(self.drain(s).await?);
+        }
+        Ok(sends)
+    }
+
+    /// Acts on what a write released: its time in the metrics, the watches it asked for, the
+    /// broadcasts; returns the messages for the peer.
+    async fn released(&self, s: &mut Slot, drained: Drained<MerchantState>) -> Vec<Message> {
         for t in &drained.write_times {
             self.metrics.store_commit.observe(*t);
         }
@@ -122,7 +152,7 @@ impl ChannelServer {
             let taken = self.broadcast(b).await;
             s.ext.broadcast(taken);
         }
-        Ok(drained.sends)
+        drained.sends
     }
 
     /// [`Self::drain_with`] where no event matters beyond the logs and metrics.

@@ -78,9 +78,147 @@ impl ServerConfig {
 /// One live channel: the machine with its row, and (`ext`) its settlement scheduler.
 type Slot = Persisted<MerchantChannel, Scheduler>;
 
+/// A live channel: its machine behind a lock, and the gate that lets the pipelined payment
+/// runs of a connection overlap (each holds it shared from its check until its write landed)
+/// while every other operation takes it whole, so it never runs beside a write in flight
+/// (ADR 0027).
+struct Live {
+    gate: Arc<tokio::sync::RwLock<()>>,
+    slot: Arc<tokio::sync::Mutex<Slot>>,
+}
+
+impl Live {
+    fn new(slot: Slot) -> Arc<Self> {
+        Arc::new(Live {
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            slot: Arc::new(tokio::sync::Mutex::new(slot)),
+        })
+    }
+
+    /// The channel for any operation: once no pipelined write is in flight.
+    async fn lock(&self) -> Locked {
+        let gate = self.gate.clone().write_owned().await;
+        Locked { slot: self.slot.clone().lock_owned().await, _gate: gate }
+    }
+
+    /// The channel for a look only (listings): a pipelined run in flight may be ahead of its
+    /// row.
+    async fn peek(&self) -> tokio::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().await
+    }
+}
+
+/// A channel locked with no pipelined write in flight.
+struct Locked {
+    slot: tokio::sync::OwnedMutexGuard<Slot>,
+    _gate: tokio::sync::OwnedRwLockWriteGuard<()>,
+}
+
+impl std::ops::Deref for Locked {
+    type Target = Slot;
+    fn deref(&self) -> &Slot {
+        &self.slot
+    }
+}
+
+impl std::ops::DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut Slot {
+        &mut self.slot
+    }
+}
+
+/// A run of payments on one channel checked, with its write queued in the store
+/// ([`ChannelServer::pay_submit`]); [`ChannelServer::pay_finish`] answers it once the write
+/// landed. While it is held, other runs of the channel may be checked and queued behind it;
+/// every other operation on the channel waits for it.
+#[must_use = "a submitted run must be finished, or its payments are never acknowledged"]
+pub struct PayRun {
+    channel: OutPoint,
+    pays: Vec<msg::Pay>,
+    /// The run's own part: absent when the channel is unknown.
+    live: Option<Arc<Live>>,
+    _gate: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+    results: Vec<Result<(), MerchantError>>,
+    flight: Option<paychan_store::InFlight<MerchantState>>,
+    /// Messages released at the check (normally none: acknowledgements wait for the write).
+    released: Vec<Message>,
+    gained: Amount,
+    exhausted: bool,
+    /// Why the run failed as a whole before its write (nothing acknowledged).
+    failed: Option<MerchantError>,
+    started: std::time::Instant,
+    /// Its write was handed back to the channel (or there was none).
+    landed: bool,
+}
+
+impl Drop for PayRun {
+    /// A run dropped before its write landed (its connection's task went away): the channel
+    /// gives up on the writes in flight and is reloaded from the store before its next use,
+    /// so no acknowledgement it held is handed to a later run.
+    fn drop(&mut self) {
+        if self.landed {
+            return;
+        }
+        let Some(live) = self.live.take() else { return };
+        let done = match live.slot.try_lock() {
+            Ok(mut s) => {
+                s.abandon_in_flight();
+                true
+            }
+            Err(_) => false,
+        };
+        if !done {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { live.slot.lock().await.abandon_in_flight() });
+            }
+        }
+    }
+}
+
+impl PayRun {
+    /// The run's channel.
+    pub fn channel(&self) -> OutPoint {
+        self.channel
+    }
+}
+
+impl std::fmt::Debug for PayRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayRun")
+            .field("channel", &self.channel)
+            .field("payments", &self.pays.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answers to a finished [`PayRun`], one per payment in order, and whether the run
+/// exhausted the channel: then call [`ChannelServer::settle_if_exhausted`] (not while other
+/// runs of the same channel wait to be finished by the caller: it waits for them).
+#[derive(Debug)]
+pub struct PayAnswers {
+    /// One answer per payment.
+    pub answers: Vec<Result<PaymentAck, MerchantError>>,
+    /// The run left too little in the channel to keep it open.
+    pub exhausted: bool,
+}
+
 /// How many times a request is checked again after its write met a compare-and-swap conflict
 /// (another writer moved the channel) before the request fails.
 pub const CONFLICT_RETRIES: u32 = 3;
+
+/// The same failure for each of `n` payments: a run that failed as a whole (nothing
+/// acknowledged).
+fn failed_all(e: MerchantError, n: usize) -> Vec<Result<PaymentAck, MerchantError>> {
+    match e {
+        MerchantError::Core(e @ Error::UnknownChannel(_)) => {
+            (0..n).map(|_| Err(e.clone().into())).collect()
+        }
+        e => {
+            let shared = Arc::new(e);
+            (0..n).map(|_| Err(MerchantError::Shared(shared.clone()))).collect()
+        }
+    }
+}
 
 /// Whether a drained event says a payment exhausted the channel (settle it now).
 fn exhausted(e: &Event) -> bool {
@@ -102,7 +240,7 @@ pub struct ChannelServer {
     /// What the blocks say about the channels' fundings (read once each, from a cursor).
     view: Arc<ChainView>,
     clock: Clock,
-    channels: Mutex<HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>>,
+    channels: Mutex<HashMap<OutPoint, Arc<Live>>>,
     metrics: crate::metrics::Metrics,
     payout_source: Option<PayoutSource>,
     /// 21 tokens (payment txids) → their channel.
@@ -202,7 +340,7 @@ impl ChannelServer {
             }
             let channel = MerchantChannel::restore(state, self.config.policy.clone());
             let slot = Slot::stored(channel, row.version, row.total);
-            self.slots().insert(row.id, Arc::new(tokio::sync::Mutex::new(slot)));
+            self.slots().insert(row.id, Live::new(slot));
             n += 1;
         }
         Ok(n)
@@ -234,11 +372,11 @@ impl ChannelServer {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<OutPoint, Arc<tokio::sync::Mutex<Slot>>>> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<OutPoint, Arc<Live>>> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn slot(&self, id: &OutPoint) -> Result<Arc<tokio::sync::Mutex<Slot>>, MerchantError> {
+    fn slot(&self, id: &OutPoint) -> Result<Arc<Live>, MerchantError> {
         self.slots().get(id).cloned().ok_or(MerchantError::Core(Error::UnknownChannel(*id)))
     }
 
@@ -318,7 +456,7 @@ impl ChannelServer {
         funding_tx: Option<Transaction>,
         key_index: Option<u32>,
     ) -> Result<Vec<Message>, MerchantError> {
-        let slot = Arc::new(tokio::sync::Mutex::new(Slot::new(channel)));
+        let slot = Live::new(Slot::new(channel));
         let mut guard = slot.lock().await;
         if let Some(funding_tx) = funding_tx {
             let chain = self.chain.clone();
@@ -360,66 +498,207 @@ impl ChannelServer {
         channel: OutPoint,
         pays: &[msg::Pay],
     ) -> Vec<Result<PaymentAck, MerchantError>> {
-        match self.on_fresh_state(|| self.pay_batch_once(channel, pays)).await {
-            Ok(answers) => answers,
-            Err(MerchantError::Core(e @ Error::UnknownChannel(_))) => {
-                pays.iter().map(|_| Err(e.clone().into())).collect()
-            }
-            Err(e) => {
-                let shared = std::sync::Arc::new(e);
-                pays.iter().map(|_| Err(MerchantError::Shared(shared.clone()))).collect()
-            }
+        let run = self.pay_submit(channel, pays.to_vec()).await;
+        let done = self.pay_finish(run).await;
+        if done.exhausted {
+            self.settle_if_exhausted(channel).await;
         }
+        done.answers
     }
 
-    /// One attempt of [`ChannelServer::pay_batch`]: `Err` when the driver failed (nothing
-    /// acknowledged), else one answer per payment.
-    async fn pay_batch_once(
-        &self,
-        channel: OutPoint,
-        pays: &[msg::Pay],
-    ) -> Result<Vec<Result<PaymentAck, MerchantError>>, MerchantError> {
-        let mut s = self.payable(channel).await?;
-        let started = std::time::Instant::now();
+    /// Checks a run of payments on `channel` and queues its write in the store without
+    /// waiting for it (the pipelined driver, ADR 0027): the caller may check the next run
+    /// while this one is written, then answers each with [`ChannelServer::pay_finish`], in
+    /// the order they were submitted.
+    pub async fn pay_submit(&self, channel: OutPoint, pays: Vec<msg::Pay>) -> PayRun {
+        let mut run = PayRun {
+            channel,
+            pays,
+            live: None,
+            _gate: None,
+            results: Vec::new(),
+            flight: None,
+            released: Vec::new(),
+            gained: Amount::ZERO,
+            exhausted: false,
+            failed: None,
+            started: std::time::Instant::now(),
+            landed: true,
+        };
+        let live = match self.slot(&channel) {
+            Ok(live) => live,
+            Err(e) => {
+                run.failed = Some(e);
+                return run;
+            }
+        };
+        run._gate = Some(live.gate.clone().read_owned().await);
+        let mut s = live.slot.lock().await;
+        if s.in_flight() == 0 {
+            // Nothing of this channel in flight: reloaded if a write failed, its funding
+            // looked at again while it awaits confirmations.
+            if let Err(e) = self.ready_to_pay(&mut s, channel).await {
+                drop(s);
+                run.failed = Some(e);
+                return run;
+            }
+        }
         let now = (self.clock)();
         let before = s.channel.accepted();
-        let mut results: Vec<Result<(), MerchantError>> = Vec::with_capacity(pays.len());
-        for p in pays {
-            results.push(
+        for p in &run.pays {
+            run.results.push(
                 s.channel
                     .handle_payment(&now, channel, Amount::from_sat(p.total_sat), &p.signature)
                     .map_err(MerchantError::from),
             );
         }
+        run.gained = s.channel.accepted().checked_sub(before).unwrap_or(Amount::ZERO);
+        let restore = self.restorer();
+        let exhausted = &mut run.exhausted;
+        let submitted =
+            s.submit(&self.storage(&restore), &mut |e| *exhausted |= self::exhausted(e));
+        run.released = submitted.released.sends;
+        run.landed = submitted.write.is_none();
+        run.flight = submitted.write;
+        drop(s);
+        run.live = Some(live);
+        run
+    }
+
+    /// Answers a run of [`ChannelServer::pay_submit`] once its write landed: the
+    /// acknowledgements it held, or why not. A run whose write met a compare-and-swap conflict
+    /// (another writer moved the channel), or whose channel was reloaded while it was in
+    /// flight, is checked again against the channel as stored.
+    pub async fn pay_finish(&self, mut run: PayRun) -> PayAnswers {
+        let landed = match run.flight.take() {
+            Some(flight) => Some(flight.wait().await),
+            None => None,
+        };
+        let outcome = match (run.failed.take(), &run.live) {
+            (Some(e), _) => Err(e),
+            (None, None) => Err(MerchantError::Internal("a run without its channel")),
+            (None, Some(live)) => {
+                let mut s = live.slot.lock().await;
+                let mut acks = std::mem::take(&mut run.released);
+                let landed = match landed {
+                    Some(landed) => {
+                        run.landed = true;
+                        self.land(&mut s, landed).await
+                    }
+                    None => Ok(Vec::new()),
+                };
+                if landed.is_ok() && run.exhausted && s.in_flight() == 0 {
+                    // Too little left to be worth keeping open, and nothing of the channel in
+                    // flight: settle now, before the acknowledgements go (with runs in flight
+                    // the caller settles once they landed: settle_if_exhausted).
+                    run.exhausted = false;
+                    if s.channel.phase() == Phase::Open {
+                        let now = (self.clock)();
+                        self.settle_exhausted(&mut s, run.channel, &now).await;
+                    }
+                }
+                landed.map(|more| {
+                    acks.extend(more);
+                    acks
+                })
+            }
+        };
+        let retry = matches!(
+            outcome,
+            Err(MerchantError::Store(
+                paychan_store::StoreError::Conflict { .. }
+                    | paychan_store::StoreError::Superseded(_)
+                    | paychan_store::StoreError::AfterFailedWrite(_)
+            ))
+        );
+        let (channel, pays) = (run.channel, std::mem::take(&mut run.pays));
+        let acks = match outcome {
+            Ok(acks) => acks,
+            Err(e) if retry => {
+                // Checked again, alone, against the channel as the store holds it (after the
+                // runs queued before it).
+                drop(run);
+                info!(%channel, error = %e, "the channel moved in the store; checking the run again");
+                return Box::pin(self.pay_again(channel, &pays)).await;
+            }
+            Err(e) => return PayAnswers { answers: failed_all(e, pays.len()), exhausted: false },
+        };
+        // Counted once stored (a run checked again is not counted twice).
+        let answers = self.answer(std::mem::take(&mut run.results), acks, run.gained);
+        let elapsed = run.started.elapsed();
+        for _ in 0..pays.len() {
+            self.metrics.payment_latency.observe(elapsed);
+        }
+        PayAnswers { answers, exhausted: run.exhausted }
+    }
+
+    /// A run checked again after its write met a conflict: the channel taken whole (no run in
+    /// flight), checked and written, up to [`CONFLICT_RETRIES`] times.
+    async fn pay_again(&self, channel: OutPoint, pays: &[msg::Pay]) -> PayAnswers {
+        self.on_fresh_state(|| self.pay_locked(channel, pays))
+            .await
+            .unwrap_or_else(|e| PayAnswers { answers: failed_all(e, pays.len()), exhausted: false })
+    }
+
+    /// One attempt of [`Self::pay_again`]: `Err` when the driver failed (nothing
+    /// acknowledged), else one answer per payment.
+    async fn pay_locked(
+        &self,
+        channel: OutPoint,
+        pays: &[msg::Pay],
+    ) -> Result<PayAnswers, MerchantError> {
+        let mut s = self.payable(channel).await?;
+        let now = (self.clock)();
+        let before = s.channel.accepted();
+        let results: Vec<Result<(), MerchantError>> = pays
+            .iter()
+            .map(|p| {
+                s.channel
+                    .handle_payment(&now, channel, Amount::from_sat(p.total_sat), &p.signature)
+                    .map_err(MerchantError::from)
+            })
+            .collect();
         let gained = s.channel.accepted().checked_sub(before).unwrap_or(Amount::ZERO);
         let mut exhausted = false;
         let acks = self.drain_with(&mut s, &mut |e| exhausted |= self::exhausted(e)).await?;
-        // Counted once stored (a retried attempt is not counted twice).
+        Ok(PayAnswers { answers: self.answer(results, acks, gained), exhausted })
+    }
+
+    /// One answer per checked payment, in order: the accepted ones with their
+    /// acknowledgements from `released` (all the run's writes landed), counted in the metrics.
+    fn answer(
+        &self,
+        results: Vec<Result<(), MerchantError>>,
+        released: Vec<Message>,
+        gained: Amount,
+    ) -> Vec<Result<PaymentAck, MerchantError>> {
         let accepted = results.iter().filter(|r| r.is_ok()).count() as u64;
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         self.metrics.payments.fetch_add(accepted, relaxed);
         self.metrics.rejections.fetch_add(results.len() as u64 - accepted, relaxed);
         self.metrics.revenue_sat.fetch_add(gained.to_sat(), relaxed);
-        if exhausted && s.channel.phase() == Phase::Open {
-            // Too little left to be worth keeping open: settle now (after the payments are
-            // stored; the acknowledgements below do not wait for the settlement).
-            self.settle_exhausted(&mut s, channel, &now).await;
-        }
-        let elapsed = started.elapsed();
-        for _ in 0..pays.len() {
-            self.metrics.payment_latency.observe(elapsed);
-        }
-        let mut acks = acks.into_iter().filter_map(|m| match m {
+        let mut acks = released.into_iter().filter_map(|m| match m {
             Message::PaymentAck(a) => Some(a),
             _ => None,
         });
-        Ok(results
+        results
             .into_iter()
             .map(|r| match r {
                 Ok(()) => acks.next().ok_or(MerchantError::Internal("no acknowledgement")),
                 Err(e) => Err(e),
             })
-            .collect())
+            .collect()
+    }
+
+    /// Settles `channel` if a payment exhausted it (too little left to be worth keeping open),
+    /// once no pipelined write of it is in flight.
+    pub async fn settle_if_exhausted(&self, channel: OutPoint) {
+        let Ok(live) = self.slot(&channel) else { return };
+        let mut s = live.lock().await;
+        if s.channel.phase() == Phase::Open {
+            let now = (self.clock)();
+            self.settle_exhausted(&mut s, channel, &now).await;
+        }
     }
 
     /// The merchant's policy.
@@ -452,7 +731,22 @@ impl ChannelServer {
     /// [`Error::UnknownChannel`].
     pub async fn resume(&self, resume: &msg::Resume) -> Result<Resumed, MerchantError> {
         let channel = named(&resume.channel, "resume without a channel")?;
-        let (_, total) = self.channel_status(channel).await?;
-        Ok(Resumed { channel: Some(channel.into()), total_sat: total.to_sat() })
+        let (total, signature) = self.stored_payment(channel).await?;
+        Ok(Resumed { channel: Some(channel.into()), total_sat: total.to_sat(), signature })
+    }
+
+    /// The stored total of `channel` and the customer's signature of it.
+    async fn stored_payment(&self, channel: OutPoint) -> Result<(Amount, Vec<u8>), MerchantError> {
+        if let Ok(live) = self.slot(&channel) {
+            let s = live.peek().await;
+            // Unless a pipelined run is in flight, the machine is its row.
+            if s.channel.accepted() == s.stored_total() {
+                return Ok((s.stored_total(), s.channel.state().signature.clone()));
+            }
+        }
+        let row =
+            self.store.get(channel, Role::Merchant).await?.ok_or(Error::UnknownChannel(channel))?;
+        let state = MerchantState::decode(&row.state)?;
+        Ok((row.total, state.signature))
     }
 }

@@ -88,6 +88,7 @@ fn payment(n: u32, total: u64, version: u64) -> PaymentUpdate {
         signature: vec![0x30],
         state: total.to_le_bytes().to_vec(),
         expected_version: version,
+        chained: false,
     }
 }
 
