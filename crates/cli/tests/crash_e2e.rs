@@ -39,6 +39,19 @@ impl Env {
         serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap()
     }
 
+    /// A customer wallet at `home` with coins, and a confirmed channel of 1,000,000 sat with
+    /// the merchant at `address`.
+    fn open_channel(&self, home: &Path, address: &str) -> (String, OutPoint) {
+        self.run(home, &["wallet", "new"]);
+        self.run(home, &["wallet", "faucet"]);
+        let opened =
+            self.run(home, &["channels", "open", "--merchant", address, "--deposit", "1000000sat"]);
+        let channel = opened["channel"].as_str().unwrap().to_string();
+        self.run(home, &["node", "mine", "1"]);
+        let id = channel.parse().unwrap();
+        (channel, id)
+    }
+
     /// `paychan serve` on `port`: the process and the address customers dial
     /// (`<node id>@127.0.0.1:port`, the same across restarts: the node key is the wallet's).
     fn serve(&self, home: &Path, port: u16) -> (Kill, String) {
@@ -139,13 +152,7 @@ fn merchant_and_customer_crashes_lose_nothing_acknowledged() {
     let port = free_port();
     let (mut merchant, address) = env.serve(&m, port);
 
-    env.run(&c, &["wallet", "new"]);
-    env.run(&c, &["wallet", "faucet"]);
-    let opened =
-        env.run(&c, &["channels", "open", "--merchant", &address, "--deposit", "1000000sat"]);
-    let channel = opened["channel"].as_str().unwrap().to_string();
-    let id: OutPoint = channel.parse().unwrap();
-    env.run(&c, &["node", "mine", "1"]);
+    let (channel, id) = env.open_channel(&c, &address);
 
     // The merchant is killed mid-stream.
     let acked = stream_and_kill(&env, &c, &channel, 2_000, Some(&mut merchant));
@@ -268,13 +275,7 @@ fn a_customer_killed_between_send_and_write_adopts_the_merchants_total() {
     let (_node, url, cookie) = start_node(&node_dir);
     let env = Env { url, cookie };
     let (_merchant, address) = env.serve(&m, free_port());
-    env.run(&c, &["wallet", "new"]);
-    env.run(&c, &["wallet", "faucet"]);
-    let opened =
-        env.run(&c, &["channels", "open", "--merchant", &address, "--deposit", "1000000sat"]);
-    let channel = opened["channel"].as_str().unwrap().to_string();
-    let id: OutPoint = channel.parse().unwrap();
-    env.run(&c, &["node", "mine", "1"]);
+    let (channel, id) = env.open_channel(&c, &address);
     env.run(&c, &["channels", "pay", "--channel", &channel, "--amount", "500sat"]);
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -293,14 +294,18 @@ fn a_customer_killed_between_send_and_write_adopts_the_merchants_total() {
         .cmd(&c)
         .args(["channels", "pay", "--channel", &channel, "--amount", "700sat"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // The payment reaches the merchant (stored, acknowledged) while the customer's write waits.
     let start = Instant::now();
     while stored(&m.join("merchant.db"), Role::Merchant) < 1_200 {
         assert!(start.elapsed() < Duration::from_secs(20), "the payment left before its write");
-        assert!(payer.try_wait().unwrap().is_none(), "the payer waits for its write");
+        if payer.try_wait().unwrap().is_some() {
+            let mut why = String::new();
+            std::io::Read::read_to_string(&mut payer.stderr.take().unwrap(), &mut why).unwrap();
+            panic!("the payer should wait for its write, but it ended: {why}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     payer.kill().unwrap();

@@ -62,13 +62,15 @@ fn db(e: rusqlite::Error) -> StoreError {
 
 fn open_connection(path: &Path, cache_mib: u32) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
+    // First: another process may hold the write lock (a `serve` beside a command), and
+    // setting the journal mode may need it.
+    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
     // Checkpoint the WAL less often (every ~32 MiB): fewer stalls of the writer.
     conn.pragma_update(None, "wal_autocheckpoint", 8_192).map_err(db)?;
     conn.pragma_update(None, "cache_size", -i64::from(cache_mib.max(1)) * 1024).map_err(db)?;
-    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
     Ok(conn)
 }
 
@@ -214,7 +216,11 @@ fn write_loop(mut conn: Connection, rx: Receiver<Job>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        let results = match conn.transaction() {
+        // IMMEDIATE: take the write lock at the start, waiting (busy timeout) for another
+        // process that holds it; a deferred transaction that reads first would be refused at
+        // once when it upgrades.
+        let results = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
             Ok(tx) => {
                 // In order: a chained write sees how the write before it (in this batch or an
                 // earlier one) went.

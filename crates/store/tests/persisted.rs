@@ -129,6 +129,31 @@ async fn packages_and_watches_come_out_of_the_drain() {
     assert_eq!(d.broadcasts, vec![Broadcast::Package { parent: trigger, child: settlement.tx }]);
 }
 
+fn open_store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("p.db")).unwrap();
+    (dir, store)
+}
+
+/// A channel opened, confirmed and stored.
+async fn open_channel(to: &Storage<'_, MerchantChannel>) -> Persisted<MerchantChannel> {
+    let now = Now { time: NOW, height: 800_000, median_time_past: NOW as u32 };
+    let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(1_000_000), EXPIRY);
+    let m = MerchantChannel::open(params, Policy::default(), &now, 0).unwrap();
+    let mut p = Persisted::new(m);
+    p.channel.handle_funding_confirmations(1);
+    p.drain(to, &mut |_| {}).await.unwrap();
+    p
+}
+
+/// The merchant's machine takes the customer's payment of `total`.
+fn pay(p: &mut Persisted<MerchantChannel>, total: u64) {
+    let now = Now { time: NOW, height: 800_000, median_time_past: NOW as u32 };
+    let params = p.channel.state().params.clone();
+    let sig = sign_payment(&params, Amount::from_sat(total), &customer_keypair()).unwrap();
+    p.channel.handle_payment(&now, params.id(), Amount::from_sat(total), &sig).unwrap();
+}
+
 fn acks_of<S>(d: &paychan_store::Drained<S>) -> Vec<u64> {
     d.sends
         .iter()
@@ -141,20 +166,10 @@ fn acks_of<S>(d: &paychan_store::Drained<S>) -> Vec<u64> {
 /// the next; the store holds both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_runs_land_in_order_and_release_only_their_own_acks() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("p.db")).unwrap();
+    let (_dir, store) = open_store();
     let to = Storage { store: &store, role: Role::Merchant, restore: &restore };
-    let now = Now { time: NOW, height: 800_000, median_time_past: NOW as u32 };
-    let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(1_000_000), EXPIRY);
-    let id = params.id();
-    let pay = |p: &mut Persisted<MerchantChannel>, total: u64| {
-        let sig = sign_payment(&params, Amount::from_sat(total), &customer_keypair()).unwrap();
-        p.channel.handle_payment(&now, id, Amount::from_sat(total), &sig).unwrap();
-    };
-    let m = MerchantChannel::open(params.clone(), Policy::default(), &now, 0).unwrap();
-    let mut p = Persisted::new(m);
-    p.channel.handle_funding_confirmations(1);
-    p.drain(&to, &mut |_| {}).await.unwrap();
+    let mut p = open_channel(&to).await;
+    let id = p.channel.id();
     let v0 = p.version();
 
     pay(&mut p, 100);
@@ -192,20 +207,10 @@ async fn pipelined_runs_land_in_order_and_release_only_their_own_acks() {
 /// change produced; the machine is as stored and goes on from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_pipelined_write_fails_every_write_behind_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("p.db")).unwrap();
+    let (_dir, store) = open_store();
     let to = Storage { store: &store, role: Role::Merchant, restore: &restore };
-    let now = Now { time: NOW, height: 800_000, median_time_past: NOW as u32 };
-    let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(1_000_000), EXPIRY);
-    let id = params.id();
-    let pay = |p: &mut Persisted<MerchantChannel>, total: u64| {
-        let sig = sign_payment(&params, Amount::from_sat(total), &customer_keypair()).unwrap();
-        p.channel.handle_payment(&now, id, Amount::from_sat(total), &sig).unwrap();
-    };
-    let m = MerchantChannel::open(params.clone(), Policy::default(), &now, 0).unwrap();
-    let mut p = Persisted::new(m);
-    p.channel.handle_funding_confirmations(1);
-    p.drain(&to, &mut |_| {}).await.unwrap();
+    let mut p = open_channel(&to).await;
+    let id = p.channel.id();
 
     // Another writer takes 150 first.
     let row = store.get(id, Role::Merchant).await.unwrap().unwrap();
