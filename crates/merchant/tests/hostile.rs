@@ -475,6 +475,45 @@ async fn a_write_behind_the_servers_back_is_picked_up() {
     assert_eq!(e.to_wire(None).code, 104, "{e}");
 }
 
+/// Pipelined runs (ADR 0027) after another writer moved the channel: the first run's write
+/// conflicts, the run queued behind it is refused by the store (chained behind a failed
+/// write); both are checked again against the store and answered in order — without waiting
+/// for each other (checking the first again must not wait for the second, which its caller
+/// finishes only after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_runs_behind_a_conflict_are_checked_again_in_order() {
+    let Setup { node, chain, store, clock, server, dir } = setup(101);
+    let c = common::open_channel(&server, &node, 1).await;
+    let id = c.state().params.as_ref().unwrap().id();
+    node.mine(1, &common::p2wpkh_77()).unwrap();
+    server.pay(&common::pay_msg(&c, 1_000)).await.unwrap();
+    let other = common::server_on(&dir, store.clone(), chain, clock);
+    other.load().await.unwrap();
+    other.pay(&common::pay_msg(&c, 2_000)).await.unwrap();
+
+    let first = server.pay_submit(id, vec![common::pay_msg(&c, 3_000)]).await;
+    let second = server.pay_submit(id, vec![common::pay_msg(&c, 4_000)]).await;
+    let answers = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let a = server.pay_finish(first).await;
+        let b = server.pay_finish(second).await;
+        (a, b)
+    })
+    .await
+    .expect("the runs are answered (no deadlock)");
+    let total = |p: &paychan_merchant::PayAnswers| p.answers[0].as_ref().unwrap().total_sat;
+    assert_eq!((total(&answers.0), total(&answers.1)), (3_000, 4_000));
+    let row = store.get(id, paychan_store::Role::Merchant).await.unwrap().unwrap();
+    assert_eq!(row.total, Amount::from_sat(4_000));
+    let history: Vec<u64> = store
+        .payments(id, paychan_store::Role::Merchant)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.total.to_sat())
+        .collect();
+    assert_eq!(history, [1_000, 2_000, 3_000, 4_000]);
+}
+
 /// `/metrics` (revenue figures) needs the admin token, except from loopback by default, and
 /// for anyone when the operator says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -533,16 +533,13 @@ impl ChannelServer {
             }
         };
         run._gate = Some(live.gate.clone().read_owned().await);
-        let mut s = live.slot.lock().await;
-        if s.in_flight() == 0 {
-            // Nothing of this channel in flight: reloaded if a write failed, its funding
-            // looked at again while it awaits confirmations.
-            if let Err(e) = self.ready_to_pay(&mut s, channel).await {
-                drop(s);
+        let mut s = match self.for_payments(&live, channel).await {
+            Ok(s) => s,
+            Err(e) => {
                 run.failed = Some(e);
                 return run;
             }
-        }
+        };
         let now = (self.clock)();
         let before = s.channel.accepted();
         for p in &run.pays {
@@ -632,8 +629,9 @@ impl ChannelServer {
         PayAnswers { answers, exhausted: run.exhausted }
     }
 
-    /// A run checked again after its write met a conflict: the channel taken whole (no run in
-    /// flight), checked and written, up to [`CONFLICT_RETRIES`] times.
+    /// A run checked again after its write met a conflict: checked against the channel as
+    /// stored and written, up to [`CONFLICT_RETRIES`] times. It does not take the channel
+    /// whole (that would wait for the caller's own later runs: a deadlock).
     async fn pay_again(&self, channel: OutPoint, pays: &[msg::Pay]) -> PayAnswers {
         self.on_fresh_state(|| self.pay_locked(channel, pays))
             .await
@@ -647,7 +645,10 @@ impl ChannelServer {
         channel: OutPoint,
         pays: &[msg::Pay],
     ) -> Result<PayAnswers, MerchantError> {
-        let mut s = self.payable(channel).await?;
+        // Not the whole channel: later runs of the caller's connection may be in flight, and
+        // they are finished by the same caller after this one.
+        let live = self.slot(&channel)?;
+        let mut s = self.for_payments(&live, channel).await?;
         let now = (self.clock)();
         let before = s.channel.accepted();
         let results: Vec<Result<(), MerchantError>> = pays
@@ -688,6 +689,21 @@ impl ChannelServer {
                 Err(e) => Err(e),
             })
             .collect()
+    }
+
+    /// Channel `live` locked for payments beside pipelined runs (not taken whole): when nothing
+    /// of it is in flight, reloaded if a write failed and its funding looked at again
+    /// ([`Self::ready_to_pay`]); otherwise the runs in flight already did.
+    async fn for_payments<'a>(
+        &self,
+        live: &'a Live,
+        channel: OutPoint,
+    ) -> Result<tokio::sync::MutexGuard<'a, Slot>, MerchantError> {
+        let mut s = live.slot.lock().await;
+        if s.in_flight() == 0 {
+            self.ready_to_pay(&mut s, channel).await?;
+        }
+        Ok(s)
     }
 
     /// Settles `channel` if a payment exhausted it (too little left to be worth keeping open),
