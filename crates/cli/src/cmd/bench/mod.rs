@@ -103,7 +103,7 @@ pub fn run(cmd: BenchCommand, common: &Common) -> Result<ExitCode, CliError> {
             let r =
                 runtime()?.block_on(pay::bench_pay(channels, payments, window, store, seconds))?;
             let text = format!(
-                "paychan bench pay ({} store, {channels} channels, window {window}, {} cores)\n  bound: sign + validate   {:>9.0} payments/s\n  payments                 {:>9.0} /s  = {:.0}% of the bound\n  latency per payment      p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms\n  peak RSS                 {} MiB",
+                "paychan bench pay ({} store, {channels} channels, window {window}, {} cores)\n  bound: sign + validate   {:>9.0} payments/s\n  payments                 {:>9.0} /s  = {:.0}% of the bound\n  latency per payment      p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms\n  one durable commit       p50 {:.2} ms, p99 {:.2} ms\n  peak RSS                 {} MiB",
                 r["store"].as_str().unwrap_or(""),
                 r["cores"],
                 r["bound_per_s"].as_f64().unwrap_or(0.0),
@@ -112,6 +112,8 @@ pub fn run(cmd: BenchCommand, common: &Common) -> Result<ExitCode, CliError> {
                 r["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
                 r["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
                 r["latency_ms"]["p99_9"].as_f64().unwrap_or(0.0),
+                r["commit_floor_ms"]["p50"].as_f64().unwrap_or(0.0),
+                r["commit_floor_ms"]["p99"].as_f64().unwrap_or(0.0),
                 r["peak_rss_mib"],
             );
             common.print(&r, &text)?;

@@ -110,6 +110,36 @@ fn transport_rate(secs: f64) -> f64 {
     })
 }
 
+/// The floor under a payment's latency: one durable commit of the store kind, alone, `n`
+/// times in a row (a fresh store beside the bench's own), each timed.
+async fn commit_floor(
+    kind: &StoreKind,
+    dir: &std::path::Path,
+    n: usize,
+) -> Result<Vec<Duration>, CliError> {
+    let mut times = Vec::with_capacity(n);
+    match kind {
+        StoreKind::Sqlite | StoreKind::Memory => {
+            let store = SqliteStore::open(&dir.join("floor.db"))?;
+            for _ in 0..n {
+                let t = Instant::now();
+                store.touch().await?;
+                times.push(t.elapsed());
+            }
+        }
+        StoreKind::Postgres(url) => {
+            let store = PostgresStore::connect(url).await?;
+            for _ in 0..n {
+                let t = Instant::now();
+                store.touch().await?;
+                times.push(t.elapsed());
+            }
+        }
+    }
+    times.sort_unstable();
+    Ok(times)
+}
+
 async fn store(
     kind: &StoreKind,
     dir: &std::path::Path,
@@ -155,6 +185,9 @@ async fn run(
     let bound = tokio::task::spawn_blocking(move || sign_validate_bound(secs)).await?;
     say("measuring the transport (BOLT 8: a payment frame encrypted and decrypted) on all cores…");
     let transport = tokio::task::spawn_blocking(move || transport_rate(secs)).await?;
+
+    say("measuring one durable commit of the store, 500 times…");
+    let floor = commit_floor(kind, dir, 500).await?;
 
     let policy = Policy::default();
     let w = World::builder()
@@ -238,6 +271,12 @@ async fn run(
         // sides' writes durable.
         "latency_measured": "per payment, from signing to its acknowledgement",
         "latency_samples": latencies.len(),
+        // One durable commit alone (the same store kind, same run): a payment paid at window
+        // 1 waits for at least one on each side, overlapped.
+        "commit_floor_ms": {
+            "p50": percentile(&floor, 0.5),
+            "p99": percentile(&floor, 0.99),
+        },
         "latency_ms": {
             "p50": percentile(&latencies, 0.5),
             "p99": percentile(&latencies, 0.99),
