@@ -439,18 +439,32 @@ async fn settled_channels_survive_a_restart() {
 /// Another writer moves a channel behind the live server's back (`paychan payment submit`,
 /// another instance): the server's next write meets the conflict, reloads, checks the request
 /// again and serves it; nothing is lost and both agree.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_behind_the_servers_back_is_picked_up() {
+/// A channel the server took 1,000 on, then a second server on the same store (the other
+/// writer) took 2,000 behind its back.
+struct Behind {
+    server: std::sync::Arc<paychan_merchant::ChannelServer>,
+    other: paychan_merchant::ChannelServer,
+    store: std::sync::Arc<dyn paychan_store::ChannelStore>,
+    c: paychan_core::channel::customer::CustomerChannel,
+    id: paychan_core::bitcoin::OutPoint,
+    _dir: tempfile::TempDir,
+}
+
+async fn paid_behind_the_servers_back() -> Behind {
     let Setup { node, chain, store, clock, server, dir } = setup(101);
     let c = common::open_channel(&server, &node, 1).await;
     let id = c.state().params.as_ref().unwrap().id();
     node.mine(1, &common::p2wpkh_77()).unwrap();
     server.pay(&common::pay_msg(&c, 1_000)).await.unwrap();
-
-    // The other writer: a second server on the same store takes 2,000.
     let other = common::server_on(&dir, store.clone(), chain, clock);
     other.load().await.unwrap();
     other.pay(&common::pay_msg(&c, 2_000)).await.unwrap();
+    Behind { server, other, store, c, id, _dir: dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_behind_the_servers_back_is_picked_up() {
+    let Behind { server, other, store, c, id, _dir } = paid_behind_the_servers_back().await;
 
     // The live server still thinks 1,000; its next payment goes through all the same.
     let ack = server.pay(&common::pay_msg(&c, 3_000)).await.unwrap();
@@ -482,14 +496,7 @@ async fn a_write_behind_the_servers_back_is_picked_up() {
 /// finishes only after it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_runs_behind_a_conflict_are_checked_again_in_order() {
-    let Setup { node, chain, store, clock, server, dir } = setup(101);
-    let c = common::open_channel(&server, &node, 1).await;
-    let id = c.state().params.as_ref().unwrap().id();
-    node.mine(1, &common::p2wpkh_77()).unwrap();
-    server.pay(&common::pay_msg(&c, 1_000)).await.unwrap();
-    let other = common::server_on(&dir, store.clone(), chain, clock);
-    other.load().await.unwrap();
-    other.pay(&common::pay_msg(&c, 2_000)).await.unwrap();
+    let Behind { server, store, c, id, _dir, .. } = paid_behind_the_servers_back().await;
 
     let first = server.pay_submit(id, vec![common::pay_msg(&c, 3_000)]).await;
     let second = server.pay_submit(id, vec![common::pay_msg(&c, 4_000)]).await;

@@ -540,16 +540,7 @@ impl ChannelServer {
                 return run;
             }
         };
-        let now = (self.clock)();
-        let before = s.channel.accepted();
-        for p in &run.pays {
-            run.results.push(
-                s.channel
-                    .handle_payment(&now, channel, Amount::from_sat(p.total_sat), &p.signature)
-                    .map_err(MerchantError::from),
-            );
-        }
-        run.gained = s.channel.accepted().checked_sub(before).unwrap_or(Amount::ZERO);
+        (run.results, run.gained) = self.check_run(&mut s, channel, &run.pays);
         let restore = self.restorer();
         let exhausted = &mut run.exhausted;
         let submitted =
@@ -649,9 +640,23 @@ impl ChannelServer {
         // they are finished by the same caller after this one.
         let live = self.slot(&channel)?;
         let mut s = self.for_payments(&live, channel).await?;
+        let (results, gained) = self.check_run(&mut s, channel, pays);
+        let mut exhausted = false;
+        let acks = self.drain_with(&mut s, &mut |e| exhausted |= self::exhausted(e)).await?;
+        Ok(PayAnswers { answers: self.answer(results, acks, gained), exhausted })
+    }
+
+    /// Checks each payment of a run in turn (a refused one changes nothing and does not stop
+    /// the others); returns each one's outcome and what the accepted ones added.
+    fn check_run(
+        &self,
+        s: &mut Slot,
+        channel: OutPoint,
+        pays: &[msg::Pay],
+    ) -> (Vec<Result<(), MerchantError>>, Amount) {
         let now = (self.clock)();
         let before = s.channel.accepted();
-        let results: Vec<Result<(), MerchantError>> = pays
+        let results = pays
             .iter()
             .map(|p| {
                 s.channel
@@ -659,10 +664,7 @@ impl ChannelServer {
                     .map_err(MerchantError::from)
             })
             .collect();
-        let gained = s.channel.accepted().checked_sub(before).unwrap_or(Amount::ZERO);
-        let mut exhausted = false;
-        let acks = self.drain_with(&mut s, &mut |e| exhausted |= self::exhausted(e)).await?;
-        Ok(PayAnswers { answers: self.answer(results, acks, gained), exhausted })
+        (results, s.channel.accepted().checked_sub(before).unwrap_or(Amount::ZERO))
     }
 
     /// One answer per checked payment, in order: the accepted ones with their
