@@ -306,6 +306,23 @@ impl ChainView {
         self.lock().spent.get(funding).cloned()
     }
 
+    /// Every watched outpoint seen spent (a driver that keeps idle channels out of memory
+    /// loads their channels to act on it).
+    pub fn spent_outpoints(&self) -> Vec<OutPoint> {
+        self.lock().spent.keys().copied().collect()
+    }
+
+    /// Whether `outpoint` is watched.
+    pub fn is_watched(&self, outpoint: &OutPoint) -> bool {
+        self.lock().watched.contains(outpoint)
+    }
+
+    /// Whether a watched funding still waits for its one-time lookup (until the next
+    /// [`ChainView::sync`]): its confirmations and spend are not known yet.
+    pub fn is_pending(&self, funding: &OutPoint) -> bool {
+        self.lock().pending.contains_key(funding)
+    }
+
     /// Stores the cursor (atomically) when it moved since the last save. Call it after the
     /// driver has acted on what [`ChainView::sync`] returned, so that a crash before re-reads
     /// those blocks.

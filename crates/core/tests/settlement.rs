@@ -299,3 +299,78 @@ fn settlements_never_pay_above_the_fee_cap() {
     assert_eq!(cap.replacement(sat_vb(20), sat_vb(80)), None, "not even for a higher estimate");
     assert_eq!(cap.replacement(sat_vb(25), sat_vb(1)), None, "above the cap already");
 }
+
+/// Whether an open channel expiring at `expiry`, paid, reports its expiry settlement due at
+/// `now` (the machine's own rule).
+fn machine_says_due(expiry: u32, now: &Now) -> bool {
+    let (params, _) = params_with(OutputKind::P2wsh, Amount::from_sat(CAPACITY), expiry);
+    // Opened and paid well before its deadlines.
+    let open_at = if expiry < 500_000_000 {
+        Now { height: expiry - 300, ..*now }
+    } else {
+        let time = u64::from(expiry) - 3 * 86_400;
+        Now { time, height: now.height, median_time_past: time as u32 - 3_600 }
+    };
+    let mut m = MerchantChannel::open(params.clone(), Policy::default(), &open_at, 0).unwrap();
+    m.handle_funding_confirmations(1);
+    let total = Amount::from_sat(5_000);
+    let sig = sign_payment(&params, total, &customer_keypair()).unwrap();
+    m.handle_payment(&open_at, m.id(), total, &sig).unwrap();
+    assert!(!drain(&mut m));
+    m.handle_tick(now);
+    // Not exhausted: a settlement due is the expiry's.
+    drain(&mut m)
+}
+
+/// The windows a store is asked for hold exactly the expiries the machine itself finds due:
+/// heights and times, on both sides of each boundary.
+#[test]
+fn due_expiries_are_the_machines_own_deadlines() {
+    let policy = Policy::default();
+    let now = Now { time: 1_800_000_000, height: 850_000, median_time_past: 1_799_996_400 };
+    let [heights, times] = paychan_core::channel::settlement::due_expiries(&policy, &now);
+    let blocks = policy.settle_distance(true);
+    let secs = policy.settle_distance(false);
+    let mut checked = 0;
+    for expiry in [
+        now.height + blocks - 1,
+        now.height + blocks,
+        now.height + blocks + 1,
+        now.height,
+        600_000,
+        1_000_000,
+        (now.time as u32) + secs - 1,
+        (now.time as u32) + secs,
+        (now.time as u32) + secs + 1,
+        (now.time as u32) - 86_400,
+        (now.time as u32) + 86_400,
+    ] {
+        let in_window = heights.contains(&expiry) || times.contains(&expiry);
+        assert_eq!(in_window, machine_says_due(expiry, &now), "expiry {expiry}");
+        checked += usize::from(in_window);
+    }
+    assert_eq!(checked, 7, "both kinds have expiries due and not due");
+    assert!(!heights.contains(&0) && !times.contains(&0), "no dispute channel (expiry 0)");
+}
+
+/// A scheduler is idle (its channel may leave memory) only when it knows nothing the row does
+/// not: open, deep, nothing out, no backoff.
+#[test]
+fn a_scheduler_is_idle_only_when_the_row_says_it_all() {
+    let mut s = Scheduler::default();
+    assert!(!s.is_idle(Phase::Open), "funding depth not yet looked at");
+    s.confirmations(REORG_SAFETY_DEPTH);
+    assert!(s.is_idle(Phase::Open));
+    assert!(!s.is_idle(Phase::Settling));
+    assert!(!s.is_idle(Phase::AwaitingFunding));
+    let mut failed = s.clone();
+    failed.outcome(&at(NOW, 1), false);
+    assert!(!failed.is_idle(Phase::Open), "a backoff lives only in memory");
+    let mut out = s.clone();
+    out.sent(Broadcast { height: 1, fee_rate: FeeRate::from_sat_per_vb_u32(2) });
+    assert!(!out.is_idle(Phase::Open));
+    let mut refused = s;
+    refused.begin();
+    refused.broadcast(false);
+    assert!(!refused.is_idle(Phase::Open));
+}

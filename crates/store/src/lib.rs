@@ -151,6 +151,22 @@ pub(crate) fn parse_phase(s: &str) -> Result<Phase, StoreError> {
     })
 }
 
+/// A census from the database's counts per phase: (phase, channels, of which without expiry).
+pub(crate) fn census_of(
+    rows: impl Iterator<Item = (String, u64, u64)>,
+) -> Result<Vec<Census>, StoreError> {
+    let mut out = Vec::new();
+    for (phase, all, no_expiry) in rows {
+        let phase = parse_phase(&phase)?;
+        for (no_expiry, channels) in [(false, all - no_expiry.min(all)), (true, no_expiry)] {
+            if channels > 0 {
+                out.push(Census { phase, no_expiry, channels });
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn parse_outpoint(s: &str) -> Result<OutPoint, StoreError> {
     s.parse().map_err(|_| StoreError::Corrupt(format!("bad channel id {s:?}")))
 }
@@ -250,6 +266,17 @@ pub struct Query {
     pub phases: Vec<Phase>,
     /// Only channels expiring before this (locktime value).
     pub expiring_before: Option<u32>,
+    /// Only channels expiring at or after this (locktime value): with `expiring_before`, one
+    /// kind of lock (heights below 500,000,000, times from it).
+    pub expiring_from: Option<u32>,
+    /// Only the channels funded by outputs of this transaction.
+    pub funding_txid: Option<Txid>,
+    /// Ordered by id (the primary key's order) instead of by age: pages through a large
+    /// store, `limit` rows at a time, with [`Query::after`].
+    pub by_id: bool,
+    /// Only channels whose id comes after this one in the store's order of ids (the last id of
+    /// the page before; implies [`Query::by_id`]).
+    pub after: Option<OutPoint>,
     /// Only this customer key (hex).
     pub customer_key: Option<String>,
     /// At most this many (0: no limit).
@@ -261,6 +288,17 @@ impl Query {
     pub fn role(role: Role) -> Self {
         Query { role: Some(role), ..Query::default() }
     }
+}
+
+/// How many channels are in one phase with one kind of lock ([`ChannelStore::census`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// The phase.
+    pub phase: Phase,
+    /// Channels without an expiry (stored expiry 0: dispute channels).
+    pub no_expiry: bool,
+    /// How many.
+    pub channels: u64,
 }
 
 /// One entry of a channel's payment history.
@@ -293,8 +331,25 @@ pub trait ChannelStore: Send + Sync {
     /// One channel.
     fn get(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Option<ChannelRow>>;
 
-    /// Channels matching `query`, oldest first.
+    /// Channels matching `query`, oldest first (by id with [`Query::by_id`]).
     fn list(&self, query: Query) -> StoreFuture<'_, Vec<ChannelRow>>;
+
+    /// How many channels of `role` the store holds, by phase and kind of lock, counted by the
+    /// database (no row is read out).
+    fn census(&self, role: Role) -> StoreFuture<'_, Vec<Census>> {
+        Box::pin(async move {
+            let rows = self.list(Query::role(role)).await?;
+            let mut out: Vec<Census> = Vec::new();
+            for r in rows {
+                let no_expiry = r.expiry == 0;
+                match out.iter_mut().find(|c| c.phase == r.phase && c.no_expiry == no_expiry) {
+                    Some(c) => c.channels += 1,
+                    None => out.push(Census { phase: r.phase, no_expiry, channels: 1 }),
+                }
+            }
+            Ok(out)
+        })
+    }
 
     /// A channel's payment history, oldest first.
     fn payments(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Vec<PaymentEntry>>;

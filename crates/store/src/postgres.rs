@@ -13,8 +13,8 @@ use tracing::{debug, error, info, warn};
 use crate::ops::{version, Chains, Done, Job, Op};
 use crate::schema::{self, Dialect};
 use crate::{
-    parse_outpoint, parse_phase, phase_str, unix_now, ChannelRow, ChannelStore, NewChannel,
-    PaymentEntry, Query, Role, StoreError, StoreFuture,
+    census_of, parse_outpoint, parse_phase, phase_str, unix_now, Census, ChannelRow, ChannelStore,
+    NewChannel, PaymentEntry, Query, Role, StoreError, StoreFuture,
 };
 
 /// The PostgreSQL [`ChannelStore`].
@@ -483,16 +483,51 @@ impl ChannelStore for PostgresStore {
                 args.push(e);
                 sql.push_str(&format!(" AND expiry < ${}", args.len()));
             }
+            let from = query.expiring_from.map(i64::from);
+            if let Some(e) = &from {
+                args.push(e);
+                sql.push_str(&format!(" AND expiry >= ${}", args.len()));
+            }
             if let Some(k) = &query.customer_key {
                 args.push(k);
                 sql.push_str(&format!(" AND customer_key = ${}", args.len()));
             }
-            sql.push_str(" ORDER BY created_at, id");
+            // Ids are "txid:vout" (hex and a colon: nothing LIKE treats specially).
+            let funded_by = query.funding_txid.map(|t| format!("{t}:%"));
+            if let Some(pattern) = &funded_by {
+                args.push(pattern);
+                sql.push_str(&format!(" AND id LIKE ${}", args.len()));
+            }
+            let after = query.after.map(|o| o.to_string());
+            if let Some(after) = &after {
+                args.push(after);
+                sql.push_str(&format!(" AND id > ${}", args.len()));
+            }
+            let by_id = query.by_id || query.after.is_some();
+            sql.push_str(if by_id { " ORDER BY id" } else { " ORDER BY created_at, id" });
             if query.limit > 0 {
                 sql.push_str(&format!(" LIMIT {}", query.limit));
             }
             let rows = c.query(&sql, &args).await.map_err(db)?;
             rows.iter().map(to_row).collect()
+        })
+    }
+
+    fn census(&self, role: Role) -> StoreFuture<'_, Vec<Census>> {
+        Box::pin(async move {
+            let c = self.reader().await?;
+            let rows = c
+                .query(
+                    "SELECT phase, COUNT(*), COUNT(*) FILTER (WHERE expiry = 0) FROM channels
+                     WHERE role = $1 GROUP BY phase",
+                    &[&role.as_str()],
+                )
+                .await
+                .map_err(db)?;
+            census_of(rows.iter().map(|r| {
+                let phase: String = r.get(0);
+                (phase, r.get::<_, i64>(1) as u64, r.get::<_, i64>(2) as u64)
+            }))
         })
     }
 

@@ -14,8 +14,8 @@ use tracing::{debug, error};
 use crate::ops::{version, Chains, Done, Job, Op};
 use crate::schema::{self, Dialect};
 use crate::{
-    parse_outpoint, parse_phase, phase_str, unix_now, ChannelRow, ChannelStore, NewChannel,
-    PaymentEntry, PaymentUpdate, Query, Role, StateUpdate, StoreError, StoreFuture,
+    census_of, parse_outpoint, parse_phase, phase_str, unix_now, Census, ChannelRow, ChannelStore,
+    NewChannel, PaymentEntry, PaymentUpdate, Query, Role, StateUpdate, StoreError, StoreFuture,
 };
 
 /// Tuning of the SQLite store.
@@ -474,9 +474,13 @@ impl ChannelStore for SqliteStore {
         self.read(move |c| {
             let mut sql = format!("SELECT {COLUMNS} FROM channels WHERE 1 = 1");
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let by_id = query.by_id || query.after.is_some();
             if let Some(r) = query.role {
                 args.push(r.as_str().to_string().into());
-                sql.push_str(&format!(" AND role = ?{}", args.len()));
+                // Paging by id: the primary key, not the role's index and a sort of them all
+                // (`+` keeps SQLite's planner off an index for that term).
+                let column = if by_id { "+role" } else { "role" };
+                sql.push_str(&format!(" AND {column} = ?{}", args.len()));
             }
             if !query.phases.is_empty() {
                 let mut marks = Vec::new();
@@ -490,11 +494,26 @@ impl ChannelStore for SqliteStore {
                 args.push(i64::from(e).into());
                 sql.push_str(&format!(" AND expiry < ?{}", args.len()));
             }
+            if let Some(e) = query.expiring_from {
+                args.push(i64::from(e).into());
+                sql.push_str(&format!(" AND expiry >= ?{}", args.len()));
+            }
             if let Some(k) = &query.customer_key {
                 args.push(k.clone().into());
                 sql.push_str(&format!(" AND customer_key = ?{}", args.len()));
             }
-            sql.push_str(" ORDER BY created_at, id");
+            if let Some(txid) = &query.funding_txid {
+                // Ids are "txid:vout"; ';' follows ':' (the primary key's binary order).
+                args.push(format!("{txid}:").into());
+                args.push(format!("{txid};").into());
+                let n = args.len();
+                sql.push_str(&format!(" AND id >= ?{} AND id < ?{n}", n - 1));
+            }
+            if let Some(after) = &query.after {
+                args.push(after.to_string().into());
+                sql.push_str(&format!(" AND id > ?{}", args.len()));
+            }
+            sql.push_str(if by_id { " ORDER BY id" } else { " ORDER BY created_at, id" });
             if query.limit > 0 {
                 sql.push_str(&format!(" LIMIT {}", query.limit));
             }
@@ -505,6 +524,26 @@ impl ChannelStore for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(db)?;
             rows.into_iter().map(to_row).collect()
+        })
+    }
+
+    fn census(&self, role: Role) -> StoreFuture<'_, Vec<Census>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(
+                    // Grouped in the index's own order (no sort): one pass over its entries.
+                    "SELECT phase, COUNT(*), SUM(expiry = 0) FROM channels WHERE role = ?1
+                     GROUP BY phase",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([role.as_str()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            census_of(rows.into_iter().map(|(p, all, none)| (p, all as u64, none as u64)))
         })
     }
 

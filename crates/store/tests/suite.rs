@@ -149,6 +149,77 @@ async fn queries(s: &dyn ChannelStore) {
     assert!(none.is_empty());
 }
 
+/// The queries the merchant's lazily loaded channels rest on: pages by id, a window of
+/// expiries, the channels of one funding transaction, and the database's own counts.
+async fn pages_windows_and_counts(s: &dyn ChannelStore) {
+    let ids: Vec<u32> = (200..230).collect();
+    for &n in &ids {
+        let mut c = new_channel(n, Role::Merchant);
+        if n % 5 == 0 {
+            c.expiry = 0;
+        }
+        if n % 3 == 0 {
+            c.phase = Phase::Settling;
+        }
+        s.create(c).await.unwrap();
+    }
+    s.create(new_channel(230, Role::Customer)).await.unwrap();
+    // Pages of 7, by id: every channel once, in order, none of the other role.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let q =
+            Query { role: Some(Role::Merchant), by_id: true, after, limit: 7, ..Query::default() };
+        let page = s.list(q).await.unwrap();
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen.extend(page.iter().map(|r| r.id.to_string()));
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "pages come in id order");
+    assert!(seen.len() >= ids.len(), "every merchant channel paged");
+    for n in &ids {
+        assert_eq!(seen.iter().filter(|i| **i == channel_id(*n).to_string()).count(), 1);
+    }
+    // A window of expiries: [1_800_000_210, 1_800_000_220).
+    let window = s
+        .list(Query {
+            role: Some(Role::Merchant),
+            expiring_from: Some(1_800_000_210),
+            expiring_before: Some(1_800_000_220),
+            ..Query::default()
+        })
+        .await
+        .unwrap();
+    let mut got: Vec<u32> = window.iter().map(|r| r.expiry - 1_800_000_000).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![211, 212, 213, 214, 216, 217, 218, 219], "no expiry 0, none outside");
+    // One funding transaction's channels.
+    let funded = s
+        .list(Query { funding_txid: Some(channel_id(217).txid), ..Query::default() })
+        .await
+        .unwrap();
+    assert_eq!(funded.iter().map(|r| r.id).collect::<Vec<_>>(), vec![channel_id(217)]);
+    // The database's counts agree with the rows.
+    let census = s.census(Role::Merchant).await.unwrap();
+    let all = s.list(Query::role(Role::Merchant)).await.unwrap();
+    for phase in [Phase::Open, Phase::Settling] {
+        for no_expiry in [false, true] {
+            let rows =
+                all.iter().filter(|r| r.phase == phase && (r.expiry == 0) == no_expiry).count()
+                    as u64;
+            let counted = census
+                .iter()
+                .find(|c| c.phase == phase && c.no_expiry == no_expiry)
+                .map_or(0, |c| c.channels);
+            assert_eq!(counted, rows, "{phase:?} no_expiry={no_expiry}");
+        }
+    }
+    assert!(census.iter().any(|c| c.no_expiry && c.phase == Phase::Settling && c.channels >= 2));
+}
+
 /// Two tasks race conflicting totals on the same channels: every channel ends at the highest
 /// total written, and the history only ever increases.
 async fn race(s: Arc<dyn ChannelStore>) {
@@ -202,6 +273,7 @@ async fn whole_suite(s: Arc<dyn ChannelStore>) {
     chained_writes(&*s).await;
     phase_changes(&*s).await;
     queries(&*s).await;
+    pages_windows_and_counts(&*s).await;
     race(s).await;
 }
 
@@ -254,8 +326,9 @@ async fn sqlite_data_survives_reopen_and_newer_schemas_are_refused() {
     }
 }
 
-/// A version 1 database (with the `charged` column no one wrote since ADR 0011) opens: the
-/// migration drops the column and keeps every row.
+/// A version 1 database (with the `charged` column no one wrote since ADR 0011, and the phase
+/// index without the expiry) opens: the migrations drop the column, replace the index and
+/// keep every row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_database_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,6 +341,8 @@ async fn a_version_1_database_is_migrated() {
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch(
         "ALTER TABLE channels ADD COLUMN charged INTEGER NOT NULL DEFAULT 0;
+         DROP INDEX channels_phase_expiry;
+         CREATE INDEX channels_phase ON channels (role, phase);
          UPDATE paychan_meta SET value = '1' WHERE key = 'schema_version';",
     )
     .unwrap();
@@ -281,7 +356,16 @@ async fn a_version_1_database_is_migrated() {
         .query_row("SELECT value FROM paychan_meta WHERE key = 'schema_version'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, paychan_store::SCHEMA_VERSION.to_string());
-    assert_eq!(paychan_store::SCHEMA_VERSION, 2);
+    assert_eq!(paychan_store::SCHEMA_VERSION, 3);
+    let indexes: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'channels'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(indexes.contains(&"channels_phase_expiry".to_string()), "{indexes:?}");
+    assert!(!indexes.contains(&"channels_phase".to_string()), "{indexes:?}");
     let charged: i64 = c
         .query_row(
             "SELECT COUNT(*) FROM pragma_table_info('channels') WHERE name = 'charged'",

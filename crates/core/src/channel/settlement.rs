@@ -12,8 +12,11 @@
 use bitcoin::secp256k1::SecretKey;
 use bitcoin::{Amount, FeeRate, ScriptBuf};
 
+use std::ops::RangeInclusive;
+
 use super::merchant::MerchantChannel;
 use super::Phase;
+use crate::policy::Policy;
 use crate::tx::settlement::Settlement;
 use crate::{Error, Now};
 
@@ -239,7 +242,36 @@ impl Scheduler {
     pub fn backoff(&self) -> Backoff {
         self.backoff
     }
+
+    /// Whether this scheduler knows nothing its channel's stored row does not, for a channel
+    /// in `phase`: open, its funding deep enough never to be looked at again, no settlement
+    /// out, no failure to back off from. Only then may a driver drop the channel from memory
+    /// and load it again from the store later (its scheduler starts afresh).
+    pub fn is_idle(&self, phase: Phase) -> bool {
+        phase == Phase::Open
+            && !self.wants_confirmations(phase, true)
+            && self.out.is_none()
+            && self.backoff.failures() == 0
+            && !self.broadcast_failed
+    }
 }
+
+/// The stored expiries (locktime values) of the open channels whose settlement is due at
+/// `now` under `policy` (the merchant's own tick reports
+/// [`SettleReason::Expiry`](super::SettleReason::Expiry) for exactly these): block heights,
+/// then Unix times. A driver that keeps idle channels out of memory asks its store for the
+/// channels in these windows at each tick. A dispute channel (no expiry, stored as 0) is in
+/// neither.
+pub fn due_expiries(policy: &Policy, now: &Now) -> [RangeInclusive<u32>; 2] {
+    let blocks = policy.settle_distance(true);
+    let secs = policy.settle_distance(false);
+    let last_height = now.height.saturating_add(blocks).min(LOCK_TIME_THRESHOLD - 1);
+    let last_time = u32::try_from(now.time.saturating_add(u64::from(secs))).unwrap_or(u32::MAX);
+    [1..=last_height, LOCK_TIME_THRESHOLD..=last_time.max(LOCK_TIME_THRESHOLD - 1)]
+}
+
+/// Where locktime values stop being heights and start being Unix times.
+const LOCK_TIME_THRESHOLD: u32 = 500_000_000;
 
 /// The rate of a replacement for a settlement paying `previous`: half as much again, at least
 /// 500 sat/kwu (2 sat/vB) more (BIP 125 wants a higher rate and more absolute fee; the
