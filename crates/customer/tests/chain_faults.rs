@@ -307,7 +307,7 @@ async fn a_failing_settlement_is_retried_with_exponential_backoff_until_it_goes_
     }
     assert_eq!(attempts_at, [0, 15, 45, 105, 225, 465], "attempts back off exponentially");
     assert_eq!(w.flaky.calls("broadcast") - before, 6);
-    let metrics = w.server.metrics_text().await;
+    let metrics = w.server.metrics_text().await.unwrap();
     assert!(metrics.contains("paychan_settlement_failures_total 6"), "{metrics}");
     // Nothing was lost meanwhile: the stored total is the acknowledged one.
     let row = w.store.get(id, Role::Merchant).await.unwrap().unwrap();

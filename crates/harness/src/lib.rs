@@ -94,6 +94,7 @@ pub struct Builder {
     customer_clock: Option<Clock>,
     customer_backups: bool,
     max_fee_rate: Option<paychan_core::bitcoin::FeeRate>,
+    max_live_channels: Option<usize>,
     merchant_blocks: u32,
     customer_blocks: u32,
 }
@@ -120,6 +121,13 @@ impl Builder {
     /// Where settlements pay (default: P2WPKH of [`fixtures::key`]`(0x55)`).
     pub fn payout(mut self, payout: Payout) -> Self {
         self.payout = payout;
+        self
+    }
+
+    /// How many idle channels the merchant keeps in memory (default:
+    /// [`paychan_merchant::DEFAULT_MAX_LIVE_CHANNELS`]).
+    pub fn max_live_channels(mut self, n: usize) -> Self {
+        self.max_live_channels = Some(n);
         self
     }
 
@@ -219,6 +227,9 @@ impl Builder {
         let mut config = ServerConfig::new(self.policy, payout);
         if let Some(cap) = self.max_fee_rate {
             config.max_fee_rate = cap;
+        }
+        if let Some(n) = self.max_live_channels {
+            config.max_live_channels = n;
         }
         let merchant_chain = self.merchant_chain.unwrap_or_else(|| chain.clone());
         let mut server = ChannelServer::new(
@@ -344,6 +355,7 @@ impl World {
             customer_clock: None,
             customer_backups: false,
             max_fee_rate: None,
+            max_live_channels: None,
             merchant_blocks: 0,
             customer_blocks: 101,
         }

@@ -245,7 +245,7 @@ impl AdminConfig {
 ///
 /// | method & path | answer |
 /// |---|---|
-/// | `GET /admin/channels` | every channel: phase, paid, charged, deposit, expiry |
+/// | `GET /admin/channels` | every channel: phase, paid, charged, deposit, expiry (`?limit=N&after=ID`: one page) |
 /// | `GET /admin/summary` | channels by phase, total paid, revenue (paid on settled channels) |
 /// | `POST /admin/channels/{txid}:{vout}/settle` | settles now; `{settlement_txid}` |
 /// | `GET /metrics` | counters, channels by phase, payment and store latency histograms |
@@ -361,15 +361,28 @@ fn authorised(a: &Admin, headers: &axum::http::HeaderMap) -> Result<(), ApiError
     }
 }
 
+/// `GET /admin/channels`: every channel ordered by expiry, or with `?limit=N` (and
+/// `&after=<txid>:<vout>`, the last id of the page before) one page in the store's order.
+#[derive(Debug, serde::Deserialize)]
+struct ChannelsQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
 async fn admin_channels(
     State(a): State<Admin>,
     headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<ChannelsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorised(&a, &headers)?;
-    let list: Vec<Value> = a
-        .server
-        .channels()
-        .await?
+    let channels = match (q.limit, q.after) {
+        (None, None) => a.server.channels().await?,
+        (limit, after) => {
+            let after = after.as_deref().map(channel_id).transpose()?;
+            a.server.channels_page(after, limit.unwrap_or(1_000).min(10_000)).await?
+        }
+    };
+    let list: Vec<Value> = channels
         .into_iter()
         .map(|c| {
             json!({
@@ -434,7 +447,7 @@ async fn metrics(
         MetricsAccess::Loopback if from_loopback => {}
         MetricsAccess::Loopback | MetricsAccess::Token => authorised(&a, req.headers())?,
     }
-    let body = a.server.metrics_text().await;
+    let body = a.server.metrics_text().await?;
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 

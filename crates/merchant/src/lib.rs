@@ -26,7 +26,7 @@ pub use paychan_wallet::KeyChain;
 pub use paychan_core::channel::settlement::BUMP_AFTER_BLOCKS;
 pub use server::{
     ChannelListing, ChannelServer, Clock, PayAnswers, PayRun, PayoutSource, ServerConfig,
-    NODE_KEY_INDEX, TWO1_KEY_INDEX,
+    DEFAULT_MAX_LIVE_CHANNELS, NODE_KEY_INDEX, TWO1_KEY_INDEX,
 };
 
 /// The wire code of the merchant's own failures (its store, its node, a bug): the request

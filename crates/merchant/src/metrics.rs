@@ -71,8 +71,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The text exposition, with `channels` as (phase, count).
-    pub fn render(&self, channels: &[(&str, usize)], kinds: &[(&str, usize)]) -> String {
+    /// The text exposition, with `channels` as (phase, count), `kinds` as (kind, count) and
+    /// `in_memory` the channels held in memory.
+    pub fn render(
+        &self,
+        channels: &[(&str, usize)],
+        kinds: &[(&str, usize)],
+        in_memory: usize,
+    ) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(
@@ -121,7 +127,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP paychan_channels Channels by phase.\n# TYPE paychan_channels gauge"
+            "# HELP paychan_channels Live channels by phase (the store's count).\n# TYPE paychan_channels gauge"
         );
         for (phase, n) in channels {
             let _ = writeln!(out, "paychan_channels{{phase=\"{phase}\"}} {n}");
@@ -133,6 +139,10 @@ impl Metrics {
         for (kind, n) in kinds {
             let _ = writeln!(out, "paychan_channels_by_kind{{kind=\"{kind}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP paychan_channels_in_memory Channels held in memory (in use, with chain work, or idle up to the cache's bound).\n# TYPE paychan_channels_in_memory gauge\npaychan_channels_in_memory {in_memory}"
+        );
         self.payment_latency.render(
             "paychan_payment_latency_seconds",
             "From a payment's arrival to its acknowledgement.",

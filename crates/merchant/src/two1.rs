@@ -86,7 +86,7 @@ fn tx_param(hex: &str) -> Option<Transaction> {
 
 /// The channel a `/payment/<txid>` path names and the parameter `name` of the request; else
 /// the answer: 404 for an unknown channel, 400 with `missing` for an absent parameter.
-fn channel_and(
+async fn channel_and(
     server: &ChannelServer,
     txid: &str,
     body: &[u8],
@@ -94,15 +94,24 @@ fn channel_and(
     name: &str,
     missing: &'static str,
 ) -> Result<(OutPoint, String), Box<Response>> {
-    let id = channel_of(server, txid).ok_or_else(|| Box::new(not_found()))?;
+    let id = channel_of(server, txid).await?;
     let mut p = params(body, query);
     let value = p.remove(name).ok_or_else(|| Box::new(text(StatusCode::BAD_REQUEST, missing)))?;
     Ok((id, value))
 }
 
-fn channel_of(server: &ChannelServer, txid: &str) -> Option<OutPoint> {
-    let txid: Txid = txid.parse().ok()?;
-    server.find_by_txid(&txid)
+/// The live channel a `/payment/<txid>` path names; else the answer: 404 for an unknown
+/// channel, 500 when the store cannot say.
+async fn channel_of(server: &ChannelServer, txid: &str) -> Result<OutPoint, Box<Response>> {
+    let Ok(txid) = txid.parse::<Txid>() else { return Err(Box::new(not_found())) };
+    match server.find_by_txid(&txid).await {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err(Box::new(not_found())),
+        Err(e) => {
+            tracing::warn!(error = %e, "looking up a 21 channel failed");
+            Err(Box::new(text(StatusCode::INTERNAL_SERVER_ERROR, "Merchant failure.")))
+        }
+    }
 }
 
 async fn info(State(s): State<Arc<ChannelServer>>) -> Response {
@@ -134,7 +143,10 @@ async fn open(State(s): State<Arc<ChannelServer>>, RawQuery(q): RawQuery, body: 
 }
 
 async fn status(State(s): State<Arc<ChannelServer>>, Path(txid): Path<String>) -> Response {
-    let Some(id) = channel_of(&s, &txid) else { return not_found() };
+    let id = match channel_of(&s, &txid).await {
+        Ok(id) => id,
+        Err(answer) => return *answer,
+    };
     match s.channel_status(id).await {
         Ok((phase, total)) => {
             let status = match phase {
@@ -156,11 +168,11 @@ async fn pay(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    let (id, payment) = match channel_and(&s, &txid, &body, q, "payment_tx", "No payment provided.")
-    {
-        Ok(x) => x,
-        Err(answer) => return *answer,
-    };
+    let (id, payment) =
+        match channel_and(&s, &txid, &body, q, "payment_tx", "No payment provided.").await {
+            Ok(x) => x,
+            Err(answer) => return *answer,
+        };
     let Some(tx) = tx_param(&payment) else {
         return text(StatusCode::BAD_REQUEST, "The payment is not a hex-encoded transaction.");
     };
@@ -182,10 +194,11 @@ async fn close(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    let (id, sig) = match channel_and(&s, &txid, &body, q, "signature", "No signature provided.") {
-        Ok(x) => x,
-        Err(answer) => return *answer,
-    };
+    let (id, sig) =
+        match channel_and(&s, &txid, &body, q, "signature", "No signature provided.").await {
+            Ok(x) => x,
+            Err(answer) => return *answer,
+        };
     let Ok(sig) = Vec::<u8>::from_hex(&sig) else {
         return text(StatusCode::BAD_REQUEST, "Invalid signature.");
     };

@@ -107,7 +107,7 @@ async fn open(s: &Setup) -> (CustomerChannel, OutPoint) {
         (listed[0].kind(), listed[0].dispute_blocks, listed[0].expiry),
         ("dispute", Some(144), 0)
     );
-    let metrics = s.server.metrics_text().await;
+    let metrics = s.server.metrics_text().await.unwrap();
     assert!(metrics.contains("paychan_channels_by_kind{kind=\"dispute\"} 1"), "{metrics}");
     (c, id)
 }

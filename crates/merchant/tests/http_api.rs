@@ -141,6 +141,20 @@ async fn json_api_open_pay_close_and_refusals() {
     let list = common::admin_get(&client, &base, "/admin/channels", "s3cret").await;
     assert_eq!(list[0]["channel"], id.to_string());
     assert_eq!(list[0]["paid_sat"], 3_000);
+    // A page at a time: the one channel, then nothing after it; a bad id is a clear 400.
+    let page = common::admin_get(&client, &base, "/admin/channels?limit=1", "s3cret").await;
+    assert_eq!(page.as_array().unwrap().len(), 1);
+    assert_eq!(page[0]["channel"], id.to_string());
+    let next = format!("/admin/channels?limit=1&after={id}");
+    let rest = common::admin_get(&client, &base, &next, "s3cret").await;
+    assert_eq!(rest, json!([]));
+    let r = client
+        .get(format!("{base}/admin/channels?after=nonsense"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     let summary = common::admin_get(&client, &base, "/admin/summary", "s3cret").await;
     assert_eq!(summary["paid_sat"], 3_000);
     assert_eq!(summary["revenue_sat"], 3_000);

@@ -141,7 +141,7 @@ async fn a_two1_client_opens_pays_and_closes() {
         with_token("nonsense".into()).await,
         (400, "PaymentChannelNotFoundError('Payment not found.')".to_string())
     );
-    let id = server.find_by_txid(&deposit_txid.parse().unwrap()).unwrap();
+    let id = server.find_by_txid(&deposit_txid.parse().unwrap()).await.unwrap().unwrap();
     let charged = |server: std::sync::Arc<paychan_merchant::ChannelServer>| async move {
         server.channels().await.unwrap().into_iter().find(|c| c.id == id).unwrap().charged
     };
@@ -413,4 +413,86 @@ async fn malicious_two1_payments_are_refused_and_change_nothing() {
     }
     // The channel still takes the good one.
     assert_eq!(put(good).await.0, 200);
+}
+
+/// A 21 channel and its unredeemed token survive a restart although nothing is loaded at the
+/// start: the channel is found by its deposit txid in the store, the token by one read of the
+/// stored channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two1_token_paid_before_a_restart_is_redeemed_after_it() {
+    let Setup { node, chain, store, clock, server, dir } = setup(101);
+    let serve = |server: std::sync::Arc<paychan_merchant::ChannelServer>| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/payment", listener.local_addr().unwrap());
+        let paid = axum::Router::new()
+            .route("/resource", axum::routing::get(|| async { "paid content" }))
+            .layer(PaywallLayer::new(
+                server.clone(),
+                PaywallConfig::new(Pricing::new(Amount::from_sat(1_000)), "127.0.0.1:9735"),
+            ));
+        let app = two1::router(server).merge(paid);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    };
+    let base = serve(server.clone()).await;
+    let http = reqwest::Client::new();
+    let info: Value = http.get(&base).send().await.unwrap().json().await.unwrap();
+    let merchant =
+        PublicKey::from_slice(&Vec::<u8>::from_hex(info["public_key"].as_str().unwrap()).unwrap())
+            .unwrap();
+    let (deposit, script, _) = deposit_for(&node, merchant, 1);
+    let r = http
+        .post(&base)
+        .form(&[
+            ("deposit_tx", serialize_hex(&deposit).as_str()),
+            ("redeem_script", script.script().to_hex_string().as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deposit_txid = deposit.compute_txid().to_string();
+    node.mine(1, &p2wpkh(&key(0x77))).unwrap();
+    let funding = FundingOutput::find(&deposit, &script).unwrap();
+    let change_spk =
+        ScriptBuf::new_p2pkh(&CompressedPublicKey(pubkey(&customer_key())).pubkey_hash());
+    let params =
+        ChannelParams::new(script, funding, change_spk, Policy::default().dust_relay_fee).unwrap();
+    let payment =
+        build_payment(&params, Amount::from_sat(3_000), TWO1_FEE, &customer_key()).unwrap();
+    let r = http
+        .put(format!("{base}/{deposit_txid}"))
+        .form(&[("payment_tx", serialize_hex(&payment).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().await.unwrap()["payment_txid"].as_str().unwrap().to_string();
+
+    // The merchant restarts: nothing open is loaded.
+    let again = std::sync::Arc::new(common::server_on(&dir, store, chain, clock));
+    assert_eq!(again.load().await.unwrap(), 1);
+    assert_eq!(again.channels_in_memory(), 0);
+    let base = serve(again.clone()).await;
+    let status: Value =
+        http.get(format!("{base}/{deposit_txid}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["status"], "ready", "found by its deposit txid in the store");
+    assert_eq!(status["balance"], 3_000);
+    let resource = base.replace("/payment", "/resource");
+    let redeem = |t: String| {
+        let (http, url) = (http.clone(), resource.clone());
+        async move {
+            let r = http.get(url).header("Bitcoin-Payment-Channel-Token", t).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(
+        redeem("ab".repeat(32)).await,
+        (400, "PaymentChannelNotFoundError('Payment not found.')".to_string())
+    );
+    assert_eq!(redeem(token.clone()).await, (200, "paid content".to_string()));
+    assert_eq!(
+        redeem(token).await,
+        (400, "RedeemPaymentError('Payment already redeemed.')".to_string())
+    );
 }

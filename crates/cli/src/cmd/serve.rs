@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Connections open at once, per listener (default 1024); keep it below `ulimit -n`.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Idle channels kept in memory (default 16384, about 26 MiB); the others are loaded from
+    /// the store when used. Channels in use or with chain work are always kept.
+    #[arg(long)]
+    max_live_channels: Option<usize>,
     /// Seconds a new connection has for its `Hello` (TCP) or its request headers (HTTP)
     /// (default 10).
     #[arg(long)]
@@ -164,6 +168,7 @@ struct ServeFile {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
+    max_live_channels: Option<usize>,
     handshake_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     metrics: Option<String>,
@@ -302,6 +307,11 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             .or(file.idle_timeout_secs)
             .map_or(defaults.idle_timeout, |s| Duration::from_secs(s.max(1))),
     };
+    let max_live = a
+        .max_live_channels
+        .or(file.max_live_channels)
+        .unwrap_or(paychan_merchant::DEFAULT_MAX_LIVE_CHANNELS)
+        .max(1);
     let home = common.home();
     let rt = runtime()?;
     rt.block_on(async move {
@@ -313,14 +323,14 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             .map_err(|e| fail(format!("cannot listen on {http_listen}: {e}")))?;
         let http_addr = http_listener.local_addr()?;
         let (server, payout, loaded) =
-            merchant(common, mainnet_confirmed, &store_spec, policy).await?;
+            merchant(common, mainnet_confirmed, &store_spec, policy, max_live).await?;
         // The address customers dial: the node id (BOLT 8) at the listener.
         let node_id = server.node_id();
         let address = format!("{node_id}@{addr}");
         common.print(
             &json!({"listen": addr.to_string(), "node_id": node_id.to_string(), "address": address, "http": http_addr.to_string(), "tls": scheme == "https", "payout": payout.to_string(), "channels": loaded}),
             &format!(
-                "paychan serve: channel protocol (BOLT 8) at {address}, JSON API on {scheme}://{http_addr}, {loaded} channels loaded, settlements pay fresh addresses of the wallet (first {payout})"
+                "paychan serve: channel protocol (BOLT 8) at {address}, JSON API on {scheme}://{http_addr}, {loaded} live channels in the store (loaded when used), settlements pay fresh addresses of the wallet (first {payout})"
             ),
         )?;
         // Where the running merchant can be reached: `paychan payment submit` goes through
@@ -477,12 +487,14 @@ pub fn read_or_make_token(path: &std::path::Path) -> Result<String, CliError> {
 }
 
 /// The merchant's channel server, as `serve` and `payment` use it: wallet (keys, payout),
-/// store, chain; its stored channels loaded.
+/// store, chain; the stored channels with chain work loaded (the others load when used), at
+/// most `max_live` idle ones kept in memory.
 pub async fn merchant(
     common: &Common,
     mainnet_confirmed: bool,
     store_spec: &str,
     policy: Policy,
+    max_live: usize,
 ) -> Result<(Arc<ChannelServer>, paychan_core::bitcoin::Address, usize), CliError> {
     let home = common.home();
     let n = common.claim_network(mainnet_confirmed)?;
@@ -512,6 +524,7 @@ pub async fn merchant(
         };
     let config = ServerConfig {
         max_fee_rate: n.max_fee_rate,
+        max_live_channels: max_live,
         ..ServerConfig::new(policy, payout.script_pubkey())
     };
     // Each settlement pays a fresh address of the merchant's wallet.

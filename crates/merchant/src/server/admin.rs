@@ -55,51 +55,82 @@ fn listing(id: OutPoint, st: &MerchantState) -> ChannelListing {
 }
 
 impl ChannelServer {
-    /// The Prometheus text exposition of the merchant's metrics.
-    pub async fn metrics_text(&self) -> String {
-        let slots: Vec<_> = self.slots().values().cloned().collect();
+    /// The Prometheus text exposition of the merchant's metrics. The channels by phase and
+    /// kind are the store's counts (most channels are not in memory, ADR 0028).
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn metrics_text(&self) -> Result<String, MerchantError> {
+        let census = self.store.census(Role::Merchant).await?;
         let mut by_phase: HashMap<&'static str, usize> = HashMap::new();
         let mut by_kind: HashMap<&'static str, usize> = HashMap::new();
-        for slot in slots {
-            let s = slot.peek().await;
-            *by_phase.entry(s.channel.phase().as_str()).or_default() += 1;
-            let l = listing(s.channel.id(), s.channel.state());
-            *by_kind.entry(l.kind()).or_default() += 1;
+        for c in census.iter().filter(|c| !c.phase.is_final()) {
+            let n = usize::try_from(c.channels).unwrap_or(usize::MAX);
+            *by_phase.entry(c.phase.as_str()).or_default() += n;
+            *by_kind.entry(if c.no_expiry { "dispute" } else { "cltv" }).or_default() += n;
         }
         let mut phases: Vec<(&str, usize)> = by_phase.into_iter().collect();
         phases.sort_unstable();
         let mut kinds: Vec<(&str, usize)> = by_kind.into_iter().collect();
         kinds.sort_unstable();
-        self.metrics.render(&phases, &kinds)
+        Ok(self.metrics.render(&phases, &kinds, self.channels_in_memory()))
     }
 
-    /// Every channel, live ones from memory and ended ones (settled, refunded, abandoned:
-    /// not kept in memory) from the store.
+    /// Every channel of the store ([`Self::channels_page`] page after page), ordered by
+    /// expiry.
     ///
     /// # Errors
     /// The store's, or an undecodable row.
     pub async fn channels(&self) -> Result<Vec<ChannelListing>, MerchantError> {
-        let slots: Vec<_> = self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
-        let mut out = Vec::with_capacity(slots.len());
-        for (id, slot) in slots {
-            let s = slot.peek().await;
-            out.push(listing(id, s.channel.state()));
+        const PAGE: usize = 1_000;
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.channels_page(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            let full = page.len() == PAGE;
+            out.extend(page);
+            if !full {
+                break;
+            }
         }
-        let ended = self
+        out.sort_by_key(|c| (c.expiry, c.id));
+        Ok(out)
+    }
+
+    /// Up to `limit` channels of the store after channel `after`, in the store's order of ids
+    /// (pass the last one's id for the next page): each as its row says, or as memory has it
+    /// when it is there (a pipelined run may be ahead of its row).
+    ///
+    /// # Errors
+    /// The store's, or an undecodable row.
+    pub async fn channels_page(
+        &self,
+        after: Option<OutPoint>,
+        limit: usize,
+    ) -> Result<Vec<ChannelListing>, MerchantError> {
+        let rows = self
             .store
             .list(paychan_store::Query {
                 role: Some(Role::Merchant),
-                phases: vec![Phase::Settled, Phase::Refunded, Phase::Abandoned],
+                by_id: true,
+                after,
+                limit: limit.max(1),
                 ..Default::default()
             })
             .await?;
-        for row in ended {
-            if self.slots().contains_key(&row.id) {
-                continue;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let cached = self.in_memory(&row.id);
+            match cached {
+                Some(live) => {
+                    let s = live.peek().await;
+                    out.push(listing(row.id, s.channel.state()));
+                }
+                None => out.push(listing(row.id, &MerchantState::decode(&row.state)?)),
             }
-            out.push(listing(row.id, &MerchantState::decode(&row.state)?));
         }
-        out.sort_by_key(|c| (c.expiry, c.id));
         Ok(out)
     }
 
@@ -108,7 +139,7 @@ impl ChannelServer {
     /// # Errors
     /// [`Error::UnknownChannel`]; the store's.
     pub async fn channel_status(&self, id: OutPoint) -> Result<(Phase, Amount), MerchantError> {
-        if let Ok(slot) = self.slot(&id) {
+        if let Some(slot) = self.cached(&id) {
             let s = slot.peek().await;
             return Ok((s.channel.phase(), s.stored_total()));
         }
@@ -119,9 +150,9 @@ impl ChannelServer {
     /// A channel's expiry (locktime value).
     ///
     /// # Errors
-    /// [`Error::UnknownChannel`].
+    /// [`Error::UnknownChannel`]; the store's.
     pub async fn channel_expiry(&self, id: OutPoint) -> Result<u32, MerchantError> {
-        let slot = self.slot(&id)?;
+        let slot = self.live(&id).await?;
         let s = slot.peek().await;
         Ok(s.channel.state().params.script().expiry().map_or(0, |e| e.to_consensus_u32()))
     }

@@ -27,7 +27,7 @@ pub(super) async fn blocking<T: Send + 'static>(
 impl ChannelServer {
     /// Channel `id` locked, ready to take a payment ([`Self::ready_to_pay`]).
     pub(super) async fn payable(&self, id: OutPoint) -> Result<Locked, MerchantError> {
-        let mut s = self.slot(&id)?.lock().await;
+        let mut s = self.live(&id).await?.lock().await;
         self.ready_to_pay(&mut s, id).await?;
         Ok(s)
     }
@@ -41,9 +41,21 @@ impl ChannelServer {
         id: OutPoint,
     ) -> Result<(), MerchantError> {
         self.reload(s).await?;
-        if s.channel.phase() == Phase::AwaitingFunding {
+        let spend_point = self.watched_spend_point(s);
+        let unseen = self.view.is_pending(&spend_point);
+        if s.channel.phase() == Phase::AwaitingFunding || unseen {
+            // Awaiting its confirmations, or loaded since the view last looked (its funding may
+            // have been spent before this start: a store restored from a backup).
             let view = self.view.clone();
             blocking(move || view.sync()).await?;
+        }
+        if unseen && self.view.spend(&spend_point).is_some() {
+            self.notice_spend(s, spend_point).await?;
+        }
+        // A channel loaded open learns its funding's depth once looked up (then, deep enough,
+        // it may leave memory again when idle).
+        let fresh = unseen && s.channel.phase() == Phase::Open && !self.view.is_pending(&id);
+        if s.channel.phase() == Phase::AwaitingFunding || fresh {
             self.refresh_confirmations(s, id).await?;
         }
         let unseen_dispute = s.channel.phase() == Phase::AwaitingFunding

@@ -19,6 +19,7 @@ mod settle;
 mod two1;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use paychan_chain::{ChainSource, ChainView, Lookback};
@@ -60,7 +61,14 @@ pub struct ServerConfig {
     pub settle_target_blocks: u32,
     /// The highest fee rate a settlement pays (first or replacement).
     pub max_fee_rate: FeeRate,
+    /// How many channels are kept in memory when idle (ADR 0028): above it, the open channels
+    /// least recently used that hold nothing the store lacks are dropped, and loaded again
+    /// from the store on their next use. Channels with work in flight are always kept.
+    pub max_live_channels: usize,
 }
+
+/// The default of [`ServerConfig::max_live_channels`]: about 26 MiB of channels.
+pub const DEFAULT_MAX_LIVE_CHANNELS: usize = 16_384;
 
 impl ServerConfig {
     /// Settings with `policy` and `payout`: fee estimates for 6 blocks, and regtest's fee cap
@@ -71,6 +79,7 @@ impl ServerConfig {
             payout,
             settle_target_blocks: 6,
             max_fee_rate: paychan_core::network::NetworkParams::regtest().max_fee_rate,
+            max_live_channels: DEFAULT_MAX_LIVE_CHANNELS,
         }
     }
 }
@@ -85,6 +94,9 @@ type Slot = Persisted<MerchantChannel, Scheduler>;
 struct Live {
     gate: Arc<tokio::sync::RwLock<()>>,
     slot: Arc<tokio::sync::Mutex<Slot>>,
+    /// When it was last asked for (the registry's use counter): the least recently used
+    /// idle channels leave memory first.
+    last_used: AtomicU64,
 }
 
 impl Live {
@@ -92,7 +104,26 @@ impl Live {
         Arc::new(Live {
             gate: Arc::new(tokio::sync::RwLock::new(())),
             slot: Arc::new(tokio::sync::Mutex::new(slot)),
+            last_used: AtomicU64::new(0),
         })
+    }
+
+    /// Whether nobody holds or waits for the channel and it holds nothing its row lacks (or it
+    /// ended), so it may leave memory. Called with the registry locked: nobody can take a new hold then.
+    fn evictable(self: &Arc<Self>) -> bool {
+        if Arc::strong_count(self) != 1
+            || Arc::strong_count(&self.slot) != 1
+            || Arc::strong_count(&self.gate) != 1
+        {
+            return false;
+        }
+        match self.slot.try_lock() {
+            Ok(s) => {
+                let phase = s.channel.phase();
+                s.in_flight() == 0 && (phase.is_final() || s.ext.is_idle(phase))
+            }
+            Err(_) => false,
+        }
     }
 
     /// The channel for any operation: once no pipelined write is in flight.
@@ -240,14 +271,39 @@ pub struct ChannelServer {
     /// What the blocks say about the channels' fundings (read once each, from a cursor).
     view: Arc<ChainView>,
     clock: Clock,
+    /// The channels in memory: those in use, those with chain work, and idle ones up to
+    /// [`ServerConfig::max_live_channels`]; the others are loaded from the store on use.
     channels: Mutex<HashMap<OutPoint, Arc<Live>>>,
+    /// Counts uses of channels (their `last_used`).
+    uses: AtomicU64,
     metrics: crate::metrics::Metrics,
     payout_source: Option<PayoutSource>,
     /// 21 tokens (payment txids) → their channel.
     tokens: Mutex<HashMap<Txid, OutPoint>>,
+    /// Set once every stored channel's latest 21 token is in `tokens` (read at the first
+    /// token not found there after a start).
+    tokens_indexed: tokio::sync::OnceCell<()>,
+    /// Where the start-up sweep of the open channels' fundings is (`None`: done).
+    sweep: Mutex<Option<Sweep>>,
     /// The chain tip at the last tick.
     last_tip: Mutex<Option<paychan_core::bitcoin::BlockHash>>,
 }
+
+/// The start-up sweep's place: after a start, each tick looks up [`SWEEP_BATCH`] more open
+/// channels' fundings that are not in memory, in id order, until every one was looked at once
+/// (ADR 0028).
+#[derive(Debug, Default)]
+struct Sweep {
+    /// The last channel looked at.
+    after: Option<OutPoint>,
+    /// The fundings of the last batch, watched until the sync after it.
+    watched: Vec<OutPoint>,
+    /// Every open channel was read: the sweep ends once `watched` is looked up.
+    read_all: bool,
+}
+
+/// How many stored open channels one tick's sweep looks up (one `gettxout` each).
+pub const SWEEP_BATCH: usize = 1_000;
 
 /// Hands out a fresh payout script per settlement (the merchant's wallet).
 pub type PayoutSource = Arc<dyn Fn() -> Result<ScriptBuf, String> + Send + Sync>;
@@ -282,9 +338,12 @@ impl ChannelServer {
             view,
             clock,
             channels: Mutex::new(HashMap::new()),
+            uses: AtomicU64::new(0),
             metrics: crate::metrics::Metrics::default(),
             payout_source: None,
             tokens: Mutex::new(HashMap::new()),
+            tokens_indexed: tokio::sync::OnceCell::new(),
+            sweep: Mutex::new(Some(Sweep::default())),
             last_tip: Mutex::new(None),
         })
     }
@@ -321,29 +380,162 @@ impl ChannelServer {
         &self.node_key
     }
 
-    /// Loads every stored live channel (after a restart).
+    /// Brings back what a restart needs before it serves (ADR 0028): the channels with chain
+    /// work at every tick (awaiting their funding, settling, expired, disputed) are loaded,
+    /// and open dispute channels are watched (their trigger may come at any time); open
+    /// channels stay in the store until they are used, fall due or are spent. Returns how many
+    /// live (not ended) channels the store holds.
     ///
     /// # Errors
     /// [`MerchantError::Store`]; [`MerchantError::Core`] for an undecodable row.
     pub async fn load(&self) -> Result<usize, MerchantError> {
-        let rows = self.store.list(paychan_store::Query::role(Role::Merchant)).await?;
-        let mut n = 0;
-        for row in rows.into_iter().filter(|r| !r.phase.is_final()) {
-            let state = MerchantState::decode(&row.state)?;
-            if let Some(tx) = &state.two1_tx {
-                self.token_index().insert(tx.compute_txid(), row.id);
-            }
-            self.view.watch(row.id, self.lookback(&state));
-            if state.phase == Phase::Disputed {
-                // The trigger is out: what ends the channel is the spend of its output.
-                self.view.watch(state.params.channel_input(), self.lookback(&state));
-            }
-            let channel = MerchantChannel::restore(state, self.config.policy.clone());
-            let slot = Slot::stored(channel, row.version, row.total);
-            self.slots().insert(row.id, Live::new(slot));
-            n += 1;
+        let busy = self
+            .store
+            .list(paychan_store::Query {
+                role: Some(Role::Merchant),
+                phases: vec![
+                    Phase::AwaitingFunding,
+                    Phase::Settling,
+                    Phase::Expired,
+                    Phase::Disputed,
+                ],
+                ..Default::default()
+            })
+            .await?;
+        for row in busy {
+            self.live_from_row(row)?;
         }
-        Ok(n)
+        let disputable = self
+            .store
+            .list(paychan_store::Query {
+                role: Some(Role::Merchant),
+                phases: vec![Phase::Open],
+                expiring_before: Some(1),
+                ..Default::default()
+            })
+            .await?;
+        for row in disputable {
+            // Open, so confirmed: its spend (a trigger) may be in any block since.
+            self.view.watch(row.id, Lookback::To { height: 0, time: 0 });
+        }
+        let census = self.store.census(Role::Merchant).await?;
+        let live = census.iter().filter(|c| !c.phase.is_final()).map(|c| c.channels).sum::<u64>();
+        Ok(usize::try_from(live).unwrap_or(usize::MAX))
+    }
+
+    /// Channel `row`'s live channel: the one in memory if it is there, else restored from the
+    /// row (its 21 token indexed, its funding watched) and kept.
+    ///
+    /// # Errors
+    /// [`Error::UnknownChannel`] for an ended channel; [`MerchantError::Core`] for an
+    /// undecodable row.
+    fn live_from_row(&self, row: paychan_store::ChannelRow) -> Result<Arc<Live>, MerchantError> {
+        if let Some(live) = self.cached(&row.id) {
+            return Ok(live);
+        }
+        if row.phase.is_final() {
+            return Err(Error::UnknownChannel(row.id).into());
+        }
+        let state = MerchantState::decode(&row.state)?;
+        if let Some(tx) = &state.two1_tx {
+            self.token_index().insert(tx.compute_txid(), row.id);
+        }
+        self.view.watch(row.id, self.lookback(&state));
+        if state.phase == Phase::Disputed {
+            // The trigger is out: what ends the channel is the spend of its output.
+            self.view.watch(state.params.channel_input(), self.lookback(&state));
+        }
+        let channel = MerchantChannel::restore(state, self.config.policy.clone());
+        let live = Live::new(Slot::stored(channel, row.version, row.total));
+        Ok(self.keep(row.id, live))
+    }
+
+    /// Keeps `live` as channel `id`'s, unless another task kept one first (then that one);
+    /// then trims the idle channels if there are too many.
+    fn keep(&self, id: OutPoint, live: Arc<Live>) -> Arc<Live> {
+        live.last_used.store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        let (kept, over) = {
+            let mut slots = self.slots();
+            let kept = slots.entry(id).or_insert(live).clone();
+            (kept, slots.len() > self.config.max_live_channels)
+        };
+        if over {
+            self.evict_idle();
+        }
+        kept
+    }
+
+    /// Drops the least recently used idle channels until an eighth of the cache is free (or
+    /// no idle channel is left): each holds nothing its row lacks, and comes back from the
+    /// store on its next use. A CLTV channel's funding is no longer watched (the tick loads it
+    /// again when its settlement falls due); a dispute channel's stays watched (its trigger).
+    fn evict_idle(&self) {
+        let cap = self.config.max_live_channels;
+        let target = cap - cap / 8;
+        let mut slots = self.slots();
+        if slots.len() <= cap {
+            return;
+        }
+        let mut idle: Vec<(u64, OutPoint)> = slots
+            .iter()
+            .filter(|(_, live)| live.evictable())
+            .map(|(id, live)| (live.last_used.load(Ordering::Relaxed), *id))
+            .collect();
+        idle.sort_unstable();
+        let excess = slots.len().saturating_sub(target);
+        let mut evicted = 0;
+        for (_, id) in idle.into_iter().take(excess) {
+            let Some(live) = slots.remove(&id) else { continue };
+            if let Ok(s) = live.slot.try_lock() {
+                self.drop_watches(id, &s);
+            }
+            evicted += 1;
+        }
+        tracing::debug!(evicted, kept = slots.len(), "idle channels left memory");
+    }
+
+    /// What the chain view stops watching for a channel leaving memory: an ended channel's
+    /// outputs, an open CLTV channel's funding (the tick loads it again when its settlement
+    /// falls due); an open dispute channel's funding stays watched (its trigger may come).
+    fn drop_watches(&self, id: OutPoint, s: &Slot) {
+        let state = s.channel.state();
+        if s.channel.phase().is_final() {
+            self.view.unwatch(&id);
+            if state.trigger.is_some() {
+                self.view.unwatch(&state.params.channel_input());
+            }
+        } else if state.params.script().expiry().is_some() {
+            self.view.unwatch(&id);
+        }
+    }
+
+    /// Channel `id` if it is in memory, without marking it used (the tick, listings).
+    fn in_memory(&self, id: &OutPoint) -> Option<Arc<Live>> {
+        self.slots().get(id).cloned()
+    }
+
+    /// Channel `id` if it is in memory (marked used).
+    fn cached(&self, id: &OutPoint) -> Option<Arc<Live>> {
+        let live = self.slots().get(id).cloned()?;
+        live.last_used.store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        Some(live)
+    }
+
+    /// Channel `id`, from memory or loaded from the store.
+    ///
+    /// # Errors
+    /// [`Error::UnknownChannel`] when the store has no live channel `id`; the store's.
+    async fn live(&self, id: &OutPoint) -> Result<Arc<Live>, MerchantError> {
+        if let Some(live) = self.cached(id) {
+            return Ok(live);
+        }
+        let row = self.store.get(*id, Role::Merchant).await?.ok_or(Error::UnknownChannel(*id))?;
+        self.live_from_row(row)
+    }
+
+    /// How many channels are in memory.
+    pub fn channels_in_memory(&self) -> usize {
+        self.slots().len()
     }
 
     /// How far back the chain view may read for a stored channel's funding spend: not at
@@ -351,20 +543,24 @@ impl ChannelServer {
     /// down to the funding's block, and not before the channel's expiry less the policy's
     /// longest channel life.
     fn lookback(&self, state: &MerchantState) -> Lookback {
-        if state.phase == Phase::AwaitingFunding {
+        let expiry = state.params.script().expiry().map_or(0, |e| e.to_consensus_u32());
+        self.lookback_of(state.phase, expiry)
+    }
+
+    /// [`Self::lookback`] from a row's columns: its phase and stored expiry (0: none).
+    fn lookback_of(&self, phase: Phase, expiry: u32) -> Lookback {
+        if phase == Phase::AwaitingFunding {
             return Lookback::Never;
         }
         let life = self.config.policy.max_channel_life_secs;
-        match state.params.script().expiry() {
-            Some(LockTime::Seconds(t)) => {
-                Lookback::To { height: 0, time: t.to_consensus_u32().saturating_sub(life) }
-            }
-            // Blocks come every ten minutes on average; allow them twice as fast.
-            Some(LockTime::Blocks(h)) => {
-                Lookback::To { height: h.to_consensus_u32().saturating_sub(life / 300), time: 0 }
-            }
+        match (expiry, LockTime::from_consensus(expiry)) {
             // No expiry (a dispute channel): down to the funding's own block.
-            None => Lookback::To { height: 0, time: 0 },
+            (0, _) => Lookback::To { height: 0, time: 0 },
+            (t, LockTime::Seconds(_)) => Lookback::To { height: 0, time: t.saturating_sub(life) },
+            // Blocks come every ten minutes on average; allow them twice as fast.
+            (h, LockTime::Blocks(_)) => {
+                Lookback::To { height: h.saturating_sub(life / 300), time: 0 }
+            }
         }
     }
 
@@ -374,10 +570,6 @@ impl ChannelServer {
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<OutPoint, Arc<Live>>> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn slot(&self, id: &OutPoint) -> Result<Arc<Live>, MerchantError> {
-        self.slots().get(id).cloned().ok_or(MerchantError::Core(Error::UnknownChannel(*id)))
     }
 
     /// Answers a `Hello`: the version, the key a new channel would use, the policy. The key's
@@ -438,7 +630,7 @@ impl ChannelServer {
     /// Refuses a deposit that already has a channel: live (in memory) or ended (in the store
     /// only).
     async fn ensure_new(&self, id: OutPoint) -> Result<(), MerchantError> {
-        if self.slots().contains_key(&id) || self.store.get(id, Role::Merchant).await?.is_some() {
+        if self.cached(&id).is_some() || self.store.get(id, Role::Merchant).await?.is_some() {
             return Err(Error::ChannelExists(id).into());
         }
         Ok(())
@@ -474,7 +666,7 @@ impl ChannelServer {
         let out = self.drain(&mut guard).await?;
         drop(guard);
         self.view.watch(id, Lookback::Never);
-        self.slots().insert(id, slot);
+        self.keep(id, slot);
         Ok(out)
     }
 
@@ -525,7 +717,7 @@ impl ChannelServer {
             started: std::time::Instant::now(),
             landed: true,
         };
-        let live = match self.slot(&channel) {
+        let live = match self.live(&channel).await {
             Ok(live) => live,
             Err(e) => {
                 run.failed = Some(e);
@@ -638,7 +830,7 @@ impl ChannelServer {
     ) -> Result<PayAnswers, MerchantError> {
         // Not the whole channel: later runs of the caller's connection may be in flight, and
         // they are finished by the same caller after this one.
-        let live = self.slot(&channel)?;
+        let live = self.live(&channel).await?;
         let mut s = self.for_payments(&live, channel).await?;
         let (results, gained) = self.check_run(&mut s, channel, pays);
         let mut exhausted = false;
@@ -711,7 +903,7 @@ impl ChannelServer {
     /// Settles `channel` if a payment exhausted it (too little left to be worth keeping open),
     /// once no pipelined write of it is in flight.
     pub async fn settle_if_exhausted(&self, channel: OutPoint) {
-        let Ok(live) = self.slot(&channel) else { return };
+        let Ok(live) = self.live(&channel).await else { return };
         let mut s = live.lock().await;
         if s.channel.phase() == Phase::Open {
             let now = (self.clock)();
@@ -755,7 +947,7 @@ impl ChannelServer {
 
     /// The stored total of `channel` and the customer's signature of it.
     async fn stored_payment(&self, channel: OutPoint) -> Result<(Amount, Vec<u8>), MerchantError> {
-        if let Ok(live) = self.slot(&channel) {
+        if let Some(live) = self.cached(&channel) {
             let s = live.peek().await;
             // Unless a pipelined run is in flight, the machine is its row.
             if s.channel.accepted() == s.stored_total() {

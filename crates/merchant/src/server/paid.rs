@@ -3,7 +3,7 @@
 //! refunded.
 
 use paychan_core::bitcoin::{Amount, OutPoint, Txid};
-use paychan_core::channel::merchant::Redeemed;
+use paychan_core::channel::merchant::{MerchantState, Redeemed};
 use paychan_core::channel::Phase;
 use paychan_core::Error;
 
@@ -85,8 +85,16 @@ impl ChannelServer {
         token: &Txid,
         price: Amount,
     ) -> Result<(OutPoint, Redeemed), MerchantError> {
-        let id = self.token_index().get(token).copied().ok_or(Error::UnknownToken)?;
-        let slot = self.slot(&id)?;
+        let found = self.token_index().get(token).copied();
+        let id = match found {
+            Some(id) => id,
+            None => {
+                // Since the start only channels in use were indexed: read the rest once.
+                self.index_tokens().await?;
+                self.token_index().get(token).copied().ok_or(Error::UnknownToken)?
+            }
+        };
+        let slot = self.live(&id).await?;
         let mut s = slot.lock().await;
         self.reload(&mut s).await?;
         if !s.channel.has_token(token) {
@@ -99,6 +107,42 @@ impl ChannelServer {
         self.drain_paid(&mut s, id).await?;
         self.metrics.requests_charged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok((id, r))
+    }
+
+    /// Indexes every stored live channel's latest 21 token, once after a start, reading the
+    /// store a page at a time (decoded and dropped: nothing but the tokens stays in memory).
+    async fn index_tokens(&self) -> Result<(), MerchantError> {
+        const PAGE: usize = 1_000;
+        self.tokens_indexed
+            .get_or_try_init(|| async {
+                let mut after = None;
+                let mut indexed = 0usize;
+                loop {
+                    let page = self
+                        .store
+                        .list(paychan_store::Query {
+                            role: Some(paychan_store::Role::Merchant),
+                            by_id: true,
+                            after,
+                            limit: PAGE,
+                            ..Default::default()
+                        })
+                        .await?;
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.id);
+                    for row in page.iter().filter(|r| !r.phase.is_final()) {
+                        let state = MerchantState::decode(&row.state)?;
+                        if let Some(tx) = &state.two1_tx {
+                            self.token_index().entry(tx.compute_txid()).or_insert(row.id);
+                            indexed += 1;
+                        }
+                    }
+                }
+                tracing::info!(indexed, "21 tokens of the stored channels indexed");
+                Ok::<(), MerchantError>(())
+            })
+            .await?;
+        Ok(())
     }
 
     /// Reverses the charge of a request that failed after it was charged; `total` (the
@@ -114,7 +158,7 @@ impl ChannelServer {
         price: Amount,
     ) -> Result<Amount, MerchantError> {
         self.on_fresh_state(|| async {
-            let slot = self.slot(&channel)?;
+            let slot = self.live(&channel).await?;
             let mut s = slot.lock().await;
             self.reload(&mut s).await?;
             let credit = s.channel.refund_request(total, price)?;

@@ -7,7 +7,7 @@
 
 use paychan_core::bitcoin::{FeeRate, OutPoint, ScriptBuf};
 use paychan_core::channel::settlement::{
-    settle_with_fallback, Broadcast, FeeCap, FollowUp, SettlementSeen,
+    due_expiries, settle_with_fallback, Broadcast, FeeCap, FollowUp, SettlementSeen,
 };
 use paychan_core::channel::Phase;
 use paychan_core::msg::{self, Closed, Message};
@@ -25,7 +25,7 @@ impl ChannelServer {
     /// # Errors
     /// State or chain errors (nothing paid yet, channel over).
     pub async fn settle(&self, id: OutPoint) -> Result<Closed, MerchantError> {
-        let slot = self.slot(&id)?;
+        let slot = self.live(&id).await?;
         let mut s = slot.lock().await;
         self.reload(&mut s).await?;
         self.settle_locked(&mut s).await
@@ -37,7 +37,7 @@ impl ChannelServer {
     /// Signature or state errors; chain errors.
     pub async fn close(&self, close: &msg::Close) -> Result<Closed, MerchantError> {
         let channel = named(&close.channel, "close without a channel")?;
-        let slot = self.slot(&channel)?;
+        let slot = self.live(&channel).await?;
         let mut s = slot.lock().await;
         self.reload(&mut s).await?;
         s.channel.handle_close(&close.signature)?;
@@ -159,23 +159,46 @@ impl ChannelServer {
     /// The first failure met (the chain unreachable, a store failure); every channel was still
     /// visited.
     pub async fn tick(&self) -> Result<(), MerchantError> {
+        if let Err(e) = self.sweep_next().await {
+            warn!(error = %e, "the start-up sweep could not read the store; will retry");
+        }
         let view = self.view.clone();
         let tip = blocking(move || view.sync()).await?;
+        self.sweep_done_with_batch();
         let new_tip = {
             let mut last = self.last_tip.lock().unwrap_or_else(|p| p.into_inner());
             let changed = *last != Some(tip.hash);
             *last = Some(tip.hash);
             changed
         };
-        let slots: Vec<_> = self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut first_error = None;
-        for (id, slot) in slots {
+        // Besides the channels in memory: those the store says are due and those whose
+        // watched output was spent, loaded now (ADR 0028).
+        let loaded = match self.load_due().await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "loading the channels due failed; will retry");
+                first_error.get_or_insert(e);
+                0
+            }
+        };
+        if loaded > 0 {
+            // Their fundings are looked up now, not at the next tick.
+            let view = self.view.clone();
+            blocking(move || view.sync()).await?;
+        }
+        let ids: Vec<OutPoint> = self.slots().keys().copied().collect();
+        for id in ids {
+            // Left memory since (idle: nothing to do).
+            let Some(slot) = self.in_memory(&id) else { continue };
             let mut s = slot.lock().await;
             if let Err(e) = self.tick_one(&mut s, id, tip.height, new_tip).await {
                 warn!(channel = %id, error = %e, "chain check failed; will retry");
                 first_error.get_or_insert(e);
             }
         }
+        // Channels the tick brought in or made idle leave memory if there are too many.
+        self.evict_idle();
         if first_error.is_some() {
             // Look at every channel again at the next tick, new block or not; the cursor
             // stays where it was, so a restart before then reads these blocks again.
@@ -187,6 +210,111 @@ impl ChannelServer {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Watches the next batch of the start-up sweep: of the next [`super::SWEEP_BATCH`]
+    /// stored channels, the open CLTV ones not in memory (a dispute channel's funding is
+    /// watched from the start). The next sync looks each up
+    /// once; a funding found spent (a store restored from before its settlement) gets its
+    /// channel loaded like any spend.
+    async fn sweep_next(&self) -> Result<(), MerchantError> {
+        let after = {
+            let sweep = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
+            match &*sweep {
+                Some(s) if !s.read_all => s.after,
+                _ => return Ok(()),
+            }
+        };
+        let page = self
+            .store
+            .list(paychan_store::Query {
+                // By id alone (the primary key's order: no sort, whatever the phases).
+                role: Some(paychan_store::Role::Merchant),
+                by_id: true,
+                after,
+                limit: super::SWEEP_BATCH,
+                ..Default::default()
+            })
+            .await?;
+        let mut watched = Vec::new();
+        for row in page.iter().filter(|r| r.phase == Phase::Open && r.expiry > 0) {
+            if self.in_memory(&row.id).is_none() && !self.view.is_watched(&row.id) {
+                self.view.watch(row.id, self.lookback_of(Phase::Open, row.expiry));
+                watched.push(row.id);
+            }
+        }
+        let read_all = page.len() < super::SWEEP_BATCH;
+        if read_all {
+            info!("the start-up sweep read every stored open channel");
+        }
+        let mut sweep = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = sweep.as_mut() {
+            s.after = page.last().map(|r| r.id).or(s.after);
+            s.watched.extend(watched);
+            s.read_all = read_all;
+        }
+        Ok(())
+    }
+
+    /// After the sync: stops watching the swept fundings that were looked up and found
+    /// unspent (their channels stay in the store); the spent ones are loaded by the tick.
+    fn sweep_done_with_batch(&self) {
+        let mut sweep = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = sweep.as_mut() else { return };
+        let mut still = Vec::new();
+        for id in s.watched.drain(..) {
+            if self.view.is_pending(&id) {
+                still.push(id);
+            } else if self.view.spend(&id).is_none() && self.in_memory(&id).is_none() {
+                self.view.unwatch(&id);
+            }
+        }
+        s.watched = still;
+        if s.read_all && s.watched.is_empty() {
+            *sweep = None;
+        }
+    }
+
+    /// Loads the open channels whose settlement the store's expiry index says is due now
+    /// ([`due_expiries`]) and the channels whose watched output was seen spent, unless in
+    /// memory already; returns how many were loaded.
+    async fn load_due(&self) -> Result<usize, MerchantError> {
+        let now = (self.clock)();
+        let mut loaded = 0;
+        for window in due_expiries(&self.config.policy, &now) {
+            if window.is_empty() {
+                continue;
+            }
+            let rows = self
+                .store
+                .list(paychan_store::Query {
+                    role: Some(paychan_store::Role::Merchant),
+                    phases: vec![Phase::Open],
+                    expiring_from: Some(*window.start()),
+                    expiring_before: window.end().checked_add(1),
+                    ..Default::default()
+                })
+                .await?;
+            for row in rows {
+                if self.in_memory(&row.id).is_none() {
+                    self.live_from_row(row)?;
+                    loaded += 1;
+                }
+            }
+        }
+        for spent in self.view.spent_outpoints() {
+            if self.in_memory(&spent).is_some() {
+                continue;
+            }
+            match self.live(&spent).await {
+                Ok(_) => loaded += 1,
+                // An output that is no channel's funding (a dispute trigger's output: its
+                // channel is in memory under its own id while disputed).
+                Err(MerchantError::Core(paychan_core::Error::UnknownChannel(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(loaded)
+    }
+
     async fn tick_one(
         &self,
         s: &mut Slot,
@@ -196,7 +324,7 @@ impl ChannelServer {
     ) -> Result<(), MerchantError> {
         self.reload(s).await?;
         if s.channel.phase().is_final() {
-            self.view.unwatch(&id);
+            self.drop_watches(id, s);
             return Ok(());
         }
         // Whoever spent the funding decides the phase, whatever the channel thought (its
@@ -211,7 +339,9 @@ impl ChannelServer {
                 return Ok(());
             }
         }
-        if s.ext.wants_confirmations(s.channel.phase(), new_tip) {
+        // Not while the view has yet to look the funding up (a channel loaded since the
+        // sync): it would read as unconfirmed, a reorganisation.
+        if s.ext.wants_confirmations(s.channel.phase(), new_tip) && !self.view.is_pending(&id) {
             self.refresh_confirmations(s, id).await?;
         }
         let now = (self.clock)();
@@ -235,7 +365,11 @@ impl ChannelServer {
     /// If the funding output is spent in a block (by our settlement, or by the customer's
     /// refund), records the spend: settled or refunded, with the winner's amounts. The spend
     /// comes from the block the chain view read, so no transaction index is needed.
-    async fn notice_spend(&self, s: &mut Slot, id: OutPoint) -> Result<(), MerchantError> {
+    pub(super) async fn notice_spend(
+        &self,
+        s: &mut Slot,
+        id: OutPoint,
+    ) -> Result<(), MerchantError> {
         let Some(spend) = self.view.spend(&id) else { return Ok(()) };
         s.channel.handle_funding_spent(&spend.tx)?;
         if s.channel.phase() == Phase::Disputed {
@@ -253,7 +387,7 @@ impl ChannelServer {
 
     /// The outpoint whose spend ends the channel now: the funding, or, once a dispute
     /// channel's trigger is out, the trigger's output.
-    fn watched_spend_point(&self, s: &Slot) -> OutPoint {
+    pub(super) fn watched_spend_point(&self, s: &Slot) -> OutPoint {
         s.channel.state().params.ending_outpoint(s.channel.phase())
     }
 

@@ -63,8 +63,25 @@ impl ChannelServer {
     }
 
     /// The channel whose deposit is `txid` (21 channels are named by their deposit txid).
-    pub fn find_by_txid(&self, txid: &paychan_core::bitcoin::Txid) -> Option<OutPoint> {
-        self.slots().keys().find(|o| o.txid == *txid).copied()
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn find_by_txid(
+        &self,
+        txid: &paychan_core::bitcoin::Txid,
+    ) -> Result<Option<OutPoint>, MerchantError> {
+        if let Some(id) = self.slots().keys().find(|o| o.txid == *txid) {
+            return Ok(Some(*id));
+        }
+        let rows = self
+            .store
+            .list(paychan_store::Query {
+                role: Some(paychan_store::Role::Merchant),
+                funding_txid: Some(*txid),
+                ..Default::default()
+            })
+            .await?;
+        Ok(rows.into_iter().find(|r| !r.phase.is_final()).map(|r| r.id))
     }
 
     /// A 21 payment: a whole half-signed transaction. Returns the increment it pays.
@@ -95,7 +112,7 @@ impl ChannelServer {
         signature: &[u8],
     ) -> Result<Closed, MerchantError> {
         use paychan_core::bitcoin::hashes::{sha256, Hash};
-        let slot = self.slot(&id)?;
+        let slot = self.live(&id).await?;
         let mut s = slot.lock().await;
         self.reload(&mut s).await?;
         let digest = sha256::Hash::hash(id.txid.to_string().as_bytes()).to_byte_array();

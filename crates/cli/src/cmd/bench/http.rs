@@ -193,7 +193,7 @@ async fn bench_http_in(
     // payment check, on the same cores (its durable write not even counted).
     let ceiling = 1.0 / (1.0 / unpaid + 1.0 / validate);
     // The merchant's own view: how long its durable writes took.
-    let metrics = server.metrics_text().await;
+    let metrics = server.metrics_text().await?;
     let metric = |name: &str| {
         metrics
             .lines()

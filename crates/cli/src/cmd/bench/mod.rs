@@ -57,11 +57,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
-    /// The merchant's peak RSS with N open channels in its store (bound: 256 MiB at 100,000).
+    /// A merchant starting on a store of N open channels, some of which pay: its peak RSS
+    /// (bound 256 MiB) and the time to its first payment (bound 1 s).
     Memory {
         /// Open channels in the store.
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         channels: u32,
+        /// How many of them pay during the run (twice each).
+        #[arg(long, default_value_t = 10_000)]
+        paying: u32,
     },
     /// (Internal: the merchant process of `bench memory`.)
     #[command(hide = true)]
@@ -72,6 +76,12 @@ pub enum BenchCommand {
         /// The key chain's directory.
         #[arg(long)]
         keys: std::path::PathBuf,
+        /// How many channels the store holds.
+        #[arg(long)]
+        stored: u32,
+        /// How many of them pay.
+        #[arg(long)]
+        paying: u32,
     },
     /// Many customers paying one merchant at once for a while, half over TCP, half over HTTP:
     /// fails on any error or any acknowledged payment missing from the merchant's store.
@@ -119,17 +129,22 @@ pub fn run(cmd: BenchCommand, common: &Common) -> Result<ExitCode, CliError> {
             common.print(&r, &text)?;
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::Memory { channels } => {
-            let r = runtime()?.block_on(memory::bench_memory(channels))?;
+        BenchCommand::Memory { channels, paying } => {
+            if channels == 0 {
+                return Err(fail("--channels must be above zero"));
+            }
+            let r = runtime()?.block_on(memory::bench_memory(channels, paying))?;
             let text = format!(
-                "paychan bench memory ({channels} open channels in SQLite)\n  merchant loaded {} channels in {} s\n  merchant peak RSS  {} MiB (bound 256 MiB)",
-                r["loaded"], r["load_seconds"], r["merchant_peak_rss_mib"],
+                "paychan bench memory ({channels} open channels in SQLite, {} of them paying)\n  serving after        {} s\n  first payment after  {} s (bound 1 s)\n  payments             {} at {}/s\n  ticks                {} s\n  channels in memory   {}\n  merchant peak RSS    {} MiB (bound 256 MiB)",
+                r["paying_channels"], r["serving_after_seconds"], r["first_payment_seconds"],
+                r["payments"], r["payments_per_second"], r["tick_seconds"],
+                r["channels_in_memory"], r["merchant_peak_rss_mib"],
             );
             common.print(&r, &text)?;
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::MemoryLoad { store, keys } => {
-            let r = runtime()?.block_on(memory::load(&store, &keys))?;
+        BenchCommand::MemoryLoad { store, keys, stored, paying } => {
+            let r = runtime()?.block_on(memory::load(&store, &keys, stored, paying))?;
             common.print(&r, &r.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
