@@ -295,51 +295,37 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Done, StoreError> {
             Ok(Done::Version(1))
         }
         Op::Payment(p) => {
+            // Two statements: the payment row, inserted only when the channel is at the
+            // expected version below the new total (the compare-and-swap) and linked to the
+            // channel's previous payment; then the channel row, pointing at it.
             let id = p.id.to_string();
             let role = p.role.as_str();
-            let prev: Option<Option<i64>> = tx
-                .prepare_cached("SELECT last_payment FROM channels WHERE id = ?1 AND role = ?2")
-                .and_then(|mut st| st.query_row(params![id, role], |r| r.get(0)).optional())
-                .map_err(db)?;
+            let total = p.total.to_sat() as i64;
+            let version = p.expected_version as i64;
             let n = tx
                 .prepare_cached(
-                    "UPDATE channels SET total = ?1, state = ?2, version = version + 1,
-                                         updated_at = ?3
-                     WHERE id = ?4 AND role = ?5 AND version = ?6 AND total < ?1",
+                    "INSERT INTO payments (channel_id, role, total, signature, recorded_at, prev)
+                     SELECT id, role, ?3, ?4, ?5, last_payment FROM channels
+                     WHERE id = ?1 AND role = ?2 AND version = ?6 AND total < ?3",
                 )
-                .and_then(|mut st| {
-                    st.execute(params![
-                        p.total.to_sat() as i64,
-                        p.state,
-                        now,
-                        id,
-                        role,
-                        p.expected_version as i64
-                    ])
-                })
+                .and_then(|mut st| st.execute(params![id, role, total, p.signature, now, version]))
                 .map_err(db)?;
             if n == 0 {
                 return Err(conflict_or_missing(tx, p.id, p.role)?);
             }
-            tx.prepare_cached(
-                "INSERT INTO payments (channel_id, role, total, signature, recorded_at, prev)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    id,
-                    role,
-                    p.total.to_sat() as i64,
-                    p.signature,
-                    now,
-                    prev.flatten()
-                ])
-            })
-            .map_err(db)?;
             let seq = tx.last_insert_rowid();
-            tx.prepare_cached("UPDATE channels SET last_payment = ?1 WHERE id = ?2 AND role = ?3")
-                .and_then(|mut st| st.execute(params![seq, id, role]))
+            let n = tx
+                .prepare_cached(
+                    "UPDATE channels SET total = ?1, state = ?2, version = version + 1,
+                                         updated_at = ?3, last_payment = ?4
+                     WHERE id = ?5 AND role = ?6 AND version = ?7",
+                )
+                .and_then(|mut st| st.execute(params![total, p.state, now, seq, id, role, version]))
                 .map_err(db)?;
+            if n != 1 {
+                // The row matched the insert's condition a statement ago, in this transaction.
+                return Err(StoreError::Database(format!("channel {id} changed mid-write")));
+            }
             Ok(Done::Version(p.expected_version + 1))
         }
         Op::State(s) => {
