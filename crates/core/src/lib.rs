@@ -21,6 +21,7 @@
 pub mod bolt3;
 pub mod channel;
 mod error;
+pub mod lease;
 pub mod msg;
 pub mod network;
 pub mod noise;

@@ -84,6 +84,20 @@ impl ChannelStore for FaultyStore {
     fn payments(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Vec<PaymentEntry>> {
         self.read(self.inner.payments(id, role))
     }
+    fn reserve_key_indexes(
+        &self,
+        account: u32,
+        floor: u32,
+        count: u32,
+    ) -> StoreFuture<'static, std::ops::Range<u32>> {
+        self.write(|| self.inner.reserve_key_indexes(account, floor, count))
+    }
+    fn claim_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'static, String> {
+        self.write(|| self.inner.claim_lease(name, holder, ttl_ms))
+    }
+    fn key_indexes_reserved(&self, account: u32) -> StoreFuture<'_, u32> {
+        self.read(self.inner.key_indexes_reserved(account))
+    }
 }
 
 /// The merchant's view of the chain, which can be cut off.

@@ -22,6 +22,7 @@
 pub mod chain;
 pub mod fixtures;
 pub mod paywall;
+pub mod postgres;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +70,12 @@ pub enum HarnessError {
     /// A paid request could not be prepared (the 402 could not be had or read).
     #[error("paywall: {0}")]
     Paywall(String),
+    /// The test PostgreSQL server refused to make a fresh database.
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The system's randomness failed.
+    #[error("randomness: {0}")]
+    Random(String),
 }
 
 /// Where the merchant's settlements pay.

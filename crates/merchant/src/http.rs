@@ -87,7 +87,7 @@ async fn info(State(s): State<Arc<ChannelServer>>) -> Result<Json<Value>, ApiErr
         max_version: msg::PROTOCOL_VERSION,
         user_agent: String::new(),
     };
-    let w = s.hello(&hello)?;
+    let w = s.hello(&hello).await?;
     let policy = w.policy.as_ref().map(|p| {
         json!({
             "min_deposit_sat": p.min_deposit_sat,
@@ -246,7 +246,7 @@ impl AdminConfig {
 /// | method & path | answer |
 /// |---|---|
 /// | `GET /admin/channels` | every channel: phase, paid, charged, deposit, expiry (`?limit=N&after=ID`: one page) |
-/// | `GET /admin/summary` | channels by phase, total paid, revenue (paid on settled channels) |
+/// | `GET /admin/summary` | channels by phase, total paid, revenue (paid on settled channels); this instance's name and the settlement lease's holder |
 /// | `POST /admin/channels/{txid}:{vout}/settle` | settles now; `{settlement_txid}` |
 /// | `GET /metrics` | counters, channels by phase, payment and store latency histograms |
 /// | `GET /admin/prices` | the paywall's prices: `{default_sat, routes: [{pattern, price_sat}], free}` |
@@ -419,7 +419,15 @@ async fn admin_summary(
             revenue += total.to_sat();
         }
     }
-    Ok(Json(json!({"channels": by_phase, "paid_sat": paid, "revenue_sat": revenue})))
+    let leader = a.server.settlement_leader();
+    Ok(Json(json!({
+        "channels": by_phase,
+        "paid_sat": paid,
+        "revenue_sat": revenue,
+        "instance": a.server.instance(),
+        "settlement_leader": leader,
+        "is_settlement_leader": leader.as_deref() == Some(a.server.instance()),
+    })))
 }
 
 async fn admin_settle(

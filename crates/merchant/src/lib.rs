@@ -26,7 +26,7 @@ pub use paychan_wallet::KeyChain;
 pub use paychan_core::channel::settlement::BUMP_AFTER_BLOCKS;
 pub use server::{
     ChannelListing, ChannelServer, Clock, PayAnswers, PayRun, PayoutSource, ServerConfig,
-    DEFAULT_MAX_LIVE_CHANNELS, NODE_KEY_INDEX, TWO1_KEY_INDEX,
+    DEFAULT_LEASE_TTL, DEFAULT_MAX_LIVE_CHANNELS, KEY_BLOCK, NODE_KEY_INDEX, TWO1_KEY_INDEX,
 };
 
 /// The wire code of the merchant's own failures (its store, its node, a bug): the request
@@ -62,6 +62,9 @@ pub enum MerchantError {
     /// The driver broke one of its own invariants: a bug.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The instance's name could not be read or kept (its `instance-id` file).
+    #[error("instance name: {0}")]
+    InstanceName(String),
     /// One failure, answered to each payment of a run that it failed.
     #[error(transparent)]
     Shared(std::sync::Arc<MerchantError>),

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub payment_latency: Histogram,
     /// Store writes.
     pub store_commit: Histogram,
+    /// 1 while this instance holds the settlement lease (ADR 0030), else 0.
+    pub leader: AtomicU64,
 }
 
 impl Metrics {
@@ -142,6 +144,11 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP paychan_channels_in_memory Channels held in memory (in use, with chain work, or idle up to the cache's bound).\n# TYPE paychan_channels_in_memory gauge\npaychan_channels_in_memory {in_memory}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP paychan_settlement_leader 1 while this instance holds the settlement lease (it alone settles, follows and bumps settlements).\n# TYPE paychan_settlement_leader gauge\npaychan_settlement_leader {}",
+            self.leader.load(Ordering::Relaxed)
         );
         self.payment_latency.render(
             "paychan_payment_latency_seconds",

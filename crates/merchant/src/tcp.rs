@@ -196,7 +196,7 @@ async fn read_requests<R: tokio::io::AsyncRead + Unpin>(
                 wait.await.map_err(|_| gone())?;
             }
             let reply = match (message, greeted) {
-                (Message::Hello(h), _) => server.hello(h).map(|w| {
+                (Message::Hello(h), _) => server.hello(h).await.map(|w| {
                     greeted = true;
                     Message::Welcome(w)
                 }),

@@ -23,7 +23,7 @@ const DEPOSIT: u64 = 100_000;
 
 /// A dispute customer for `server`'s offered key, its funding (the coinbase at `height`) built
 /// and its `Open` returned.
-fn dispute_customer(s: &Setup, height: u32) -> (CustomerChannel, msg::Open) {
+async fn dispute_customer(s: &Setup, height: u32) -> (CustomerChannel, msg::Open) {
     let w = s
         .server
         .hello(&msg::Hello {
@@ -31,6 +31,7 @@ fn dispute_customer(s: &Setup, height: u32) -> (CustomerChannel, msg::Open) {
             max_version: msg::PROTOCOL_VERSION,
             user_agent: String::new(),
         })
+        .await
         .unwrap();
     assert!(w.version >= msg::DISPUTE_PROTOCOL_VERSION);
     let policy = w.policy.clone().unwrap().to_policy().unwrap();
@@ -85,7 +86,7 @@ fn run_customer(s: &Setup, c: &mut CustomerChannel) {
 
 /// Opens a dispute channel with the server and confirms its funding.
 async fn open(s: &Setup) -> (CustomerChannel, OutPoint) {
-    let (mut c, open) = dispute_customer(s, 1);
+    let (mut c, open) = dispute_customer(s, 1).await;
     assert_eq!(open.dispute_blocks, 144);
     let funding_txid = c.state().funding_tx.as_ref().unwrap().compute_txid();
     let opened = s.server.open(&open).await.unwrap();

@@ -303,26 +303,22 @@ fn hello_msg() -> msg::Hello {
     msg::Hello { min_version: 1, max_version: 1, user_agent: String::new() }
 }
 
-/// Handshakes and info requests offer a key without taking it: the index moves only when a
-/// channel opens, and an open naming an index never offered (or the 21 key's) is refused.
+/// Every handshake and info request offers a key no other one offered (ADR 0029), at the cost
+/// of one durable write per [`KEY_BLOCK`] of them; an open naming an index never offered, or
+/// the node's or the 21 key's, is refused before anything happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_indexes_move_only_when_a_channel_opens() {
-    use paychan_merchant::{KeyChain, TWO1_KEY_INDEX};
-    let Setup { node, server, dir, .. } = setup(101);
-    let next_on_disk = || {
-        KeyChain::open(
-            dir.path(),
-            &[7; 32],
-            paychan_core::bitcoin::Network::Regtest,
-            KeyChain::MERCHANT,
-        )
-        .unwrap()
-        .next_index()
-    };
-    let first = server.hello(&hello_msg()).unwrap();
-    for _ in 0..1_000 {
-        let w = server.hello(&hello_msg()).unwrap();
-        assert_eq!((w.key_index, &w.merchant_pubkey), (first.key_index, &first.merchant_pubkey));
+async fn each_handshake_offers_its_own_key() {
+    use paychan_merchant::{KeyChain, KEY_BLOCK, NODE_KEY_INDEX, TWO1_KEY_INDEX};
+    let Setup { node, server, store, dir: _dir, .. } = setup(101);
+    let mut offered = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    let first = server.hello(&hello_msg()).await.unwrap();
+    offered.insert(first.key_index);
+    keys.insert(first.merchant_pubkey.clone());
+    for _ in 0..999 {
+        let w = server.hello(&hello_msg()).await.unwrap();
+        assert!(offered.insert(w.key_index), "index {} offered twice", w.key_index);
+        assert!(keys.insert(w.merchant_pubkey), "a key offered twice");
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -331,29 +327,22 @@ async fn key_indexes_move_only_when_a_channel_opens() {
     for _ in 0..200 {
         let info: serde_json::Value =
             client.get(format!("{base}/v1/info")).send().await.unwrap().json().await.unwrap();
-        assert_eq!(info["key_index"], first.key_index);
+        let index = u32::try_from(info["key_index"].as_u64().unwrap()).unwrap();
+        assert!(offered.insert(index), "index {index} offered twice");
     }
-    assert_eq!(next_on_disk(), first.key_index, "nothing written by 1,200 handshakes");
+    // 1,200 offers: twelve reservations of a block, no more.
+    let reserved = store.key_indexes_reserved(KeyChain::MERCHANT).await.unwrap();
+    assert_eq!(reserved, 1_200u32.div_ceil(KEY_BLOCK) * KEY_BLOCK);
+    assert!(offered.iter().all(|i| *i < reserved));
 
-    // An open whose deposit the node refuses (a made-up witness) takes nothing either.
-    let mut fake = common::customer_for(&first, &node, 2);
-    let Message::Open(mut open) = common::sends(&mut fake).remove(0) else { panic!("no Open") };
-    let mut tx: paychan_core::bitcoin::Transaction =
-        paychan_core::bitcoin::consensus::encode::deserialize(&open.funding_tx).unwrap();
-    tx.input[0].witness =
-        paychan_core::bitcoin::Witness::from_slice(&[vec![0x30; 71], vec![2; 33]]);
-    open.funding_tx = paychan_core::bitcoin::consensus::encode::serialize(&tx);
-    assert!(server.open(&open).await.is_err(), "the node refuses the deposit");
-    assert_eq!(next_on_disk(), first.key_index, "a refused deposit takes no index");
-
-    // Opening takes the index, durably; the next Hello offers the next key.
+    // A channel opens with a key offered to it.
     let c = common::open_channel(&server, &node, 1).await;
-    assert_eq!(c.state().terms.key_index, first.key_index);
-    assert_eq!(next_on_disk(), first.key_index + 1);
-    assert_eq!(server.hello(&hello_msg()).unwrap().key_index, first.key_index + 1);
+    assert!(c.state().terms.key_index >= reserved, "a fresh key: {}", c.state().terms.key_index);
 
-    // An index never offered, or the 21 key's, is refused before anything happens.
-    for index in [first.key_index + 5, TWO1_KEY_INDEX] {
+    // An index never offered, or the node's or the 21 key's, is refused before anything
+    // happens.
+    let reserved = store.key_indexes_reserved(KeyChain::MERCHANT).await.unwrap();
+    for index in [reserved, reserved + 5, NODE_KEY_INDEX, TWO1_KEY_INDEX] {
         let open = msg::Open {
             funding_tx: vec![],
             customer_pubkey: vec![],
@@ -366,7 +355,7 @@ async fn key_indexes_move_only_when_a_channel_opens() {
         let e = server.open(&open).await.unwrap_err();
         assert_eq!(e.to_wire(None).code, 16, "{e}");
     }
-    assert_eq!(next_on_disk(), first.key_index + 1);
+    assert_eq!(store.key_indexes_reserved(KeyChain::MERCHANT).await.unwrap(), reserved);
 }
 
 /// A settled channel is in the books and the API after a restart, and its open cannot be

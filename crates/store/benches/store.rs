@@ -114,15 +114,8 @@ async fn main() {
         g100 / s100
     );
 
-    if let Some(admin) = std::env::var("PAYCHAN_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) {
-        let name = format!("paychan_bench_{}", std::process::id());
-        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let url = match admin.rfind('/') {
-            Some(i) => format!("{}/{name}", &admin[..i]),
-            None => admin.clone(),
-        };
+    if let Some(db) = paychan_harness::postgres::fresh("the store bench").await.unwrap() {
+        let url = db.url.clone();
         let pg = Arc::new(PostgresStore::connect(&url).await.unwrap());
         let start = Instant::now();
         let mut raw = 0u64;
@@ -135,7 +128,7 @@ async fn main() {
         let p100 = payments(pg.clone(), 100, 10).await;
         report("PostgreSQL, group commit", raw, p1, p100);
         drop(pg);
-        let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        db.drop_db().await;
     } else {
         println!("PostgreSQL: skipped (PAYCHAN_TEST_POSTGRES_URL is unset)");
     }

@@ -93,6 +93,13 @@ pub enum StoreError {
     /// The store is shut down.
     #[error("the store is closed")]
     Closed,
+    /// Every key index of the account was reserved (or the reservation asked for would pass
+    /// the last one).
+    #[error("key account {account}: no key index is left to reserve")]
+    KeyIndexesExhausted {
+        /// The key account.
+        account: u32,
+    },
 }
 
 /// Which side of the channel a row belongs to (a process can be both, e.g. in the demo).
@@ -353,6 +360,42 @@ pub trait ChannelStore: Send + Sync {
 
     /// A channel's payment history, oldest first.
     fn payments(&self, id: OutPoint, role: Role) -> StoreFuture<'_, Vec<PaymentEntry>>;
+
+    /// Reserves `count` key indexes of key account `account` for the caller: the range returned
+    /// is reserved for no other caller, in this process or in another one on the same database,
+    /// ever (ADR 0029). It starts at `floor` or above (a counter kept before the database kept
+    /// it, e.g. a home's key file). Durable when it resolves.
+    fn reserve_key_indexes(
+        &self,
+        account: u32,
+        floor: u32,
+        count: u32,
+    ) -> StoreFuture<'static, std::ops::Range<u32>>;
+
+    /// Every key index of `account` below this one has been reserved by some caller.
+    fn key_indexes_reserved(&self, account: u32) -> StoreFuture<'_, u32>;
+
+    /// Asks for lease `name` for `holder`, for `ttl_ms` by the database's clock (ADR 0030): it
+    /// is granted when nobody holds it, when its holder's time ran out, or when `holder` holds
+    /// it already (then it runs `ttl_ms` from now). Returns who holds it after the request.
+    /// Durable when it resolves.
+    fn claim_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'static, String>;
+}
+
+/// The range a key counter that now stands at `next` (after adding `count`) reserved, or
+/// [`StoreError::KeyIndexesExhausted`] past `u32`.
+pub(crate) fn reserved_range(
+    account: u32,
+    next: i64,
+    count: u32,
+) -> Result<std::ops::Range<u32>, StoreError> {
+    let end = u32::try_from(next).map_err(|_| StoreError::KeyIndexesExhausted { account })?;
+    let start = end.checked_sub(count).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "key counter of account {account} at {next}, below the {count} just reserved"
+        ))
+    })?;
+    Ok(start..end)
 }
 
 pub(crate) fn unix_now() -> i64 {

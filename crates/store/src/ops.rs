@@ -13,16 +13,44 @@ pub(crate) enum Op {
     State(StateUpdate),
     /// A bare single-row write: the baseline of one durable commit, for benchmarks.
     Touch,
+    /// Reserves key indexes ([`crate::ChannelStore::reserve_key_indexes`]).
+    ReserveKeys {
+        account: u32,
+        floor: u32,
+        count: u32,
+    },
+    /// Claims or renews a lease ([`crate::ChannelStore::claim_lease`]).
+    Lease {
+        name: String,
+        holder: String,
+        ttl_ms: u64,
+    },
 }
 
 pub(crate) enum Done {
     Version(u64),
     Unit,
+    Keys(std::ops::Range<u32>),
+    Holder(String),
 }
 
 pub(crate) struct Job {
     pub op: Op,
     pub reply: oneshot::Sender<Result<Done, StoreError>>,
+}
+
+pub(crate) fn holder(d: Done) -> Result<String, StoreError> {
+    match d {
+        Done::Holder(h) => Ok(h),
+        _ => Err(StoreError::Database("unexpected writer reply".into())),
+    }
+}
+
+pub(crate) fn keys(d: Done) -> Result<std::ops::Range<u32>, StoreError> {
+    match d {
+        Done::Keys(r) => Ok(r),
+        _ => Err(StoreError::Database("unexpected writer reply".into())),
+    }
 }
 
 pub(crate) fn version(d: Done) -> Result<u64, StoreError> {
@@ -38,7 +66,7 @@ impl Op {
             Op::Create(c) => Some((c.id, c.role)),
             Op::Payment(p) => Some((p.id, p.role)),
             Op::State(s) => Some((s.id, s.role)),
-            Op::Touch => None,
+            Op::Touch | Op::ReserveKeys { .. } | Op::Lease { .. } => None,
         }
     }
 
@@ -46,7 +74,7 @@ impl Op {
         match self {
             Op::Payment(p) => p.chained,
             Op::State(s) => s.chained,
-            Op::Create(_) | Op::Touch => false,
+            Op::Create(_) | Op::Touch | Op::ReserveKeys { .. } | Op::Lease { .. } => false,
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, error, info, warn};
 
-use crate::ops::{version, Chains, Done, Job, Op};
+use crate::ops::{holder, keys, version, Chains, Done, Job, Op};
 use crate::schema::{self, Dialect};
 use crate::{
     census_of, parse_outpoint, parse_phase, phase_str, unix_now, Census, ChannelRow, ChannelStore,
@@ -408,6 +408,51 @@ async fn apply(
             .await?;
             Ok(Done::Unit)
         }
+        Op::ReserveKeys { account, floor, count } if floor.checked_add(*count).is_none() => {
+            Err(StoreError::KeyIndexesExhausted { account: *account })
+        }
+        Op::ReserveKeys { account, floor, count } => {
+            // No row returned: the counter would pass the last index; it is left as it is.
+            let row = tx
+                .query_opt(
+                    "INSERT INTO key_counters (account, next) VALUES ($1, $2::BIGINT + $3::BIGINT)
+                     ON CONFLICT (account)
+                     DO UPDATE SET next = GREATEST(key_counters.next, $2::BIGINT) + $3::BIGINT
+                     WHERE GREATEST(key_counters.next, $2::BIGINT) + $3::BIGINT <= $4::BIGINT
+                     RETURNING next",
+                    &[
+                        &i64::from(*account),
+                        &i64::from(*floor),
+                        &i64::from(*count),
+                        &i64::from(u32::MAX),
+                    ],
+                )
+                .await?;
+            match row {
+                Some(r) => {
+                    crate::reserved_range(*account, r.get::<_, i64>(0), *count).map(Done::Keys)
+                }
+                None => Err(StoreError::KeyIndexesExhausted { account: *account }),
+            }
+        }
+        Op::Lease { name, holder, ttl_ms } => {
+            // Milliseconds of the database server's clock: one clock for every instance.
+            const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+            let ttl = i64::try_from(*ttl_ms).unwrap_or(i64::MAX / 2);
+            tx.execute(
+                &format!(
+                    "INSERT INTO leases (name, holder, expires_at_ms)
+                     VALUES ($1, $2, {NOW_MS} + $3::BIGINT)
+                     ON CONFLICT (name) DO UPDATE
+                     SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms
+                     WHERE leases.holder = excluded.holder OR leases.expires_at_ms <= {NOW_MS}"
+                ),
+                &[name, holder, &ttl],
+            )
+            .await?;
+            let row = tx.query_one("SELECT holder FROM leases WHERE name = $1", &[name]).await?;
+            Ok(Done::Holder(row.get(0)))
+        }
     })
 }
 
@@ -555,6 +600,37 @@ impl ChannelStore for PostgresStore {
                     recorded_at: r.get::<_, i64>(2) as u64,
                 })
                 .collect())
+        })
+    }
+
+    fn reserve_key_indexes(
+        &self,
+        account: u32,
+        floor: u32,
+        count: u32,
+    ) -> StoreFuture<'static, std::ops::Range<u32>> {
+        let f = self.submit(Op::ReserveKeys { account, floor, count });
+        Box::pin(async move { keys(f.await?) })
+    }
+
+    fn claim_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'static, String> {
+        let f =
+            self.submit(Op::Lease { name: name.to_string(), holder: holder.to_string(), ttl_ms });
+        Box::pin(async move { self::holder(f.await?) })
+    }
+
+    fn key_indexes_reserved(&self, account: u32) -> StoreFuture<'_, u32> {
+        Box::pin(async move {
+            let c = self.reader().await?;
+            let row = c
+                .query_opt(
+                    "SELECT next FROM key_counters WHERE account = $1",
+                    &[&i64::from(account)],
+                )
+                .await
+                .map_err(db)?;
+            let next = row.map_or(0, |r| r.get::<_, i64>(0));
+            u32::try_from(next).map_err(|_| StoreError::KeyIndexesExhausted { account })
         })
     }
 }

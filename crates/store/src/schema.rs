@@ -4,7 +4,7 @@
 use crate::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The SQL dialect a migration is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,19 @@ const V2: &str = "ALTER TABLE channels DROP COLUMN charged;";
 const V3: &str = "DROP INDEX channels_phase;
 CREATE INDEX channels_phase_expiry ON channels (role, phase, expiry);";
 
+/// Migration 4: key indexes are reserved in the database (ADR 0029), so that several merchant
+/// instances sharing it (one seed) never hand out the same per-channel key; and leases (ADR
+/// 0030: one settlement leader among them), expiring by the database's clock.
+const V4: &str = "CREATE TABLE key_counters (
+    account         {int}   PRIMARY KEY,
+    next            {int}   NOT NULL
+);
+CREATE TABLE leases (
+    name            TEXT    PRIMARY KEY,
+    holder          TEXT    NOT NULL,
+    expires_at_ms   {int}   NOT NULL
+);";
+
 /// The migrations in `dialect`, in order: migration `n` (1-based) brings the schema from
 /// version `n − 1` to `n`.
 ///
@@ -72,8 +85,9 @@ pub(crate) fn migrations(dialect: Dialect) -> Vec<String> {
         Dialect::Sqlite => ("INTEGER", "BLOB", "INTEGER"),
         Dialect::Postgres => ("BIGINT", "BYTEA", "BIGSERIAL"),
     };
-    let v1 = V1.replace("{int}", int).replace("{bytes}", bytes).replace("{serial}", serial);
-    vec![v1, V2.to_string(), V3.to_string()]
+    let fill =
+        |m: &str| m.replace("{int}", int).replace("{bytes}", bytes).replace("{serial}", serial);
+    vec![fill(V1), V2.to_string(), V3.to_string(), fill(V4)]
 }
 
 /// Checks a stored version against this build.

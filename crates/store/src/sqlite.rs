@@ -11,11 +11,12 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
-use crate::ops::{version, Chains, Done, Job, Op};
+use crate::ops::{holder, keys, version, Chains, Done, Job, Op};
 use crate::schema::{self, Dialect};
 use crate::{
-    census_of, parse_outpoint, parse_phase, phase_str, unix_now, Census, ChannelRow, ChannelStore,
-    NewChannel, PaymentEntry, PaymentUpdate, Query, Role, StateUpdate, StoreError, StoreFuture,
+    census_of, parse_outpoint, parse_phase, phase_str, reserved_range, unix_now, Census,
+    ChannelRow, ChannelStore, NewChannel, PaymentEntry, PaymentUpdate, Query, Role, StateUpdate,
+    StoreError, StoreFuture,
 };
 
 /// Tuning of the SQLite store.
@@ -361,6 +362,50 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Done, StoreError> {
             .map_err(db)?;
             Ok(Done::Unit)
         }
+        Op::ReserveKeys { account, floor, count } => {
+            let exhausted = || StoreError::KeyIndexesExhausted { account: *account };
+            if floor.checked_add(*count).is_none() {
+                return Err(exhausted());
+            }
+            // No row returned: the counter would pass the last index; it is left as it is.
+            let next: i64 = tx
+                .query_row(
+                    "INSERT INTO key_counters (account, next) VALUES (?1, ?2 + ?3)
+                     ON CONFLICT (account) DO UPDATE SET next = MAX(next, ?2) + ?3
+                     WHERE MAX(next, ?2) + ?3 <= ?4
+                     RETURNING next",
+                    params![
+                        i64::from(*account),
+                        i64::from(*floor),
+                        i64::from(*count),
+                        i64::from(u32::MAX)
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?
+                .ok_or_else(exhausted)?;
+            Ok(Done::Keys(reserved_range(*account, next, *count)?))
+        }
+        Op::Lease { name, holder, ttl_ms } => {
+            // Milliseconds of the database's clock (one machine's, for SQLite).
+            const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+            let ttl = i64::try_from(*ttl_ms).unwrap_or(i64::MAX / 2);
+            tx.execute(
+                &format!(
+                    "INSERT INTO leases (name, holder, expires_at_ms) VALUES (?1, ?2, {NOW_MS} + ?3)
+                     ON CONFLICT (name) DO UPDATE
+                     SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms
+                     WHERE leases.holder = excluded.holder OR leases.expires_at_ms <= {NOW_MS}"
+                ),
+                params![name, holder, ttl],
+            )
+            .map_err(db)?;
+            let now_holder: String = tx
+                .query_row("SELECT holder FROM leases WHERE name = ?1", params![name], |r| r.get(0))
+                .map_err(db)?;
+            Ok(Done::Holder(now_holder))
+        }
     }
 }
 
@@ -548,6 +593,37 @@ impl ChannelStore for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(db)?;
             Ok(rows)
+        })
+    }
+
+    fn reserve_key_indexes(
+        &self,
+        account: u32,
+        floor: u32,
+        count: u32,
+    ) -> StoreFuture<'static, std::ops::Range<u32>> {
+        let f = self.submit(Op::ReserveKeys { account, floor, count });
+        Box::pin(async move { keys(f.await?) })
+    }
+
+    fn claim_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'static, String> {
+        let f =
+            self.submit(Op::Lease { name: name.to_string(), holder: holder.to_string(), ttl_ms });
+        Box::pin(async move { self::holder(f.await?) })
+    }
+
+    fn key_indexes_reserved(&self, account: u32) -> StoreFuture<'_, u32> {
+        self.read(move |c| {
+            let next: Option<i64> = c
+                .query_row(
+                    "SELECT next FROM key_counters WHERE account = ?1",
+                    params![i64::from(account)],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            u32::try_from(next.unwrap_or(0))
+                .map_err(|_| StoreError::KeyIndexesExhausted { account })
         })
     }
 }

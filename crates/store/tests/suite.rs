@@ -267,6 +267,55 @@ async fn race(s: Arc<dyn ChannelStore>) {
     }
 }
 
+/// Two stores on one database (two merchant instances) reserve key indexes at once: no index
+/// is reserved twice, none is skipped below the counter, a floor moves the counter up and
+/// never down, and the accounts count apart.
+async fn key_indexes_are_reserved_once(a: Arc<dyn ChannelStore>, b: Arc<dyn ChannelStore>) {
+    assert_eq!(a.key_indexes_reserved(0).await.unwrap(), 0);
+    let reserve = |s: Arc<dyn ChannelStore>| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..50 {
+                got.push(s.reserve_key_indexes(0, 0, 7).await.unwrap());
+            }
+            got
+        })
+    };
+    let (x, y, z) = (reserve(a.clone()), reserve(b.clone()), reserve(a.clone()));
+    let mut ranges: Vec<std::ops::Range<u32>> =
+        [x.await.unwrap(), y.await.unwrap(), z.await.unwrap()].concat();
+    ranges.sort_by_key(|r| r.start);
+    assert_eq!(ranges.len(), 150);
+    assert_eq!(ranges[0].start, 0);
+    for w in ranges.windows(2) {
+        assert_eq!(w[0].len(), 7);
+        assert_eq!(w[0].end, w[1].start, "disjoint and contiguous: {:?} {:?}", w[0], w[1]);
+    }
+    assert_eq!(a.key_indexes_reserved(0).await.unwrap(), 1050);
+    assert_eq!(b.key_indexes_reserved(0).await.unwrap(), 1050);
+    // A floor above the counter (a home's key file from before) moves it up ...
+    assert_eq!(b.reserve_key_indexes(0, 5000, 10).await.unwrap(), 5000..5010);
+    // ... and one below it changes nothing but the reservation.
+    assert_eq!(a.reserve_key_indexes(0, 3, 10).await.unwrap(), 5010..5020);
+    // Another account has its own counter.
+    assert_eq!(a.reserve_key_indexes(1, 0, 2).await.unwrap(), 0..2);
+    assert_eq!(b.key_indexes_reserved(0).await.unwrap(), 5020);
+    // Past the last index: refused, and the counter is unchanged.
+    assert!(matches!(
+        a.reserve_key_indexes(2, u32::MAX - 1, 2).await,
+        Err(StoreError::KeyIndexesExhausted { account: 2 })
+    ));
+    assert_eq!(a.key_indexes_reserved(2).await.unwrap(), 0);
+    let near_end = u32::MAX - 5;
+    assert_eq!(a.reserve_key_indexes(3, near_end, 3).await.unwrap(), near_end..near_end + 3);
+    assert!(matches!(
+        b.reserve_key_indexes(3, 0, 5).await,
+        Err(StoreError::KeyIndexesExhausted { account: 3 })
+    ));
+    assert_eq!(a.key_indexes_reserved(3).await.unwrap(), near_end + 3);
+    assert_eq!(b.reserve_key_indexes(3, 0, 2).await.unwrap(), near_end + 3..u32::MAX);
+}
+
 async fn whole_suite(s: Arc<dyn ChannelStore>) {
     create_and_get(&*s).await;
     payments_are_compare_and_swap(&*s).await;
@@ -282,6 +331,24 @@ async fn sqlite_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("paychan.db")).unwrap();
     whole_suite(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_key_indexes_are_reserved_once_across_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("paychan.db");
+    let a = Arc::new(SqliteStore::open(&path).unwrap());
+    let b = Arc::new(SqliteStore::open(&path).unwrap());
+    key_indexes_are_reserved_once(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_key_indexes_are_reserved_once_across_stores() {
+    let Some(db) = fresh_postgres("postgres_key_indexes").await else { return };
+    let a = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    key_indexes_are_reserved_once(a, b).await;
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,6 +410,8 @@ async fn a_version_1_database_is_migrated() {
         "ALTER TABLE channels ADD COLUMN charged INTEGER NOT NULL DEFAULT 0;
          DROP INDEX channels_phase_expiry;
          CREATE INDEX channels_phase ON channels (role, phase);
+         DROP TABLE key_counters;
+         DROP TABLE leases;
          UPDATE paychan_meta SET value = '1' WHERE key = 'schema_version';",
     )
     .unwrap();
@@ -356,7 +425,7 @@ async fn a_version_1_database_is_migrated() {
         .query_row("SELECT value FROM paychan_meta WHERE key = 'schema_version'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, paychan_store::SCHEMA_VERSION.to_string());
-    assert_eq!(paychan_store::SCHEMA_VERSION, 3);
+    assert_eq!(paychan_store::SCHEMA_VERSION, 4);
     let indexes: Vec<String> = c
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'channels'")
         .unwrap()
@@ -374,6 +443,12 @@ async fn a_version_1_database_is_migrated() {
         )
         .unwrap();
     assert_eq!(charged, 0, "the stale column is gone");
+    let counters: i64 = c
+        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'key_counters'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(counters, 1, "migration 4 made the key counters");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,4 +555,38 @@ async fn an_online_sqlite_backup_opens_with_every_row_as_of_its_commit() {
     // The live store went on.
     let live = s.get(channel_id(7), Role::Merchant).await.unwrap().unwrap();
     assert_eq!(live.total, Amount::from_sat(900));
+}
+
+/// One lease, two stores on one database (two instances): the first to ask holds it, the
+/// other is told who does; the holder renews it; once its time ran out (by the database's
+/// clock) the other takes it, and the old holder is then refused.
+async fn a_lease_has_one_holder(a: Arc<dyn ChannelStore>, b: Arc<dyn ChannelStore>) {
+    assert_eq!(a.claim_lease("settlement", "a", 400).await.unwrap(), "a");
+    assert_eq!(b.claim_lease("settlement", "b", 400).await.unwrap(), "a");
+    assert_eq!(a.claim_lease("settlement", "a", 400).await.unwrap(), "a", "renewed");
+    // Another lease is another row.
+    assert_eq!(b.claim_lease("other", "b", 400).await.unwrap(), "b");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(b.claim_lease("settlement", "b", 400).await.unwrap(), "a", "not yet run out");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(b.claim_lease("settlement", "b", 400).await.unwrap(), "b", "taken over");
+    assert_eq!(a.claim_lease("settlement", "a", 400).await.unwrap(), "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_lease_has_one_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("paychan.db");
+    let a = Arc::new(SqliteStore::open(&path).unwrap());
+    let b = Arc::new(SqliteStore::open(&path).unwrap());
+    a_lease_has_one_holder(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_lease_has_one_holder() {
+    let Some(db) = fresh_postgres("postgres_a_lease_has_one_holder").await else { return };
+    let a = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    a_lease_has_one_holder(a, b).await;
+    db.drop_db().await;
 }

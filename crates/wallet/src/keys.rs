@@ -107,6 +107,16 @@ impl KeyChain {
         Ok(())
     }
 
+    /// The directory its counter lives in (the wallet's).
+    pub fn dir(&self) -> &Path {
+        self.counter.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The key account (m/1017'/account'/…): [`KeyChain::MERCHANT`] or [`KeyChain::CUSTOMER`].
+    pub fn account(&self) -> u32 {
+        self.account
+    }
+
     /// The next index [`KeyChain::peek`] offers.
     pub fn next_index(&self) -> u32 {
         *self.next.lock().unwrap_or_else(|p| p.into_inner())

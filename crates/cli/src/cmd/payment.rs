@@ -146,7 +146,7 @@ pub fn run(cmd: PaymentCommand, common: &Common) -> Result<ExitCode, CliError> {
         match cmd {
             PaymentCommand::Verify { file, store } => {
                 let pay = read(&file)?;
-                let (server, _, _) = super::serve::merchant(common, false, &store, Policy::default(), paychan_merchant::DEFAULT_MAX_LIVE_CHANNELS).await?;
+                let (server, _, _) = super::serve::merchant(common, false, &store, Policy::default(), super::serve::Tuning::default()).await?;
                 let worth = server.check_payment(&pay).await.map_err(|e| fail(format!("refused: {e}")))?;
                 common.print(
                     &json!({"valid": true, "total_sat": pay.total_sat, "worth_sat": worth.to_sat()}),
@@ -162,7 +162,7 @@ pub fn run(cmd: PaymentCommand, common: &Common) -> Result<ExitCode, CliError> {
                         return Ok(());
                     }
                 }
-                let (server, _, _) = super::serve::merchant(common, false, &store, Policy::default(), paychan_merchant::DEFAULT_MAX_LIVE_CHANNELS).await?;
+                let (server, _, _) = super::serve::merchant(common, false, &store, Policy::default(), super::serve::Tuning::default()).await?;
                 let ack = server
                     .pay_batch(channel, std::slice::from_ref(&pay))
                     .await

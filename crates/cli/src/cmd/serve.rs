@@ -112,6 +112,15 @@ pub struct ServeArgs {
     /// the store when used. Channels in use or with chain work are always kept.
     #[arg(long)]
     max_live_channels: Option<usize>,
+    /// This instance's name among several `serve` instances on one PostgreSQL (ADR 0030; shown
+    /// in `/admin/summary`); default: a random one per start.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Seconds the settlement lease lasts after each renewal (default 15): with several
+    /// instances on one database, a dead leader's settlements are taken over within this plus
+    /// a third of it. Keep it above three `--tick-secs`.
+    #[arg(long)]
+    lease_ttl_secs: Option<u64>,
     /// Seconds a new connection has for its `Hello` (TCP) or its request headers (HTTP)
     /// (default 10).
     #[arg(long)]
@@ -169,6 +178,8 @@ struct ServeFile {
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
     max_live_channels: Option<usize>,
+    instance: Option<String>,
+    lease_ttl_secs: Option<u64>,
     handshake_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     metrics: Option<String>,
@@ -312,6 +323,14 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         .or(file.max_live_channels)
         .unwrap_or(paychan_merchant::DEFAULT_MAX_LIVE_CHANNELS)
         .max(1);
+    let tuning = Tuning {
+        max_live,
+        instance: a.instance.clone().or(file.instance.clone()),
+        lease_ttl: a
+            .lease_ttl_secs
+            .or(file.lease_ttl_secs)
+            .map_or(paychan_merchant::DEFAULT_LEASE_TTL, |s| Duration::from_secs(s.max(1))),
+    };
     let home = common.home();
     let rt = runtime()?;
     rt.block_on(async move {
@@ -323,7 +342,7 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
             .map_err(|e| fail(format!("cannot listen on {http_listen}: {e}")))?;
         let http_addr = http_listener.local_addr()?;
         let (server, payout, loaded) =
-            merchant(common, mainnet_confirmed, &store_spec, policy, max_live).await?;
+            merchant(common, mainnet_confirmed, &store_spec, policy, tuning).await?;
         // The address customers dial: the node id (BOLT 8) at the listener.
         let node_id = server.node_id();
         let address = format!("{node_id}@{addr}");
@@ -486,15 +505,36 @@ pub fn read_or_make_token(path: &std::path::Path) -> Result<String, CliError> {
     Ok(token)
 }
 
+/// How a merchant instance runs beside others ([`merchant`]).
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Idle channels kept in memory.
+    pub max_live: usize,
+    /// The instance's name in the settlement lease (`None`: random).
+    pub instance: Option<String>,
+    /// The settlement lease's length.
+    pub lease_ttl: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            max_live: paychan_merchant::DEFAULT_MAX_LIVE_CHANNELS,
+            instance: None,
+            lease_ttl: paychan_merchant::DEFAULT_LEASE_TTL,
+        }
+    }
+}
+
 /// The merchant's channel server, as `serve` and `payment` use it: wallet (keys, payout),
 /// store, chain; the stored channels with chain work loaded (the others load when used), at
-/// most `max_live` idle ones kept in memory.
+/// most `tuning.max_live` idle ones kept in memory.
 pub async fn merchant(
     common: &Common,
     mainnet_confirmed: bool,
     store_spec: &str,
     policy: Policy,
-    max_live: usize,
+    tuning: Tuning,
 ) -> Result<(Arc<ChannelServer>, paychan_core::bitcoin::Address, usize), CliError> {
     let home = common.home();
     let n = common.claim_network(mainnet_confirmed)?;
@@ -524,7 +564,9 @@ pub async fn merchant(
         };
     let config = ServerConfig {
         max_fee_rate: n.max_fee_rate,
-        max_live_channels: max_live,
+        max_live_channels: tuning.max_live,
+        instance: tuning.instance,
+        lease_ttl: tuning.lease_ttl,
         ..ServerConfig::new(policy, payout.script_pubkey())
     };
     // Each settlement pays a fresh address of the merchant's wallet.

@@ -29,11 +29,12 @@ use paychan_core::bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, T
 use paychan_core::channel::merchant::{params_from_open, MerchantChannel, MerchantState};
 use paychan_core::channel::settlement::Scheduler;
 use paychan_core::channel::{Event, Phase, SettleReason};
+use paychan_core::lease::{Lease, LeaseTiming};
 use paychan_core::msg::{self, Message, Opened, PaymentAck, Resumed, Welcome};
 use paychan_core::policy::Policy;
 use paychan_core::{Error, Now};
 use paychan_store::{ChannelStore, Persisted, Role};
-use tracing::info;
+use tracing::{debug, info, warn};
 
 pub use two1::TWO1_KEY_INDEX;
 
@@ -65,7 +66,19 @@ pub struct ServerConfig {
     /// least recently used that hold nothing the store lacks are dropped, and loaded again
     /// from the store on their next use. Channels with work in flight are always kept.
     pub max_live_channels: usize,
+    /// How long the settlement lease lasts after each renewal (ADR 0030): with several
+    /// instances on one database, a dead leader's settlements wait at most this long plus a
+    /// third of it before another instance takes them over.
+    pub lease_ttl: std::time::Duration,
+    /// This instance's name in the lease (and the admin API); `None`: a random one per start.
+    pub instance: Option<String>,
 }
+
+/// The default of [`ServerConfig::lease_ttl`].
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The store's name of the settlement lease.
+const SETTLEMENT_LEASE: &str = "settlement";
 
 /// The default of [`ServerConfig::max_live_channels`]: about 26 MiB of channels.
 pub const DEFAULT_MAX_LIVE_CHANNELS: usize = 16_384;
@@ -80,6 +93,8 @@ impl ServerConfig {
             settle_target_blocks: 6,
             max_fee_rate: paychan_core::network::NetworkParams::regtest().max_fee_rate,
             max_live_channels: DEFAULT_MAX_LIVE_CHANNELS,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            instance: None,
         }
     }
 }
@@ -287,7 +302,47 @@ pub struct ChannelServer {
     sweep: Mutex<Option<Sweep>>,
     /// The chain tip at the last tick.
     last_tip: Mutex<Option<paychan_core::bitcoin::BlockHash>>,
+    /// The key indexes this instance reserved in the store and has not offered yet (ADR 0029).
+    key_block: tokio::sync::Mutex<std::ops::Range<u32>>,
+    /// This instance's name in the settlement lease.
+    instance: String,
+    /// The settlement lease as this instance sees it (ADR 0030), on the clock of `epoch`.
+    lease: Mutex<Lease>,
+    /// Who held the lease at the last answer.
+    lease_holder: Mutex<Option<String>>,
+    /// The origin of the lease's clock.
+    epoch: std::time::Instant,
 }
+
+/// The name of an instance that was given none: the machine's host name and a random id kept
+/// in the wallet's directory (`instance-id`, made at the first start), so that a restarted
+/// instance takes its own lease back at once, and two homes (or two machines) never share a
+/// name — unless a home is copied with its id: give such copies `--instance`.
+fn default_instance_name(dir: &std::path::Path) -> Result<String, MerchantError> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_string());
+    let path = dir.join("instance-id");
+    let id = match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => {
+            let mut r = [0u8; 8];
+            getrandom::getrandom(&mut r).map_err(|_| MerchantError::Internal("no randomness"))?;
+            let id: String = r.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&path, &id).map_err(|e| {
+                MerchantError::InstanceName(format!("cannot write {}: {e}", path.display()))
+            })?;
+            id
+        }
+    };
+    Ok(format!("{host}-{id}"))
+}
+
+/// How many key indexes an instance reserves in the store at a time (one durable write per
+/// this many `Welcome`s; a restart leaves the rest of its block unused).
+pub const KEY_BLOCK: u32 = 100;
 
 /// The start-up sweep's place: after a start, each tick looks up [`SWEEP_BATCH`] more open
 /// channels' fundings that are not in memory, in id order, until every one was looked at once
@@ -329,6 +384,13 @@ impl ChannelServer {
         config.policy.validate()?;
         let view = Arc::new(ChainView::open(chain.clone(), None)?);
         let node_key = keys.secret(NODE_KEY_INDEX)?;
+        let instance = match &config.instance {
+            Some(name) => name.clone(),
+            None => default_instance_name(keys.dir())?,
+        };
+        let lease_timing = LeaseTiming::with_ttl(
+            u64::try_from(config.lease_ttl.as_millis()).unwrap_or(u64::MAX).max(3),
+        );
         Ok(ChannelServer {
             config,
             keys,
@@ -345,6 +407,11 @@ impl ChannelServer {
             tokens_indexed: tokio::sync::OnceCell::new(),
             sweep: Mutex::new(Some(Sweep::default())),
             last_tip: Mutex::new(None),
+            key_block: tokio::sync::Mutex::new(0..0),
+            instance,
+            lease: Mutex::new(Lease::new(lease_timing)),
+            lease_holder: Mutex::new(None),
+            epoch: std::time::Instant::now(),
         })
     }
 
@@ -572,19 +639,16 @@ impl ChannelServer {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Answers a `Hello`: the version, the key a new channel would use, the policy. The key's
-    /// index is taken only when a channel is opened with it ([`ChannelServer::open`]), so a
-    /// handshake writes nothing and costs nothing; two peers greeted at once may be offered
-    /// the same key, and both may open with it (their channel scripts still differ).
+    /// Answers a `Hello`: the version, a fresh key for a new channel, the policy. Each
+    /// `Welcome` offers a key no other `Welcome` offered, from this instance or another one on
+    /// the same store (ADR 0029): the indexes come from a block this instance reserved in the
+    /// store, so a handshake costs one durable write per [`KEY_BLOCK`] handshakes.
     ///
     /// # Errors
-    /// [`Error::UnsupportedVersion`]; key errors (every per-channel index used).
-    pub fn hello(&self, hello: &msg::Hello) -> Result<Welcome, MerchantError> {
+    /// [`Error::UnsupportedVersion`]; [`MerchantError::KeysExhausted`]; a store failure.
+    pub async fn hello(&self, hello: &msg::Hello) -> Result<Welcome, MerchantError> {
         let version = msg::negotiate(hello)?;
-        let (key_index, key) = self.keys.peek()?;
-        if key_index >= NODE_KEY_INDEX {
-            return Err(MerchantError::KeysExhausted);
-        }
+        let (key_index, key) = self.issue_key().await?;
         Ok(Welcome {
             version,
             merchant_pubkey: key.serialize().to_vec(),
@@ -593,15 +657,92 @@ impl ChannelServer {
         })
     }
 
+    /// This instance's name in the settlement lease.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Who held the settlement lease at the last answer of the store (`None`: not asked yet).
+    pub fn settlement_leader(&self) -> Option<String> {
+        self.lease_holder.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn lease_clock_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether this instance holds the settlement lease now (ADR 0030): only the holder
+    /// settles, follows and bumps settlements. Asks the store first when the lease is due for
+    /// renewal (every third of its ttl), so a lone instance holds it from its first question.
+    pub async fn holds_settlement_lease(&self) -> bool {
+        let sent = {
+            let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+            let now = self.lease_clock_ms();
+            if !lease.due(now) {
+                return lease.is_leader(now);
+            }
+            lease.asking(now);
+            now
+        };
+        let ttl = self.lease.lock().unwrap_or_else(|p| p.into_inner()).timing().ttl_ms;
+        match self.store.claim_lease(SETTLEMENT_LEASE, &self.instance, ttl).await {
+            Ok(holder) => {
+                let granted = holder == self.instance;
+                let was = {
+                    let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+                    let was = lease.is_leader(sent);
+                    lease.answered(sent, granted);
+                    was
+                };
+                if granted != was {
+                    info!(instance = %self.instance, %holder, leader = granted, "settlement lease");
+                }
+                *self.lease_holder.lock().unwrap_or_else(|p| p.into_inner()) = Some(holder);
+            }
+            // Unanswered: a held lease runs out on its own.
+            Err(e) => warn!(error = %e, "the settlement lease could not be renewed; will retry"),
+        }
+        self.metrics.leader.store(
+            u64::from(
+                self.lease
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_leader(self.lease_clock_ms()),
+            ),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let now = self.lease_clock_ms();
+        self.lease.lock().unwrap_or_else(|p| p.into_inner()).is_leader(now)
+    }
+
+    /// A key index no one was offered yet, and its public key: the next of this instance's
+    /// block, reserving a new block in the store when it is used up (its floor is the home's
+    /// key file, the counter kept before the store kept it).
+    async fn issue_key(&self) -> Result<(u32, PublicKey), MerchantError> {
+        let mut block = self.key_block.lock().await;
+        if block.is_empty() {
+            let floor = self.keys.next_index();
+            let fresh =
+                self.store.reserve_key_indexes(self.keys.account(), floor, KEY_BLOCK).await?;
+            debug!(start = fresh.start, end = fresh.end, "key indexes reserved");
+            *block = fresh.start..fresh.end.min(NODE_KEY_INDEX);
+        }
+        let index = block.next().ok_or(MerchantError::KeysExhausted)?;
+        let key = self.keys.secret(index)?;
+        Ok((index, PublicKey::from_secret_key(paychan_core::sig::secp(), &key)))
+    }
+
     /// Accepts a channel: checks it against the policy, stores it, broadcasts its funding (the
     /// node's acceptance proves the deposit is real), and answers `Opened`.
     ///
     /// # Errors
     /// The policy or decoding error; [`MerchantError::Chain`] when the node refuses the funding.
     pub async fn open(&self, open: &msg::Open) -> Result<Opened, MerchantError> {
-        // Only keys offered in a Welcome: at most the next one, never the 21 key's index.
-        let next = self.keys.next_index();
-        if open.key_index > next || open.key_index >= TWO1_KEY_INDEX {
+        // Only keys offered in a Welcome (by any instance on this store): never one above
+        // what the instances reserved, nor the node's or the 21 key's.
+        let reserved = self.store.key_indexes_reserved(self.keys.account()).await?;
+        let next = reserved.min(NODE_KEY_INDEX);
+        if open.key_index >= next {
             return Err(Error::UnknownKeyIndex { index: open.key_index, next }.into());
         }
         let key = self.keys.secret(open.key_index)?;

@@ -159,6 +159,8 @@ impl ChannelServer {
     /// The first failure met (the chain unreachable, a store failure); every channel was still
     /// visited.
     pub async fn tick(&self) -> Result<(), MerchantError> {
+        // Asked first, whatever fails after: a leader whose node is away keeps the lease.
+        self.holds_settlement_lease().await;
         if let Err(e) = self.sweep_next().await {
             warn!(error = %e, "the start-up sweep could not read the store; will retry");
         }
@@ -192,7 +194,20 @@ impl ChannelServer {
             // Left memory since (idle: nothing to do).
             let Some(slot) = self.in_memory(&id) else { continue };
             let mut s = slot.lock().await;
-            if let Err(e) = self.tick_one(&mut s, id, tip.height, new_tip).await {
+            let mut r = self.tick_one(&mut s, id, tip.height, new_tip).await;
+            // Another instance (or `paychan payment submit`) moved the channel: the failed write
+            // reloaded it; look at it again as stored.
+            let mut attempt = 0;
+            while attempt < super::CONFLICT_RETRIES
+                && matches!(
+                    r,
+                    Err(MerchantError::Store(paychan_store::StoreError::Conflict { .. }))
+                )
+            {
+                attempt += 1;
+                r = self.tick_one(&mut s, id, tip.height, new_tip).await;
+            }
+            if let Err(e) = r {
                 warn!(channel = %id, error = %e, "chain check failed; will retry");
                 first_error.get_or_insert(e);
             }
@@ -273,19 +288,41 @@ impl ChannelServer {
         }
     }
 
+    /// Loads the stored channels matching `query` that are not in memory; returns how many.
+    async fn load_matching(&self, query: paychan_store::Query) -> Result<usize, MerchantError> {
+        let mut loaded = 0;
+        for row in self.store.list(query).await? {
+            if self.in_memory(&row.id).is_none() {
+                self.live_from_row(row)?;
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
+    }
+
     /// Loads the open channels whose settlement the store's expiry index says is due now
     /// ([`due_expiries`]) and the channels whose watched output was seen spent, unless in
     /// memory already; returns how many were loaded.
     async fn load_due(&self) -> Result<usize, MerchantError> {
         let now = (self.clock)();
         let mut loaded = 0;
+        if self.holds_settlement_lease().await {
+            // The leader follows every settlement, whichever instance sent it, and settles the
+            // channels another instance's tick found expired (ADR 0030).
+            loaded += self
+                .load_matching(paychan_store::Query {
+                    role: Some(paychan_store::Role::Merchant),
+                    phases: vec![Phase::Settling, Phase::Expired],
+                    ..Default::default()
+                })
+                .await?;
+        }
         for window in due_expiries(&self.config.policy, &now) {
             if window.is_empty() {
                 continue;
             }
-            let rows = self
-                .store
-                .list(paychan_store::Query {
+            loaded += self
+                .load_matching(paychan_store::Query {
                     role: Some(paychan_store::Role::Merchant),
                     phases: vec![Phase::Open],
                     expiring_from: Some(*window.start()),
@@ -293,12 +330,6 @@ impl ChannelServer {
                     ..Default::default()
                 })
                 .await?;
-            for row in rows {
-                if self.in_memory(&row.id).is_none() {
-                    self.live_from_row(row)?;
-                    loaded += 1;
-                }
-            }
         }
         for spent in self.view.spent_outpoints() {
             if self.in_memory(&spent).is_some() {
@@ -348,6 +379,10 @@ impl ChannelServer {
         s.channel.handle_tick(&now);
         let due = self.drain_events(s).await?;
         let work = s.ext.handle_tick(&now, &s.channel, due, new_tip);
+        if (work.settle || work.follow) && !self.holds_settlement_lease().await {
+            // Another instance holds the settlement lease: it settles and follows (ADR 0030).
+            return Ok(());
+        }
         if work.settle {
             let r = self.settle_locked(s).await.map(|_| ());
             self.record(s, id, &now, r, "settlement");

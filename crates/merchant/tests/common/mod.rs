@@ -51,8 +51,19 @@ pub fn server_on(
     chain: Arc<dyn ChainSource>,
     clock: Clock,
 ) -> ChannelServer {
-    let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
     let config = ServerConfig::new(Policy::default(), p2wpkh(&key(0x55)));
+    server_with(dir, store, chain, clock, config)
+}
+
+/// [`server_on`] with `config`.
+pub fn server_with(
+    dir: &tempfile::TempDir,
+    store: Arc<dyn ChannelStore>,
+    chain: Arc<dyn ChainSource>,
+    clock: Clock,
+    config: ServerConfig,
+) -> ChannelServer {
+    let keys = KeyChain::open(dir.path(), &[7; 32], Network::Regtest, KeyChain::MERCHANT).unwrap();
     ChannelServer::new(config, keys, store, chain, clock).unwrap()
 }
 
@@ -138,6 +149,7 @@ pub async fn open_channel(server: &ChannelServer, node: &Node, height: u32) -> C
             max_version: 1,
             user_agent: String::new(),
         })
+        .await
         .unwrap();
     let mut c = customer_for(&w, node, height);
     let Message::Open(open) = sends(&mut c).remove(0) else { panic!("no Open") };
