@@ -243,6 +243,22 @@ fn bench_pay_node_soak_and_memory_report_each_figure_beside_its_bound() {
     let r =
         bench(&["pay", "--channels", "1", "--payments", "20", "--window", "1", "--seconds", "0.2"]);
     assert!(r["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{r}");
+    // Two instances of the merchant on one store: channels opened through each, every payment
+    // in the store (the bench checks each channel's stored total).
+    let r = bench(&[
+        "pay",
+        "--instances",
+        "2",
+        "--channels",
+        "4",
+        "--payments",
+        "30",
+        "--window",
+        "4",
+        "--seconds",
+        "0.2",
+    ]);
+    assert_eq!((r["instances"].as_u64(), r["payments"].as_u64()), (Some(2), Some(120)), "{r}");
     let r = bench(&["node", "--transactions", "200"]);
     assert!(r["mempool_ratio"].as_f64().unwrap() > 0.0, "{r}");
     let r = bench(&["soak", "--customers", "40", "--seconds", "3"]);

@@ -382,6 +382,38 @@ impl World {
         .with_chain_cursor(self.dir.join("customer-chain.cursor"))?)
     }
 
+    /// Another instance of the same merchant (issue 22): the same seed (node key, key chain,
+    /// payout wallet) over `store` — the merchant's database reached through its own
+    /// connection, as another process would — with its own home under the world's directory,
+    /// named `name`, ticking nothing on its own, serving the channel protocol on its own
+    /// loopback listener. Returns the instance and its peer address (`<node id>@127.0.0.1:port`,
+    /// the same node id as [`World::peer`]); it serves until the world is dropped.
+    ///
+    /// # Errors
+    /// The wallet's, the merchant's or the listener's.
+    pub async fn add_instance(
+        &self,
+        name: &str,
+        store: Arc<dyn ChannelStore>,
+    ) -> Result<(Arc<ChannelServer>, String), HarnessError> {
+        let home = self.dir.join(format!("instance-{name}"));
+        std::fs::create_dir_all(&home)?;
+        let (keys, payout) = {
+            let mut w = self.merchant_wallet.lock().unwrap_or_else(|p| p.into_inner());
+            (w.key_chain_in(&home, KeyChain::MERCHANT)?, w.new_address()?.script_pubkey())
+        };
+        let mut config = ServerConfig::new(self.server.policy().clone(), payout);
+        config.instance = Some(name.to_string());
+        let server = Arc::new(
+            ChannelServer::new(config, keys, store, self.chain.clone(), self.clock.clone())?
+                .with_chain_cursor(home.join("merchant-chain.cursor"))?,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let peer = format!("{}@{}", server.node_id(), listener.local_addr()?);
+        tokio::spawn(tcp::serve(server.clone(), listener, std::future::pending()));
+        Ok((server, peer))
+    }
+
     /// Stops the merchant's TCP server (a merchant that goes away: its connections close once
     /// their requests are answered) and waits until it has; its port is free again.
     pub async fn stop_merchant(&self) {

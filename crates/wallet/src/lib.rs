@@ -469,6 +469,15 @@ impl Wallet {
         KeyChain::from_master(&self.dir, self.xprv, account)
     }
 
+    /// [`Wallet::key_chain`] keeping its files (counter, instance id) in `dir`: another
+    /// instance of the same merchant, with its own home, on the same seed.
+    ///
+    /// # Errors
+    /// As [`Wallet::key_chain`].
+    pub fn key_chain_in(&self, dir: &Path, account: u32) -> Result<KeyChain, WalletError> {
+        KeyChain::from_master(dir, self.xprv, account)
+    }
+
     /// Whether `script_pubkey` belongs to this wallet.
     pub fn is_mine(&self, script_pubkey: &ScriptBuf) -> bool {
         self.inner.is_mine(script_pubkey.clone())

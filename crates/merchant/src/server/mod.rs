@@ -70,7 +70,8 @@ pub struct ServerConfig {
     /// instances on one database, a dead leader's settlements wait at most this long plus a
     /// third of it before another instance takes them over.
     pub lease_ttl: std::time::Duration,
-    /// This instance's name in the lease (and the admin API); `None`: a random one per start.
+    /// This instance's name in the lease (and the admin API); `None`: the host name and an id
+    /// kept in the wallet's directory (`instance-id`, made at the first start).
     pub instance: Option<String>,
 }
 

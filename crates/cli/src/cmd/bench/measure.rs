@@ -53,20 +53,26 @@ pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
 pub async fn open_channels(
     customer: &paychan_customer::Customer,
     node: &Node,
-    server: &ChannelServer,
-    peer: &str,
+    servers: &[std::sync::Arc<ChannelServer>],
+    peers: &[String],
     n: u32,
     deposit: Amount,
 ) -> Result<Vec<OutPoint>, CliError> {
     let mut ids = Vec::with_capacity(n as usize);
     for i in 0..n {
+        // Through each instance in turn.
+        let peer = peers
+            .get(i as usize % peers.len().max(1))
+            .ok_or_else(|| crate::error::fail("no merchant to open channels with"))?;
         ids.push(customer.open(peer, deposit, None).await?);
         if i % 10 == 9 {
             node.mine(1, &paychan_core::bitcoin::ScriptBuf::new_op_return([]))?;
         }
     }
     node.mine(1, &paychan_core::bitcoin::ScriptBuf::new_op_return([]))?;
-    server.tick().await?;
+    for server in servers {
+        server.tick().await?;
+    }
     Ok(ids)
 }
 

@@ -56,6 +56,10 @@ pub enum BenchCommand {
         /// Seconds of the bound measurement.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// Merchant instances on the one store (issue 22): each its own connection to it and
+        /// its own listener; the channels are opened through them in turn.
+        #[arg(long, default_value_t = 1)]
+        instances: u32,
     },
     /// A merchant starting on a store of N open channels, some of which pay: its peak RSS
     /// (bound 256 MiB) and the time to its first payment (bound 1 s).
@@ -104,14 +108,14 @@ pub enum BenchCommand {
 /// Runs `paychan bench`.
 pub fn run(cmd: BenchCommand, common: &Common) -> Result<ExitCode, CliError> {
     match cmd {
-        BenchCommand::Pay { channels, payments, window, store, seconds } => {
-            if channels == 0 || payments == 0 || window == 0 || seconds <= 0.0 {
+        BenchCommand::Pay { channels, payments, window, store, seconds, instances } => {
+            if channels == 0 || payments == 0 || window == 0 || seconds <= 0.0 || instances == 0 {
                 return Err(fail(
-                    "--channels, --payments, --window and --seconds must be above zero",
+                    "--channels, --payments, --window, --seconds and --instances must be above zero",
                 ));
             }
-            let r =
-                runtime()?.block_on(pay::bench_pay(channels, payments, window, store, seconds))?;
+            let shape = pay::Shape { channels, payments, window, instances };
+            let r = runtime()?.block_on(pay::bench_pay(shape, store, seconds))?;
             let text = format!(
                 "paychan bench pay ({} store, {channels} channels, window {window}, {} cores)\n  bound: sign + validate   {:>9.0} payments/s\n  payments                 {:>9.0} /s  = {:.0}% of the bound\n  latency per payment      p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms\n  one durable commit       p50 {:.2} ms, p99 {:.2} ms\n  peak RSS                 {} MiB",
                 r["store"].as_str().unwrap_or(""),

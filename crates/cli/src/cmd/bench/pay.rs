@@ -153,14 +153,21 @@ async fn store(
     })
 }
 
+/// What the pay bench runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Channels, each paying from its own task.
+    pub channels: u32,
+    /// Payments per channel.
+    pub payments: u32,
+    /// Payments in flight per channel.
+    pub window: u32,
+    /// Merchant instances on the one store.
+    pub instances: u32,
+}
+
 /// Runs the pay bench.
-pub async fn bench_pay(
-    channels: u32,
-    payments: u32,
-    window: u32,
-    kind: StoreKind,
-    secs: f64,
-) -> Result<Value, CliError> {
+pub async fn bench_pay(shape: Shape, kind: StoreKind, secs: f64) -> Result<Value, CliError> {
     let base = match kind {
         StoreKind::Memory => std::path::PathBuf::from("/dev/shm"),
         _ => std::env::temp_dir(),
@@ -168,19 +175,18 @@ pub async fn bench_pay(
     let dir = base.join(format!("paychan-bench-pay-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-    let r = run(&dir, channels, payments, window, &kind, secs).await;
+    let r = run(&dir, shape, &kind, secs).await;
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
 
 async fn run(
     dir: &std::path::Path,
-    channels: u32,
-    payments: u32,
-    window: u32,
+    shape: Shape,
     kind: &StoreKind,
     secs: f64,
 ) -> Result<Value, CliError> {
+    let Shape { channels, payments, window, instances } = shape;
     say("measuring the bound (customer sign + merchant validate) on all cores…");
     let bound = tokio::task::spawn_blocking(move || sign_validate_bound(secs)).await?;
     say("measuring the transport (BOLT 8: a payment frame encrypted and decrypted) on all cores…");
@@ -203,8 +209,18 @@ async fn run(
     let deposit = Amount::from_sat(
         (u64::from(payments) + policy.close_out.to_sat() + 1_000).max(policy.min_deposit.to_sat()),
     );
+    // The other instances: the same merchant (seed, node id) on the same database, each
+    // through its own connection and listener; channels are opened through each in turn.
+    let mut servers = vec![server.clone()];
+    let mut peers = vec![peer.clone()];
+    for i in 1..instances {
+        let (other, other_peer) =
+            w.add_instance(&format!("bench-{i}"), store(kind, dir, "merchant").await?).await?;
+        servers.push(other);
+        peers.push(other_peer);
+    }
     let ids =
-        super::measure::open_channels(customer, node, server, peer, channels, deposit).await?;
+        super::measure::open_channels(customer, node, &servers, &peers, channels, deposit).await?;
 
     say(&format!(
         "paying: {channels} channels × {payments} payments of 1 sat, {window} in flight per channel…"
@@ -256,6 +272,7 @@ async fn run(
         "bench": "pay",
         "store": match kind { StoreKind::Sqlite => "sqlite", StoreKind::Memory => "memory", StoreKind::Postgres(_) => "postgres" },
         "channels": channels,
+        "instances": instances,
         "payments": total,
         "window": window,
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -46,8 +46,15 @@ async fn run(dir: &std::path::Path, customers: u32, secs: f64) -> Result<Value, 
         (&w.node, &w.server, &w.peer, &w.customer, &w.merchant_store);
     say(&format!("opening {customers} channels…"));
     let deposit = Amount::from_sat(1_000_000);
-    let ids =
-        super::measure::open_channels(customer, node, server, peer, customers, deposit).await?;
+    let ids = super::measure::open_channels(
+        customer,
+        node,
+        std::slice::from_ref(server),
+        std::slice::from_ref(peer),
+        customers,
+        deposit,
+    )
+    .await?;
 
     say(&format!(
         "paying for {secs} s: {} over TCP, {} over HTTP…",
