@@ -6,7 +6,7 @@
 //!
 //! | method & path | body | answer |
 //! |---|---|---|
-//! | `GET /v1/info` | — | `{version, public_key, key_index, policy}` (the key a new channel would use; offered, not taken) |
+//! | `GET /v1/info` | — | `{version, public_key, key_index, policy}` (a fresh key for a new channel: each answer offers its own, ADR 0029) |
 //! | `POST /v1/channels` | `{funding_tx, customer_pubkey, merchant_pubkey, key_index, expiry, change_script}` (hex) | `{channel, confirmations_required}` |
 //! | `GET /v1/channels/{txid}:{vout}` | — | `{channel, phase, total_sat}` |
 //! | `POST /v1/channels/{txid}:{vout}/payments` | `{total_sat, signature}` | `{channel, total_sat}` |
