@@ -676,44 +676,37 @@ impl ChannelServer {
     /// settles, follows and bumps settlements. Asks the store first when the lease is due for
     /// renewal (every third of its ttl), so a lone instance holds it from its first question.
     pub async fn holds_settlement_lease(&self) -> bool {
-        let sent = {
-            let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = || self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        let (sent, ttl) = {
+            let mut lease = lock();
             let now = self.lease_clock_ms();
             if !lease.due(now) {
                 return lease.is_leader(now);
             }
             lease.asking(now);
-            now
+            (now, lease.timing().ttl_ms)
         };
-        let ttl = self.lease.lock().unwrap_or_else(|p| p.into_inner()).timing().ttl_ms;
-        match self.store.claim_lease(SETTLEMENT_LEASE, &self.instance, ttl).await {
-            Ok(holder) => {
-                let granted = holder == self.instance;
-                let was = {
-                    let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
-                    let was = lease.is_leader(sent);
-                    lease.answered(sent, granted);
-                    was
-                };
-                if granted != was {
+        // Unanswered: a held lease runs out on its own.
+        let answer = self.store.claim_lease(SETTLEMENT_LEASE, &self.instance, ttl).await;
+        let leader = {
+            let mut lease = lock();
+            if let Ok(holder) = &answer {
+                let granted = *holder == self.instance;
+                if granted != lease.is_leader(sent) {
                     info!(instance = %self.instance, %holder, leader = granted, "settlement lease");
                 }
+                lease.answered(sent, granted);
+            }
+            lease.is_leader(self.lease_clock_ms())
+        };
+        match answer {
+            Ok(holder) => {
                 *self.lease_holder.lock().unwrap_or_else(|p| p.into_inner()) = Some(holder);
             }
-            // Unanswered: a held lease runs out on its own.
             Err(e) => warn!(error = %e, "the settlement lease could not be renewed; will retry"),
         }
-        self.metrics.leader.store(
-            u64::from(
-                self.lease
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_leader(self.lease_clock_ms()),
-            ),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let now = self.lease_clock_ms();
-        self.lease.lock().unwrap_or_else(|p| p.into_inner()).is_leader(now)
+        self.metrics.leader.store(u64::from(leader), std::sync::atomic::Ordering::Relaxed);
+        leader
     }
 
     /// A key index no one was offered yet, and its public key: the next of this instance's
