@@ -84,6 +84,10 @@ impl MerchantError {
         channel: Option<paychan_core::bitcoin::OutPoint>,
     ) -> paychan_core::msg::ErrorMsg {
         let a = self.answer(answer::Op::Pay);
+        if !a.refused {
+            // The peer hears only that the merchant failed; the log says why.
+            tracing::warn!(error = %self, channel = ?channel, "a request failed on the merchant's side");
+        }
         paychan_core::msg::ErrorMsg {
             code: a.code,
             message: a.message,

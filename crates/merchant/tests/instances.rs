@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use common::{open_channel, server_on, server_with, Setup};
+use paychan_core::bitcoin::hashes::Hash;
 use paychan_core::channel::Phase;
 use paychan_core::lease::LeaseTiming;
 use paychan_core::policy::Policy;
@@ -196,5 +197,63 @@ async fn the_settlement_lease_has_one_holder_and_moves_when_it_dies_on_postgres(
     s.store = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
     let other: Arc<dyn ChannelStore> = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
     one_leader_settles_and_another_takes_over(&s, other).await;
+    db.drop_db().await;
+}
+
+/// Payments alternate between two instances, each holding the channel in memory: each takes
+/// the payment the other left it behind on (a conflict reloads the channel). A customer that
+/// reconnects to the one behind learns the total the store holds, not what that instance last
+/// saw — or it would send a payment the merchant holds again and have it refused (code 104:
+/// not above the accepted total), as `crates/cli/tests/instances_e2e.rs` found. A settle asked
+/// of the one behind settles the stored total.
+async fn payments_alternate_and_resume_reads_the_store(s: &Setup, other: Arc<dyn ChannelStore>) {
+    let (a, _ha) = instance(s, s.store.clone(), "a");
+    let (b, _hb) = instance(s, other, "b");
+    let c = open_channel(&a, &s.node, 1).await;
+    let id = c.state().params.as_ref().unwrap().id();
+    s.node.mine(1, &common::p2wpkh_77()).unwrap();
+    for (n, server) in [&a, &b, &a, &b, &b, &a, &b].into_iter().enumerate() {
+        let total = 1_000 * (n as u64 + 1);
+        let ack = server.pay(&common::pay_msg(&c, total)).await.unwrap();
+        assert_eq!(ack.total_sat, total, "payment {n}");
+    }
+    // `a` last took 6,000; `b` took 7,000 after it.
+    let resume = paychan_core::msg::Resume { channel: Some(id.into()) };
+    for server in [&a, &b] {
+        let resumed = server.resume(&resume).await.unwrap();
+        assert_eq!(resumed.total_sat, 7_000, "the stored total, whichever instance answers");
+    }
+    let history = s.store.payments(id, Role::Merchant).await.unwrap();
+    let totals: Vec<u64> = history.iter().map(|p| p.total.to_sat()).collect();
+    assert_eq!(totals, (1..=7).map(|n| n * 1_000).collect::<Vec<_>>());
+    // A settle asked of the instance that is behind: its write of `Settling` meets the
+    // conflict, the channel is read again, and the settlement pays the stored 7,000.
+    let closed = a.settle(id).await.unwrap();
+    let row = s.store.get(id, Role::Merchant).await.unwrap().unwrap();
+    assert_eq!((row.phase, row.total.to_sat()), (Phase::Settling, 7_000));
+    let txid = row.closing_txid.unwrap();
+    assert_eq!(closed.settlement_txid, txid.as_byte_array().to_vec());
+    let (tx, _) = s.node.transaction(&txid).expect("the settlement is in the mempool");
+    assert_eq!(tx.input[0].previous_output, id);
+    assert_eq!(tx.output[0].value.to_sat(), row.capacity.to_sat() - 7_000, "the customer's change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_alternate_between_instances_and_resume_reads_the_store_on_sqlite() {
+    let s = common::setup(110);
+    let other: Arc<dyn ChannelStore> =
+        Arc::new(SqliteStore::open(&s.dir.path().join("m.db")).unwrap());
+    payments_alternate_and_resume_reads_the_store(&s, other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_alternate_between_instances_and_resume_reads_the_store_on_postgres() {
+    let Some(db) = paychan_harness::postgres::fresh("payments_alternate").await.unwrap() else {
+        return;
+    };
+    let mut s = common::setup(110);
+    s.store = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let other: Arc<dyn ChannelStore> = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    payments_alternate_and_resume_reads_the_store(&s, other).await;
     db.drop_db().await;
 }

@@ -445,7 +445,13 @@ impl<M: Machine, X> Persisted<M, X> {
             // store (and a write that failed late may even have landed, moving the version):
             // start again from what the store holds.
             let channel = flight.channel.map(|c| c.to_string()).unwrap_or_default();
-            tracing::warn!(%channel, error = %e, "store write failed; reloading the channel from the store");
+            if matches!(e, StoreError::Conflict { .. }) {
+                // Another writer moved the channel (another instance on the same database):
+                // routine with several instances, and the caller checks again.
+                tracing::debug!(%channel, error = %e, "the channel moved in the store; reloading it");
+            } else {
+                tracing::warn!(%channel, error = %e, "store write failed; reloading the channel from the store");
+            }
             self.stale = true;
             if let Err(e) = self.reload(to).await {
                 tracing::warn!(error = %e, "reloading the channel failed; will reload before its next use");

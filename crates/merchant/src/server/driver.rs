@@ -32,9 +32,11 @@ impl ChannelServer {
         Ok(s)
     }
 
-    /// Makes locked channel `id` ready to take a payment: reloaded from the store if a write
-    /// failed, and its funding's confirmations looked at again while it awaits them (the
-    /// chain view brought to the tip first: one call when no block came).
+    /// Makes locked channel `id` ready to take a payment, a close or a settle: reloaded from
+    /// the store if a write failed, and its funding's confirmations looked at again while it
+    /// awaits them (the chain view brought to the tip first: one call when no block came) —
+    /// a channel this instance last saw awaiting its funding may since have been opened to
+    /// payments by another instance.
     pub(super) async fn ready_to_pay(
         &self,
         s: &mut Slot,

@@ -1080,15 +1080,11 @@ impl ChannelServer {
         Ok(Resumed { channel: Some(channel.into()), total_sat: total.to_sat(), signature })
     }
 
-    /// The stored total of `channel` and the customer's signature of it.
+    /// The stored total of `channel` and the customer's signature of it, read from the store:
+    /// not from this instance's memory, which another instance on the same store may have left
+    /// behind (the customer would then send again a payment the merchant holds, and have it
+    /// refused as not above the accepted total). One read per reconnection.
     async fn stored_payment(&self, channel: OutPoint) -> Result<(Amount, Vec<u8>), MerchantError> {
-        if let Some(live) = self.cached(&channel) {
-            let s = live.peek().await;
-            // Unless a pipelined run is in flight, the machine is its row.
-            if s.channel.accepted() == s.stored_total() {
-                return Ok((s.stored_total(), s.channel.state().signature.clone()));
-            }
-        }
         let row =
             self.store.get(channel, Role::Merchant).await?.ok_or(Error::UnknownChannel(channel))?;
         let state = MerchantState::decode(&row.state)?;

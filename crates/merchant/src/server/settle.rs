@@ -25,10 +25,16 @@ impl ChannelServer {
     /// # Errors
     /// State or chain errors (nothing paid yet, channel over).
     pub async fn settle(&self, id: OutPoint) -> Result<Closed, MerchantError> {
-        let slot = self.live(&id).await?;
-        let mut s = slot.lock().await;
-        self.reload(&mut s).await?;
-        self.settle_locked(&mut s).await
+        // Another instance may have moved the channel since this one last saw it: the write
+        // of `Settling` then meets a conflict (before anything is broadcast), and the settle
+        // is checked again on the channel as stored.
+        self.on_fresh_state(|| async {
+            let slot = self.live(&id).await?;
+            let mut s = slot.lock().await;
+            self.ready_to_pay(&mut s, id).await?;
+            self.settle_locked(&mut s).await
+        })
+        .await
     }
 
     /// The customer asks to close: checks its signature, settles, answers with the txid.
@@ -37,14 +43,19 @@ impl ChannelServer {
     /// Signature or state errors; chain errors.
     pub async fn close(&self, close: &msg::Close) -> Result<Closed, MerchantError> {
         let channel = named(&close.channel, "close without a channel")?;
-        let slot = self.live(&channel).await?;
-        let mut s = slot.lock().await;
-        self.reload(&mut s).await?;
-        s.channel.handle_close(&close.signature)?;
-        if s.channel.state().trigger.is_some() {
-            return self.close_cooperatively(&mut s).await;
-        }
-        self.settle_locked(&mut s).await
+        // As `settle`: a conflict (another instance moved the channel) checks the close again
+        // on the channel as stored.
+        self.on_fresh_state(|| async {
+            let slot = self.live(&channel).await?;
+            let mut s = slot.lock().await;
+            self.ready_to_pay(&mut s, channel).await?;
+            s.channel.handle_close(&close.signature)?;
+            if s.channel.state().trigger.is_some() {
+                return self.close_cooperatively(&mut s).await;
+            }
+            self.settle_locked(&mut s).await
+        })
+        .await
     }
 
     /// A dispute channel's cooperative close at the fee estimate: the close and the merchant's
@@ -113,9 +124,9 @@ impl ChannelServer {
         if used < fee_rate {
             info!(estimate = %fee_rate, %used, "settling below the fee estimate: a higher fee would leave the output as dust");
         }
-        self.metrics.settlements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         s.ext.begin();
         let out = self.drain(s).await?;
+        self.metrics.settlements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let closed = out
             .into_iter()
             .find_map(|m| if let Message::Closed(c) = m { Some(c) } else { None })

@@ -112,26 +112,30 @@ impl ChannelServer {
         signature: &[u8],
     ) -> Result<Closed, MerchantError> {
         use paychan_core::bitcoin::hashes::{sha256, Hash};
-        let slot = self.live(&id).await?;
-        let mut s = slot.lock().await;
-        self.reload(&mut s).await?;
-        let digest = sha256::Hash::hash(id.txid.to_string().as_bytes()).to_byte_array();
-        let sig = paychan_core::bitcoin::secp256k1::ecdsa::Signature::from_der(signature)
-            .map_err(|_| Error::SignatureNotDer)?;
-        let mut normal = sig;
-        normal.normalize_s();
-        paychan_core::sig::secp()
-            .verify_ecdsa(
-                &paychan_core::bitcoin::secp256k1::Message::from_digest(digest),
-                &normal,
-                &s.channel.state().params.script().customer(),
-            )
-            .map_err(|_| Error::BadSignature)?;
-        if s.channel.accepted() == Amount::ZERO {
-            return Err(
-                Error::InvalidTransition { phase: s.channel.phase(), event: "close" }.into()
-            );
-        }
-        self.settle_locked(&mut s).await
+        // As `settle`: checked again on the stored channel after a conflict.
+        self.on_fresh_state(|| async {
+            let slot = self.live(&id).await?;
+            let mut s = slot.lock().await;
+            self.ready_to_pay(&mut s, id).await?;
+            let digest = sha256::Hash::hash(id.txid.to_string().as_bytes()).to_byte_array();
+            let sig = paychan_core::bitcoin::secp256k1::ecdsa::Signature::from_der(signature)
+                .map_err(|_| Error::SignatureNotDer)?;
+            let mut normal = sig;
+            normal.normalize_s();
+            paychan_core::sig::secp()
+                .verify_ecdsa(
+                    &paychan_core::bitcoin::secp256k1::Message::from_digest(digest),
+                    &normal,
+                    &s.channel.state().params.script().customer(),
+                )
+                .map_err(|_| Error::BadSignature)?;
+            if s.channel.accepted() == Amount::ZERO {
+                return Err(
+                    Error::InvalidTransition { phase: s.channel.phase(), event: "close" }.into()
+                );
+            }
+            self.settle_locked(&mut s).await
+        })
+        .await
     }
 }
