@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// Address of the JSON HTTP API (loopback by default).
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// The channel port as customers reach it, `host:port`, when that is not `--listen` (a
+    /// load balancer's or a NAT's address): the `address` printed at start, the 402s and the
+    /// x402 facilitator name it.
+    #[arg(long, value_name = "HOST:PORT")]
+    public_address: Option<String>,
     /// `sqlite` (default: <home>/merchant.db), `sqlite:PATH`, or a `postgres://` URL.
     #[arg(long)]
     store: Option<String>,
@@ -113,7 +118,7 @@ pub struct ServeArgs {
     #[arg(long)]
     max_live_channels: Option<usize>,
     /// This instance's name among several `serve` instances on one PostgreSQL (ADR 0030; shown
-    /// in `/admin/summary`); default: a random one per start.
+    /// in `/admin/summary`); default: the host name and an id kept in the wallet's directory.
     #[arg(long)]
     instance: Option<String>,
     /// Seconds the settlement lease lasts after each renewal (default 15): with several
@@ -132,6 +137,23 @@ pub struct ServeArgs {
     /// client on this machine; the default) or `public`.
     #[arg(long)]
     metrics: Option<MetricsAccess>,
+}
+
+/// A `--public-address`: `host:port` with a port, no scheme, no node id.
+fn check_public_address(p: &str) -> Result<(), CliError> {
+    let usage = || {
+        CliError::Usage(format!(
+            "--public-address {p:?}: give host:port as customers reach the channel port, like lb.example.com:9735"
+        ))
+    };
+    if p.contains("://") || p.contains('@') || p.contains(char::is_whitespace) {
+        return Err(usage());
+    }
+    let (host, port) = p.rsplit_once(':').ok_or_else(usage)?;
+    if host.is_empty() || !matches!(port.parse::<u16>(), Ok(n) if n > 0) {
+        return Err(usage());
+    }
+    Ok(())
 }
 
 /// `N/s`, `N/m`, `N/h`, `N/d`.
@@ -155,6 +177,7 @@ fn parse_route(s: &str) -> Result<(String, Amount), String> {
 struct ServeFile {
     listen: Option<SocketAddr>,
     http: Option<SocketAddr>,
+    public_address: Option<String>,
     store: Option<String>,
     zero_conf: Option<bool>,
     min_confirmations: Option<u32>,
@@ -203,6 +226,10 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         a.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9735)));
     let http_listen =
         a.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9736)));
+    let public_address = a.public_address.or(file.public_address);
+    if let Some(p) = &public_address {
+        check_public_address(p)?;
+    }
     let store_spec = a.store.or(file.store).unwrap_or_else(|| "sqlite".into());
     let common = &match (&common.network, &file.network) {
         (None, Some(name)) => Common {
@@ -343,9 +370,13 @@ pub fn run(a: ServeArgs, common: &Common) -> Result<ExitCode, CliError> {
         let http_addr = http_listener.local_addr()?;
         let (server, payout, loaded) =
             merchant(common, mainnet_confirmed, &store_spec, policy, tuning).await?;
-        // The address customers dial: the node id (BOLT 8) at the listener.
+        // The address customers dial: the node id (BOLT 8) at the listener, or at the public
+        // address in front of it.
         let node_id = server.node_id();
-        let address = format!("{node_id}@{addr}");
+        let address = match &public_address {
+            Some(p) => format!("{node_id}@{p}"),
+            None => format!("{node_id}@{addr}"),
+        };
         common.print(
             &json!({"listen": addr.to_string(), "node_id": node_id.to_string(), "address": address, "http": http_addr.to_string(), "tls": scheme == "https", "payout": payout.to_string(), "channels": loaded}),
             &format!(
@@ -599,5 +630,22 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_public_address;
+
+    #[test]
+    fn a_public_address_is_host_and_port() {
+        for good in ["lb.example.com:9735", "127.0.0.1:9735", "[::1]:9735"] {
+            assert!(check_public_address(good).is_ok(), "{good}");
+        }
+        for bad in
+            ["lb.example.com", "tcp://lb:9735", "02ab@lb:9735", ":9735", "lb:0", "lb:x", "lb :1"]
+        {
+            assert!(check_public_address(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -39,13 +39,14 @@ pub fn start_node(datadir: &Path) -> (Kill, String, PathBuf) {
     (Kill(node), url, datadir.join(".cookie"))
 }
 
-/// A plain HTTP/1.1 upstream on loopback answering `upstream says hi to <path>`; returns its
-/// URL. The thread ends with the test process.
+/// A plain HTTP/1.1 upstream on loopback answering `upstream says hi to <path>`, one
+/// connection at a time, at most 100,000; returns its URL. The thread ends with the test
+/// process.
 pub fn upstream() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
-        for stream in listener.incoming().take(1_000) {
+        for stream in listener.incoming().take(100_000) {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut first = String::new();
