@@ -64,16 +64,7 @@ fn open_pay_1000_times_close_and_settle_with_real_processes() {
     c.args(["node", "mine", "1"]);
     let mined = run(c);
 
-    // The node keeps no transaction index (as a stock bitcoind): ask with the block hash.
-    let rpc =
-        paychan_chain::BitcoindRpc::new(&url, paychan_chain::RpcAuth::CookieFile(cookie.clone()))
-            .unwrap();
-    let tx: Value = rpc
-        .call(
-            "getrawtransaction",
-            &[serde_json::json!(settlement), serde_json::json!(true), mined["blocks"][0].clone()],
-        )
-        .unwrap();
+    let tx = common::mined_tx(&url, &cookie, &settlement, &mined["blocks"][0]);
     assert_eq!(tx["confirmations"], 1, "the settlement is mined");
     let sat = |v: &Value| (v.as_f64().unwrap() * 1e8).round() as u64;
     let outs = tx["vout"].as_array().unwrap();

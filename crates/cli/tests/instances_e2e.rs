@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{first_line, paychan, run, start_node, upstream, Kill};
+use common::{first_line, mined_tx, paychan, run, start_node, upstream, Kill};
 
 /// The admin token every instance shares.
 const TOKEN: &str = "instances-e2e-admin-token";
@@ -527,9 +527,7 @@ fn three_instances_behind_haproxy_are_one_merchant() {
         *settlements[c].lock().unwrap() = closed["settlement_txid"].as_str().unwrap().to_string();
     });
     let mined = customer(0, &["node", "mine", "1"]);
-    let rpc =
-        paychan_chain::BitcoindRpc::new(&url, paychan_chain::RpcAuth::CookieFile(cookie.clone()))
-            .unwrap();
+    let rpc = common::rpc(&url, &cookie);
     let block: Value = rpc.call("getblock", &[mined["blocks"][0].clone(), json!(2)]).unwrap();
     let mempool: Value = rpc.call("getrawmempool", &[]).unwrap();
     assert_eq!(mempool, json!([]), "nothing else was sent");
@@ -669,15 +667,7 @@ fn a_killed_leader_is_replaced_within_the_bound_and_the_next_settles() {
         row.phase == Phase::Settling && settlement.is_some()
     });
     let mined = customer(&["node", "mine", "1"]);
-    let rpc =
-        paychan_chain::BitcoindRpc::new(&url, paychan_chain::RpcAuth::CookieFile(cookie.clone()))
-            .unwrap();
-    let tx: Value = rpc
-        .call(
-            "getrawtransaction",
-            &[json!(settlement.unwrap().to_string()), json!(true), mined["blocks"][0].clone()],
-        )
-        .unwrap();
+    let tx = mined_tx(&url, &cookie, &settlement.unwrap().to_string(), &mined["blocks"][0]);
     assert_eq!(tx["confirmations"], 1, "the settlement is mined");
     let change = (tx["vout"][0]["value"].as_f64().unwrap() * 1e8).round() as u64;
     assert_eq!(change, 100_000 - 700, "settled at the acknowledged total");

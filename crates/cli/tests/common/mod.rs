@@ -174,3 +174,20 @@ impl Default for World {
         World::new()
     }
 }
+
+/// The node's RPC client (cookie auth).
+pub fn rpc(url: &str, cookie: &Path) -> paychan_chain::BitcoindRpc {
+    paychan_chain::BitcoindRpc::new(url, paychan_chain::RpcAuth::CookieFile(cookie.to_path_buf()))
+        .unwrap()
+}
+
+/// Transaction `txid` as mined in block `block` (a JSON block hash), verbose. The node keeps
+/// no transaction index (as a stock bitcoind): the block hash says where to look.
+pub fn mined_tx(url: &str, cookie: &Path, txid: &str, block: &Value) -> Value {
+    rpc(url, cookie)
+        .call(
+            "getrawtransaction",
+            &[serde_json::json!(txid), serde_json::json!(true), block.clone()],
+        )
+        .unwrap()
+}
