@@ -267,7 +267,7 @@ fn three_instances_behind_haproxy_are_one_merchant() {
     let merchant = Merchant::new(&url, &cookie, &pg.url, &tmp.path().join("merchant"));
 
     // The load balancer's two ports, named by every instance as its public addresses.
-    let (lb_tcp, lb_http) = (free_port(), free_port());
+    let (lb_tcp, lb_http, lb_stats) = (free_port(), free_port(), free_port());
     let shop = format!("http://127.0.0.1:{lb_http}");
     let extra: Vec<String> = [
         "--zero-conf",
@@ -308,7 +308,8 @@ fn three_instances_behind_haproxy_are_one_merchant() {
          frontend channels\n    mode tcp\n    bind 127.0.0.1:{lb_tcp}\n    default_backend channel_port\n\
          backend channel_port\n    mode tcp\n    balance roundrobin\n{}\
          frontend paywall\n    mode http\n    bind 127.0.0.1:{lb_http}\n    default_backend http_port\n\
-         backend http_port\n    mode http\n    balance roundrobin\n    option httpchk GET /v1/info\n{}",
+         backend http_port\n    mode http\n    balance roundrobin\n    option httpchk GET /v1/info\n{}\
+         listen stats\n    mode http\n    bind 127.0.0.1:{lb_stats}\n    stats enable\n    stats uri /stats\n",
         servers(|i| i.listen),
         servers(|i| i.http),
     );
@@ -447,6 +448,21 @@ fn three_instances_behind_haproxy_are_one_merchant() {
         3 * PRICE_SAT,
         "every web customer to have 3 paid requests",
     );
+    // HAProxy's own count of the sessions it sent to each instance, on both ports.
+    let stats = get(lb_stats, "/stats;csv");
+    let mut spread = Vec::new();
+    for backend in ["channel_port", "http_port"] {
+        for i in &instances {
+            let sessions = stats
+                .lines()
+                .map(|l| l.split(',').collect::<Vec<_>>())
+                .find(|f| f.len() > 7 && f[0] == backend && f[1] == i.name)
+                .and_then(|f| f[7].parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {backend}/{} in HAProxy's stats: {stats}", i.name));
+            assert!(sessions > 0, "HAProxy sent {backend} sessions to {}", i.name);
+            spread.push(format!("{backend}/{} {sessions}", i.name));
+        }
+    }
     for i in &instances {
         assert!(metric(i.http, "paychan_payments_total") > 0, "{} took payments", i.name);
         assert!(
@@ -570,6 +586,7 @@ fn three_instances_behind_haproxy_are_one_merchant() {
     let live: Vec<Value> = instances[1..].iter().map(|i| summary(i.http).unwrap()).collect();
     let leaders: Vec<&Value> = live.iter().filter(|s| s["is_settlement_leader"] == true).collect();
     assert_eq!(leaders.len(), 1, "one leader among the living: {live:?}");
+    eprintln!("instances_e2e: sessions before the kill: {}", spread.join(", "));
     eprintln!(
         "instances_e2e: {} TCP payments and {} paid requests acknowledged; {} TCP runs and {} requests failed over",
         tcp.levels().iter().sum::<u64>(),
