@@ -15,7 +15,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{start_node, Kill};
+use common::{free_port, start_node, Kill};
 
 struct Env {
     url: String,
@@ -76,10 +76,6 @@ impl Env {
         let address = serving["address"].as_str().unwrap().to_string();
         (Kill(child), address)
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Streams payments until `stop` says so, then kills `victim` (or the payer itself when

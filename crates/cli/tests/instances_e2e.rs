@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{first_line, mined_tx, paychan, run, start_node, upstream, Kill};
+use common::{first_line, free_port, mined_tx, paychan, run, start_node, upstream, Kill};
 
 /// The admin token every instance shares.
 const TOKEN: &str = "instances-e2e-admin-token";
@@ -39,10 +39,6 @@ const TICK_SECS: u64 = 1;
 /// The tests run one at a time: the lease's move is timed, and the other test's fifty
 /// customers would load the machine's cores meanwhile.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The HAProxy binary, or None (the test then says it skipped). When `.ci/run` named one in
 /// `PAYCHAN_TEST_HAPROXY`, it must work.

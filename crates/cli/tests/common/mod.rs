@@ -191,3 +191,9 @@ pub fn mined_tx(url: &str, cookie: &Path, txid: &str, block: &Value) -> Value {
         )
         .unwrap()
 }
+
+/// A loopback port free now (bound and released: a process started next can take it, and
+/// take it again after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
